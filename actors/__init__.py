@@ -1,0 +1,1 @@
+"""Actors: one package per bounded context, plus the shared runtime (actors.runtime)."""

@@ -1,0 +1,3 @@
+from actors.catalog.handlers import catalog
+
+__all__ = ["catalog"]

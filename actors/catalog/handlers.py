@@ -1,0 +1,59 @@
+"""The catalog actor: products, categories and prices."""
+
+from datetime import UTC, datetime
+
+from actors.catalog import domain
+from actors.catalog.store import CatalogStore
+from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.errors import RuleViolation
+from brokers.contracts.catalog import (
+    ChangePrice,
+    CreateProduct,
+    GetProduct,
+    ListProducts,
+    ProductPage,
+    ProductView,
+    UpdateProduct,
+)
+
+catalog = Actor("catalog", CatalogStore)
+Work = UnitOfWork[CatalogStore]
+
+
+@catalog.handles(CreateProduct)
+async def create_product(command: CreateProduct, uow: Work) -> None:
+    if await uow.store.exists(command.product_id):
+        raise RuleViolation(f"product {command.product_id} already exists")
+    owner = await uow.store.owner_of_sku(command.sku)
+    product, created = domain.create_product(command, sku_taken_by=owner, now=datetime.now(UTC))
+    await uow.store.save(product)
+    uow.emit(created)
+
+
+@catalog.handles(UpdateProduct)
+async def update_product(command: UpdateProduct, uow: Work) -> None:
+    product = await uow.store.get(command.product_id)
+    product, updated = domain.update_product(product, command, now=datetime.now(UTC))
+    if updated is not None:
+        await uow.store.save(product)
+        uow.emit(updated)
+
+
+@catalog.handles(ChangePrice)
+async def change_price(command: ChangePrice, uow: Work) -> None:
+    product = await uow.store.get(command.product_id)
+    product, changed = domain.change_price(product, command, now=datetime.now(UTC))
+    if changed is not None:
+        await uow.store.save(product)
+        uow.emit(changed)
+
+
+@catalog.answers_to(GetProduct)
+async def get_product(query: GetProduct, store: CatalogStore) -> ProductView:
+    return (await store.get(query.product_id)).view()
+
+
+@catalog.answers_to(ListProducts)
+async def list_products(query: ListProducts, store: CatalogStore) -> ProductPage:
+    products, total = await store.page(category=query.category, offset=query.offset, limit=query.limit)
+    return ProductPage(items=[p.view() for p in products], total=total, offset=query.offset, limit=query.limit)

@@ -1,0 +1,3 @@
+from actors.inventory.handlers import inventory
+
+__all__ = ["inventory"]

@@ -1,0 +1,58 @@
+"""The inventory actor: stock per SKU, reservations for orders."""
+
+from actors.inventory import domain
+from actors.inventory.store import InventoryStore
+from actors.runtime.actor import Actor, UnitOfWork
+from brokers.contracts.catalog import ProductCreated
+from brokers.contracts.common import Line
+from brokers.contracts.inventory import GetStock, Restock, StockView
+from brokers.contracts.orders import OrderCancelled, OrderPlaced
+from brokers.contracts.shipping import ShipmentDispatched
+
+inventory = Actor("inventory", InventoryStore)
+Work = UnitOfWork[InventoryStore]
+
+
+@inventory.handles(ProductCreated)
+async def add_sku(event: ProductCreated, uow: Work) -> None:
+    await uow.store.add_sku(event.sku, event.product_id)
+
+
+@inventory.handles(Restock)
+async def restock(command: Restock, uow: Work) -> None:
+    levels = await uow.store.levels([command.sku])
+    restocked = domain.restock(levels.get(command.sku), command.sku, command.quantity)
+    await uow.store.save_levels(levels, {command.sku: restocked})
+
+
+@inventory.handles(OrderPlaced)
+async def reserve_stock(event: OrderPlaced, uow: Work) -> None:
+    lines = domain.combine(Line(sku=line.sku, quantity=line.quantity) for line in event.lines)
+    levels = await uow.store.levels(line.sku for line in lines)
+    existing = await uow.store.reservation(event.order_id)
+    await _apply(uow, levels, domain.reserve(event.order_id, lines, levels, existing))
+
+
+@inventory.handles(OrderCancelled)
+async def release_stock(event: OrderCancelled, uow: Work) -> None:
+    existing = await uow.store.reservation(event.order_id)
+    levels = await uow.store.levels(line.sku for line in existing.lines) if existing else {}
+    await _apply(uow, levels, domain.release(event.order_id, existing, levels))
+
+
+@inventory.handles(ShipmentDispatched)
+async def commit_stock(event: ShipmentDispatched, uow: Work) -> None:
+    existing = await uow.store.reservation(event.order_id)
+    levels = await uow.store.levels(line.sku for line in existing.lines) if existing else {}
+    await _apply(uow, levels, domain.commit(event.order_id, existing, levels))
+
+
+async def _apply(uow: Work, levels: dict[str, domain.StockLevel], outcome: domain.Outcome) -> None:
+    await uow.store.apply(levels, outcome)
+    if outcome.event is not None:
+        uow.emit(outcome.event)
+
+
+@inventory.answers_to(GetStock)
+async def get_stock(query: GetStock, store: InventoryStore) -> StockView:
+    return (await store.level(query.sku)).view()

@@ -1,0 +1,206 @@
+"""What happens around every handler: the part of the runtime each message goes through.
+
+Work (commands and events): envelope and body are validated, then in ONE transaction the inbox
+records the message id (a message seen before is acked and skipped), the handler changes state and
+its events go to the outbox. Only after commit is the message acked; the outbox is then published.
+Failures are sorted: permanent ones go to the dead-letter queue at once, anything else is retried
+through the delay queues and dead-lettered when the retries are spent.
+
+Queries: read through the store, answered on the reply-to address; a problem is an answer too.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import RabbitBroker
+from pydantic import BaseModel, TypeAdapter
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.asynchronous.mongo_client import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+
+from actors.runtime import metrics
+from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.errors import PERMANENT, NotFound, RuleViolation
+from actors.runtime.outbox import OutboxRelay, outbox_entry
+from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
+from brokers.envelope import Envelope, InvalidMessage
+from brokers.rpc import Problem, Reply
+from brokers.topology import ActorTopology, dlq_name
+
+log = structlog.get_logger()
+_ANY = TypeAdapter(Any)
+
+
+def read_envelope(message: AbstractIncomingMessage) -> Envelope:
+    return Envelope.from_amqp(
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        headers=dict(message.headers or {}),
+    )
+
+
+class WorkConsumer:
+    def __init__(
+        self,
+        actor: Actor[Any],
+        topology: ActorTopology,
+        broker: RabbitBroker,
+        client: AsyncMongoClient,
+        db: AsyncDatabase,
+        relay: OutboxRelay,
+    ) -> None:
+        self.actor, self.topology, self.broker = actor, topology, broker
+        self.client, self.db, self.relay = client, db, relay
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        envelope: Envelope | None = None
+        try:
+            envelope = read_envelope(message)
+            contract, handler = self.actor.handler_for(envelope)
+            payload = contract.parse(message.body)
+            with structlog.contextvars.bound_contextvars(
+                actor=self.actor.name, type=envelope.type, message_id=envelope.message_id,
+                correlation_id=envelope.correlation_id,
+            ):
+                started = time.perf_counter()
+                entries = await self._transact(envelope, payload, handler)
+                metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(
+                    time.perf_counter() - started
+                )
+        except PERMANENT as exc:
+            reason = Reason.INVALID_MESSAGE if isinstance(exc, InvalidMessage) else Reason.RULE_VIOLATION
+            await self._dead_letter(message, envelope, reason, exc)
+            return
+        except Exception as exc:  # not known to be permanent: retry it later, then dead-letter
+            await self._retry_or_dead_letter(message, envelope, exc)
+            return
+        await message.ack()
+        outcome = "duplicate" if entries is None else "applied"
+        metrics.MESSAGES.labels(self.actor.name, envelope.type, outcome).inc()
+        if entries:
+            # A failure here leaves the entries unsent; the sweeper publishes them later.
+            await self.relay.publish(entries)
+
+    async def _transact(self, envelope: Envelope, payload: Any, handler: Any) -> list[dict] | None:
+        """Apply the message once; None when it had been applied before."""
+
+        async def apply(session: AsyncClientSession) -> list[dict]:
+            await self.db["inbox"].insert_one(
+                {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
+            )
+            work = UnitOfWork(self.actor.store(self.db, session), envelope)
+            await handler(payload, work)
+            entries = [outbox_entry(event, event_envelope) for event, event_envelope in work.emitted]
+            if entries:
+                await self.db["outbox"].insert_many(entries, session=session)
+            return entries
+
+        async with self.client.start_session() as session:
+            try:
+                # with_transaction retries the whole callback on transient transaction errors
+                # (write conflicts between concurrent handlers included).
+                return await session.with_transaction(apply)
+            except DuplicateKeyError:
+                if await self.db["inbox"].find_one({"_id": envelope.message_id}, {"_id": 1}):
+                    return None
+                raise
+
+    async def _retry_or_dead_letter(
+        self, message: AbstractIncomingMessage, envelope: Envelope | None, exc: Exception
+    ) -> None:
+        attempts = attempts_so_far(message) + 1
+        retry_queue = self.topology.retry_queue(attempts)
+        if retry_queue is None:
+            await self._dead_letter(message, envelope, Reason.RETRIES_EXHAUSTED, exc, attempts)
+            return
+        log.warning(
+            "message.retry_scheduled", actor=self.actor.name, type=message.type, message_id=message.message_id,
+            correlation_id=message.correlation_id, attempt=attempts, retry_queue=retry_queue, error=repr(exc),
+        )
+        await self._settle(message, retry_later(self.broker, message, retry_queue, attempts, repr(exc)))
+        metrics.MESSAGES.labels(self.actor.name, message.type or "unknown", "retried").inc()
+
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        envelope: Envelope | None,
+        reason: Reason,
+        exc: Exception,
+        attempts: int | None = None,
+    ) -> None:
+        attempts = attempts if attempts is not None else attempts_so_far(message) + 1
+        log.warning(
+            "message.dead_lettered", actor=self.actor.name, type=message.type, message_id=message.message_id,
+            correlation_id=message.correlation_id, reason=str(reason), attempts=attempts, error=str(exc),
+        )
+        origin = self.topology.work.name
+        await self._settle(
+            message,
+            dead_letter(
+                self.broker, message, origin_queue=origin, dlq=dlq_name(origin), reason=reason,
+                attempts=attempts, error=f"{type(exc).__name__}: {exc}",
+            ),
+        )
+        metrics.MESSAGES.labels(self.actor.name, message.type or "unknown", "dead_lettered").inc()
+
+    @staticmethod
+    async def _settle(message: AbstractIncomingMessage, move: Any) -> None:
+        """Ack the original only once its copy is confirmed where it is going."""
+        try:
+            await move
+        except Exception:
+            # The copy could not be published: hand the message to the queue's own
+            # dead-lettering (at least once) rather than holding it or dropping it.
+            await message.reject(requeue=False)
+            raise
+        await message.ack()
+
+
+class QueryConsumer:
+    def __init__(self, actor: Actor[Any], broker: RabbitBroker, db: AsyncDatabase) -> None:
+        self.actor, self.broker, self.db = actor, broker, db
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        type_ = message.type or "unknown"
+        try:
+            envelope = read_envelope(message)
+            contract, answer = self.actor.answer_for(envelope)
+            data = await answer(contract.parse(message.body), self.actor.store(self.db))
+            reply: Reply[Any] = Reply(ok=True, data=_plain(data))
+            outcome = "answered"
+        except InvalidMessage as exc:
+            reply, outcome = Reply(ok=False, problem=Problem.of(400, str(exc))), "invalid"
+        except NotFound as exc:
+            reply, outcome = Reply(ok=False, problem=Problem.of(404, str(exc))), "not_found"
+        except RuleViolation as exc:
+            reply, outcome = Reply(ok=False, problem=Problem.of(409, str(exc))), "refused"
+        except Exception as exc:  # answered as a 503 and logged: the caller must not hang
+            log.exception("query.failed", actor=self.actor.name, type=type_, message_id=message.message_id)
+            detail = f"{self.actor.name} could not answer {type_}: {type(exc).__name__}"
+            reply, outcome = Reply(ok=False, problem=Problem.of(503, detail)), "failed"
+        metrics.QUERIES.labels(self.actor.name, type_, outcome).inc()
+        if message.reply_to:
+            await self.broker.publish(
+                reply.model_dump_json().encode(),
+                exchange="",
+                routing_key=message.reply_to,
+                correlation_id=message.message_id,
+                content_type="application/json",
+                persist=True,
+                # The asker may have given up and gone: a reply nobody receives is not an error.
+                mandatory=False,
+            )
+        await message.ack()
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    return _ANY.dump_python(data, mode="json")

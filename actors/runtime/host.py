@@ -1,0 +1,91 @@
+"""Runs one or many actors in a process: the same code for the monolith and for one pod per actor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from pymongo.asynchronous.mongo_client import AsyncMongoClient
+
+from actors.runtime.actor import Actor
+from actors.runtime.consumers import QueryConsumer, WorkConsumer
+from actors.runtime.outbox import OutboxRelay
+from brokers.factory import make_broker
+from brokers.settings import Settings
+from brokers.topology import ActorTopology, actor_topology, declare
+
+log = structlog.get_logger()
+
+
+def topology_of(actor: Actor[Any], settings: Settings) -> ActorTopology:
+    return actor_topology(
+        actor.name,
+        consumes=[contract for contract, _ in actor.handlers.values()],
+        answers=[contract for contract, _ in actor.answers.values()],
+        retry_delays_ms=settings.emporium_retry_delays_ms,
+        delivery_limit=settings.emporium_delivery_limit,
+    )
+
+
+def _subscribe(broker: RabbitBroker, queue: Any, consumer: WorkConsumer | QueryConsumer) -> None:
+    async def consume(message: RabbitMessage) -> None:
+        await consumer(message.raw_message)
+
+    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True)(consume)
+
+
+class ActorHost:
+    def __init__(self, actors: list[Actor[Any]], settings: Settings, *, app_name: str = "emporium-actors") -> None:
+        self.actors = actors
+        self.settings = settings
+        self.broker = make_broker(settings, app_name=app_name)
+        self.client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True)
+        self.topologies = {actor.name: topology_of(actor, settings) for actor in actors}
+        self.relays: dict[str, OutboxRelay] = {}
+        for actor in actors:
+            db = self.client[settings.database_name(actor.name)]
+            topology = self.topologies[actor.name]
+            relay = OutboxRelay(actor.name, self.broker, db, sweep_s=settings.emporium_outbox_sweep_s)
+            self.relays[actor.name] = relay
+            _subscribe(
+                self.broker,
+                topology.work.rabbit_queue(),
+                WorkConsumer(actor, topology, self.broker, self.client, db, relay),
+            )
+            _subscribe(self.broker, topology.queries.rabbit_queue(), QueryConsumer(actor, self.broker, db))
+
+    async def start(self) -> None:
+        for actor in self.actors:
+            db = self.client[self.settings.database_name(actor.name)]
+            await OutboxRelay.prepare(db)
+            await actor.store.prepare(db)
+        await self.broker.connect()
+        for topology in self.topologies.values():
+            await declare(self.broker, topology)
+        # Republish what a previous run committed but did not publish before taking new work.
+        for relay in self.relays.values():
+            await relay.start()
+        await self.broker.start()
+        log.info("actors.started", actors=[a.name for a in self.actors])
+
+    async def stop(self) -> None:
+        for relay in self.relays.values():
+            await relay.stop()
+        # Stopping the broker waits for in-flight handlers, so nothing is half done.
+        await self.broker.stop()
+        await self.client.close()
+        log.info("actors.stopped", actors=[a.name for a in self.actors])
+
+    async def broker_ready(self) -> bool:
+        return await self.broker.ping(timeout=2.0)
+
+    async def mongodb_ready(self) -> bool:
+        await self.client.admin.command("ping")
+        return True
+
+    @property
+    def checks(self) -> dict[str, Any]:
+        return {"rabbitmq": self.broker_ready, "mongodb": self.mongodb_ready}

@@ -1,0 +1,28 @@
+"""Value types shared by several message families."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Identifiers are opaque strings without MongoDB operators or path separators in them.
+EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9-]{0,63}$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Cents = Annotated[int, Field(ge=0, le=100_000_000_00)]
+Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Line(Value):
+    sku: Sku
+    quantity: Quantity
+
+
+class Shortage(Value):
+    sku: Sku
+    requested: Quantity
+    available: int = Field(ge=0)

@@ -1,0 +1,137 @@
+"""Moving a message to a retry queue or a dead-letter queue, and back.
+
+A copy is published (persistent, confirmed, mandatory) before the original is acked, so a crash in
+between can only duplicate, never lose; duplicates are absorbed by the consumer's inbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import RabbitBroker
+
+ORIGIN = "x-origin-queue"
+REASON = "x-reason"
+ATTEMPTS = "x-attempts"
+ERROR = "x-error"
+DEAD_AT = "x-dead-lettered-at"
+_BOOKKEEPING = (ORIGIN, REASON, ATTEMPTS, ERROR, DEAD_AT)
+_ERROR_LIMIT = 2_000
+
+
+class Reason(StrEnum):
+    INVALID_MESSAGE = "invalid-message"
+    RULE_VIOLATION = "rule-violation"
+    RETRIES_EXHAUSTED = "retries-exhausted"
+
+
+def attempts_so_far(message: AbstractIncomingMessage) -> int:
+    """Failed attempts recorded on the message by earlier retries (0 on first delivery)."""
+    value = (message.headers or {}).get(ATTEMPTS, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+async def _republish(
+    broker: RabbitBroker, message: AbstractIncomingMessage, queue: str, headers: dict[str, Any]
+) -> None:
+    await broker.publish(
+        message.body,
+        exchange="",
+        routing_key=queue,
+        persist=True,
+        mandatory=True,
+        content_type=message.content_type,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        message_type=message.type,
+        timestamp=message.timestamp,
+        headers=headers,
+    )
+
+
+def _without_bookkeeping(message: AbstractIncomingMessage) -> dict[str, Any]:
+    return {
+        k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING and k != "x-death"
+    }
+
+
+async def retry_later(
+    broker: RabbitBroker, message: AbstractIncomingMessage, retry_queue: str, attempts: int, error: str
+) -> None:
+    headers = {**_without_bookkeeping(message), ATTEMPTS: attempts, ERROR: error[:_ERROR_LIMIT]}
+    await _republish(broker, message, retry_queue, headers)
+
+
+async def dead_letter(
+    broker: RabbitBroker,
+    message: AbstractIncomingMessage,
+    *,
+    origin_queue: str,
+    dlq: str,
+    reason: Reason,
+    attempts: int,
+    error: str,
+) -> None:
+    headers = {
+        **_without_bookkeeping(message),
+        ORIGIN: origin_queue,
+        REASON: str(reason),
+        ATTEMPTS: attempts,
+        ERROR: error[:_ERROR_LIMIT],
+        DEAD_AT: datetime.now(UTC).isoformat(),
+    }
+    await _republish(broker, message, dlq, headers)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What an operator needs to know about a message in a DLQ."""
+
+    origin_queue: str
+    reason: str
+    attempts: int
+    error: str
+    dead_lettered_at: str
+    message_id: str | None
+    correlation_id: str | None
+    type: str | None
+    body: bytes
+
+    @classmethod
+    def read(cls, message: AbstractIncomingMessage, dlq: str) -> DeadLetter:
+        headers = message.headers or {}
+        if ORIGIN in headers:
+            return cls(
+                origin_queue=str(headers[ORIGIN]),
+                reason=str(headers.get(REASON, "")),
+                attempts=attempts_so_far(message),
+                error=str(headers.get(ERROR, "")),
+                dead_lettered_at=str(headers.get(DEAD_AT, "")),
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                type=message.type,
+                body=message.body,
+            )
+        # Dead-lettered by RabbitMQ itself (delivery limit reached, rejected): it keeps x-death.
+        deaths = headers.get("x-death") or [{}]
+        death = deaths[0] if isinstance(deaths, list | tuple) else {}
+        return cls(
+            origin_queue=str(death.get("queue", dlq.removesuffix(".dlq"))),
+            reason=str(death.get("reason", "unknown")),
+            attempts=int(death.get("count", 1) or 1),
+            error="dead-lettered by RabbitMQ",
+            dead_lettered_at=str(death.get("time", "")),
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            type=message.type,
+            body=message.body,
+        )
+
+
+async def replay(broker: RabbitBroker, message: AbstractIncomingMessage, origin_queue: str) -> None:
+    """Send a dead letter back to its origin queue with a fresh retry budget."""
+    await _republish(broker, message, origin_queue, _without_bookkeeping(message))

@@ -1,0 +1,140 @@
+"""Request/reply for queries over RabbitMQ's direct reply-to.
+
+FastStream's ``broker.request`` holds a lock for the whole round trip, so one process can only have
+one query in flight. This requester keeps one reply consumer open and matches each reply to its
+waiting caller by the query's message id (the actor sends it back as the reply's correlation id), so
+any number of queries run concurrently and the conversation's correlation id stays untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Any, Generic, TypeVar
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError, DeliveryError
+from pydantic import BaseModel, ConfigDict
+
+from brokers.envelope import Envelope, Query
+from brokers.topology import QUERIES
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+T = TypeVar("T")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 style problem, as carried in a failed reply."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    status: int
+    title: str
+    detail: str
+
+    @classmethod
+    def of(cls, status: int, detail: str) -> Problem:
+        return cls(status=status, title=HTTPStatus(status).phrase, detail=detail)
+
+
+class Reply(BaseModel, Generic[T]):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ok: bool
+    data: T | None = None
+    problem: Problem | None = None
+
+
+class QueryFailed(Exception):
+    """The actor answered with a problem (not found, invalid query, ...)."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+
+
+class QueryTimeout(TimeoutError):
+    """No reply in time: the actor is slow or not running."""
+
+
+class BrokerUnavailable(ConnectionError):
+    """The query could not be sent: no connection, or nothing answers that query type."""
+
+
+class Requester:
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        self._url = url
+        self._timeout_s = timeout_s
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._waiting: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(self._url)
+        # Publishing and consuming direct reply-to must share a channel.
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        reply_queue = await self._channel.get_queue(REPLY_TO, ensure=False)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def stop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._waiting.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    async def ask(
+        self,
+        query: Query,
+        data_type: type[T] | Any,
+        *,
+        correlation_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> T:
+        """Send a query and return the reply's data, validated as ``data_type``."""
+        if self._channel is None or not self.connected:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        timeout_s = timeout_s or self._timeout_s
+        envelope = Envelope.first(query, correlation_id)
+        # The actor answers with correlation_id = the query's message id.
+        reply_key = envelope.message_id
+        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+        self._waiting[reply_key] = future
+        try:
+            exchange = await self._channel.get_exchange(QUERIES.name, ensure=False)
+            try:
+                await exchange.publish(
+                    aio_pika.Message(
+                        query.body(),
+                        content_type="application/json",
+                        message_id=envelope.message_id,
+                        correlation_id=envelope.correlation_id,
+                        type=envelope.type,
+                        headers=envelope.amqp()["headers"],
+                        reply_to=REPLY_TO,
+                        # A query nobody picked up in time is worthless: let the queue drop it.
+                        expiration=timeout_s,
+                    ),
+                    routing_key=query.TYPE,
+                    mandatory=True,
+                )
+            except DeliveryError as exc:
+                raise BrokerUnavailable(f"no actor answers {query.TYPE}") from exc
+            except (AMQPError, ConnectionError) as exc:
+                raise BrokerUnavailable(f"RabbitMQ is unreachable: {exc}") from exc
+            try:
+                message = await asyncio.wait_for(future, timeout_s)
+            except TimeoutError as exc:
+                raise QueryTimeout(f"no reply to {query.TYPE} within {timeout_s:g}s") from exc
+        finally:
+            self._waiting.pop(reply_key, None)
+        reply = Reply[data_type].model_validate_json(message.body)
+        if not reply.ok:
+            raise QueryFailed(reply.problem or Problem.of(500, "the actor sent an empty problem"))
+        return reply.data

@@ -1,0 +1,158 @@
+"""The RabbitMQ topology: exchanges, each actor's queues, retry tiers and dead-letter queues.
+
+Commands and queries go to direct exchanges, routed by message type to the one actor that owns them;
+events go to a topic exchange, routed by type to every actor that subscribed. Each actor has:
+
+- ``<actor>``: its work queue (commands and events), quorum, dead-lettering at least once into
+  ``<actor>.dlq`` when the runtime rejects a message or the delivery limit is hit;
+- ``<actor>.retry.<ms>ms``: one queue per retry delay; a message waits out the queue's TTL and is
+  dead-lettered back into ``<actor>``;
+- ``<actor>.queries`` (+ ``.dlq``): request/reply queries, kept apart so reads never wait behind work.
+
+Queue arguments are part of a queue's identity in RabbitMQ (redeclaring with other arguments fails),
+so every argument that can vary is in the queue's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+
+from brokers.envelope import Kind, Message
+
+COMMANDS = RabbitExchange("emporium.commands", type=ExchangeType.DIRECT, durable=True)
+EVENTS = RabbitExchange("emporium.events", type=ExchangeType.TOPIC, durable=True)
+QUERIES = RabbitExchange("emporium.queries", type=ExchangeType.DIRECT, durable=True)
+DEAD_LETTERS = RabbitExchange("emporium.dead-letters", type=ExchangeType.DIRECT, durable=True)
+EXCHANGES = (COMMANDS, EVENTS, QUERIES, DEAD_LETTERS)
+
+_EXCHANGE_OF_KIND = {Kind.COMMAND: COMMANDS, Kind.EVENT: EVENTS, Kind.QUERY: QUERIES}
+
+
+def exchange_for(message: type[Message] | Message) -> RabbitExchange:
+    return _EXCHANGE_OF_KIND[message.KIND]
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, Any]
+    # (exchange name, routing key) pairs
+    bindings: tuple[tuple[str, str], ...] = ()
+
+    def rabbit_queue(self) -> RabbitQueue:
+        return RabbitQueue(
+            self.name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            arguments={k: v for k, v in self.arguments.items() if k != "x-queue-type"},
+        )
+
+
+def _quorum(**arguments: Any) -> dict[str, Any]:
+    # At-least-once dead-lettering keeps a message until the dead-letter queue confirms it; it
+    # requires reject-publish overflow.
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        **arguments,
+    }
+
+
+def dlq_name(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+def retry_queue_name(queue: str, delay_ms: int) -> str:
+    return f"{queue}.retry.{delay_ms}ms"
+
+
+def queries_queue_name(actor: str) -> str:
+    return f"{actor}.queries"
+
+
+@dataclass(frozen=True)
+class ActorTopology:
+    actor: str
+    work: QueueSpec
+    retries: tuple[QueueSpec, ...]
+    queries: QueueSpec
+    dead_letters: tuple[QueueSpec, ...]
+    retry_delays_ms: tuple[int, ...] = field(default=())
+
+    @property
+    def queues(self) -> tuple[QueueSpec, ...]:
+        return (self.work, *self.retries, self.queries, *self.dead_letters)
+
+    def retry_queue(self, attempt: int) -> str | None:
+        """The retry queue for the given failed attempt (1-based), or None when retries are spent."""
+        if attempt > len(self.retry_delays_ms):
+            return None
+        return retry_queue_name(self.work.name, self.retry_delays_ms[attempt - 1])
+
+
+def actor_topology(
+    actor: str,
+    *,
+    consumes: Iterable[type[Message]],
+    answers: Iterable[type[Message]],
+    retry_delays_ms: tuple[int, ...],
+    delivery_limit: int,
+) -> ActorTopology:
+    work_name, queries_name = actor, queries_queue_name(actor)
+
+    def dead_lettering_into_dlq(queue: str) -> dict[str, Any]:
+        return _quorum(
+            **{
+                "x-dead-letter-exchange": DEAD_LETTERS.name,
+                "x-dead-letter-routing-key": queue,
+                "x-delivery-limit": delivery_limit,
+            }
+        )
+
+    work = QueueSpec(
+        work_name,
+        dead_lettering_into_dlq(work_name),
+        tuple(sorted((exchange_for(m).name, m.TYPE) for m in consumes)),
+    )
+    retries = tuple(
+        QueueSpec(
+            retry_queue_name(work_name, delay),
+            _quorum(
+                **{
+                    "x-message-ttl": delay,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": work_name,
+                }
+            ),
+        )
+        for delay in retry_delays_ms
+    )
+    queries = QueueSpec(
+        queries_name,
+        dead_lettering_into_dlq(queries_name),
+        tuple(sorted((QUERIES.name, q.TYPE) for q in answers)),
+    )
+    dead_letters = tuple(
+        QueueSpec(dlq_name(q), {"x-queue-type": "quorum"}, ((DEAD_LETTERS.name, q),))
+        for q in (work_name, queries_name)
+    )
+    return ActorTopology(actor, work, retries, queries, dead_letters, tuple(retry_delays_ms))
+
+
+async def declare_exchanges(broker: RabbitBroker) -> None:
+    for exchange in EXCHANGES:
+        await broker.declare_exchange(exchange)
+
+
+async def declare(broker: RabbitBroker, topology: ActorTopology) -> None:
+    """Declare an actor's queues and bindings; idempotent, safe to run at every start."""
+    await declare_exchanges(broker)
+    for spec in topology.queues:
+        queue = await broker.declare_queue(spec.rabbit_queue())
+        for exchange, routing_key in spec.bindings:
+            await queue.bind(exchange, routing_key=routing_key)
