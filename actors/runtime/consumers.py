@@ -85,8 +85,10 @@ class WorkConsumer:
         outcome = "duplicate" if entries is None else "applied"
         metrics.MESSAGES.labels(self.actor.name, envelope.type, outcome).inc()
         if entries:
-            # A failure here leaves the entries unsent; the sweeper publishes them later.
-            await self.relay.publish(entries)
+            try:
+                await self.relay.publish(entries)
+            except Exception as exc:  # committed and recorded: the sweeper publishes them later
+                log.warning("outbox.publish_deferred", actor=self.actor.name, count=len(entries), error=repr(exc))
 
     async def _transact(self, envelope: Envelope, payload: Any, handler: Any) -> list[dict] | None:
         """Apply the message once; None when it had been applied before."""
@@ -125,7 +127,7 @@ class WorkConsumer:
             correlation_id=message.correlation_id, attempt=attempts, retry_queue=retry_queue, error=repr(exc),
         )
         await self._settle(message, retry_later(self.broker, message, retry_queue, attempts, repr(exc)))
-        metrics.MESSAGES.labels(self.actor.name, message.type or "unknown", "retried").inc()
+        metrics.MESSAGES.labels(self.actor.name, self._type_label(message), "retried").inc()
 
     async def _dead_letter(
         self,
@@ -148,16 +150,18 @@ class WorkConsumer:
                 attempts=attempts, error=f"{type(exc).__name__}: {exc}",
             ),
         )
-        metrics.MESSAGES.labels(self.actor.name, message.type or "unknown", "dead_lettered").inc()
+        metrics.MESSAGES.labels(self.actor.name, self._type_label(message), "dead_lettered").inc()
+
+    def _type_label(self, message: AbstractIncomingMessage) -> str:
+        # Only known types become label values: a hostile sender must not grow the metric set.
+        return message.type if message.type in self.actor.handlers else "unknown"
 
     @staticmethod
     async def _settle(message: AbstractIncomingMessage, move: Any) -> None:
         """Ack the original only once its copy is confirmed where it is going."""
         try:
             await move
-        except Exception:
-            # The copy could not be published: hand the message to the queue's own
-            # dead-lettering (at least once) rather than holding it or dropping it.
+        except Exception:  # no confirmed copy: the queue's own dead-lettering takes it instead
             await message.reject(requeue=False)
             raise
         await message.ack()
@@ -168,7 +172,7 @@ class QueryConsumer:
         self.actor, self.broker, self.db = actor, broker, db
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
-        type_ = message.type or "unknown"
+        type_ = message.type if message.type in self.actor.answers else "unknown"
         try:
             envelope = read_envelope(message)
             contract, answer = self.actor.answer_for(envelope)

@@ -1,0 +1,91 @@
+"""The emporium command: run the system (whole or one actor), operate dead letters, benchmark."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import typer
+import uvicorn
+from fastapi import FastAPI
+
+from ops import bench, dlq
+
+app = typer.Typer(help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True)
+app.add_typer(dlq.app, name="dlq")
+app.add_typer(bench.app, name="bench")
+
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+
+
+def _serve(api: FastAPI, host: str, port: int) -> None:
+    # uvicorn handles SIGINT/SIGTERM: the lifespan's shutdown runs, in-flight messages finish.
+    uvicorn.run(api, host=host, port=port, log_level="warning", lifespan="on")
+
+
+@app.command()
+def run(host: Host = "127.0.0.1", port: int = 8000) -> None:
+    """Every actor and the edge in one process (the modular monolith)."""
+    from actors.registry import ACTORS
+    from actors.runtime.host import ActorHost
+    from brokers.logs import configure_logging
+    from brokers.settings import get_settings
+    from edge.app import create_app
+
+    settings = get_settings()
+    configure_logging(settings.emporium_log_level)
+    actor_host = ActorHost(list(ACTORS.values()), settings)
+    api = create_app(settings, extra_checks={f"actors_{k}": v for k, v in actor_host.checks.items()})
+    _serve(_run_actors_with(api, actor_host), host, port)
+
+
+@app.command()
+def actor(
+    name: Annotated[str, typer.Argument(help="Which actor to run.")],
+    host: Host = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port of /health, /ready and /metrics.")] = 8080,
+) -> None:
+    """One actor in this process (one container or pod per actor); scale out by running more."""
+    from actors.registry import ACTORS
+    from actors.runtime.host import ActorHost
+    from brokers.health import probe_router
+    from brokers.logs import configure_logging
+    from brokers.settings import get_settings
+
+    if name not in ACTORS:
+        raise typer.BadParameter(f"unknown actor {name!r}; choose from {', '.join(sorted(ACTORS))}")
+    settings = get_settings()
+    configure_logging(settings.emporium_log_level)
+    actor_host = ActorHost([ACTORS[name]], settings, app_name=f"emporium-{name}")
+    api = FastAPI(title=f"emporium {name}", docs_url=None, redoc_url=None)
+    api.include_router(probe_router(actor_host.checks))
+    _serve(_run_actors_with(api, actor_host), host, port)
+
+
+@app.command()
+def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
+    """The HTTP edge alone."""
+    from brokers.logs import configure_logging
+    from brokers.settings import get_settings
+    from edge.app import create_app
+
+    settings = get_settings()
+    configure_logging(settings.emporium_log_level)
+    _serve(create_app(settings), host, port)
+
+
+def _run_actors_with(api: FastAPI, actor_host) -> FastAPI:
+    """Start the actors before the app's own lifespan and stop them after it."""
+    inner = api.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: FastAPI):
+        await actor_host.start()
+        try:
+            async with inner(application):
+                yield
+        finally:
+            await actor_host.stop()
+
+    api.router.lifespan_context = lifespan
+    return api

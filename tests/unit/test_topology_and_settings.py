@@ -1,0 +1,33 @@
+import pytest
+from pydantic import ValidationError
+
+from actors.registry import ACTORS
+from actors.runtime.host import topology_of
+from brokers.settings import Settings
+from brokers.topology import COMMANDS, DEAD_LETTERS, EVENTS
+
+
+def test_inventory_queues_bindings_and_retry_tiers():
+    topology = topology_of(ACTORS["inventory"], Settings(emporium_retry_delays_ms=(100, 1000)))
+    assert [q.name for q in topology.queues] == [
+        "inventory", "inventory.retry.100ms", "inventory.retry.1000ms", "inventory.queries",
+        "inventory.dlq", "inventory.queries.dlq",
+    ]
+    assert (COMMANDS.name, "inventory.restock") in topology.work.bindings
+    assert (EVENTS.name, "order.placed") in topology.work.bindings
+    assert topology.work.arguments["x-dead-letter-exchange"] == DEAD_LETTERS.name
+    assert topology.retries[1].arguments["x-message-ttl"] == 1000
+    assert topology.retries[1].arguments["x-dead-letter-routing-key"] == "inventory"
+    assert topology.retry_queue(1) == "inventory.retry.100ms"
+    assert topology.retry_queue(2) == "inventory.retry.1000ms"
+    assert topology.retry_queue(3) is None
+
+
+def test_production_refuses_dev_defaults():
+    with pytest.raises(ValidationError, match="EMPORIUM_DEV_ADMIN_TOKEN"):
+        Settings(emporium_env="production")
+    ok = Settings(
+        emporium_env="production", emporium_dev_admin_token="s3cret-from-a-secret-file",
+        rabbitmq_url="amqp://inventory:pw@rabbit:5672/",
+    )
+    assert ok.emporium_env == "production"
