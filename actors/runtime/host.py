@@ -30,11 +30,17 @@ def topology_of(actor: Actor[Any], settings: Settings) -> ActorTopology:
     )
 
 
+async def _undecoded(message: Any) -> bytes:
+    # The runtime validates bodies itself; FastStream decoding JSON first would leave a malformed
+    # body neither acked nor dead-lettered.
+    return message.body
+
+
 def _subscribe(broker: RabbitBroker, queue: Any, consumer: WorkConsumer | QueryConsumer) -> None:
     async def consume(message: RabbitMessage) -> None:
         await consumer(message.raw_message)
 
-    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True)(consume)
+    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_undecoded)(consume)
 
 
 class ActorHost:

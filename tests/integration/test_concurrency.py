@@ -1,0 +1,81 @@
+"""Reservations under contention, on the real RabbitMQ and MongoDB.
+
+Inventory runs as several competing consumers of one queue (as pods would), each with its own
+MongoDB client; the stock document is the only thing they share, so only transactions and guarded
+writes keep them from selling a unit twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from brokers.contracts.common import Shortage
+from brokers.contracts.inventory import GetStock, StockRejected, StockReserved, StockView
+from brokers.topology import dlq_name
+from tests.helpers import EventWatcher, eventually, send
+from tests.integration.test_runtime_support import amqp, order_placed, requester, stock
+
+pytestmark = pytest.mark.integration
+
+HOSTS = 3
+ORDERS = 50
+UNITS = 10
+
+
+async def test_fifty_concurrent_orders_for_the_last_ten_units_reserve_exactly_ten(
+    start_host, broker, settings
+):
+    for _ in range(HOSTS):
+        await start_host("inventory")  # each host has its own connection and MongoDB client
+
+    async with (
+        EventWatcher(settings.rabbitmq_url) as watcher,
+        requester(settings) as asker,
+        amqp(settings) as rabbit,
+    ):
+        assert (await rabbit.consumers("inventory")) == HOSTS
+        await stock(broker, asker, "SKU-LAST", UNITS)
+
+        orders = [order_placed(f"order-{n}", ("SKU-LAST", 1)) for n in range(ORDERS)]
+        await asyncio.gather(*(send(broker, order) for order in orders))
+
+        await eventually(
+            lambda: _answered(watcher),
+            until=lambda answered: answered >= ORDERS,
+            timeout=60,
+            what=f"an answer to each of the {ORDERS} orders",
+        )
+        level = await asker.ask(GetStock(sku="SKU-LAST"), StockView)
+        assert await rabbit.depth(dlq_name("inventory")) == 0
+
+    reserved = [StockReserved.parse(m.body).order_id for m in watcher.of_type(StockReserved.TYPE)]
+    rejected = [StockRejected.parse(m.body).order_id for m in watcher.of_type(StockRejected.TYPE)]
+    assert (len(reserved), len(rejected)) == (UNITS, ORDERS - UNITS)
+    assert set(reserved) | set(rejected) == {order.order_id for order in orders}  # one answer each
+    assert (level.on_hand, level.reserved, level.shipped, level.received) == (0, UNITS, 0, UNITS)
+    assert level.on_hand + level.reserved + level.shipped == level.received
+
+
+async def _answered(watcher: EventWatcher) -> int:
+    return len(watcher.of_type(StockReserved.TYPE)) + len(watcher.of_type(StockRejected.TYPE))
+
+
+async def test_an_order_with_one_line_short_reserves_none_of_its_lines(start_host, broker, settings):
+    await start_host("inventory")
+    async with EventWatcher(settings.rabbitmq_url) as watcher, requester(settings) as asker:
+        await stock(broker, asker, "SKU-PLENTY", 5)
+        await stock(broker, asker, "SKU-SCARCE", 1)
+
+        await send(broker, order_placed("order-short", ("SKU-PLENTY", 2), ("SKU-SCARCE", 3)))
+        [rejected] = await watcher.wait_for(StockRejected.TYPE)
+        plenty = await asker.ask(GetStock(sku="SKU-PLENTY"), StockView)
+        scarce = await asker.ask(GetStock(sku="SKU-SCARCE"), StockView)
+
+    assert StockRejected.parse(rejected.body).shortages == [
+        Shortage(sku="SKU-SCARCE", requested=3, available=1)
+    ]
+    assert watcher.of_type(StockReserved.TYPE) == []
+    assert (plenty.on_hand, plenty.reserved) == (5, 0)
+    assert (scarce.on_hand, scarce.reserved) == (1, 0)

@@ -1,0 +1,141 @@
+"""The RabbitMQ topology, as the management API shows it after every actor has started.
+
+Two views are compared with the broker: what the code declares (``topology_of`` for each actor), and
+what the design requires of each kind of queue, written out here independently of topology.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from aiormq.exceptions import ChannelPreconditionFailed
+
+from actors.catalog import catalog
+from actors.registry import ACTORS
+from actors.runtime.host import ActorHost, topology_of
+from brokers.settings import Settings
+from tests.integration.test_runtime_support import running, vhost_of
+
+pytestmark = pytest.mark.integration
+
+REQUIRED_EXCHANGES = {
+    "emporium.commands": "direct",
+    "emporium.events": "topic",
+    "emporium.queries": "direct",
+    "emporium.dead-letters": "direct",
+}
+
+
+def live_topology(management: httpx.Client, settings: Settings) -> dict[str, Any]:
+    vhost = quote(vhost_of(settings), safe="")
+
+    def get(what: str) -> list[dict[str, Any]]:
+        response = management.get(f"/api/{what}/{vhost}")
+        response.raise_for_status()
+        return response.json()
+
+    return {
+        "queues": {q["name"]: q for q in get("queues")},
+        # The default exchange's implicit binding of every queue is RabbitMQ's, not ours.
+        "bindings": {
+            (b["source"], b["routing_key"], b["destination"]) for b in get("bindings") if b["source"] != ""
+        },
+        "exchanges": {
+            e["name"]: e for e in get("exchanges") if e["name"] and not e["name"].startswith("amq.")
+        },
+    }
+
+
+def declared_queues(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        spec.name: spec.arguments for actor in ACTORS.values() for spec in topology_of(actor, settings).queues
+    }
+
+
+def declared_bindings(settings: Settings) -> set[tuple[str, str, str]]:
+    return {
+        (exchange, routing_key, spec.name)
+        for actor in ACTORS.values()
+        for spec in topology_of(actor, settings).queues
+        for exchange, routing_key in spec.bindings
+    }
+
+
+def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
+    """What the design asks of a queue, by the kind its name tells."""
+    quorum = {"x-queue-type": "quorum"}
+    if queue.endswith(".dlq"):
+        return quorum
+    # At-least-once dead-lettering: a message leaves only once its dead-letter copy is confirmed.
+    safe = {**quorum, "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    work_queue, _, tier = queue.partition(".retry.")
+    if tier:
+        # Waits out its TTL, then goes back to the work queue through the default exchange.
+        return {
+            **safe,
+            "x-message-ttl": int(tier.removesuffix("ms")),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": work_queue,
+        }
+    return {
+        **safe,
+        "x-dead-letter-exchange": "emporium.dead-letters",
+        "x-dead-letter-routing-key": queue,
+        "x-delivery-limit": settings.emporium_delivery_limit,
+    }
+
+
+def required_queue_names(settings: Settings) -> set[str]:
+    per_actor = ["{a}", "{a}.dlq", "{a}.queries", "{a}.queries.dlq"] + [
+        f"{{a}}.retry.{delay}ms" for delay in settings.emporium_retry_delays_ms
+    ]
+    return {name.format(a=actor) for actor in ACTORS for name in per_actor}
+
+
+async def test_the_broker_holds_exactly_the_declared_topology(start_host, management, settings):
+    await start_host()
+    live = live_topology(management, settings)
+
+    assert set(live["queues"]) == set(declared_queues(settings)) == required_queue_names(settings)
+    for name, queue in live["queues"].items():
+        assert (queue["type"], queue["durable"], queue["auto_delete"]) == ("quorum", True, False), name
+        assert queue["arguments"] == declared_queues(settings)[name] == required_arguments(name, settings), (
+            name
+        )
+
+    assert live["bindings"] == declared_bindings(settings)
+    for actor in ACTORS:
+        assert ("emporium.dead-letters", actor, f"{actor}.dlq") in live["bindings"]
+        assert ("emporium.dead-letters", f"{actor}.queries", f"{actor}.queries.dlq") in live["bindings"]
+
+    assert {name: e["type"] for name, e in live["exchanges"].items()} == REQUIRED_EXCHANGES
+    assert all(e["durable"] and not e["auto_delete"] for e in live["exchanges"].values())
+
+
+async def test_a_second_host_redeclares_the_same_topology_without_error(start_host, management, settings):
+    await start_host()
+    first = live_topology(management, settings)
+
+    await start_host()
+
+    again = live_topology(management, settings)
+    assert again["bindings"] == first["bindings"]
+    assert again["exchanges"].keys() == first["exchanges"].keys()
+    assert {n: q["arguments"] for n, q in again["queues"].items()} == {
+        n: q["arguments"] for n, q in first["queues"].items()
+    }
+
+
+async def test_a_changed_queue_argument_is_refused_not_applied_silently(start_host, management, settings):
+    await start_host("catalog")
+    changed = settings.model_copy(update={"emporium_delivery_limit": settings.emporium_delivery_limit + 1})
+
+    with pytest.raises(ChannelPreconditionFailed, match="x-delivery-limit"):
+        async with running(ActorHost([catalog], changed)):
+            pass
+
+    catalog_queue = live_topology(management, settings)["queues"]["catalog"]
+    assert catalog_queue["arguments"]["x-delivery-limit"] == settings.emporium_delivery_limit
