@@ -38,7 +38,10 @@ MONGO_PID=""              # embedded SecantusDB started by this script
 RABBIT_STARTED=0          # 1 when this script started the RabbitMQ node
 APT_UPDATED=0
 
-log() { printf '%s\n' "$*" >&2; }
+# Progress goes to fd 3, a copy of the script's stderr made in main: a trap that fires while a
+# command with redirected output runs (e.g. `rabbitmqctl ... >>log`) inherits that redirection,
+# and its messages would otherwise land in the log file.
+log() { printf '%s\n' "$*" >&3 2>/dev/null || printf '%s\n' "$*" >&2 2>/dev/null || true; }
 die() { log "dev.sh: error: $*"; exit 1; }
 
 usage() {
@@ -49,12 +52,13 @@ Environment: RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL, MONGODB_URL point at existin
 EOF
 }
 
-# Runs a command as root: directly when root, through sudo otherwise.
+# Runs a command as root: directly when root, through sudo otherwise. fd 3 is closed for it, so
+# that daemons it may start (epmd, a service started by apt) do not hold our stderr open.
 as_root() {
   if [[ ${EUID:-$(id -u)} -eq 0 ]]; then
-    "$@"
+    "$@" 3>&-
   elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
+    sudo "$@" 3>&-
   else
     die "root is needed for: $* (run as root or install sudo)"
   fi
@@ -67,14 +71,14 @@ apt_install() {
   mkdir -p .data
   if (( ! APT_UPDATED )); then
     log "apt: apt-get update"
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >.data/apt.log 2>&1; then
-      tail -n 20 .data/apt.log >&2; return 1
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update </dev/null >.data/apt.log 2>&1; then
+      tail -n 20 .data/apt.log >&3; return 1
     fi
     APT_UPDATED=1
   fi
   log "apt: apt-get install -y $*"
-  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >>.data/apt.log 2>&1; then
-    tail -n 20 .data/apt.log >&2; return 1
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" </dev/null >>.data/apt.log 2>&1; then
+    tail -n 20 .data/apt.log >&3; return 1
   fi
 }
 
@@ -117,7 +121,7 @@ setup_venv() {
       rm -rf .venv
       log "venv: '$py -m venv' failed (ensurepip/venv missing?); installing python${ver}-venv with apt"
       apt_install "python${ver}-venv" || apt_install python3-venv \
-        || { cat .data/venv.log >&2; die "could not install python3-venv"; }
+        || { cat .data/venv.log >&3; die "could not install python3-venv"; }
       "$py" -m venv .venv || { rm -rf .venv; die "'$py -m venv .venv' failed"; }
     fi
   fi
@@ -144,8 +148,9 @@ mgmt_check() {
 import base64, json, sys, urllib.request
 req = urllib.request.Request(sys.argv[1], headers={
     "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
 try:
-    with urllib.request.urlopen(req, timeout=2) as resp:
+    with opener.open(req, timeout=2) as resp:
         overview = json.load(resp)
 except Exception:
     sys.exit(1)
@@ -189,7 +194,9 @@ rabbit_ensure_plugins() {
     return 0
   fi
   log "rabbitmq: enabling plugins ${RABBIT_PLUGINS[*]}"
-  if ! as_root timeout 60 rabbitmq-plugins -q enable "${RABBIT_PLUGINS[@]}" >/dev/null; then
+  mkdir -p .data
+  if ! as_root timeout 60 rabbitmq-plugins -q enable "${RABBIT_PLUGINS[@]}" </dev/null >>.data/rabbitmq.log 2>&1; then
+    tail -n 20 .data/rabbitmq.log >&3
     log "rabbitmq: WARNING: rabbitmq-plugins enable failed; integration tests may fail"
     return 0
   fi
@@ -216,7 +223,9 @@ setup_rabbitmq() {
   fi
   # The package may have started the node as a service (or it is still booting): leave it to
   # the system, only make sure the plugins are enabled.
-  if port_open 127.0.0.1 "$AMQP_PORT" || as_root timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+  mkdir -p .data
+  if port_open 127.0.0.1 "$AMQP_PORT" \
+     || as_root timeout 30 rabbitmq-diagnostics -q ping </dev/null >>.data/rabbitmq.log 2>&1; then
     log "rabbitmq: a node is already running as a service; waiting for 127.0.0.1:${AMQP_PORT}"
     wait_port "$AMQP_PORT" "$RABBIT_START_TIMEOUT" || die "RabbitMQ node runs but 127.0.0.1:${AMQP_PORT} does not answer"
     log "rabbitmq: reusing 127.0.0.1:${AMQP_PORT}"
@@ -224,16 +233,15 @@ setup_rabbitmq() {
     return 0
   fi
   log "rabbitmq: starting rabbitmq-server (plugins: ${RABBIT_PLUGINS[*]})"
-  as_root rabbitmq-plugins -q enable --offline "${RABBIT_PLUGINS[@]}" >/dev/null \
-    || die "rabbitmq-plugins enable --offline failed"
-  mkdir -p .data
+  as_root rabbitmq-plugins -q enable --offline "${RABBIT_PLUGINS[@]}" </dev/null >>.data/rabbitmq.log 2>&1 \
+    || { tail -n 20 .data/rabbitmq.log >&3; die "rabbitmq-plugins enable --offline failed"; }
   RABBIT_STARTED=1
-  as_root rabbitmq-server -detached >.data/rabbitmq-start.log 2>&1 \
-    || { cat .data/rabbitmq-start.log >&2; die "rabbitmq-server -detached failed"; }
+  as_root rabbitmq-server -detached </dev/null >>.data/rabbitmq.log 2>&1 \
+    || { tail -n 20 .data/rabbitmq.log >&3; die "rabbitmq-server -detached failed"; }
   deadline=$(( $(now) + RABBIT_START_TIMEOUT ))
-  until as_root timeout "$RABBIT_START_TIMEOUT" rabbitmqctl -q await_startup >>.data/rabbitmq-start.log 2>&1; do
+  until as_root timeout "$RABBIT_START_TIMEOUT" rabbitmqctl -q await_startup </dev/null >>.data/rabbitmq.log 2>&1; do
     if (( $(now) >= deadline )); then
-      tail -n 20 .data/rabbitmq-start.log >&2
+      tail -n 20 .data/rabbitmq.log >&3
       die "RabbitMQ did not start within ${RABBIT_START_TIMEOUT}s (logs: /var/log/rabbitmq/)"
     fi
     sleep 0.5
@@ -266,17 +274,17 @@ setup_mongodb() {
     trap - INT QUIT
     if command -v setsid >/dev/null 2>&1; then set -- setsid; else set --; fi
     exec "$@" .venv/bin/secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$PWD/.data/mongo"
-  ) </dev/null >.data/mongo.log 2>&1 &
+  ) </dev/null >.data/mongo.log 2>&1 3>&- &
   MONGO_PID=$!
   deadline=$(( $(now) + MONGO_START_TIMEOUT ))
   until port_open 127.0.0.1 "$MONGO_PORT"; do
     if ! kill -0 "$MONGO_PID" 2>/dev/null; then
-      tail -n 30 .data/mongo.log >&2
+      tail -n 30 .data/mongo.log >&3
       MONGO_PID=""
       die "embedded SecantusDB exited during start-up (log: .data/mongo.log)"
     fi
     if (( $(now) >= deadline )); then
-      tail -n 30 .data/mongo.log >&2
+      tail -n 30 .data/mongo.log >&3
       die "embedded SecantusDB did not answer on 127.0.0.1:${MONGO_PORT} within ${MONGO_START_TIMEOUT}s (log: .data/mongo.log)"
     fi
     sleep 0.2
@@ -316,7 +324,7 @@ cleanup() {
     log "mongodb: embedded SecantusDB ${how} (pid ${MONGO_PID})"
   fi
   if (( RABBIT_STARTED )); then
-    if as_root timeout 60 rabbitmqctl -q shutdown >/dev/null 2>&1; then
+    if as_root timeout 60 rabbitmqctl -q shutdown </dev/null >>.data/rabbitmq.log 2>&1; then
       log "rabbitmq: stopped the node this script started (rabbitmqctl shutdown)"
     else
       log "rabbitmq: WARNING: 'rabbitmqctl shutdown' failed; the node may still run"
@@ -358,9 +366,9 @@ run_child() {
     (
       trap - INT QUIT
       if command -v setsid >/dev/null 2>&1; then exec setsid "$@"; else exec "$@"; fi
-    ) &
+    ) 3>&- &
   else
-    ( trap - INT QUIT; exec "$@" ) <&0 &
+    ( trap - INT QUIT; exec "$@" ) <&0 3>&- &
   fi
   CHILD_PID=$!
   while :; do
@@ -386,6 +394,7 @@ main() {
     -h|--help|help) usage; exit 0 ;;
     *) usage; exit 2 ;;
   esac
+  exec 3>&2
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
   case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
 
