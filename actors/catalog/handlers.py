@@ -15,6 +15,7 @@ from brokers.contracts.catalog import (
     ProductView,
     UpdateProduct,
 )
+from brokers.envelope import Event
 
 catalog = Actor("catalog", CatalogStore)
 Work = UnitOfWork[CatalogStore]
@@ -33,19 +34,19 @@ async def create_product(command: CreateProduct, uow: Work) -> None:
 @catalog.handles(UpdateProduct)
 async def update_product(command: UpdateProduct, uow: Work) -> None:
     product = await uow.store.get(command.product_id)
-    product, updated = domain.update_product(product, command, now=datetime.now(UTC))
-    if updated is not None:
-        await uow.store.save(product)
-        uow.emit(updated)
+    await _save_if_changed(uow, *domain.update_product(product, command, now=datetime.now(UTC)))
 
 
 @catalog.handles(ChangePrice)
 async def change_price(command: ChangePrice, uow: Work) -> None:
     product = await uow.store.get(command.product_id)
-    product, changed = domain.change_price(product, command, now=datetime.now(UTC))
-    if changed is not None:
+    await _save_if_changed(uow, *domain.change_price(product, command, now=datetime.now(UTC)))
+
+
+async def _save_if_changed(uow: Work, product: domain.Product, event: Event | None) -> None:
+    if event is not None:
         await uow.store.save(product)
-        uow.emit(changed)
+        uow.emit(event)
 
 
 @catalog.answers_to(GetProduct)
