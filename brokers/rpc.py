@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 from pydantic import BaseModel, ConfigDict
 
 from brokers.envelope import Envelope, Query
@@ -69,16 +69,21 @@ class Requester:
         self._waiting: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
 
     async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(self._url)
-        # Publishing and consuming direct reply-to must share a channel.
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        reply_queue = await self._channel.get_queue(REPLY_TO, ensure=False)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+        connection = await aio_pika.connect_robust(self._url)
+        try:
+            # Publishing and consuming direct reply-to must share a channel.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            reply_queue = await channel.get_queue(REPLY_TO, ensure=False)
+            await reply_queue.consume(self._on_reply, no_ack=True)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
 
     async def stop(self) -> None:
         if self._connection is not None:
             await self._connection.close()
-            self._connection = None
+            self._connection, self._channel = None, None
 
     @property
     def connected(self) -> bool:
@@ -126,7 +131,7 @@ class Requester:
                 )
             except DeliveryError as exc:
                 raise BrokerUnavailable(f"no actor answers {query.TYPE}") from exc
-            except (AMQPError, ConnectionError) as exc:
+            except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
                 raise BrokerUnavailable(f"RabbitMQ is unreachable: {exc}") from exc
             try:
                 message = await asyncio.wait_for(future, timeout_s)

@@ -24,10 +24,15 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExcha
 from brokers.envelope import Kind, Message
 
 COMMANDS = RabbitExchange("emporium.commands", type=ExchangeType.DIRECT, durable=True)
-EVENTS = RabbitExchange("emporium.events", type=ExchangeType.TOPIC, durable=True)
+# An event nobody subscribes to (yet) is legitimate, so events are never unroutable: what no queue
+# takes goes through the alternate exchange to "unrouted-events", visible and kept for a day.
+UNROUTED = RabbitExchange("emporium.unrouted", type=ExchangeType.FANOUT, durable=True)
+EVENTS = RabbitExchange(
+    "emporium.events", type=ExchangeType.TOPIC, durable=True, arguments={"alternate-exchange": UNROUTED.name}
+)
 QUERIES = RabbitExchange("emporium.queries", type=ExchangeType.DIRECT, durable=True)
 DEAD_LETTERS = RabbitExchange("emporium.dead-letters", type=ExchangeType.DIRECT, durable=True)
-EXCHANGES = (COMMANDS, EVENTS, QUERIES, DEAD_LETTERS)
+EXCHANGES = (UNROUTED, COMMANDS, EVENTS, QUERIES, DEAD_LETTERS)
 
 _EXCHANGE_OF_KIND = {Kind.COMMAND: COMMANDS, Kind.EVENT: EVENTS, Kind.QUERY: QUERIES}
 
@@ -144,15 +149,28 @@ def actor_topology(
     return ActorTopology(actor, work, retries, queries, dead_letters, tuple(retry_delays_ms))
 
 
+UNROUTED_EVENTS = QueueSpec(
+    "unrouted-events",
+    {"x-queue-type": "quorum", "x-message-ttl": 86_400_000, "x-max-length": 100_000},
+    ((UNROUTED.name, ""),),
+)
+
+
+async def _declare_queue(broker: RabbitBroker, spec: QueueSpec) -> None:
+    queue = await broker.declare_queue(spec.rabbit_queue())
+    for exchange, routing_key in spec.bindings:
+        await queue.bind(exchange, routing_key=routing_key)
+
+
 async def declare_exchanges(broker: RabbitBroker) -> None:
+    """The exchanges every process publishes to (and the parking queue for unrouted events)."""
     for exchange in EXCHANGES:
         await broker.declare_exchange(exchange)
+    await _declare_queue(broker, UNROUTED_EVENTS)
 
 
 async def declare(broker: RabbitBroker, topology: ActorTopology) -> None:
     """Declare an actor's queues and bindings; idempotent, safe to run at every start."""
     await declare_exchanges(broker)
     for spec in topology.queues:
-        queue = await broker.declare_queue(spec.rabbit_queue())
-        for exchange, routing_key in spec.bindings:
-            await queue.bind(exchange, routing_key=routing_key)
+        await _declare_queue(broker, spec)

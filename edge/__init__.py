@@ -1,0 +1,1 @@
+"""The HTTP edge: requests in, commands and queries out (see edge.app)."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import RabbitExchange
 
-from brokers.envelope import Envelope, Message
+from brokers.envelope import REGISTRY, Envelope, Kind, Message
 from brokers.factory import publish
-from brokers.topology import EVENTS
+from brokers.topology import COMMANDS, EVENTS
 
 T = TypeVar("T")
 
@@ -45,19 +46,28 @@ async def send(broker, message: Message, *, message_id: str | None = None, corre
     return envelope
 
 
-class EventWatcher:
-    """Collects every event published on the events exchange of the test's vhost."""
+class Tap:
+    """A copy of every message published to an exchange (by default: every event), in routing order."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, exchange: RabbitExchange = EVENTS, routing_keys: Iterable[str] = ("#",)) -> None:
         self._url = url
-        self.events: list[AbstractIncomingMessage] = []
+        self._exchange = exchange
+        self._routing_keys = tuple(routing_keys)
+        self.messages: list[AbstractIncomingMessage] = []
 
-    async def __aenter__(self) -> EventWatcher:
+    @classmethod
+    def commands(cls, url: str) -> Tap:
+        return cls(url, COMMANDS, [t for t, contract in REGISTRY.items() if contract.KIND is Kind.COMMAND])
+
+    async def __aenter__(self) -> Tap:
         self._connection = await aio_pika.connect_robust(self._url)
         channel = await self._connection.channel()
-        exchange = await channel.declare_exchange(EVENTS.name, type="topic", durable=True)
+        exchange = await channel.declare_exchange(
+            self._exchange.name, type=self._exchange.type.value, durable=True, arguments=self._exchange.arguments
+        )
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key="#")
+        for routing_key in self._routing_keys:
+            await queue.bind(exchange, routing_key=routing_key)
         await queue.consume(self._collect, no_ack=True)
         return self
 
@@ -65,13 +75,17 @@ class EventWatcher:
         await self._connection.close()
 
     async def _collect(self, message: AbstractIncomingMessage) -> None:
-        self.events.append(message)
+        self.messages.append(message)
 
     def of_type(self, type_: str) -> list[AbstractIncomingMessage]:
-        return [m for m in self.events if m.type == type_]
+        return [m for m in self.messages if m.type == type_]
 
-    async def wait_for(self, type_: str, count: int = 1, timeout: float = 20.0) -> list[AbstractIncomingMessage]:
+    async def wait_for(
+        self, type_: str | None = None, count: int = 1, timeout: float = 20.0
+    ) -> list[AbstractIncomingMessage]:
         async def seen() -> list[AbstractIncomingMessage]:
-            return self.of_type(type_)
+            return self.messages if type_ is None else self.of_type(type_)
 
-        return await eventually(seen, until=lambda found: len(found) >= count, timeout=timeout, what=f"{count}x {type_}")
+        return await eventually(
+            seen, until=lambda found: len(found) >= count, timeout=timeout, what=f"{count}x {type_ or 'message'}"
+        )

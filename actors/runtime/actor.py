@@ -8,8 +8,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from brokers.envelope import Envelope, Event, InvalidMessage, Kind, Message, Query
 from actors.runtime.store import Store
+from brokers.envelope import Envelope, Event, InvalidMessage, Kind, Message, Query
 
 S = TypeVar("S", bound=Store)
 M = TypeVar("M", bound=Message)

@@ -16,10 +16,10 @@ from faststream.rabbit import RabbitBroker
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from actors.runtime import metrics
 from brokers.envelope import Envelope, Event
 from brokers.factory import publish_body
 from brokers.topology import exchange_for
-from actors.runtime import metrics
 
 log = structlog.get_logger()
 _SENT_RETENTION = timedelta(hours=24)
@@ -38,6 +38,10 @@ def outbox_entry(event: Event, envelope: Envelope) -> dict[str, Any]:
     }
 
 
+class OutboxNotPublished(Exception):
+    """Some outbox entries could not be published; they stay unsent for the next sweep."""
+
+
 class OutboxRelay:
     def __init__(self, actor: str, broker: RabbitBroker, db: AsyncDatabase, *, sweep_s: float) -> None:
         self.actor = actor
@@ -51,20 +55,29 @@ class OutboxRelay:
         await db["outbox"].create_index([("sent_at", ASCENDING), ("created_at", ASCENDING)])
 
     async def publish(self, entries: list[dict[str, Any]]) -> None:
-        """Publish entries in order, each confirmed, then mark them sent."""
+        """Publish entries, each confirmed, and mark those sent; raise if any could not be.
+
+        One entry that cannot be published (its exchange gone, say) must not hold back the others.
+        """
+        sent, failures = [], []
         for entry in entries:
-            await publish_body(
-                self._broker,
-                entry["body"],
-                exchange=entry["exchange"],
-                routing_key=entry["routing_key"],
-                envelope=Envelope.model_validate(entry["envelope"]),
-            )
-        if entries:
-            await self._outbox.update_many(
-                {"_id": {"$in": [e["_id"] for e in entries]}}, {"$set": {"sent_at": datetime.now(UTC)}}
-            )
-            metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(entries))
+            try:
+                await publish_body(
+                    self._broker,
+                    entry["body"],
+                    exchange=entry["exchange"],
+                    routing_key=entry["routing_key"],
+                    envelope=Envelope.model_validate(entry["envelope"]),
+                )
+            except Exception as exc:  # collected and raised below, after marking what did go out
+                failures.append(f"{entry['routing_key']} {entry['_id']}: {exc!r}")
+            else:
+                sent.append(entry["_id"])
+        if sent:
+            await self._outbox.update_many({"_id": {"$in": sent}}, {"$set": {"sent_at": datetime.now(UTC)}})
+            metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(sent))
+        if failures:
+            raise OutboxNotPublished(f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3]))
 
     async def sweep(self, older_than: timedelta) -> int:
         """Republish unsent entries created before now - older_than; returns how many."""

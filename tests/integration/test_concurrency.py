@@ -14,7 +14,7 @@ import pytest
 from brokers.contracts.common import Shortage
 from brokers.contracts.inventory import GetStock, StockRejected, StockReserved, StockView
 from brokers.topology import dlq_name
-from tests.helpers import EventWatcher, eventually, send
+from tests.helpers import Tap, eventually, send
 from tests.integration.test_runtime_support import amqp, order_placed, requester, stock
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ async def test_fifty_concurrent_orders_for_the_last_ten_units_reserve_exactly_te
         await start_host("inventory")  # each host has its own connection and MongoDB client
 
     async with (
-        EventWatcher(settings.rabbitmq_url) as watcher,
+        Tap(settings.rabbitmq_url) as watcher,
         requester(settings) as asker,
         amqp(settings) as rabbit,
     ):
@@ -58,13 +58,13 @@ async def test_fifty_concurrent_orders_for_the_last_ten_units_reserve_exactly_te
     assert level.on_hand + level.reserved + level.shipped == level.received
 
 
-async def _answered(watcher: EventWatcher) -> int:
+async def _answered(watcher: Tap) -> int:
     return len(watcher.of_type(StockReserved.TYPE)) + len(watcher.of_type(StockRejected.TYPE))
 
 
 async def test_an_order_with_one_line_short_reserves_none_of_its_lines(start_host, broker, settings):
     await start_host("inventory")
-    async with EventWatcher(settings.rabbitmq_url) as watcher, requester(settings) as asker:
+    async with Tap(settings.rabbitmq_url) as watcher, requester(settings) as asker:
         await stock(broker, asker, "SKU-PLENTY", 5)
         await stock(broker, asker, "SKU-SCARCE", 1)
 

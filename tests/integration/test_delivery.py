@@ -29,7 +29,7 @@ from brokers.deadletters import ATTEMPTS, ERROR, ORIGIN, REASON
 from brokers.envelope import Command, Envelope, Message
 from brokers.factory import publish
 from brokers.topology import COMMANDS, dlq_name
-from tests.helpers import EventWatcher, eventually, send
+from tests.helpers import Tap, eventually, send
 from tests.integration.test_runtime_support import (
     amqp,
     dead_letter_headers,
@@ -78,7 +78,7 @@ async def test_the_same_restock_delivered_twice_is_applied_once(start_host, brok
 
 async def test_the_same_order_placed_twice_reserves_and_emits_once(start_host, broker, settings):
     await start_host("inventory")
-    async with EventWatcher(settings.rabbitmq_url) as watcher, requester(settings) as asker:
+    async with Tap(settings.rabbitmq_url) as watcher, requester(settings) as asker:
         await stock(broker, asker, "SKU-TWICE", 3)
         duplicates_before = await outcome_count("inventory", "duplicate")
 
@@ -127,7 +127,7 @@ async def test_an_event_committed_but_never_published_is_published_by_the_next_h
         tried_to_publish.set()
         raise SimulatedCrash("the process died between commit and publish")
 
-    async with EventWatcher(settings.rabbitmq_url) as watcher:
+    async with Tap(settings.rabbitmq_url) as watcher:
         async with running(ActorHost([catalog], settings)) as doomed:
             monkeypatch.setattr(doomed.relays["catalog"], "publish", crash)
             envelope = await send(broker, lamp("p-crash", "SKU-CRASH"))
@@ -166,7 +166,7 @@ async def test_the_sweeper_publishes_what_the_fast_path_failed_to_without_a_rest
         await publish_for_real(entries)
 
     monkeypatch.setattr(relay, "publish", fail_the_first_batch)
-    async with EventWatcher(settings.rabbitmq_url) as watcher, running(host):
+    async with Tap(settings.rabbitmq_url) as watcher, running(host):
         envelope = await send(broker, lamp("p-sweep", "SKU-SWEEP"))
         [published] = await watcher.wait_for("product.created")
         entry = await eventually(
@@ -300,7 +300,7 @@ async def test_an_invalid_message_is_dead_lettered_at_once_and_changes_nothing(
     body, properties = broken["body"], _without(broken, "body")
     db = mongo[settings.database_name("catalog")]
 
-    async with EventWatcher(settings.rabbitmq_url) as watcher, amqp(settings) as rabbit:
+    async with Tap(settings.rabbitmq_url) as watcher, amqp(settings) as rabbit:
         publish_raw(
             management,
             settings,
@@ -322,7 +322,7 @@ async def test_an_invalid_message_is_dead_lettered_at_once_and_changes_nothing(
         valid = await send(broker, lamp("p-1", "SKU-1"))
         [created] = await watcher.wait_for("product.created")
     assert created.headers["causation_id"] == valid.message_id
-    assert len(watcher.events) == 1
+    assert len(watcher.messages) == 1
 
 
 async def test_a_broken_rule_is_dead_lettered_at_once_and_changes_nothing(
@@ -330,7 +330,7 @@ async def test_a_broken_rule_is_dead_lettered_at_once_and_changes_nothing(
 ):
     await start_host("catalog")
     db = mongo[settings.database_name("catalog")]
-    async with EventWatcher(settings.rabbitmq_url) as watcher, amqp(settings) as rabbit:
+    async with Tap(settings.rabbitmq_url) as watcher, amqp(settings) as rabbit:
         await send(broker, lamp("p-first", "SKU-TAKEN"))
         await watcher.wait_for("product.created")
 

@@ -17,11 +17,13 @@ from actors.catalog import catalog
 from actors.registry import ACTORS
 from actors.runtime.host import ActorHost, topology_of
 from brokers.settings import Settings
+from brokers.topology import UNROUTED_EVENTS, QueueSpec
 from tests.integration.test_runtime_support import running, vhost_of
 
 pytestmark = pytest.mark.integration
 
 REQUIRED_EXCHANGES = {
+    "emporium.unrouted": "fanout",
     "emporium.commands": "direct",
     "emporium.events": "topic",
     "emporium.queries": "direct",
@@ -49,17 +51,18 @@ def live_topology(management: httpx.Client, settings: Settings) -> dict[str, Any
     }
 
 
+def declared_specs(settings: Settings) -> list[QueueSpec]:
+    return [UNROUTED_EVENTS, *(spec for actor in ACTORS.values() for spec in topology_of(actor, settings).queues)]
+
+
 def declared_queues(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {
-        spec.name: spec.arguments for actor in ACTORS.values() for spec in topology_of(actor, settings).queues
-    }
+    return {spec.name: spec.arguments for spec in declared_specs(settings)}
 
 
 def declared_bindings(settings: Settings) -> set[tuple[str, str, str]]:
     return {
         (exchange, routing_key, spec.name)
-        for actor in ACTORS.values()
-        for spec in topology_of(actor, settings).queues
+        for spec in declared_specs(settings)
         for exchange, routing_key in spec.bindings
     }
 
@@ -67,6 +70,9 @@ def declared_bindings(settings: Settings) -> set[tuple[str, str, str]]:
 def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
     """What the design asks of a queue, by the kind its name tells."""
     quorum = {"x-queue-type": "quorum"}
+    if queue == "unrouted-events":
+        # A parking lot for events nobody subscribes to: bounded, and kept for a day.
+        return {**quorum, "x-message-ttl": 86_400_000, "x-max-length": 100_000}
     if queue.endswith(".dlq"):
         return quorum
     # At-least-once dead-lettering: a message leaves only once its dead-letter copy is confirmed.
@@ -92,7 +98,7 @@ def required_queue_names(settings: Settings) -> set[str]:
     per_actor = ["{a}", "{a}.dlq", "{a}.queries", "{a}.queries.dlq"] + [
         f"{{a}}.retry.{delay}ms" for delay in settings.emporium_retry_delays_ms
     ]
-    return {name.format(a=actor) for actor in ACTORS for name in per_actor}
+    return {"unrouted-events"} | {name.format(a=actor) for actor in ACTORS for name in per_actor}
 
 
 async def test_the_broker_holds_exactly_the_declared_topology(start_host, management, settings):
@@ -112,6 +118,7 @@ async def test_the_broker_holds_exactly_the_declared_topology(start_host, manage
         assert ("emporium.dead-letters", f"{actor}.queries", f"{actor}.queries.dlq") in live["bindings"]
 
     assert {name: e["type"] for name, e in live["exchanges"].items()} == REQUIRED_EXCHANGES
+    assert live["exchanges"]["emporium.events"]["arguments"] == {"alternate-exchange": "emporium.unrouted"}
     assert all(e["durable"] and not e["auto_delete"] for e in live["exchanges"].values())
 
 

@@ -1,0 +1,88 @@
+"""The HTTP edge: turns requests into commands and queries for the actors, and nothing more.
+
+The edge holds no data. A write is validated, sent as a command (persistent, confirmed by RabbitMQ)
+and answered 202 with the ids to follow it by; a read asks the owning actor and waits for its answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from brokers.health import Check, probe_router
+from brokers.settings import Settings, get_settings
+from edge.guard import DEV_ADMIN_HEADER, IDEMPOTENCY_HEADER
+from edge.link import RabbitLink
+from edge.observe import REQUEST_ID_HEADER, ObserveRequests
+from edge.problems import install_problem_handlers
+from edge.routes import catalog, inventory
+
+DESCRIPTION = f"""
+The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ and MongoDB.
+
+* **Writes** are accepted, not done: the edge sends a command to the actor that owns the data and
+  answers `202 Accepted` once RabbitMQ has confirmed it, with the command's `message_id`, its
+  `correlation_id` and a `Location` where the effect will be visible shortly.
+* **Idempotent retries**: send an `{IDEMPOTENCY_HEADER}` header with a write. Repeating the write with
+  the same key (same method and path) sends the same message id, and the actor applies it only once.
+* **Reads** ask the owning actor and wait for its answer (`504` when none comes in time).
+* **Errors** are RFC 9457 problems (`application/problem+json`): `type`, `title`, `status`, `detail`,
+  `instance`, the `request_id` of the request, and `errors` listing the bad fields of an invalid request.
+  `503` means RabbitMQ could not take the request (see `Retry-After`); its detail says whether a
+  write's command may have been queued anyway, which is what retrying with the same
+  `{IDEMPOTENCY_HEADER}` makes safe.
+* Every response carries `{REQUEST_ID_HEADER}`; it is the correlation id of the messages sent for it.
+
+**Authentication is a development stand-in**: write routes need the `{DEV_ADMIN_HEADER}` header set to
+the value of `EMPORIUM_DEV_ADMIN_TOKEN` (the default is refused in production). Real authentication
+by the identity actor replaces it.
+"""
+
+TAGS = [
+    {"name": "catalog", "description": "Products, categories and prices (the catalog actor)."},
+    {"name": "inventory", "description": "Stock per SKU (the inventory actor)."},
+    {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+
+def _version() -> str:
+    try:
+        return version("emporium")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Check] | None = None) -> FastAPI:
+    """The edge; ``extra_checks`` join its readiness (the all-in-one process adds its actors')."""
+    settings = settings or get_settings()
+    link = RabbitLink(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await link.open()
+        try:
+            yield
+        finally:
+            await link.close()
+
+    app = FastAPI(
+        title="emporium edge",
+        summary="Products and stock over HTTP, served by actors on RabbitMQ and MongoDB.",
+        description=DESCRIPTION,
+        version=_version(),
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.link = link
+    install_problem_handlers(app)
+    app.add_middleware(ObserveRequests)
+    app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
+    app.include_router(catalog.router)
+    app.include_router(inventory.router)
+    return app

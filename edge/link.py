@@ -1,0 +1,132 @@
+"""The edge's link to RabbitMQ: a confirming publisher for commands and a requester for queries.
+
+The edge starts even when RabbitMQ is unreachable: it keeps connecting in the background with a
+growing pause, ``/ready`` reports not ready, and every request that needs RabbitMQ is answered 503
+meanwhile. Once connected, aio-pika's robust connections reconnect on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, TypeVar
+
+import structlog
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
+from aiormq import spec
+from faststream.rabbit import RabbitBroker
+
+from brokers.envelope import Command, Envelope, Query
+from brokers.factory import make_broker, publish
+from brokers.rpc import BrokerUnavailable, Requester
+from brokers.settings import Settings
+from brokers.topology import declare_exchanges
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+APP_NAME = "emporium-edge"
+FIRST_RECONNECT_PAUSE_S = 0.5
+LONGEST_RECONNECT_PAUSE_S = 5.0
+# A silently dropped connection attempt must not hold the edge's start (or a reconnect) forever.
+CONNECT_TIMEOUT_S = 10.0
+_PING_TIMEOUT_S = 1.0
+# Everything that means "RabbitMQ cannot take this now" (ConnectionError and TimeoutError are OSErrors).
+_UNREACHABLE = (AMQPError, ChannelInvalidStateError, OSError)
+
+
+class RabbitLink:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._broker: RabbitBroker = make_broker(settings, app_name=APP_NAME)
+        self._requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
+        self._connected = False
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Connect now if RabbitMQ answers, else keep trying in the background."""
+        if not await self._try_connect():
+            self._connecting = asyncio.create_task(self._keep_connecting(), name="edge-rabbitmq-connect")
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+            self._connecting = None
+        await self._disconnect()
+
+    async def _try_connect(self) -> bool:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._broker.connect()
+                await declare_exchanges(self._broker)
+                await self._requester.start()
+        except _UNREACHABLE as exc:
+            log.warning("edge.rabbitmq_unreachable", error=str(exc) or type(exc).__name__)
+            await self._disconnect()
+            return False
+        except asyncio.CancelledError:
+            await self._disconnect()
+            raise
+        self._connected = True
+        log.info("edge.rabbitmq_connected")
+        return True
+
+    async def _keep_connecting(self) -> None:
+        pause = FIRST_RECONNECT_PAUSE_S
+        while True:
+            await asyncio.sleep(pause)
+            if await self._try_connect():
+                return
+            pause = min(pause * 2, LONGEST_RECONNECT_PAUSE_S)
+
+    async def _disconnect(self) -> None:
+        self._connected = False
+        await self._requester.stop()
+        await self._broker.stop()
+
+    async def ready(self) -> bool:
+        """Both connections are up (the readiness check)."""
+        return (
+            self._connected and self._requester.connected and await self._broker.ping(timeout=_PING_TIMEOUT_S)
+        )
+
+    def _require_connection(self) -> None:
+        if not self._connected:
+            raise BrokerUnavailable("RabbitMQ is unreachable (the edge keeps reconnecting); nothing was sent")
+
+    async def send(self, command: Command, envelope: Envelope) -> None:
+        """Publish a command and return once RabbitMQ confirmed it is queued for its actor."""
+        self._require_connection()
+        timeout_s = self._settings.emporium_query_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await publish(self._broker, command, envelope)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(_uncertain(command, f"no confirm within {timeout_s:g}s")) from exc
+        except DeliveryError as exc:
+            raise BrokerUnavailable(_refusal(command, exc)) from exc
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(_uncertain(command, str(exc) or type(exc).__name__)) from exc
+
+    async def ask(self, query: Query, data_type: type[T] | Any, *, correlation_id: str) -> T:
+        """Ask the actor that answers ``query``; its problems and timeouts propagate as they are."""
+        self._require_connection()
+        return await self._requester.ask(query, data_type, correlation_id=correlation_id)
+
+
+def _refusal(command: Command, exc: DeliveryError) -> str:
+    if isinstance(exc.frame, spec.Basic.Return):
+        return (
+            f"no queue takes {command.TYPE} (the actor that handles it is not deployed); nothing was queued"
+        )
+    return f"RabbitMQ refused {command.TYPE} (the queue of its actor may be full); nothing was queued"
+
+
+def _uncertain(command: Command, what_happened: str) -> str:
+    # The command may have reached its queue before the confirm was lost.
+    return (
+        f"RabbitMQ did not confirm {command.TYPE} ({what_happened}); it may or may not be queued: "
+        "retry with the same Idempotency-Key and it is applied at most once"
+    )

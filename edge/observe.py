@@ -1,0 +1,72 @@
+"""Request ids and request metrics, for every HTTP request the edge serves.
+
+Each request gets an id: it is returned in ``X-Request-ID``, bound to every log line written while
+serving it, and used as the correlation id of the messages it sends, so one id follows a request
+from the edge through every actor. Metrics are labelled by route template (``/products/{product_id}``),
+never by raw path, so their number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from prometheus_client import Counter, Histogram
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from brokers.envelope import new_id
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_STATE = "request_id"
+UNMATCHED_ROUTE = "unmatched"
+
+REQUESTS = Counter(
+    "emporium_edge_requests_total", "HTTP requests served by the edge", ["method", "route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "emporium_edge_request_duration_seconds",
+    "Time to serve an HTTP request at the edge",
+    ["method", "route", "status"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def request_id_of(request: Request) -> str:
+    """The id ObserveRequests gave this request (one made up on the spot outside it, as in a bare app)."""
+    return request.scope.setdefault("state", {}).setdefault(_REQUEST_ID_STATE, new_id())
+
+
+class ObserveRequests:
+    """ASGI middleware: request id, request log context, request count and latency."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_id()
+        scope.setdefault("state", {})[_REQUEST_ID_STATE] = request_id
+        # An exception that escapes the app is answered 500 by the outermost middleware.
+        status = 500
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                await self.app(scope, receive, send_with_request_id)
+        finally:
+            # The router records the matched route in the scope it was given.
+            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            labels = (scope["method"], route, str(status))
+            REQUESTS.labels(*labels).inc()
+            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)

@@ -1,0 +1,189 @@
+"""Every error the edge answers is an RFC 9457 problem (``application/problem+json``).
+
+Handlers here turn each kind of failure into a problem with a useful detail: HTTP errors, invalid
+requests (listing every bad field), problems reported by an actor, query timeouts, RabbitMQ being
+unreachable, and, last, anything unexpected (a generic 500, logged, with no stack trace sent).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
+
+from brokers.rpc import BrokerUnavailable, QueryFailed, QueryTimeout
+from edge.observe import REQUEST_ID_HEADER, request_id_of
+
+log = structlog.get_logger()
+
+PROBLEM_JSON = "application/problem+json"
+
+# Problem types a client can act on differently; anything else is "about:blank" + the status phrase.
+INVALID_REQUEST = "urn:emporium:problem:invalid-request"
+BROKER_UNAVAILABLE = "urn:emporium:problem:broker-unavailable"
+QUERY_TIMEOUT = "urn:emporium:problem:query-timeout"
+
+# How long a client should wait before retrying when RabbitMQ cannot take a request.
+RETRY_AFTER_S = 5
+_MAX_LISTED_ERRORS = 20
+_SCHEMAS = "#/components/schemas/"
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    location: str
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem; ``errors`` lists the bad fields of an invalid request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str
+    errors: list[FieldError] | None = None
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    detail: str,
+    *,
+    type_: str = "about:blank",
+    title: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    problem = ProblemDetails(
+        type=type_,
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        request_id=request_id_of(request),
+        errors=errors,
+    )
+    return ProblemResponse(problem.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the problems a route can answer (see ``document_problems``)."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": f"{_SCHEMAS}{ProblemDetails.__name__}"}}},
+        }
+        for status in statuses
+    }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Put the problem schemas into the OpenAPI document.
+
+    FastAPI would register them if the routes' error responses named a model, but it would then
+    also document them as application/json, which they never are.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        first_time = app.openapi_schema is None
+        document = generate()
+        if first_time:
+            schema = ProblemDetails.model_json_schema(ref_template=_SCHEMAS + "{model}")
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update({ProblemDetails.__name__: schema, **schema.pop("$defs", {})})
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def field_errors(exc: RequestValidationError) -> list[FieldError]:
+    return [
+        FieldError(location=".".join(str(part) for part in error["loc"]), message=error["msg"])
+        for error in exc.errors()[:_MAX_LISTED_ERRORS]
+    ]
+
+
+def validation_detail(errors: list[FieldError]) -> str:
+    listed = "; ".join(f"{error.location}: {error.message}" for error in errors)
+    return f"{len(errors)} invalid field{'s' if len(errors) != 1 else ''}: {listed}"
+
+
+async def _http_error(request: Request, exc: HTTPException) -> ProblemResponse:
+    phrase = HTTPStatus(exc.status_code).phrase
+    # Starlette's own 404/405 carry only the phrase; say what was asked instead.
+    detail = (
+        exc.detail
+        if exc.detail and exc.detail != phrase
+        else f"{request.method} {request.url.path}: {phrase}"
+    )
+    return problem_response(request, exc.status_code, str(detail), headers=exc.headers)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> ProblemResponse:
+    errors = field_errors(exc)
+    return problem_response(
+        request,
+        422,
+        validation_detail(errors),
+        type_=INVALID_REQUEST,
+        title="The request is invalid",
+        errors=errors,
+    )
+
+
+async def _actor_problem(request: Request, exc: QueryFailed) -> ProblemResponse:
+    problem = exc.problem
+    return problem_response(request, problem.status, problem.detail, title=problem.title)
+
+
+async def _query_timeout(request: Request, exc: QueryTimeout) -> ProblemResponse:
+    detail = f"{exc}: the actor that answers it is slow or not running; try again later"
+    return problem_response(request, 504, detail, type_=QUERY_TIMEOUT, title="No answer in time")
+
+
+async def _broker_unavailable(request: Request, exc: BrokerUnavailable) -> ProblemResponse:
+    log.warning("edge.broker_unavailable", path=request.url.path, error=str(exc))
+    return problem_response(
+        request,
+        503,
+        str(exc),
+        type_=BROKER_UNAVAILABLE,
+        title="Messaging is unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
+    log.error("edge.unexpected_error", method=request.method, path=request.url.path, exc_info=exc)
+    return problem_response(
+        request,
+        500,
+        "the edge failed unexpectedly; the error is logged under this request id",
+        # Answered outside ObserveRequests (by the outermost middleware), so the id is added here.
+        headers={REQUEST_ID_HEADER: request_id_of(request)},
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    document_problems(app)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(QueryFailed, _actor_problem)
+    app.add_exception_handler(QueryTimeout, _query_timeout)
+    app.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""The edge's routes, one module per actor they talk to."""

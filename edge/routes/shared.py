@@ -1,0 +1,64 @@
+"""What the route modules share: request bodies' rules, the link, and the 202 answer of a write."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from brokers.envelope import Command, Envelope
+from edge.guard import WriteIdentity, require_dev_admin
+from edge.link import RabbitLink
+from edge.observe import request_id_of
+from edge.problems import problem_responses
+
+# Write routes: dev admin guard first, then the problems a write can answer.
+WRITE = {
+    "status_code": 202,
+    "dependencies": [Depends(require_dev_admin)],
+    "responses": problem_responses(401, 422, 503),
+}
+
+
+def read_problems(*more: int) -> dict[int | str, dict[str, Any]]:
+    """The problems a read can answer: invalid, RabbitMQ unreachable, no answer in time, and ``more``."""
+    return problem_responses(*sorted((422, 503, 504, *more)))
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused, like in the contracts the edge turns it into."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Accepted(BaseModel):
+    """The command is queued for its actor (confirmed by RabbitMQ); its effect follows shortly."""
+
+    status: Literal["accepted"] = "accepted"
+    message_id: str
+    correlation_id: str
+
+    @classmethod
+    def of(cls, envelope: Envelope, **fields: Any) -> Self:
+        return cls(message_id=envelope.message_id, correlation_id=envelope.correlation_id, **fields)
+
+
+def link_of(request: Request) -> RabbitLink:
+    return request.app.state.link
+
+
+Link = Annotated[RabbitLink, Depends(link_of)]
+RequestId = Annotated[str, Depends(request_id_of)]
+
+
+async def dispatch(
+    link: RabbitLink, command: Command, write: WriteIdentity, response: Response, *, location: str
+) -> Envelope:
+    """Send a write's command; answer with where its effect will be visible."""
+    envelope = Envelope.first(command, write.correlation_id).model_copy(
+        update={"message_id": write.message_id}
+    )
+    await link.send(command, envelope)
+    response.headers["Location"] = location
+    return envelope

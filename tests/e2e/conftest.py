@@ -1,0 +1,40 @@
+"""Fixtures of the end-to-end tests: the real edge over uvicorn, on the test's vhost and databases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+
+from brokers.settings import Settings
+from edge.app import create_app
+from tests.e2e.support import edge_settings, serving
+from tests.helpers import Tap
+
+ServeEdge = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+async def serve_edge(settings: Settings) -> AsyncIterator[ServeEdge]:
+    """Serve edges over the test's settings (with overrides); each call gives a client of a new one."""
+    async with AsyncExitStack() as stack:
+
+        async def serve(**overrides: object) -> httpx.AsyncClient:
+            app = create_app(edge_settings(settings, **overrides))
+            base_url = await stack.enter_async_context(serving(app))
+            return await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=10.0))
+
+        yield serve
+
+
+@pytest.fixture
+async def edge(serve_edge: ServeEdge) -> httpx.AsyncClient:
+    return await serve_edge()
+
+
+@pytest.fixture
+async def command_tap(settings: Settings) -> AsyncIterator[Tap]:
+    async with Tap.commands(settings.rabbitmq_url) as tap:
+        yield tap

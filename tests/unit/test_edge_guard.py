@@ -1,0 +1,135 @@
+"""The dev admin guard and the message identity of write requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+from brokers.settings import Settings
+from edge.app import create_app
+from edge.guard import WriteIdentity, idempotent_id, write_identity
+
+TOKEN = "unit-admin-token"
+ADMIN = {"X-Dev-Admin-Token": TOKEN}
+VALID_PRODUCT = {"sku": "MUG-1", "name": "Mug", "category": "kitchen", "price_cents": 100}
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[httpx.AsyncClient]:
+    """The real edge, never connected to RabbitMQ (its lifespan is not run): nothing can be sent."""
+    app = create_app(Settings(emporium_dev_admin_token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
+        yield client
+
+
+def _request(method: str, path: str) -> Request:
+    return Request({"type": "http", "method": method, "path": path, "headers": [], "query_string": b""})
+
+
+def test_an_idempotency_key_gives_the_same_message_id_for_the_same_method_and_path() -> None:
+    first = write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
+    again = write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
+
+    assert first.message_id == again.message_id
+    assert first.idempotent
+    assert len(first.message_id) == 32 and int(first.message_id, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "key"),
+    [
+        ("POST", "/inventory/MUG-2/restock", "key-00000001"),  # another SKU
+        ("PATCH", "/products/p-1", "key-00000001"),  # another route
+        ("POST", "/inventory/MUG-1/restock", "key-00000002"),  # another key
+    ],
+)
+def test_any_other_method_path_or_key_gives_another_message_id(method: str, path: str, key: str) -> None:
+    reference = write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
+
+    assert write_identity(_request(method, path), key).message_id != reference.message_id
+
+
+def test_without_a_key_every_write_gets_a_fresh_message_id() -> None:
+    first = write_identity(_request("POST", "/products"), None)
+    second = write_identity(_request("POST", "/products"), None)
+
+    assert first.message_id != second.message_id
+    assert not first.idempotent
+
+
+def test_the_correlation_id_is_the_request_id() -> None:
+    request = _request("POST", "/products")
+    request.scope["state"] = {"request_id": "req-1"}
+
+    assert write_identity(request, "key-00000001").correlation_id == "req-1"
+
+
+def test_what_an_idempotent_write_creates_keeps_its_id_across_retries() -> None:
+    write = WriteIdentity(
+        message_id=idempotent_id("POST /products", "key-00000001"), correlation_id="c", idempotent=True
+    )
+    retried = WriteIdentity(write.message_id, correlation_id="another request", idempotent=True)
+
+    assert write.new_entity_id("product") == retried.new_entity_id("product")
+    assert write.new_entity_id("product") != write.new_entity_id("order")
+    assert write.new_entity_id("product") != write.message_id
+
+
+def test_what_a_plain_write_creates_gets_a_fresh_id() -> None:
+    write = WriteIdentity(message_id="m-1", correlation_id="c")
+
+    assert write.new_entity_id("product") != write.new_entity_id("product")
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Dev-Admin-Token": ""}])
+async def test_a_write_without_the_token_is_refused_before_its_body_is_read(
+    edge: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    response = await edge.post("/products", json={"nonsense": True}, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "this route needs the X-Dev-Admin-Token header"
+
+
+@pytest.mark.parametrize("token", ["dev-admin", TOKEN[:-1], TOKEN + "x", TOKEN.upper()])
+async def test_a_write_with_a_wrong_token_is_refused(edge: httpx.AsyncClient, token: str) -> None:
+    response = await edge.post("/products", json=VALID_PRODUCT, headers={"X-Dev-Admin-Token": token})
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == "the X-Dev-Admin-Token header is not the dev admin token"
+
+
+async def test_reads_need_no_token(edge: httpx.AsyncClient) -> None:
+    # Not connected: the read gets as far as RabbitMQ, which is what 503 says.
+    assert (await edge.get("/products")).status_code == 503
+
+
+async def test_with_the_token_a_valid_write_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -> None:
+    response = await edge.post("/products", json=VALID_PRODUCT, headers=ADMIN)
+
+    assert response.status_code == 503
+    assert response.json()["type"] == "urn:emporium:problem:broker-unavailable"
+
+
+@pytest.mark.parametrize(
+    ("key", "complaint"),
+    [
+        ("short", "at least 8 characters"),
+        ("k" * 129, "at most 128 characters"),
+        ("has spaces in it", "should match pattern"),
+        ("ünïcödé-key".encode(), "should match pattern"),
+    ],
+)
+async def test_a_malformed_idempotency_key_is_an_invalid_request(
+    edge: httpx.AsyncClient, key: str | bytes, complaint: str
+) -> None:
+    response = await edge.post("/products", json=VALID_PRODUCT, headers={**ADMIN, "Idempotency-Key": key})
+
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["location"] == "header.Idempotency-Key"
+    assert complaint in error["message"]
