@@ -8,7 +8,8 @@ class RuleViolation(Exception):
 
 
 class NotFound(LookupError):
-    """A query asked for something that does not exist."""
+    """Something asked for does not exist. A query answers 404; in a handler it is transient,
+    because concurrent consumers may run an update before the create it follows has committed."""
 
 
 class ConcurrentUpdate(Exception):
