@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     # Unacked messages a consumer may hold: the concurrency of one actor process.
     emporium_prefetch: int = Field(32, ge=1, le=1000)
     # Delays of the retry tiers; a message is dead-lettered after the last one.
-    # Each delay has its own queue ("<actor>.retry.<ms>ms"), so changing them adds queues
+    # Each delay has its own queue ("<actor>.delay.<ms>ms"), so changing them adds queues
     # instead of silently changing the arguments of existing ones.
     emporium_retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000)
     # Redeliveries (consumer crashes) before a quorum queue dead-letters a message on its own.

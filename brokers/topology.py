@@ -5,8 +5,9 @@ events go to a topic exchange, routed by type to every actor that subscribed. Ea
 
 - ``<actor>``: its work queue (commands and events), quorum, dead-lettering at least once into
   ``<actor>.dlq`` when the runtime rejects a message or the delivery limit is hit;
-- ``<actor>.retry.<ms>ms``: one queue per retry delay; a message waits out the queue's TTL and is
-  dead-lettered back into ``<actor>``;
+- ``<actor>.delay.<ms>ms``: one queue per delay (the retry delays, and the timers an actor sets
+  itself, such as an order's deadline); a message waits out the queue's TTL and is dead-lettered
+  back into ``<actor>``;
 - ``<actor>.queries`` (+ ``.dlq``): request/reply queries, kept apart so reads never wait behind work.
 
 Queue arguments are part of a queue's identity in RabbitMQ (redeclaring with other arguments fails),
@@ -72,8 +73,8 @@ def dlq_name(queue: str) -> str:
     return f"{queue}.dlq"
 
 
-def retry_queue_name(queue: str, delay_ms: int) -> str:
-    return f"{queue}.retry.{delay_ms}ms"
+def delay_queue_name(queue: str, delay_ms: int) -> str:
+    return f"{queue}.delay.{delay_ms}ms"
 
 
 def queries_queue_name(actor: str) -> str:
@@ -84,20 +85,26 @@ def queries_queue_name(actor: str) -> str:
 class ActorTopology:
     actor: str
     work: QueueSpec
-    retries: tuple[QueueSpec, ...]
+    delays: tuple[QueueSpec, ...]
     queries: QueueSpec
     dead_letters: tuple[QueueSpec, ...]
     retry_delays_ms: tuple[int, ...] = field(default=())
 
     @property
     def queues(self) -> tuple[QueueSpec, ...]:
-        return (self.work, *self.retries, self.queries, *self.dead_letters)
+        return (self.work, *self.delays, self.queries, *self.dead_letters)
 
     def retry_queue(self, attempt: int) -> str | None:
-        """The retry queue for the given failed attempt (1-based), or None when retries are spent."""
+        """The delay queue for the given failed attempt (1-based), or None when retries are spent."""
         if attempt > len(self.retry_delays_ms):
             return None
-        return retry_queue_name(self.work.name, self.retry_delays_ms[attempt - 1])
+        return delay_queue_name(self.work.name, self.retry_delays_ms[attempt - 1])
+
+    def delay_queue(self, delay_ms: int) -> str:
+        name = delay_queue_name(self.work.name, delay_ms)
+        if name not in {spec.name for spec in self.delays}:
+            raise ValueError(f"{self.actor} declares no {delay_ms} ms delay; add it to the actor's timers")
+        return name
 
 
 def actor_topology(
@@ -107,6 +114,7 @@ def actor_topology(
     answers: Iterable[type[Message]],
     retry_delays_ms: tuple[int, ...],
     delivery_limit: int,
+    timer_delays_ms: Iterable[int] = (),
 ) -> ActorTopology:
     work_name, queries_name = actor, queries_queue_name(actor)
 
@@ -124,9 +132,9 @@ def actor_topology(
         dead_lettering_into_dlq(work_name),
         tuple(sorted((exchange_for(m).name, m.TYPE) for m in consumes)),
     )
-    retries = tuple(
+    delays = tuple(
         QueueSpec(
-            retry_queue_name(work_name, delay),
+            delay_queue_name(work_name, delay),
             _quorum(
                 **{
                     "x-message-ttl": delay,
@@ -135,7 +143,7 @@ def actor_topology(
                 }
             ),
         )
-        for delay in retry_delays_ms
+        for delay in sorted({*retry_delays_ms, *timer_delays_ms})
     )
     queries = QueueSpec(
         queries_name,
@@ -146,7 +154,7 @@ def actor_topology(
         QueueSpec(dlq_name(q), {"x-queue-type": "quorum"}, ((DEAD_LETTERS.name, q),))
         for q in (work_name, queries_name)
     )
-    return ActorTopology(actor, work, retries, queries, dead_letters, tuple(retry_delays_ms))
+    return ActorTopology(actor, work, delays, queries, dead_letters, tuple(retry_delays_ms))
 
 
 UNROUTED_EVENTS = QueueSpec(

@@ -8,8 +8,11 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from actors.runtime.outbox import outbox_entry
 from actors.runtime.store import Store
-from brokers.envelope import Envelope, Event, InvalidMessage, Kind, Message, Query
+from brokers.envelope import Command, Envelope, Event, InvalidMessage, Kind, Message, Query
+from brokers.settings import Settings
+from brokers.topology import ActorTopology
 
 S = TypeVar("S", bound=Store)
 M = TypeVar("M", bound=Message)
@@ -17,19 +20,27 @@ Q = TypeVar("Q", bound=Query)
 
 
 class UnitOfWork(Generic[S]):
-    """What a handler works with: its store (inside the transaction) and the events it emits.
+    """What a handler works with: its store (inside the transaction) and the messages it sends.
 
-    Emitted events are written to the outbox in the same transaction as the store's changes and
-    published after commit by the runtime.
+    Emitted events and scheduled commands are written to the outbox in the same transaction as the
+    store's changes and published after commit by the runtime.
     """
 
-    def __init__(self, store: S, envelope: Envelope) -> None:
+    def __init__(self, store: S, envelope: Envelope, topology: ActorTopology) -> None:
         self.store = store
         self.envelope = envelope
-        self.emitted: list[tuple[Event, Envelope]] = []
+        self._topology = topology
+        self.outbox: list[dict[str, Any]] = []
 
     def emit(self, event: Event) -> None:
-        self.emitted.append((event, self.envelope.caused(event)))
+        """Publish an event once this handler's transaction commits."""
+        self.outbox.append(outbox_entry(event, self.envelope.caused(event)))
+
+    def schedule(self, command: Command, *, delay_ms: int) -> None:
+        """Send a command to this actor itself after a delay (a timer, such as a deadline)."""
+        self.outbox.append(
+            outbox_entry(command, self.envelope.caused(command), routing_key=self._topology.delay_queue(delay_ms))
+        )
 
 
 Handler = Callable[[Any, UnitOfWork[Any]], Awaitable[None]]
@@ -40,6 +51,8 @@ Answer = Callable[[Any, Any], Awaitable[BaseModel | list[BaseModel] | dict[str, 
 class Actor(Generic[S]):
     name: str
     store: type[S]
+    # The delays (ms) of the timers the actor schedules, read from the settings.
+    timers: Callable[[Settings], tuple[int, ...]] = lambda settings: ()
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
 

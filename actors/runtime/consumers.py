@@ -27,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
 from actors.runtime.errors import PERMANENT, NotFound, RuleViolation
-from actors.runtime.outbox import OutboxRelay, outbox_entry
+from actors.runtime.outbox import OutboxRelay
 from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
 from brokers.envelope import Envelope, InvalidMessage
 from brokers.rpc import Problem, Reply
@@ -97,12 +97,11 @@ class WorkConsumer:
             await self.db["inbox"].insert_one(
                 {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
             )
-            work = UnitOfWork(self.actor.store(self.db, session), envelope)
+            work = UnitOfWork(self.actor.store(self.db, session), envelope, self.topology)
             await handler(payload, work)
-            entries = [outbox_entry(event, event_envelope) for event, event_envelope in work.emitted]
-            if entries:
-                await self.db["outbox"].insert_many(entries, session=session)
-            return entries
+            if work.outbox:
+                await self.db["outbox"].insert_many(work.outbox, session=session)
+            return work.outbox
 
         async with self.client.start_session() as session:
             try:

@@ -17,7 +17,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from actors.runtime import metrics
-from brokers.envelope import Envelope, Event
+from brokers.envelope import Envelope, Message
 from brokers.factory import publish_body
 from brokers.topology import exchange_for
 
@@ -26,12 +26,13 @@ _SENT_RETENTION = timedelta(hours=24)
 _SWEEP_BATCH = 500
 
 
-def outbox_entry(event: Event, envelope: Envelope) -> dict[str, Any]:
+def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | None = None) -> dict[str, Any]:
+    """An outbox entry: to the exchange of the message's kind, or straight to a queue (routing_key)."""
     return {
         "_id": envelope.message_id,
-        "exchange": exchange_for(event).name,
-        "routing_key": event.TYPE,
-        "body": event.body(),
+        "exchange": exchange_for(message).name if routing_key is None else "",
+        "routing_key": message.TYPE if routing_key is None else routing_key,
+        "body": message.body(),
         "envelope": envelope.model_dump(mode="json"),
         "created_at": datetime.now(UTC),
         "sent_at": None,

@@ -1,19 +1,46 @@
-"""Orders: the events other actors react to (the order actor's own commands come with it)."""
+"""Orders: placing and cancelling orders, and the order events the saga turns on."""
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
-from brokers.contracts.common import Cents, Currency, EntityId, Quantity, Sku, Value
-from brokers.envelope import Event
+from brokers.contracts.common import Cents, Currency, EntityId, Line, Quantity, Sku, Value
+from brokers.envelope import Command, Event, Query
 
 CancelReason = Literal["out_of_stock", "payment_declined", "payment_unavailable", "timeout", "customer"]
+OrderStatus = Literal["placed", "reserved", "confirmed", "shipped", "delivered", "cancelled"]
 
 
 class OrderLine(Value):
     sku: Sku
     quantity: Quantity
     unit_price_cents: Cents
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+class PlaceOrder(Command, type="orders.place_order"):
+    order_id: EntityId
+    customer_id: EntityId
+    lines: list[Line] = Field(min_length=1, max_length=100)
+    # A digest of the request that placed it, so a reused idempotency key with another body is told apart.
+    request_digest: str = Field(min_length=1, max_length=128)
+
+
+class CancelOrder(Command, type="orders.cancel_order"):
+    order_id: EntityId
+    customer_id: EntityId
+
+
+class ExpireOrder(Command, type="orders.expire_order"):
+    """Sent by orders to itself, delayed by the order deadline."""
+
+    order_id: EntityId
+
+
+# --- events ----------------------------------------------------------------------------------
 
 
 class OrderPlaced(Event, type="order.placed"):
@@ -24,6 +51,69 @@ class OrderPlaced(Event, type="order.placed"):
     currency: Currency
 
 
+class OrderConfirmed(Event, type="order.confirmed"):
+    order_id: EntityId
+    customer_id: EntityId
+    lines: list[OrderLine]
+    total_cents: Cents
+    currency: Currency
+
+
 class OrderCancelled(Event, type="order.cancelled"):
     order_id: EntityId
+    customer_id: EntityId
     reason: CancelReason
+
+
+class OrderShipped(Event, type="order.shipped"):
+    order_id: EntityId
+    customer_id: EntityId
+    shipment_id: EntityId
+    carrier: str = Field(min_length=1, max_length=64)
+    tracking_number: str = Field(min_length=1, max_length=64)
+
+
+class OrderDelivered(Event, type="order.delivered"):
+    order_id: EntityId
+    customer_id: EntityId
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+class OrderStep(Value):
+    status: OrderStatus
+    at: datetime
+    reason: CancelReason | None = None
+
+
+class OrderView(Value):
+    order_id: EntityId
+    customer_id: EntityId
+    status: OrderStatus
+    lines: list[OrderLine]
+    total_cents: int
+    currency: str
+    cancel_reason: CancelReason | None = None
+    request_digest: str
+    placed_at: datetime
+    updated_at: datetime
+    history: list[OrderStep]
+    version: int
+
+
+class OrderPage(Value):
+    items: list[OrderView]
+    total: int
+    offset: int
+    limit: int
+
+
+class GetOrder(Query, type="orders.get_order"):
+    order_id: EntityId
+
+
+class ListOrders(Query, type="orders.list_orders"):
+    customer_id: EntityId
+    offset: int = Field(0, ge=0, le=1_000_000)
+    limit: int = Field(20, ge=1, le=100)

@@ -77,7 +77,7 @@ def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
         return quorum
     # At-least-once dead-lettering: a message leaves only once its dead-letter copy is confirmed.
     safe = {**quorum, "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-    work_queue, _, tier = queue.partition(".retry.")
+    work_queue, _, tier = queue.partition(".delay.")
     if tier:
         # Waits out its TTL, then goes back to the work queue through the default exchange.
         return {
@@ -95,10 +95,12 @@ def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
 
 
 def required_queue_names(settings: Settings) -> set[str]:
-    per_actor = ["{a}", "{a}.dlq", "{a}.queries", "{a}.queries.dlq"] + [
-        f"{{a}}.retry.{delay}ms" for delay in settings.emporium_retry_delays_ms
-    ]
-    return {"unrouted-events"} | {name.format(a=actor) for actor in ACTORS for name in per_actor}
+    names = {"unrouted-events"}
+    for name, actor in ACTORS.items():
+        names |= {name, f"{name}.dlq", f"{name}.queries", f"{name}.queries.dlq"}
+        delays = {*settings.emporium_retry_delays_ms, *actor.timers(settings)}
+        names |= {f"{name}.delay.{delay}ms" for delay in delays}
+    return names
 
 
 async def test_the_broker_holds_exactly_the_declared_topology(start_host, management, settings):

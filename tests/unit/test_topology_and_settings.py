@@ -10,16 +10,16 @@ from brokers.topology import COMMANDS, DEAD_LETTERS, EVENTS
 def test_inventory_queues_bindings_and_retry_tiers():
     topology = topology_of(ACTORS["inventory"], Settings(emporium_retry_delays_ms=(100, 1000)))
     assert [q.name for q in topology.queues] == [
-        "inventory", "inventory.retry.100ms", "inventory.retry.1000ms", "inventory.queries",
+        "inventory", "inventory.delay.100ms", "inventory.delay.1000ms", "inventory.queries",
         "inventory.dlq", "inventory.queries.dlq",
     ]
     assert (COMMANDS.name, "inventory.restock") in topology.work.bindings
     assert (EVENTS.name, "order.placed") in topology.work.bindings
     assert topology.work.arguments["x-dead-letter-exchange"] == DEAD_LETTERS.name
-    assert topology.retries[1].arguments["x-message-ttl"] == 1000
-    assert topology.retries[1].arguments["x-dead-letter-routing-key"] == "inventory"
-    assert topology.retry_queue(1) == "inventory.retry.100ms"
-    assert topology.retry_queue(2) == "inventory.retry.1000ms"
+    assert topology.delays[1].arguments["x-message-ttl"] == 1000
+    assert topology.delays[1].arguments["x-dead-letter-routing-key"] == "inventory"
+    assert topology.retry_queue(1) == "inventory.delay.100ms"
+    assert topology.retry_queue(2) == "inventory.delay.1000ms"
     assert topology.retry_queue(3) is None
 
 

@@ -1,0 +1,57 @@
+"""A handler can send its own actor a command later: through a delay queue, via the outbox."""
+
+import time
+
+import pytest
+
+from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.host import ActorHost, topology_of
+from actors.runtime.store import Store
+from brokers.contracts.common import EntityId
+from brokers.envelope import Command
+from tests.helpers import eventually, send
+from tests.integration.test_runtime_support import running
+
+DELAY_MS = 300
+
+
+class StartTimer(Command, type="test.start_timer"):
+    timer_id: EntityId
+
+
+class TimerFired(Command, type="test.timer_fired"):
+    timer_id: EntityId
+
+
+async def test_a_scheduled_command_arrives_after_its_delay_with_the_same_correlation(settings, broker, mongo):
+    fired: dict[str, tuple[float, str, str | None]] = {}
+    started: dict[str, float] = {}
+    timers = Actor("timers", Store, timers=lambda _settings: (DELAY_MS,))
+
+    @timers.handles(StartTimer)
+    async def start_timer(command: StartTimer, uow: UnitOfWork[Store]) -> None:
+        started[command.timer_id] = time.monotonic()
+        uow.schedule(TimerFired(timer_id=command.timer_id), delay_ms=DELAY_MS)
+
+    @timers.handles(TimerFired)
+    async def timer_fired(command: TimerFired, uow: UnitOfWork[Store]) -> None:
+        fired[command.timer_id] = (time.monotonic(), uow.envelope.correlation_id, uow.envelope.causation_id)
+
+    async with running(ActorHost([timers], settings)):
+        sent = await send(broker, StartTimer(timer_id="t1"), correlation_id="order-7")
+        await eventually(lambda: _value(fired), until=lambda f: "t1" in f, what="the timer to fire")
+
+    at, correlation_id, causation_id = fired["t1"]
+    assert at - started["t1"] >= DELAY_MS / 1000
+    assert correlation_id == "order-7" and causation_id == sent.message_id
+
+
+def test_scheduling_an_undeclared_delay_is_refused(settings):
+    timers = Actor("timers", Store, timers=lambda _settings: (DELAY_MS,))
+    topology = topology_of(timers, settings)
+    with pytest.raises(ValueError, match="declares no 999 ms delay"):
+        topology.delay_queue(999)
+
+
+async def _value(value):
+    return value
