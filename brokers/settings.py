@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     emporium_query_timeout_s: float = Field(5.0, gt=0)
     # Unsent outbox entries older than this are republished by the sweeper.
     emporium_outbox_sweep_s: float = Field(5.0, gt=0)
+    # An order not confirmed this long after it was placed is cancelled (reason "timeout").
+    emporium_order_deadline_ms: int = Field(120_000, ge=100)
+    # The payment provider (ops/payment_provider.py simulates one for development and tests).
+    emporium_payment_provider_url: str = "http://127.0.0.1:8090"
+    # The carrier simulation moves a shipment on (scheduled -> dispatched -> delivered) after this.
+    emporium_carrier_step_ms: int = Field(3_000, ge=100)
+    # Notifications go to the log/store channel unless an SMTP server is configured.
+    emporium_smtp_url: str | None = None
     emporium_dev_admin_token: str = DEV_ADMIN_TOKEN
     emporium_log_level: str = "INFO"
 

@@ -1,0 +1,3 @@
+from actors.analytics.handlers import analytics
+
+__all__ = ["analytics"]

@@ -1,0 +1,3 @@
+from actors.notifications.handlers import notifications
+
+__all__ = ["notifications"]

@@ -1,0 +1,3 @@
+from actors.orders.handlers import orders
+
+__all__ = ["orders"]

@@ -1,0 +1,3 @@
+from actors.payments.handlers import payments
+
+__all__ = ["payments"]

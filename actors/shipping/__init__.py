@@ -1,0 +1,3 @@
+from actors.shipping.handlers import shipping
+
+__all__ = ["shipping"]
