@@ -63,6 +63,33 @@ def actor(
 
 
 @app.command()
+def check(
+    grace_s: Annotated[float, typer.Option(help="Slack past an order's deadline before it counts as stuck.")] = 30.0,
+) -> None:
+    """Check the system's invariants through the actors' own queries; exit 1 on any violation."""
+    import asyncio
+    from datetime import timedelta
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from brokers.settings import get_settings
+    from ops.invariants import check as check_invariants
+
+    report = asyncio.run(check_invariants(get_settings(), grace=timedelta(seconds=grace_s)))
+    console = Console()
+    console.print(f"{report.orders} orders ({report.in_flight} in flight), {report.skus} SKUs checked")
+    if report.clean:
+        console.print("[green]no invariant is violated[/green]")
+        return
+    table = Table("invariant", "where", "what")
+    for violation in report.violations:
+        table.add_row(violation.invariant, violation.subject, violation.detail)
+    console.print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
 def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
     """The HTTP edge alone."""
     from brokers.logs import configure_logging

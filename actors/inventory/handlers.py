@@ -5,7 +5,7 @@ from actors.inventory.store import InventoryStore
 from actors.runtime.actor import Actor, UnitOfWork
 from brokers.contracts.catalog import ProductCreated
 from brokers.contracts.common import Line
-from brokers.contracts.inventory import GetStock, Restock, StockView
+from brokers.contracts.inventory import GetStock, ListStock, Restock, StockPage, StockView
 from brokers.contracts.orders import OrderCancelled, OrderPlaced
 from brokers.contracts.shipping import ShipmentDispatched
 
@@ -56,3 +56,9 @@ async def _apply(uow: Work, levels: dict[str, domain.StockLevel], outcome: domai
 @inventory.answers_to(GetStock)
 async def get_stock(query: GetStock, store: InventoryStore) -> StockView:
     return (await store.level(query.sku)).view()
+
+
+@inventory.answers_to(ListStock)
+async def list_stock(query: ListStock, store: InventoryStore) -> StockPage:
+    levels, total = await store.page(offset=query.offset, limit=query.limit)
+    return StockPage(items=[level.view() for level in levels], total=total, offset=query.offset, limit=query.limit)

@@ -45,6 +45,10 @@ class InventoryStore(Store):
             raise NotFound(f"SKU {sku} is not in inventory")
         return _level(doc)
 
+    async def page(self, *, offset: int, limit: int) -> tuple[list[StockLevel], int]:
+        docs = await self._stock.find({}, session=self.session).sort("_id", 1).skip(offset).limit(limit).to_list()
+        return [_level(doc) for doc in docs], await self._stock.count_documents({}, session=self.session)
+
     async def reservation(self, order_id: str) -> Reservation | None:
         doc = await self._reservations.find_one({"_id": order_id}, session=self.session)
         if doc is None:

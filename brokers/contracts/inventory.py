@@ -41,3 +41,15 @@ class StockView(Value):
     reserved: int
     shipped: int
     received: int
+
+
+class StockPage(Value):
+    items: list[StockView]
+    total: int
+    offset: int
+    limit: int
+
+
+class ListStock(Query, type="inventory.list_stock"):
+    offset: int = Field(0, ge=0, le=1_000_000)
+    limit: int = Field(100, ge=1, le=500)

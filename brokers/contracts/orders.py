@@ -114,6 +114,7 @@ class GetOrder(Query, type="orders.get_order"):
 
 
 class ListOrders(Query, type="orders.list_orders"):
-    customer_id: EntityId
+    # None lists every customer's orders: for operators' tools (the edge always sets it).
+    customer_id: EntityId | None = None
     offset: int = Field(0, ge=0, le=1_000_000)
     limit: int = Field(20, ge=1, le=100)
