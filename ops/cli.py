@@ -90,6 +90,31 @@ def check(
 
 
 @app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="The edge's address.")] = "http://127.0.0.1:8000",
+    timeout_s: Annotated[float, typer.Option(help="How long one order may take to settle.")] = 120.0,
+) -> None:
+    """A scripted customer journey through the running system, printed as it happens."""
+    import httpx
+    from rich.console import Console
+
+    from brokers.settings import get_settings
+    from ops.demo import DemoFailed, run_demo
+
+    console = Console()
+    try:
+        outcomes = run_demo(url, get_settings().emporium_dev_admin_token, console, timeout_s)
+    except (DemoFailed, httpx.HTTPError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for expected, status in outcomes:
+        mark = "[green]as expected[/green]" if expected == status else f"[red]expected {expected}[/red]"
+        console.print(f"{status:<10} {mark}")
+    if any(expected != status for expected, status in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
 def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
     """The HTTP edge alone."""
     from brokers.logs import configure_logging
