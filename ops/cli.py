@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -23,8 +27,39 @@ def _serve(api: FastAPI, host: str, port: int) -> None:
     uvicorn.run(api, host=host, port=port, log_level="warning", lifespan="on")
 
 
+@contextmanager
+def _payment_provider_alongside(settings) -> Iterator[None]:
+    """Run the payment-provider simulator as a child process for as long as the block runs."""
+    url = urlsplit(settings.emporium_payment_provider_url)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ops", "payment-provider", "--host", url.hostname or "127.0.0.1",
+         "--port", str(url.port or 80)]
+    )
+    try:
+        yield
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@app.command("payment-provider")
+def payment_provider(host: Host = "127.0.0.1", port: int = 8090) -> None:
+    """The payment-provider simulator (charges, refunds, adjustable declines, errors and latency)."""
+    from ops.payment_provider import serve
+
+    serve(host, port)
+
+
 @app.command()
-def run(host: Host = "127.0.0.1", port: int = 8000) -> None:
+def run(
+    host: Host = "127.0.0.1",
+    port: int = 8000,
+    simulator: Annotated[bool, typer.Option(help="Also run the payment-provider simulator.")] = True,
+) -> None:
     """Every actor and the edge in one process (the modular monolith)."""
     from actors.registry import ACTORS
     from actors.runtime.host import ActorHost
@@ -36,7 +71,8 @@ def run(host: Host = "127.0.0.1", port: int = 8000) -> None:
     configure_logging(settings.emporium_log_level)
     actor_host = ActorHost(list(ACTORS.values()), settings)
     api = create_app(settings, extra_checks={f"actors_{k}": v for k, v in actor_host.checks.items()})
-    _serve(_run_actors_with(api, actor_host), host, port)
+    with _payment_provider_alongside(settings) if simulator else nullcontext():
+        _serve(_run_actors_with(api, actor_host), host, port)
 
 
 @app.command()
