@@ -78,7 +78,10 @@ class Tap:
         self.messages.append(message)
 
     def of_type(self, type_: str) -> list[AbstractIncomingMessage]:
-        return [m for m in self.messages if m.type == type_]
+        """Messages of a type, one per message id: delivery is at least once, so a publisher may
+        legitimately send a message again (the outbox sweeper after a slow confirm, say)."""
+        distinct = {m.message_id: m for m in self.messages if m.type == type_}
+        return list(distinct.values())
 
     async def wait_for(
         self, type_: str | None = None, count: int = 1, timeout: float = 20.0

@@ -1,6 +1,131 @@
-"""The orders actor (being built)."""
+"""The orders actor: event-sourced orders, moved along the saga by the facts other actors announce.
 
-from actors.runtime.actor import Actor
-from actors.runtime.store import Store
+Every handler loads the order's stream, lets a pure decision (``domain``) say what happens, and
+appends that at the next version together with the order's view, in the runtime's transaction.
+Two handlers deciding on the same order at once both aim at the same version: MongoDB lets one
+commit; the other is run again from a fresh read (a write conflict inside the transaction) or, if
+it ever gets as far as the unique index, fails with ConcurrentUpdate and is retried. Either way it
+decides again on the order as it now is, so nothing is applied twice.
+"""
 
-orders = Actor("orders", Store)
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from actors.orders import domain
+from actors.orders.store import OrdersStore
+from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.errors import NotFound
+from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
+from brokers.contracts.inventory import StockRejected, StockReserved
+from brokers.contracts.orders import (
+    CancelOrder,
+    ExpireOrder,
+    GetOrder,
+    ListOrders,
+    OrderPage,
+    OrderView,
+    PlaceOrder,
+)
+from brokers.contracts.payments import PaymentCaptured, PaymentFailed
+from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
+
+NAME = "orders"
+orders = Actor(NAME, OrdersStore, timers=lambda settings: (settings.emporium_order_deadline_ms,))
+Work = UnitOfWork[OrdersStore]
+
+
+@orders.handles(PlaceOrder)
+async def place_order(command: PlaceOrder, uow: Work) -> None:
+    existing = await uow.store.order(command.order_id)
+    prices = await uow.store.prices(line.sku for line in command.lines)
+    if await _record(uow, command.order_id, existing, domain.place(existing, command, prices)):
+        uow.schedule(ExpireOrder(order_id=command.order_id), delay_ms=uow.settings.emporium_order_deadline_ms)
+
+
+@orders.handles(StockReserved)
+async def mark_reserved(event: StockReserved, uow: Work) -> None:
+    await _decide(uow, event.order_id, domain.reserve)
+
+
+@orders.handles(StockRejected)
+async def cancel_out_of_stock(event: StockRejected, uow: Work) -> None:
+    await _decide(uow, event.order_id, domain.reject_stock)
+
+
+@orders.handles(PaymentCaptured)
+async def confirm(event: PaymentCaptured, uow: Work) -> None:
+    await _decide(uow, event.order_id, lambda order: domain.confirm(order, event))
+
+
+@orders.handles(PaymentFailed)
+async def cancel_unpaid(event: PaymentFailed, uow: Work) -> None:
+    await _decide(uow, event.order_id, lambda order: domain.fail_payment(order, event.reason))
+
+
+@orders.handles(ExpireOrder)
+async def expire(command: ExpireOrder, uow: Work) -> None:
+    await _decide(uow, command.order_id, domain.expire)
+
+
+@orders.handles(CancelOrder)
+async def cancel_for_customer(command: CancelOrder, uow: Work) -> None:
+    await _decide(uow, command.order_id, lambda order: domain.cancel_by_customer(order, command.customer_id))
+
+
+@orders.handles(ShipmentDispatched)
+async def mark_shipped(event: ShipmentDispatched, uow: Work) -> None:
+    await _decide(uow, event.order_id, lambda order: domain.ship(order, event))
+
+
+@orders.handles(ShipmentDelivered)
+async def mark_delivered(event: ShipmentDelivered, uow: Work) -> None:
+    await _decide(uow, event.order_id, lambda order: domain.deliver(order, event))
+
+
+@orders.handles(ProductCreated)
+async def learn_price(event: ProductCreated, uow: Work) -> None:
+    await _keep_price(uow, event)
+
+
+@orders.handles(ProductPriceChanged)
+async def learn_new_price(event: ProductPriceChanged, uow: Work) -> None:
+    await _keep_price(uow, event)
+
+
+async def _keep_price(uow: Work, event: ProductCreated | ProductPriceChanged) -> None:
+    offered = domain.Price(event.sku, event.price_cents, event.currency, as_of=uow.envelope.occurred_at)
+    current = (await uow.store.prices([event.sku])).get(event.sku)
+    if domain.newer(offered, current):
+        await uow.store.save_price(offered)
+
+
+async def _decide(uow: Work, order_id: str, decide: Callable[[domain.Order], domain.Decision]) -> None:
+    order = await uow.store.order(order_id)
+    if order is None:
+        # Transient in a handler: the order's placing may not have committed yet.
+        raise NotFound(f"order {order_id} does not exist")
+    await _record(uow, order_id, order, decide(order))
+
+
+async def _record(uow: Work, order_id: str, order: domain.Order | None, events: domain.Decision) -> bool:
+    """Append what was decided, refresh the view, announce it; False when nothing was decided."""
+    if not events:
+        return False
+    recorded, after = domain.record(order, order_id, events, at=datetime.now(UTC))
+    await uow.store.append(recorded, message_id=uow.envelope.message_id)
+    await uow.store.save_view(after.view())
+    for entry in recorded:
+        if (public := domain.announcement(after, entry.event)) is not None:
+            uow.emit(public)
+    return True
+
+
+@orders.answers_to(GetOrder)
+async def get_order(query: GetOrder, store: OrdersStore) -> OrderView:
+    return await store.view(query.order_id)
+
+
+@orders.answers_to(ListOrders)
+async def list_orders(query: ListOrders, store: OrdersStore) -> OrderPage:
+    views, total = await store.views_of(query.customer_id, offset=query.offset, limit=query.limit)
+    return OrderPage(items=views, total=total, offset=query.offset, limit=query.limit)

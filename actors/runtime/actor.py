@@ -26,9 +26,10 @@ class UnitOfWork(Generic[S]):
     store's changes and published after commit by the runtime.
     """
 
-    def __init__(self, store: S, envelope: Envelope, topology: ActorTopology) -> None:
+    def __init__(self, store: S, envelope: Envelope, topology: ActorTopology, settings: Settings) -> None:
         self.store = store
         self.envelope = envelope
+        self.settings = settings
         self._topology = topology
         self.outbox: list[dict[str, Any]] = []
 

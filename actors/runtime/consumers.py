@@ -31,6 +31,7 @@ from actors.runtime.outbox import OutboxRelay
 from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
 from brokers.envelope import Envelope, InvalidMessage
 from brokers.rpc import Problem, Reply
+from brokers.settings import Settings
 from brokers.topology import ActorTopology, dlq_name
 
 log = structlog.get_logger()
@@ -55,9 +56,10 @@ class WorkConsumer:
         client: AsyncMongoClient,
         db: AsyncDatabase,
         relay: OutboxRelay,
+        settings: Settings,
     ) -> None:
         self.actor, self.topology, self.broker = actor, topology, broker
-        self.client, self.db, self.relay = client, db, relay
+        self.client, self.db, self.relay, self.settings = client, db, relay, settings
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         envelope: Envelope | None = None
@@ -97,7 +99,7 @@ class WorkConsumer:
             await self.db["inbox"].insert_one(
                 {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
             )
-            work = UnitOfWork(self.actor.store(self.db, session), envelope, self.topology)
+            work = UnitOfWork(self.actor.store(self.db, session), envelope, self.topology, self.settings)
             await handler(payload, work)
             if work.outbox:
                 await self.db["outbox"].insert_many(work.outbox, session=session)

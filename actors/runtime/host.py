@@ -60,7 +60,7 @@ class ActorHost:
             _subscribe(
                 self.broker,
                 topology.work.rabbit_queue(),
-                WorkConsumer(actor, topology, self.broker, self.client, db, relay),
+                WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings),
             )
             _subscribe(self.broker, topology.queries.rabbit_queue(), QueryConsumer(actor, self.broker, db))
 

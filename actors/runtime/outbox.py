@@ -50,6 +50,8 @@ class OutboxRelay:
         self._outbox = db["outbox"]
         self._sweep_s = sweep_s
         self._task: asyncio.Task[None] | None = None
+        # Entries this process is publishing right now: the sweeper leaves them to the fast path.
+        self._in_flight: set[str] = set()
 
     @staticmethod
     async def prepare(db: AsyncDatabase) -> None:
@@ -61,6 +63,19 @@ class OutboxRelay:
         One entry that cannot be published (its exchange gone, say) must not hold back the others.
         """
         sent, failures = [], []
+        ids = {entry["_id"] for entry in entries}
+        self._in_flight |= ids
+        try:
+            await self._publish_each(entries, sent, failures)
+        finally:
+            self._in_flight -= ids
+        if sent:
+            await self._outbox.update_many({"_id": {"$in": sent}}, {"$set": {"sent_at": datetime.now(UTC)}})
+            metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(sent))
+        if failures:
+            raise OutboxNotPublished(f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3]))
+
+    async def _publish_each(self, entries: list[dict[str, Any]], sent: list[str], failures: list[str]) -> None:
         for entry in entries:
             try:
                 await publish_body(
@@ -74,11 +89,6 @@ class OutboxRelay:
                 failures.append(f"{entry['routing_key']} {entry['_id']}: {exc!r}")
             else:
                 sent.append(entry["_id"])
-        if sent:
-            await self._outbox.update_many({"_id": {"$in": sent}}, {"$set": {"sent_at": datetime.now(UTC)}})
-            metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(sent))
-        if failures:
-            raise OutboxNotPublished(f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3]))
 
     async def sweep(self, older_than: timedelta) -> int:
         """Republish unsent entries created before now - older_than; returns how many."""
@@ -87,6 +97,7 @@ class OutboxRelay:
         pending = await self._outbox.find(
             {**unsent, "created_at": {"$lte": now - older_than}}, sort=[("created_at", ASCENDING)]
         ).to_list(_SWEEP_BATCH)
+        pending = [entry for entry in pending if entry["_id"] not in self._in_flight]
         await self.publish(pending)
         await self._outbox.delete_many({"sent_at": {"$lt": now - _SENT_RETENTION}})
         oldest = await self._outbox.find_one(unsent, sort=[("created_at", ASCENDING)])

@@ -1,0 +1,351 @@
+"""Order rules: an order is the fold of its events; decisions turn what happened into new events.
+
+Pure: no I/O. A decision looks at the order as its stream says it is now and returns the events to
+append (often none) or raises ``RuleViolation``. Because every decision starts from the fold, the
+same fact arriving twice under two message ids decides nothing the second time, and a fact arriving
+after the order was cancelled never revives it.
+
+The state machine::
+
+    placed -> reserved -> confirmed -> shipped -> delivered
+      |          |            |
+      +----------+------------+--> cancelled (out_of_stock, payment_declined, payment_unavailable,
+                                              timeout, customer)
+
+Messages may arrive out of their saga order when one of them waits in a retry; each decision below
+says how it deals with that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import reduce
+
+from actors.orders.events import (
+    Cancelled,
+    Confirmed,
+    Delivered,
+    OrderEvent,
+    Placed,
+    Recorded,
+    Reserved,
+    Shipped,
+)
+from actors.runtime.errors import RuleViolation
+from brokers.contracts.orders import (
+    CancelReason,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderDelivered,
+    OrderLine,
+    OrderPlaced,
+    OrderShipped,
+    OrderStatus,
+    OrderStep,
+    OrderView,
+    PlaceOrder,
+)
+from brokers.contracts.payments import FailureReason, PaymentCaptured
+from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
+from brokers.envelope import Event
+
+STAGES: tuple[OrderStatus, ...] = ("placed", "reserved", "confirmed", "shipped", "delivered")
+# The largest amount the contracts carry (brokers.contracts.common.Cents).
+MAX_TOTAL_CENTS = 100_000_000_00
+PAYMENT_FAILURES: dict[FailureReason, CancelReason] = {
+    "declined": "payment_declined",
+    "unavailable": "payment_unavailable",
+}
+
+Decision = tuple[OrderEvent, ...]
+NOTHING: Decision = ()
+
+
+class NotYet(Exception):
+    """A fact arrived before the one it follows, which is still waiting in a retry. Transient: the
+    runtime retries this one too, by when the other has been applied."""
+
+
+class CorruptStream(Exception):
+    """A stream that no sequence of decisions can produce (a bug or a hand edit): not folded."""
+
+
+# --- the catalog replica -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    sku: str
+    cents: int
+    currency: str
+    # When the catalog decided this price: a late, older price event must not undo a newer one.
+    as_of: datetime
+
+
+def newer(offered: Price, current: Price | None) -> bool:
+    return current is None or offered.as_of > current.as_of
+
+
+# --- the aggregate -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    lines: tuple[OrderLine, ...]
+    total_cents: int
+    currency: str
+    cancel_reason: CancelReason | None
+    request_digest: str
+    placed_at: datetime
+    updated_at: datetime
+    history: tuple[OrderStep, ...]
+    version: int
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    def reached(self, stage: OrderStatus) -> bool:
+        """Whether the order got to ``stage`` (or beyond) without being cancelled."""
+        return not self.cancelled and STAGES.index(self.status) >= STAGES.index(stage)
+
+    def view(self) -> OrderView:
+        return OrderView(**self.__dict__)
+
+
+def evolve(order: Order | None, recorded: Recorded) -> Order:
+    """The order after one more event of its stream."""
+    event, at = recorded.event, recorded.at
+    expected = 1 if order is None else order.version + 1
+    if recorded.version != expected or (order is None) != isinstance(event, Placed):
+        raise CorruptStream(
+            f"order {recorded.order_id}: {event.STATUS} at version {recorded.version} cannot follow "
+            f"{'nothing' if order is None else f'{order.status} at version {order.version}'}"
+        )
+    if isinstance(event, Placed):
+        return Order(
+            order_id=recorded.order_id,
+            customer_id=event.customer_id,
+            status="placed",
+            lines=event.lines,
+            total_cents=event.total_cents,
+            currency=event.currency,
+            cancel_reason=None,
+            request_digest=event.request_digest,
+            placed_at=at,
+            updated_at=at,
+            history=(OrderStep(status="placed", at=at),),
+            version=recorded.version,
+        )
+    reason = event.reason if isinstance(event, Cancelled) else None
+    return replace(
+        order,
+        status=event.STATUS,
+        cancel_reason=reason,
+        updated_at=at,
+        history=(*order.history, OrderStep(status=event.STATUS, at=at, reason=reason)),
+        version=recorded.version,
+    )
+
+
+def fold(stream: Iterable[Recorded]) -> Order | None:
+    """The order a stream describes (None for an empty stream)."""
+    return reduce(evolve, stream, None)
+
+
+def record(
+    order: Order | None, order_id: str, events: Sequence[OrderEvent], at: datetime
+) -> tuple[list[Recorded], Order]:
+    """The new events (at least one) numbered after the order's last one, and the order they make."""
+    start = 0 if order is None else order.version
+    recorded = [Recorded(order_id, start + n, at, event) for n, event in enumerate(events, start=1)]
+    return recorded, reduce(evolve, recorded, order)
+
+
+# --- decisions -----------------------------------------------------------------------------------
+
+
+def place(existing: Order | None, command: PlaceOrder, prices: Mapping[str, Price]) -> Decision:
+    """PlaceOrder: price every line from the catalog replica and start the stream.
+
+    The same request again (same digest, a redelivery or a client retry under a new message id)
+    changes nothing; another request under a used order id is refused.
+    A SKU the replica does not know is refused rather than retried, and the dead letter names it:
+    it is a bad request (the edge is expected to check SKUs against the catalog first). The one
+    valid order this refuses is one sent before the product's product.created reached orders.
+    """
+    if existing is not None:
+        if existing.request_digest == command.request_digest:
+            return NOTHING
+        raise RuleViolation(f"order id {command.order_id} is already used for another request")
+    unknown = sorted({line.sku for line in command.lines} - prices.keys())
+    if unknown:
+        raise RuleViolation(f"unknown SKU(s) {', '.join(unknown)}: no product.created seen for them")
+    currencies = sorted({prices[line.sku].currency for line in command.lines})
+    if len(currencies) > 1:
+        raise RuleViolation(f"lines are priced in {', '.join(currencies)}: an order is paid in one currency")
+    lines = tuple(
+        OrderLine(sku=line.sku, quantity=line.quantity, unit_price_cents=prices[line.sku].cents)
+        for line in command.lines
+    )
+    total = sum(line.quantity * line.unit_price_cents for line in lines)
+    if total > MAX_TOTAL_CENTS:
+        raise RuleViolation(
+            f"order total {total} cents is above the largest payable amount {MAX_TOTAL_CENTS}"
+        )
+    return (
+        Placed(
+            customer_id=command.customer_id,
+            lines=lines,
+            total_cents=total,
+            currency=currencies[0],
+            request_digest=command.request_digest,
+        ),
+    )
+
+
+def reserve(order: Order) -> Decision:
+    """stock.reserved: placed -> reserved.
+
+    Reserved or further already: a duplicate, nothing. Cancelled (customer or deadline before the
+    reservation was recorded): nothing; inventory releases the reservation on order.cancelled.
+    """
+    return (Reserved(),) if order.status == "placed" else NOTHING
+
+
+def reject_stock(order: Order) -> Decision:
+    """stock.rejected: placed -> cancelled (out_of_stock).
+
+    Cancelled already: nothing. Reserved or further: inventory answers once per order, so a
+    rejection now contradicts its reservation and is refused.
+    """
+    if order.cancelled:
+        return NOTHING
+    if order.status != "placed":
+        raise RuleViolation(f"order {order.order_id} is {order.status}: a stock rejection contradicts it")
+    return (Cancelled(reason="out_of_stock"),)
+
+
+def confirm(order: Order, capture: PaymentCaptured) -> Decision:
+    """payment.captured: reserved -> confirmed, announced as order.confirmed.
+
+    Placed: payments charges only on stock.reserved, so the capture proves a reservation whose
+    event is still in a retry; both are recorded (that stock.reserved then changes nothing).
+    Confirmed or further: a duplicate, nothing.
+    Cancelled (timeout, customer, ...): nothing, the order stays cancelled. Payments refunds that
+    capture by itself: it refunds on order.cancelled, and a capture made after it saw order.cancelled.
+    A capture of another amount than the order's total is refused (the deadline then cancels the
+    order and payments refunds).
+    """
+    if order.cancelled or order.reached("confirmed"):
+        return NOTHING
+    if (capture.amount_cents, capture.currency) != (order.total_cents, order.currency):
+        raise RuleViolation(
+            f"order {order.order_id} totals {order.total_cents} {order.currency} but "
+            f"{capture.amount_cents} {capture.currency} was captured"
+        )
+    confirmed = Confirmed(payment_id=capture.payment_id)
+    return (Reserved(), confirmed) if order.status == "placed" else (confirmed,)
+
+
+def fail_payment(order: Order, reason: FailureReason) -> Decision:
+    """payment.failed: placed or reserved -> cancelled (payment_declined or payment_unavailable).
+
+    Cancelled already (the deadline came first): nothing. Confirmed or further: payments decides
+    once per order, so a failure after its capture contradicts it and is refused.
+    """
+    if order.cancelled:
+        return NOTHING
+    if order.reached("confirmed"):
+        raise RuleViolation(
+            f"order {order.order_id} is {order.status}: a payment failure contradicts its capture"
+        )
+    return (Cancelled(reason=PAYMENT_FAILURES[reason]),)
+
+
+def expire(order: Order) -> Decision:
+    """ExpireOrder (the deadline set when the order was placed): not yet confirmed -> cancelled
+    (timeout). Confirmed or further: it made it in time, nothing. Cancelled already: nothing."""
+    if order.cancelled or order.reached("confirmed"):
+        return NOTHING
+    return (Cancelled(reason="timeout"),)
+
+
+def cancel_by_customer(order: Order, customer_id: str) -> Decision:
+    """CancelOrder: allowed until dispatch -> cancelled (customer).
+
+    Only the order's own customer may cancel it: anyone else is refused (not ignored, so the dead
+    letter shows the attempt). Confirmed: allowed, payments refunds the capture on order.cancelled.
+    Shipped or delivered: refused. Cancelled already: nothing, the first reason stays.
+    """
+    if customer_id != order.customer_id:
+        raise RuleViolation(f"order {order.order_id} is not an order of customer {customer_id}")
+    if order.cancelled:
+        return NOTHING
+    if order.reached("shipped"):
+        raise RuleViolation(f"order {order.order_id} is {order.status}: it can no longer be cancelled")
+    return (Cancelled(reason="customer"),)
+
+
+def ship(order: Order, dispatched: ShipmentDispatched) -> Decision:
+    """shipment.dispatched: confirmed -> shipped, announced as order.shipped.
+
+    Shipped or delivered: a duplicate, nothing. Cancelled (the customer cancelled while shipping
+    was dispatching): nothing, the cancel was recorded first and stands.
+    Placed or reserved: shipping dispatches only after order.confirmed, which is announced only
+    once the confirmation is recorded, so this is refused.
+    """
+    if order.cancelled or order.reached("shipped"):
+        return NOTHING
+    if order.status != "confirmed":
+        raise RuleViolation(f"order {order.order_id} is {order.status}: it cannot have been dispatched")
+    return (
+        Shipped(
+            shipment_id=dispatched.shipment_id,
+            carrier=dispatched.carrier,
+            tracking_number=dispatched.tracking_number,
+        ),
+    )
+
+
+def deliver(order: Order, delivered: ShipmentDelivered) -> Decision:
+    """shipment.delivered: shipped -> delivered, announced as order.delivered.
+
+    Delivered already: nothing. Cancelled: nothing (see ``ship``). Confirmed: the dispatch is
+    still in a retry, so this waits for it (NotYet, retried). Placed or reserved: refused.
+    """
+    if order.cancelled or order.status == "delivered":
+        return NOTHING
+    if order.status == "confirmed":
+        raise NotYet(f"order {order.order_id} was delivered before its dispatch was recorded")
+    if order.status != "shipped":
+        raise RuleViolation(f"order {order.order_id} is {order.status}: it cannot have been delivered")
+    return (Delivered(shipment_id=delivered.shipment_id),)
+
+
+# --- what the world is told ----------------------------------------------------------------------
+
+
+def announcement(order: Order, event: OrderEvent) -> Event | None:
+    """The public event for a recorded one (``order`` as it is after it), or None for internal steps."""
+    who = {"order_id": order.order_id, "customer_id": order.customer_id}
+    content = {"lines": list(order.lines), "total_cents": order.total_cents, "currency": order.currency}
+    match event:
+        case Placed():
+            return OrderPlaced(**who, **content)
+        case Confirmed():
+            return OrderConfirmed(**who, **content)
+        case Shipped(shipment_id=shipment_id, carrier=carrier, tracking_number=tracking_number):
+            return OrderShipped(
+                **who, shipment_id=shipment_id, carrier=carrier, tracking_number=tracking_number
+            )
+        case Delivered():
+            return OrderDelivered(**who)
+        case Cancelled(reason=reason):
+            return OrderCancelled(**who, reason=reason)
+    return None
