@@ -125,6 +125,18 @@ def check(
     raise typer.Exit(1)
 
 
+@app.command("rebuild-orders")
+def rebuild_orders() -> None:
+    """Rebuild the orders read model from the order streams (safe while orders run)."""
+    import asyncio
+
+    from brokers.settings import get_settings
+    from ops.orders_readmodel import rebuild_read_model
+
+    rebuilt = asyncio.run(rebuild_read_model(get_settings()))
+    typer.echo(f"rebuilt {rebuilt} orders from their streams")
+
+
 @app.command()
 def demo(
     url: Annotated[str, typer.Option(help="The edge's address.")] = "http://127.0.0.1:8000",
