@@ -1,6 +1,60 @@
-"""The notifications actor (being built)."""
+"""The notifications actor: one notification per event that concerns a customer.
 
-from actors.runtime.actor import Actor
-from actors.runtime.store import Store
+Each is sent once whatever the redeliveries: the runtime's inbox skips a message seen before, and
+the notification's id (see ``domain``) is the key of its document, so a copy of the event published
+again under another message id finds it there and sends nothing. The send comes after the
+notification is stored: if the channel fails, the transaction (the stored notification included) is
+rolled back and the runtime retries the message later, so nothing is lost. Sending through an external channel
+is at least once: the transaction can be run again after a send succeeded (see ``channels``).
+"""
 
-notifications = Actor("notifications", Store)
+from datetime import UTC, datetime
+
+from actors.notifications import domain
+from actors.notifications.channels import channel_for
+from actors.notifications.store import NotificationsStore
+from actors.runtime.actor import Actor, UnitOfWork
+from brokers.contracts.identity import UserRegistered
+from brokers.contracts.notifications import ListNotifications, NotificationPage
+from brokers.contracts.orders import OrderCancelled, OrderConfirmed, OrderDelivered, OrderShipped
+from brokers.envelope import InvalidMessage
+
+NAME = "notifications"
+notifications = Actor(NAME, NotificationsStore)
+Work = UnitOfWork[NotificationsStore]
+OrderEvent = OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered
+
+
+@notifications.handles(UserRegistered)
+async def welcome(event: UserRegistered, uow: Work) -> None:
+    await uow.store.remember_email(event.user_id, str(event.email))
+    await _notify(uow, domain.compose(event))
+
+
+@notifications.handles(OrderConfirmed)
+@notifications.handles(OrderCancelled)
+@notifications.handles(OrderShipped)
+@notifications.handles(OrderDelivered)
+async def tell_about_order(event: OrderEvent, uow: Work) -> None:
+    await _notify(uow, domain.compose(event))
+
+
+async def _notify(uow: Work, notification: domain.Notification) -> None:
+    if await uow.store.exists(notification.notification_id):
+        return
+    address = await uow.store.email_of(notification.customer_id)
+    channel = channel_for(uow.settings, address)
+    sent = domain.Sent(notification, channel.name, address, datetime.now(UTC))
+    await uow.store.save(sent)
+    await channel.send(sent)
+    uow.emit(sent.announcement())
+
+
+@notifications.answers_to(ListNotifications)
+async def list_notifications(query: ListNotifications, store: NotificationsStore) -> NotificationPage:
+    if query.customer_id is None and query.order_id is None:
+        raise InvalidMessage("ListNotifications needs a customer_id or an order_id (or both)")
+    sent, total = await store.page(
+        customer_id=query.customer_id, order_id=query.order_id, offset=query.offset, limit=query.limit
+    )
+    return NotificationPage(items=[s.view() for s in sent], total=total)

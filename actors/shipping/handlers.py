@@ -1,6 +1,60 @@
-"""The shipping actor (being built)."""
+"""The shipping actor: a shipment per confirmed order, moved on by the carrier.
 
-from actors.runtime.actor import Actor
-from actors.runtime.store import Store
+The carrier is simulated with the runtime's timers: scheduling a shipment sets a timer that sends
+``AdvanceShipment(to="dispatched")`` back to this actor one carrier step later, and dispatching sets
+the one to delivered. The same command is what a carrier webhook or an operator sends; whichever
+arrives second changes nothing (see ``domain``).
+"""
 
-shipping = Actor("shipping", Store)
+from datetime import UTC, datetime
+
+from actors.runtime.actor import Actor, UnitOfWork
+from actors.shipping import domain
+from actors.shipping.store import ShippingStore
+from brokers.contracts.orders import OrderCancelled, OrderConfirmed
+from brokers.contracts.shipping import AdvanceShipment, GetShipment, ShipmentView
+
+NAME = "shipping"
+# The carrier simulation moves each shipment on after one step (a timer of this actor's own).
+shipping = Actor(NAME, ShippingStore, timers=lambda settings: (settings.emporium_carrier_step_ms,))
+Work = UnitOfWork[ShippingStore]
+
+
+@shipping.handles(OrderConfirmed)
+async def schedule_shipment(event: OrderConfirmed, uow: Work) -> None:
+    # A copy of the event published again, or an order cancelled before this arrived: nothing to ship.
+    if await uow.store.find(event.order_id) is not None or await uow.store.was_cancelled(event.order_id):
+        return
+    await _apply(uow, domain.schedule(event, now=datetime.now(UTC)))
+
+
+@shipping.handles(AdvanceShipment)
+async def advance_shipment(command: AdvanceShipment, uow: Work) -> None:
+    # NotFound is transient here: the order.confirmed it follows may not have been handled yet.
+    shipment = await uow.store.get(command.order_id)
+    await _apply(uow, domain.advance(shipment, command.to, now=datetime.now(UTC)))
+
+
+@shipping.handles(OrderCancelled)
+async def stop_shipment(event: OrderCancelled, uow: Work) -> None:
+    shipment = await uow.store.find(event.order_id)
+    if shipment is None:
+        await uow.store.remember_cancelled(event.order_id)
+        return
+    await _apply(uow, domain.cancel(shipment, now=datetime.now(UTC)))
+
+
+async def _apply(uow: Work, outcome: domain.Outcome) -> None:
+    if outcome.shipment is None:
+        return
+    await uow.store.save(outcome.shipment)
+    for event in outcome.events:
+        uow.emit(event)
+    if outcome.next_step is not None:
+        step = AdvanceShipment(order_id=outcome.shipment.order_id, to=outcome.next_step)
+        uow.schedule(step, delay_ms=uow.settings.emporium_carrier_step_ms)
+
+
+@shipping.answers_to(GetShipment)
+async def get_shipment(query: GetShipment, store: ShippingStore) -> ShipmentView:
+    return (await store.get(query.order_id)).view()

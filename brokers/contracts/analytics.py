@@ -30,6 +30,7 @@ class Stats(Value):
     top_products: list[TopProduct]
     saga_seconds: Percentiles  # placed -> confirmed
     as_of: datetime | None = None
+    payment_failures_by_reason: dict[str, int] = Field(default_factory=dict)
 
 
 class GetStats(Query, type="analytics.get_stats"):

@@ -53,6 +53,8 @@ class ShipmentView(Value):
     carrier: str
     tracking_number: str
     history: list[ShipmentStep]
+    # Set when the order was cancelled before dispatch: the carrier never takes the parcel.
+    cancelled_at: datetime | None = None
 
 
 class GetShipment(Query, type="shipping.get_shipment"):
