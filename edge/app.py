@@ -14,11 +14,11 @@ from fastapi import FastAPI
 
 from brokers.health import Check, probe_router
 from brokers.settings import Settings, get_settings
-from edge.guard import DEV_ADMIN_HEADER, IDEMPOTENCY_HEADER
+from edge.guard import DEV_ADMIN_HEADER, DEV_CUSTOMER_HEADER, IDEMPOTENCY_HEADER
 from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests
 from edge.problems import install_problem_handlers
-from edge.routes import catalog, inventory
+from edge.routes import admin, catalog, dev, inventory, orders
 
 DESCRIPTION = f"""
 The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ and MongoDB.
@@ -34,16 +34,30 @@ The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ
   `503` means RabbitMQ could not take the request (see `Retry-After`); its detail says whether a
   write's command may have been queued anyway, which is what retrying with the same
   `{IDEMPOTENCY_HEADER}` makes safe.
-* Every response carries `{REQUEST_ID_HEADER}`; it is the correlation id of the messages sent for it.
+* **Orders** are placed with a required `{IDEMPOTENCY_HEADER}`: the same key and body give the same
+  order id (the order is placed once), the same key with another body is refused (`409`). Every
+  message of an order's saga carries the order id as its correlation id; follow it at
+  `GET /orders/{{order_id}}/timeline` (everything known, from every actor at once) or live at
+  `GET /orders/{{order_id}}/events` (Server-Sent Events).
+* Every response carries `{REQUEST_ID_HEADER}`; it is the correlation id of the messages sent for it
+  (except for an order's, which carry the order id).
 
-**Authentication is a development stand-in**: write routes need the `{DEV_ADMIN_HEADER}` header set to
-the value of `EMPORIUM_DEV_ADMIN_TOKEN` (the default is refused in production). Real authentication
-by the identity actor replaces it.
+**Authentication is a development stand-in**, replaced by the identity actor's JWTs (issue 4):
+customers name themselves in the `{DEV_CUSTOMER_HEADER}` header (a customer id, trusted as given),
+and catalog, stock, admin and dev routes need the `{DEV_ADMIN_HEADER}` header set to the value of
+`EMPORIUM_DEV_ADMIN_TOKEN` (the default is refused in production). The `/dev` routes (simulator
+controls) do not exist in production.
 """
 
 TAGS = [
     {"name": "catalog", "description": "Products, categories and prices (the catalog actor)."},
     {"name": "inventory", "description": "Stock per SKU (the inventory actor)."},
+    {
+        "name": "orders",
+        "description": "A customer's orders and their saga (orders, payments, shipping, notifications).",
+    },
+    {"name": "admin", "description": "Operators' figures (the analytics actor)."},
+    {"name": "dev", "description": "Simulator controls for development and tests; absent in production."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
@@ -70,7 +84,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
 
     app = FastAPI(
         title="emporium edge",
-        summary="Products and stock over HTTP, served by actors on RabbitMQ and MongoDB.",
+        summary="Products, stock and orders over HTTP, served by actors on RabbitMQ and MongoDB.",
         description=DESCRIPTION,
         version=_version(),
         openapi_tags=TAGS,
@@ -85,4 +99,8 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
     app.include_router(catalog.router)
     app.include_router(inventory.router)
+    app.include_router(orders.router)
+    app.include_router(admin.router)
+    if settings.emporium_env != "production":
+        app.include_router(dev.router)
     return app

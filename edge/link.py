@@ -1,4 +1,5 @@
-"""The edge's link to RabbitMQ: a confirming publisher for commands and a requester for queries.
+"""The edge's link to RabbitMQ: a confirming publisher for commands, a requester for queries, and
+the subscription to the saga's events that Server-Sent Events are fanned out from.
 
 The edge starts even when RabbitMQ is unreachable: it keeps connecting in the background with a
 growing pause, ``/ready`` reports not ready, and every request that needs RabbitMQ is answered 503
@@ -21,6 +22,7 @@ from brokers.factory import make_broker, publish
 from brokers.rpc import BrokerUnavailable, Requester
 from brokers.settings import Settings
 from brokers.topology import declare_exchanges
+from edge.events import SagaEvents
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -40,6 +42,7 @@ class RabbitLink:
         self._settings = settings
         self._broker: RabbitBroker = make_broker(settings, app_name=APP_NAME)
         self._requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
+        self.saga_events = SagaEvents(settings.rabbitmq_url)
         self._connected = False
         self._connecting: asyncio.Task[None] | None = None
 
@@ -62,6 +65,7 @@ class RabbitLink:
                 await self._broker.connect()
                 await declare_exchanges(self._broker)
                 await self._requester.start()
+                await self.saga_events.start()
         except _UNREACHABLE as exc:
             log.warning("edge.rabbitmq_unreachable", error=str(exc) or type(exc).__name__)
             await self._disconnect()
@@ -83,13 +87,17 @@ class RabbitLink:
 
     async def _disconnect(self) -> None:
         self._connected = False
+        await self.saga_events.stop()
         await self._requester.stop()
         await self._broker.stop()
 
     async def ready(self) -> bool:
-        """Both connections are up (the readiness check)."""
+        """Every connection is up (the readiness check)."""
         return (
-            self._connected and self._requester.connected and await self._broker.ping(timeout=_PING_TIMEOUT_S)
+            self._connected
+            and self._requester.connected
+            and self.saga_events.connected
+            and await self._broker.ping(timeout=_PING_TIMEOUT_S)
         )
 
     def _require_connection(self) -> None:
@@ -110,10 +118,15 @@ class RabbitLink:
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(_uncertain(command, str(exc) or type(exc).__name__)) from exc
 
-    async def ask(self, query: Query, data_type: type[T] | Any, *, correlation_id: str) -> T:
-        """Ask the actor that answers ``query``; its problems and timeouts propagate as they are."""
+    async def ask(
+        self, query: Query, data_type: type[T] | Any, *, correlation_id: str, timeout_s: float | None = None
+    ) -> T:
+        """Ask the actor that answers ``query``; its problems and timeouts propagate as they are.
+
+        It waits ``timeout_s``, by default the settings' query timeout.
+        """
         self._require_connection()
-        return await self._requester.ask(query, data_type, correlation_id=correlation_id)
+        return await self._requester.ask(query, data_type, correlation_id=correlation_id, timeout_s=timeout_s)
 
 
 def _refusal(command: Command, exc: DeliveryError) -> str:

@@ -28,6 +28,8 @@ PROBLEM_JSON = "application/problem+json"
 INVALID_REQUEST = "urn:emporium:problem:invalid-request"
 BROKER_UNAVAILABLE = "urn:emporium:problem:broker-unavailable"
 QUERY_TIMEOUT = "urn:emporium:problem:query-timeout"
+IDEMPOTENCY_KEY_REUSED = "urn:emporium:problem:idempotency-key-reused"
+ORDER_NOT_CANCELLABLE = "urn:emporium:problem:order-not-cancellable"
 
 # How long a client should wait before retrying when RabbitMQ cannot take a request.
 RETRY_AFTER_S = 5
@@ -52,6 +54,22 @@ class ProblemDetails(BaseModel):
     instance: str
     request_id: str
     errors: list[FieldError] | None = None
+
+
+class Refused(HTTPException):
+    """A request refused for a reason a client can act on, named by a problem type."""
+
+    def __init__(self, status: int, detail: str, *, type_: str, title: str) -> None:
+        super().__init__(status, detail)
+        self.type_ = type_
+        self.title = title
+
+
+class OrderNotFound(HTTPException):
+    """404 for an order that does not exist or is another customer's: the two are answered alike."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(404, f"there is no order {order_id} of yours")
 
 
 class ProblemResponse(JSONResponse):
@@ -131,6 +149,8 @@ async def _http_error(request: Request, exc: HTTPException) -> ProblemResponse:
         if exc.detail and exc.detail != phrase
         else f"{request.method} {request.url.path}: {phrase}"
     )
+    if isinstance(exc, Refused):
+        return problem_response(request, exc.status_code, str(detail), type_=exc.type_, title=exc.title)
     return problem_response(request, exc.status_code, str(detail), headers=exc.headers)
 
 

@@ -1,6 +1,90 @@
-"""The payments actor (being built)."""
+"""The payments actor: charges an order once its stock is reserved, refunds it if it is cancelled.
 
-from actors.runtime.actor import Actor
-from actors.runtime.store import Store
+order.placed and stock.reserved come from different actors and may be handled in either order, even
+at the same moment: the order is charged by whichever of the two handlers finds the other's fact.
 
-payments = Actor("payments", Store)
+The provider is called inside the handler's transaction; a re-run (a transaction retry, a redelivery)
+calls it again with the same idempotency key and gets the same answer, so nobody is charged twice.
+A provider that is unavailable makes the handler raise, and the message waits in the runtime's delay
+queues; once the charge has waited past its patience, the payment fails as "unavailable" instead
+(the order is then cancelled and its stock released). Refunds never give up: a refund the provider
+keeps refusing ends in the dead-letter queue for an operator to replay.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+from actors.payments import domain, provider
+from actors.payments.store import PaymentsStore
+from actors.runtime.actor import Actor, UnitOfWork
+from brokers.contracts.inventory import StockReserved
+from brokers.contracts.orders import OrderCancelled, OrderPlaced
+from brokers.contracts.payments import GetPayment, PaymentView
+from brokers.settings import Settings
+
+
+def _configure_provider(settings: Settings) -> tuple[int, ...]:
+    # The runtime hands an actor its settings only through `timers` (called once per host; payments
+    # sets no timer): the provider client is made here, keyed by the host's payments database, where
+    # the handlers find it through their store.
+    provider.configure(settings.database_name(payments.name), settings)
+    return ()
+
+
+payments = Actor("payments", PaymentsStore, timers=_configure_provider)
+Work = UnitOfWork[PaymentsStore]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@payments.handles(OrderPlaced)
+async def remember_order(event: OrderPlaced, uow: Work) -> None:
+    order = domain.Order(event.order_id, event.customer_id, event.total_cents, event.currency)
+    await _charge_if_due(uow, domain.placed(await uow.store.account(event.order_id), order, _now()))
+
+
+@payments.handles(StockReserved)
+async def charge_reserved_order(event: StockReserved, uow: Work) -> None:
+    await _charge_if_due(uow, domain.reserved(await uow.store.account(event.order_id), event.order_id, _now()))
+
+
+@payments.handles(OrderCancelled)
+async def refund_cancelled_order(event: OrderCancelled, uow: Work) -> None:
+    account = domain.cancelled(await uow.store.account(event.order_id), event.order_id, _now())
+    await _settle(uow, domain.Change(account))
+
+
+async def _charge_if_due(uow: Work, account: domain.Account) -> None:
+    charge = domain.charge_due(account)
+    change = domain.Change(account)
+    if charge is not None:
+        change = domain.charged(account, await _charge(charge, uow), _now())
+    await _settle(uow, change)
+
+
+async def _charge(charge: domain.ChargeRequest, uow: Work) -> domain.ChargeOutcome:
+    client = provider.client_for(uow.store.db.name)
+    try:
+        return await client.charge(charge)
+    except provider.ProviderUnavailable as exc:
+        patience = timedelta(seconds=client.settings.patience_s)
+        if not domain.out_of_patience(uow.envelope.occurred_at, _now(), patience):
+            raise
+        return domain.Unavailable(str(exc), exc.attempts)
+
+
+async def _settle(uow: Work, change: domain.Change) -> None:
+    """Refund what a cancelled order was charged, then save the account and emit what happened."""
+    refund = domain.refund_due(change.account)
+    if refund is not None:
+        refund_id = await provider.client_for(uow.store.db.name).refund(refund)
+        change = change.then(domain.refunded(change.account, refund_id, _now()))
+    await uow.store.save(change.account)
+    for event in change.events:
+        uow.emit(event)
+
+
+@payments.answers_to(GetPayment)
+async def get_payment(query: GetPayment, store: PaymentsStore) -> PaymentView:
+    return domain.view(query.order_id, await store.account(query.order_id))

@@ -1,0 +1,199 @@
+"""The payment provider as payments calls it: HTTP (httpx), quick retries (tenacity), a circuit breaker.
+
+One call to ``charge`` or ``refund`` makes a few quick attempts with backoff on trouble (timeouts,
+connection errors, 5xx). Every attempt goes through a circuit breaker: after repeated trouble it
+opens, and while it is open no request reaches the provider; the call fails at once with
+``ProviderUnavailable``, a transient error, so the message waits in the runtime's delay queues. After
+its reset time the breaker lets calls through again (half-open); one success closes it, one more
+failure opens it again.
+
+Answers are never retried here: a capture, a decline (402) or a refusal (other 4xx) is final. The
+idempotency keys (the order id for a charge, "refund-" + order id for a refund) make every retry and
+every re-run of a handler safe: the provider answers a repeated key with its first answer.
+
+One client (one connection pool, one breaker) serves a payments actor's host: one per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker, CircuitBreakerError
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from actors.payments.domain import Captured, ChargeRequest, Declined, RefundRequest
+from actors.runtime.errors import RuleViolation
+from brokers.settings import Settings
+
+BREAKER_STATE = Gauge(
+    "emporium_payment_breaker_state",
+    "The payment provider's circuit breaker: 0 closed, 1 half-open, 2 open",
+    ["provider"],
+)
+PROVIDER_CALLS = Counter(
+    "emporium_payment_provider_calls_total",
+    "HTTP requests to the payment provider, by operation and answer (status code or 'unreachable')",
+    ["operation", "answer"],
+)
+_STATE_CODES = {STATE_CLOSED: 0, STATE_HALF_OPEN: 1, STATE_OPEN: 2}
+
+
+class PaymentSettings(BaseSettings):
+    """How payments talks to its provider (environment: EMPORIUM_PAYMENT_<NAME>)."""
+
+    model_config = SettingsConfigDict(env_prefix="emporium_payment_", extra="ignore", frozen=True)
+
+    provider_url: str
+    # Per request; a slow answer counts as trouble.
+    provider_timeout_s: float = Field(2.0, gt=0, le=30)
+    # Requests within one handling of a message (the first one included).
+    provider_attempts: int = Field(3, ge=1, le=10)
+    # Consecutive troubled requests that open the breaker, and how long it then stays open.
+    breaker_failures: int = Field(5, ge=1, le=1_000)
+    breaker_reset_s: float = Field(15.0, gt=0, le=3_600)
+    # How long a charge waits for an unavailable provider before it fails as "unavailable". Keep it
+    # below the sum of the runtime's retry delays (36 s by default): the last retry then settles the
+    # payment instead of the message being dead-lettered (the order's deadline is the backstop).
+    patience_s: float = Field(30.0, gt=0)
+
+    @classmethod
+    def of(cls, settings: Settings) -> PaymentSettings:
+        return cls(provider_url=settings.emporium_payment_provider_url)
+
+
+class ProviderUnavailable(Exception):
+    """The provider cannot be reached, keeps failing, or the breaker is open. Not a decline: transient."""
+
+    def __init__(self, detail: str, attempts: int) -> None:
+        super().__init__(detail)
+        self.attempts = attempts
+
+
+class ProviderRefused(RuleViolation):
+    """The provider refused a request (a 4xx other than a decline): retrying cannot change that."""
+
+
+class _Trouble(Exception):
+    """A failed request worth retrying, counted by the breaker: timeout, connection error, 5xx."""
+
+
+class _CaptureAnswer(BaseModel):
+    charge_id: str = Field(min_length=1, max_length=128)
+
+
+class _DeclineAnswer(BaseModel):
+    reason: str = "declined"
+
+
+class _RefundAnswer(BaseModel):
+    refund_id: str = Field(min_length=1, max_length=128)
+
+
+class ProviderClient:
+    def __init__(self, settings: PaymentSettings) -> None:
+        self.settings = settings
+        self.breaker = CircuitBreaker(
+            failure_threshold=settings.breaker_failures,
+            recovery_timeout=settings.breaker_reset_s,
+            expected_exception=_Trouble,
+            name=f"payment-provider {settings.provider_url}",
+        )
+        self._post_through_breaker = self.breaker.decorate(self._post)
+        self._http: httpx.AsyncClient | None = None
+        BREAKER_STATE.labels(settings.provider_url).set_function(self.breaker_code)
+
+    def breaker_code(self) -> int:
+        return _STATE_CODES[self.breaker.state]
+
+    async def charge(self, request: ChargeRequest) -> Captured | Declined:
+        response, attempts = await self._send("charge", "/charges", asdict(request))
+        if response.status_code == 201:
+            return Captured(_read(_CaptureAnswer, response).charge_id, attempts)
+        if response.status_code == 402:
+            return Declined(_read(_DeclineAnswer, response).reason, attempts)
+        raise _refused("charge", request.idempotency_key, response)
+
+    async def refund(self, request: RefundRequest) -> str:
+        """Refund a charge; the provider's refund id."""
+        response, _ = await self._send("refund", "/refunds", asdict(request))
+        if response.status_code == 201:
+            return _read(_RefundAnswer, response).refund_id
+        raise _refused("refund", request.idempotency_key, response)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _send(self, operation: str, path: str, body: dict[str, Any]) -> tuple[httpx.Response, int]:
+        """POST with quick retries on trouble: the answer and the number of requests it took."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.provider_attempts),
+            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
+            retry=retry_if_exception_type(_Trouble),
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    response = await self._post_through_breaker(operation, path, body)
+        except CircuitBreakerError as exc:
+            raise ProviderUnavailable(str(exc), attempts - 1) from exc
+        except _Trouble as exc:
+            raise ProviderUnavailable(f"{operation} failed {attempts} times, last: {exc}", attempts) from exc
+        return response, attempts
+
+    async def _post(self, operation: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            response = await self._client().post(path, json=body)
+        except httpx.TransportError as exc:  # timeouts, refused or dropped connections
+            PROVIDER_CALLS.labels(operation, "unreachable").inc()
+            raise _Trouble(f"{type(exc).__name__}: {exc}") from exc
+        PROVIDER_CALLS.labels(operation, str(response.status_code)).inc()
+        if response.status_code >= 500:
+            raise _Trouble(f"HTTP {response.status_code}: {response.text[:200]}")
+        return response
+
+    def _client(self) -> httpx.AsyncClient:
+        # Made on first use, inside the event loop that uses it.
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self.settings.provider_url, timeout=self.settings.provider_timeout_s
+            )
+        return self._http
+
+
+def _read(answer: type[BaseModel], response: httpx.Response) -> Any:
+    try:
+        return answer.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ProviderRefused(f"the provider's HTTP {response.status_code} answer is malformed: {exc}") from exc
+
+
+def _refused(operation: str, key: str, response: httpx.Response) -> ProviderRefused:
+    return ProviderRefused(
+        f"the provider refused {operation} {key}: HTTP {response.status_code} {response.text[:300]}"
+    )
+
+
+# One client per payments database: one in production; tests run hosts with other settings side by side.
+_clients: dict[str, ProviderClient] = {}
+
+
+def configure(database: str, settings: Settings) -> ProviderClient:
+    """Make the provider client of the payments actor that works on ``database`` with these settings."""
+    _clients[database] = ProviderClient(PaymentSettings.of(settings))
+    return _clients[database]
+
+
+def client_for(database: str) -> ProviderClient:
+    if database not in _clients:
+        raise RuntimeError(f"no payment provider client for {database}: payments runs inside an ActorHost")
+    return _clients[database]

@@ -1,0 +1,53 @@
+"""Payments' data: one account document per order (the order replica, its flags, the payment).
+
+Every handler of an order reads and writes that one document inside its transaction, so two
+handlers racing on an order conflict and one of them runs again on the other's result: a capture of
+a cancelled order cannot slip through unrefunded, and an order placed and reserved at the same
+moment is charged by whichever handler comes second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from actors.payments.domain import Account, Order, Payment, Status
+from actors.runtime.store import Store
+
+
+def _account(doc: dict[str, Any]) -> Account:
+    order, payment = doc.get("order"), doc.get("payment")
+    return Account(
+        order_id=doc["_id"],
+        updated_at=doc["updated_at"],
+        order=Order(order_id=doc["_id"], **order) if order else None,
+        reserved=doc["reserved"],
+        cancelled=doc["cancelled"],
+        payment=Payment(**{**payment, "status": Status(payment["status"])}) if payment else None,
+    )
+
+
+def _document(account: Account) -> dict[str, Any]:
+    order = asdict(account.order) if account.order else None
+    if order:
+        order.pop("order_id")
+    payment = {**asdict(account.payment), "status": str(account.payment.status)} if account.payment else None
+    return {
+        "updated_at": account.updated_at, "reserved": account.reserved, "cancelled": account.cancelled,
+        "order": order, "payment": payment,
+    }
+
+
+class PaymentsStore(Store):
+    @property
+    def _accounts(self):
+        return self.db["accounts"]
+
+    async def account(self, order_id: str) -> Account | None:
+        doc = await self._accounts.find_one({"_id": order_id}, session=self.session)
+        return _account(doc) if doc else None
+
+    async def save(self, account: Account) -> None:
+        await self._accounts.replace_one(
+            {"_id": account.order_id}, _document(account), upsert=True, session=self.session
+        )

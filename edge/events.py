@@ -1,0 +1,213 @@
+"""The saga as it happens: one subscription per edge process, fanned out to followers of an order.
+
+The edge binds ONE queue to ``emporium.events`` for every event that names an order, and hands each
+message to the listeners following its correlation id: every message of an order's saga carries the
+order id as its correlation id. A listener holds at most ``backlog`` events waiting to be sent; one
+that falls further behind is dropped with a final ``dropped`` event rather than growing memory, and
+so is every listener when the subscription is interrupted (events may have been missed meanwhile).
+A dropped follower reconnects and starts again from the order's current status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from fastapi.sse import ServerSentEvent
+
+import brokers.contracts  # noqa: F401  (registers every contract: the saga's events are read from them)
+from brokers.contracts.orders import OrderCancelled, OrderDelivered
+from brokers.envelope import REGISTRY, Kind
+from brokers.rpc import BrokerUnavailable
+from brokers.topology import EVENTS
+
+log = structlog.get_logger()
+
+# Every event that names an order is part of some order's saga.
+SAGA_EVENT_TYPES: tuple[str, ...] = tuple(
+    sorted(
+        t
+        for t, contract in REGISTRY.items()
+        if contract.KIND is Kind.EVENT and "order_id" in contract.model_fields
+    )
+)
+LISTENER_BACKLOG = 256
+# How the subscription's connection shows in the RabbitMQ UI.
+CONNECTION_NAME = "emporium-edge saga events"
+# The edge's own event types: where the order is when following starts, and the end of a follow cut short.
+SNAPSHOT = "snapshot"
+DROPPED = "dropped"
+# After these nothing more happens to an order, so following it ends (compensations are not followed).
+FINAL_ORDER_EVENTS = frozenset({OrderDelivered.TYPE, OrderCancelled.TYPE})
+
+
+@dataclass(frozen=True)
+class SagaEvent:
+    type: str
+    data: str  # JSON on one line: the message body, or the edge's own
+    id: str | None = None  # the message id (None for the edge's own events)
+    final: bool = False  # the last event of a follow
+
+    def sse(self) -> ServerSentEvent:
+        return ServerSentEvent(event=self.type, id=self.id, raw_data=self.data)
+
+
+def snapshot(order_json: str, *, ended: bool) -> SagaEvent:
+    """Where the order is when following starts (``ended``: it will not move any more)."""
+    return SagaEvent(SNAPSHOT, order_json, final=ended)
+
+
+def dropped(reason: str, detail: str) -> SagaEvent:
+    return SagaEvent(DROPPED, json.dumps({"reason": reason, "detail": detail}), final=True)
+
+
+class Listener:
+    """The saga events of one order for one follower, in arrival order."""
+
+    def __init__(self, backlog: int) -> None:
+        self._backlog = backlog
+        # Unbounded as a queue, bounded by ``offer``: the final "dropped" event must always fit.
+        self._events: asyncio.Queue[SagaEvent] = asyncio.Queue()
+        self.is_dropped = False
+
+    def offer(self, event: SagaEvent) -> None:
+        if self.is_dropped:
+            return
+        if self._events.qsize() >= self._backlog:
+            self.drop("too_slow", f"more than {self._backlog} events were waiting to be sent")
+            return
+        self._events.put_nowait(event)
+
+    def drop(self, reason: str, detail: str) -> None:
+        """Stop following: what is waiting is still sent, then a final ``dropped`` event."""
+        if not self.is_dropped:
+            self.is_dropped = True
+            self._events.put_nowait(dropped(reason, detail))
+
+    async def next(self, timeout_s: float) -> SagaEvent | None:
+        """The next event, or None when none came within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._events.get()
+        except TimeoutError:
+            return None
+
+
+class SagaEvents:
+    """The edge's subscription to the saga's events, and the listeners following orders."""
+
+    def __init__(self, url: str, *, backlog: int = LISTENER_BACKLOG) -> None:
+        self._url = url
+        self._backlog = backlog
+        self._connection: AbstractRobustConnection | None = None
+        # True while the queue is consumed: from start, and again once a reconnection restored it.
+        self._subscribed = False
+        self._listeners: dict[str, set[Listener]] = {}
+
+    async def start(self) -> None:
+        connection = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": CONNECTION_NAME}
+        )
+        try:
+            channel = await connection.channel()
+            # A classic, exclusive, auto-delete queue on purpose: it is this process's ephemeral view
+            # of the events, not durable work. It must go with the process (a durable queue would pile
+            # up events for an edge that is gone) and nothing in it matters after that, since a
+            # follower starts from the order's current status. Quorum queues cannot be exclusive.
+            queue = await channel.declare_queue(
+                exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
+            )
+            for event_type in SAGA_EVENT_TYPES:
+                await queue.bind(EVENTS.name, routing_key=event_type)
+            # No acks: losing this copy with the connection loses nothing that matters (see above).
+            await queue.consume(self._deliver, no_ack=True)
+        except BaseException:
+            await connection.close()
+            raise
+        connection.close_callbacks.add(self._interrupted)
+        connection.reconnect_callbacks.add(self._resubscribed)
+        self._connection, self._subscribed = connection, True
+
+    async def stop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def connected(self) -> bool:
+        return self._subscribed
+
+    @contextmanager
+    def listen(self, order_id: str) -> Iterator[Listener]:
+        """Follow an order's saga from now on, for the duration of the block."""
+        if not self.connected:
+            raise BrokerUnavailable(
+                "the edge is not subscribed to the saga's events (RabbitMQ is unreachable)"
+            )
+        listener = Listener(self._backlog)
+        followers = self._listeners.setdefault(order_id, set())
+        followers.add(listener)
+        try:
+            yield listener
+        finally:
+            followers.discard(listener)
+            if not followers:
+                self._listeners.pop(order_id, None)
+
+    @property
+    def following(self) -> int:
+        """How many listeners are following an order now."""
+        return sum(len(followers) for followers in self._listeners.values())
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        followers = self._listeners.get(message.correlation_id or "")
+        if not followers:
+            return
+        type_ = message.type or "unknown"
+        event = SagaEvent(
+            type=type_,
+            data=message.body.decode("utf-8", errors="replace"),
+            id=message.message_id,
+            final=type_ in FINAL_ORDER_EVENTS,
+        )
+        for listener in tuple(followers):
+            listener.offer(event)
+
+    def _resubscribed(self, _connection: Any) -> None:
+        # aio-pika calls this once the channel, the queue, its bindings and the consumer are restored.
+        self._subscribed = True
+        log.info("edge.saga_events_resubscribed")
+
+    def _interrupted(self, _connection: Any, exc: BaseException | None = None) -> None:
+        self._subscribed = False
+        if self.following:
+            log.warning("edge.saga_events_interrupted", followers=self.following, error=str(exc or ""))
+        for followers in self._listeners.values():
+            for listener in followers:
+                listener.drop("interrupted", "the edge lost its subscription to the saga's events; reconnect")
+
+
+async def stream(
+    first: SagaEvent, listener: Listener, *, heartbeat_s: float
+) -> AsyncIterator[ServerSentEvent]:
+    """The Server-Sent Events of a follow: ``first``, then the listener's events until a final one.
+
+    A comment line goes out whenever nothing happened for ``heartbeat_s``, so that proxies keep the
+    connection open and a client can tell a quiet saga from a dead connection.
+    """
+    event: SagaEvent | None = first
+    while True:
+        if event is None:
+            yield ServerSentEvent(comment="heartbeat")
+        else:
+            yield event.sse()
+            if event.final:
+                return
+        event = await listener.next(heartbeat_s)

@@ -1,0 +1,122 @@
+"""What the order tests through the edge share: customers, priced products, orders, and SSE reading."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client import REGISTRY
+
+from tests.e2e.support import ADMIN, create_product, messages_taken, wait_for_json
+from tests.helpers import eventually
+
+ANN = "customer-ann"
+BOB = "customer-bob"
+
+
+def as_customer(customer_id: str, **headers: str) -> dict[str, str]:
+    return {"X-Dev-Customer-Id": customer_id, **headers}
+
+
+def new_key() -> str:
+    return f"order-{uuid.uuid4().hex}"
+
+
+async def sku_orders_price(edge: httpx.AsyncClient, price_cents: int = 1299) -> str:
+    """A product created through the edge, whose price the orders actor has learnt; its SKU."""
+    learnt = await messages_taken("orders", "product.created", "applied")
+    sku = (await create_product(edge, price_cents=price_cents))["sku"]
+    await eventually(
+        lambda: messages_taken("orders", "product.created", "applied"),
+        until=lambda now: now > learnt,
+        what="orders to learn the price",
+    )
+    return sku
+
+
+async def priced_sku(edge: httpx.AsyncClient, price_cents: int = 1299) -> str:
+    """Like ``sku_orders_price``, once inventory knows the SKU too."""
+    sku = await sku_orders_price(edge, price_cents)
+    await wait_for_json(edge, f"/inventory/{sku}")
+    return sku
+
+
+async def stocked_sku(edge: httpx.AsyncClient, quantity: int = 5) -> str:
+    """Like ``priced_sku``, with ``quantity`` on hand, so that the saga does not cancel orders of it."""
+    sku = await priced_sku(edge)
+    restock = await edge.post(f"/inventory/{sku}/restock", json={"quantity": quantity}, headers=ADMIN)
+    assert restock.status_code == 202, restock.text
+    await wait_for_json(edge, f"/inventory/{sku}", until=lambda stock: stock["on_hand"] == quantity)
+    return sku
+
+
+async def place(
+    edge: httpx.AsyncClient, customer_id: str, lines: list[dict[str, Any]], key: str | None = None
+) -> httpx.Response:
+    return await edge.post(
+        "/orders",
+        json={"lines": lines},
+        headers=as_customer(customer_id, **{"Idempotency-Key": key or new_key()}),
+    )
+
+
+async def placed_order(
+    edge: httpx.AsyncClient, customer_id: str, lines: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Place an order and wait until its customer can read it; its view."""
+    response = await place(edge, customer_id, lines)
+    assert response.status_code == 202, response.text
+    order_id = response.json()["order_id"]
+    return await wait_for_order(edge, customer_id, order_id)
+
+
+async def wait_for_order(
+    edge: httpx.AsyncClient, customer_id: str, order_id: str, until: Any = lambda order: True
+) -> dict[str, Any]:
+    async def fetch() -> httpx.Response:
+        return await edge.get(f"/orders/{order_id}", headers=as_customer(customer_id))
+
+    response = await eventually(
+        fetch, until=lambda r: r.status_code == 200 and until(r.json()), what=f"order {order_id}"
+    )
+    return response.json()
+
+
+async def queries_answered(actor: str, type_: str, outcome: str) -> float:
+    """How many queries of a type an actor of this process answered with that outcome."""
+    labels = {"actor": actor, "type": type_, "outcome": outcome}
+    return REGISTRY.get_sample_value("emporium_queries_total", labels) or 0.0
+
+
+@dataclass(frozen=True)
+class Sse:
+    """One Server-Sent Event as a client sees it."""
+
+    event: str | None
+    id: str | None
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[Sse]:
+    """The events of a text/event-stream response until it ends (comment lines are skipped)."""
+    fields: dict[str, list[str]] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if fields:
+                yield Sse(_one(fields, "event"), _one(fields, "id"), "\n".join(fields.get("data", [])))
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value.removeprefix(" "))
+
+
+def _one(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    return values[-1] if values else None

@@ -1,0 +1,289 @@
+"""The order saga end to end: through the edge, every actor running, the provider simulated over HTTP.
+
+Each test opens its own shop (its vhost, databases, actors, edge and payment-provider simulator) and
+ends by running the invariant checker over what the actors answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from brokers.envelope import REGISTRY, Kind
+from brokers.settings import Settings
+from brokers.topology import COMMANDS, EVENTS
+from ops.invariants import check
+from ops.orders_readmodel import rebuild_read_model
+from ops.payment_provider import SimulatorControl, served
+from tests.e2e.orders_support import as_customer, new_key, place, stocked_sku, wait_for_order
+from tests.e2e.support import edge_settings
+from tests.helpers import eventually
+
+ANN, BOB = "customer-ann", "customer-bob"
+SETTLED = {"delivered", "cancelled"}
+
+
+@dataclass
+class Shop:
+    edge: httpx.AsyncClient
+    provider: SimulatorControl
+    settings: Settings
+
+    async def order(self, customer: str, sku: str, quantity: int = 1, key: str | None = None) -> str:
+        response = await place(self.edge, customer, [{"sku": sku, "quantity": quantity}], key)
+        assert response.status_code == 202, response.text
+        return response.json()["order_id"]
+
+    async def settled(self, customer: str, order_id: str, status: str | None = None) -> dict[str, Any]:
+        """Wait until the order is delivered or cancelled (or reaches ``status``); its view."""
+        wanted = {status} if status else SETTLED
+        return await wait_for_order(self.edge, customer, order_id, until=lambda o: o["status"] in wanted)
+
+    async def stock(self, sku: str) -> dict[str, int]:
+        return (await self.edge.get(f"/inventory/{sku}")).json()
+
+    async def timeline(self, customer: str, order_id: str) -> dict[str, Any]:
+        response = await self.edge.get(f"/orders/{order_id}/timeline", headers=as_customer(customer))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def assert_invariants_hold(self) -> None:
+        report = await check(self.settings, grace=timedelta(seconds=5))
+        assert report.clean, report.violations
+
+
+OpenShop = Callable[..., Awaitable[Shop]]
+
+
+@pytest.fixture
+async def open_shop(settings: Settings, start_host, serve_edge) -> AsyncIterator[OpenShop]:
+    async with AsyncExitStack() as stack:
+
+        async def open_(**overrides: Any) -> Shop:
+            provider = await stack.enter_async_context(served())
+            overrides = {
+                "emporium_payment_provider_url": provider.url,
+                "emporium_carrier_step_ms": 200,
+                "emporium_order_deadline_ms": 20_000,
+                **overrides,
+            }
+            await start_host(**overrides)
+            edge = await serve_edge(**overrides)
+            return Shop(edge, provider.control, edge_settings(settings, **overrides))
+
+        yield open_
+
+
+async def test_an_order_is_reserved_paid_shipped_and_delivered(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=5)
+
+    order_id = await shop.order(ANN, sku, quantity=2)
+    order = await shop.settled(ANN, order_id)
+
+    assert order["status"] == "delivered"
+    assert [step["status"] for step in order["history"]] == ["placed", "reserved", "confirmed", "shipped", "delivered"]
+    assert await shop.stock(sku) == {"sku": sku, "on_hand": 3, "reserved": 0, "shipped": 2, "received": 5}
+    assert (await shop.provider.stats()).charges == 1
+    timeline = await eventually(
+        lambda: shop.timeline(ANN, order_id),
+        until=lambda t: len(t["notifications"] or []) == 3,
+        what="three notifications (confirmed, shipped, delivered)",
+    )
+    assert timeline["payment"]["status"] == "captured"
+    assert timeline["payment"]["amount_cents"] == order["total_cents"]
+    assert timeline["shipment"]["status"] == "delivered"
+    await shop.assert_invariants_hold()
+
+
+async def test_out_of_stock_cancels_the_order_and_charges_nothing(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=1)
+
+    order = await shop.settled(ANN, await shop.order(ANN, sku, quantity=2))
+
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "out_of_stock")
+    assert (await shop.provider.stats()).charges == 0
+    assert await shop.stock(sku) == {"sku": sku, "on_hand": 1, "reserved": 0, "shipped": 0, "received": 1}
+    await shop.assert_invariants_hold()
+
+
+async def test_a_declined_payment_cancels_the_order_and_releases_its_stock(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=3)
+    await shop.provider.behave(decline_rate=1.0)
+
+    order = await shop.settled(ANN, await shop.order(ANN, sku, quantity=2))
+
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "payment_declined")
+    await eventually(
+        lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (3, 0), what="stock released"
+    )
+    assert (await shop.provider.stats()).charges == 0
+    await shop.assert_invariants_hold()
+
+
+async def test_a_customer_cancel_after_capture_is_refunded(open_shop):
+    shop = await open_shop(emporium_carrier_step_ms=30_000)  # the parcel waits: cancelling is allowed
+    sku = await stocked_sku(shop.edge, quantity=2)
+    order_id = await shop.order(ANN, sku)
+    await shop.settled(ANN, order_id, status="confirmed")
+
+    response = await shop.edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN))
+    assert response.status_code == 202, response.text
+
+    order = await shop.settled(ANN, order_id)
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "customer")
+    await eventually(lambda: shop.provider.stats(), until=lambda s: (s.charges, s.refunds) == (1, 1), what="a refund")
+    await eventually(lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release")
+    await shop.assert_invariants_hold()
+
+
+async def test_a_customer_cancel_before_capture_leaves_nothing_charged(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=2)
+    await shop.provider.behave(latency_ms=1_500)  # the charge is on its way when the customer cancels
+    order_id = await shop.order(ANN, sku)
+    await shop.settled(ANN, order_id, status="reserved")
+
+    response = await shop.edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN))
+    assert response.status_code == 202, response.text
+
+    order = await shop.settled(ANN, order_id)
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "customer")
+    # A capture that was already under way is refunded: what is kept is nothing.
+    await eventually(
+        lambda: shop.provider.stats(), until=lambda s: s.charges == s.refunds, timeout=30, what="charges refunded"
+    )
+    await eventually(lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release")
+    await shop.assert_invariants_hold()
+
+
+async def test_an_order_past_its_deadline_is_cancelled_and_compensated(open_shop):
+    shop = await open_shop(emporium_order_deadline_ms=1_000)
+    sku = await stocked_sku(shop.edge, quantity=2)
+    await shop.provider.behave(latency_ms=3_000)  # the provider answers after the deadline
+
+    order = await shop.settled(ANN, await shop.order(ANN, sku))
+
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "timeout")
+    await eventually(lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release")
+    await eventually(
+        lambda: shop.provider.stats(), until=lambda s: s.charges == s.refunds, timeout=30, what="late capture refunded"
+    )
+    await shop.assert_invariants_hold()
+
+
+async def test_the_same_request_twice_places_one_order(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=5)
+    key = new_key()
+
+    first = await shop.order(ANN, sku, key=key)
+    second = await shop.order(ANN, sku, key=key)
+
+    assert first == second
+    await shop.settled(ANN, first)
+    mine = (await shop.edge.get("/orders", headers=as_customer(ANN))).json()
+    assert [o["order_id"] for o in mine["items"]] == [first]
+    assert (await shop.provider.stats()).charges == 1
+
+
+async def test_thirty_concurrent_orders_for_ten_units_confirm_exactly_ten(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=10)
+
+    order_ids = await asyncio.gather(*(shop.order(f"customer-{i}", sku) for i in range(30)))
+    orders = await asyncio.gather(*(shop.settled(f"customer-{i}", oid) for i, oid in enumerate(order_ids)))
+
+    outcomes = sorted((o["status"], o["cancel_reason"]) for o in orders)
+    assert outcomes == [("cancelled", "out_of_stock")] * 20 + [("delivered", None)] * 10
+    assert await shop.stock(sku) == {"sku": sku, "on_hand": 0, "reserved": 0, "shipped": 10, "received": 10}
+    assert (await shop.provider.stats()).charges == 10
+    await shop.assert_invariants_hold()
+
+
+class Duplicator:
+    """Publishes every command and event of the vhost a second time, as a broker redelivery would."""
+
+    COPY = "x-test-duplicate"
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.copies = 0
+
+    async def __aenter__(self) -> Duplicator:
+        self._connection = await aio_pika.connect_robust(self._url)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        for exchange in (EVENTS, COMMANDS):
+            declared = await self._channel.declare_exchange(
+                exchange.name, type=exchange.type.value, durable=True, arguments=exchange.arguments
+            )
+            kind = Kind.EVENT if exchange is EVENTS else Kind.COMMAND
+            for type_ in (t for t, c in REGISTRY.items() if c.KIND is kind):
+                await queue.bind(declared, routing_key=type_)
+        await queue.consume(self._copy)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._connection.close()
+
+    async def _copy(self, message: AbstractIncomingMessage) -> None:
+        async with message.process():
+            if (message.headers or {}).get(self.COPY):
+                return
+            exchange = await self._channel.get_exchange(message.exchange, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    headers={**(message.headers or {}), self.COPY: True},
+                    content_type=message.content_type,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    type=message.type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=message.routing_key or "",
+            )
+            self.copies += 1
+
+
+async def test_every_message_delivered_twice_changes_nothing(open_shop, settings):
+    shop = await open_shop()
+    async with Duplicator(shop.settings.rabbitmq_url) as duplicator:
+        sku = await stocked_sku(shop.edge, quantity=3)
+        happy = await shop.order(ANN, sku, quantity=2)
+        short = await shop.order(BOB, sku, quantity=2)
+        assert (await shop.settled(ANN, happy))["status"] == "delivered"
+        assert (await shop.settled(BOB, short))["cancel_reason"] == "out_of_stock"
+        declined_sku = await stocked_sku(shop.edge, quantity=1)
+        await shop.provider.behave(decline_customers=[BOB])
+        declined = await shop.settled(BOB, await shop.order(BOB, declined_sku))
+
+    assert declined["cancel_reason"] == "payment_declined"
+    assert duplicator.copies > 20
+    assert await shop.stock(sku) == {"sku": sku, "on_hand": 1, "reserved": 0, "shipped": 2, "received": 3}
+    assert (await shop.provider.stats()).charges == 1
+    await shop.assert_invariants_hold()
+
+
+async def test_the_rebuilt_orders_read_model_equals_the_live_one(open_shop):
+    shop = await open_shop()
+    sku = await stocked_sku(shop.edge, quantity=2)
+    ids = [await shop.order(ANN, sku) for _ in range(3)]
+    live = [await shop.settled(ANN, order_id) for order_id in ids]
+
+    assert await rebuild_read_model(shop.settings) == 3
+
+    rebuilt = [(await shop.edge.get(f"/orders/{i}", headers=as_customer(ANN))).json() for i in ids]
+    assert rebuilt == live

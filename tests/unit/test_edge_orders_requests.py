@@ -1,0 +1,160 @@
+"""Order requests at the edge: who asks, which order a key names, and what is refused before sending."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from brokers.settings import Settings
+from edge.app import create_app
+from edge.routes.orders import NewOrder, order_id_for
+
+TOKEN = "unit-admin-token"
+ANN = {"X-Dev-Customer-Id": "ann"}
+KEY = {"Idempotency-Key": "order-key-0001"}
+LINES = {"lines": [{"sku": "MUG-1", "quantity": 2}]}
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[httpx.AsyncClient]:
+    """The real edge, never connected to RabbitMQ (its lifespan is not run): nothing can be sent."""
+    app = create_app(Settings(emporium_dev_admin_token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
+        yield client
+
+
+def test_a_customer_and_key_name_one_order_and_no_one_elses() -> None:
+    order_id = order_id_for("ann", "order-key-0001")
+
+    assert order_id == order_id_for("ann", "order-key-0001")
+    assert order_id != order_id_for("bob", "order-key-0001")
+    assert order_id != order_id_for("ann", "order-key-0002")
+    assert len(order_id) == 32 and int(order_id, 16) >= 0
+
+
+def test_the_digest_is_the_same_for_the_same_lines_however_they_are_spelled() -> None:
+    spelled = [
+        '{"lines": [{"sku": "MUG-1", "quantity": 2}]}',
+        '{ "lines" : [ { "quantity" : 2, "sku" : "MUG-1" } ] }',
+        '{"lines": [{"sku": "MUG-1", "quantity": 2.0}]}',
+    ]
+
+    digests = {NewOrder.model_validate_json(body).digest() for body in spelled}
+
+    assert len(digests) == 1
+    assert len(digests.pop()) == 64
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [{"sku": "MUG-1", "quantity": 3}],
+        [{"sku": "MUG-2", "quantity": 2}],
+        [{"sku": "MUG-1", "quantity": 2}, {"sku": "MUG-2", "quantity": 1}],
+    ],
+)
+def test_other_lines_have_another_digest(lines: list[dict[str, Any]]) -> None:
+    assert NewOrder.model_validate({"lines": lines}).digest() != NewOrder.model_validate(LINES).digest()
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"lines": []}, ("lines",)),
+        ({"lines": [{"sku": "MUG-1", "quantity": 1}] * 101}, ("lines",)),
+        ({"lines": [{"sku": "mug-1", "quantity": 1}]}, ("lines", 0, "sku")),
+        ({"lines": [{"sku": "MUG-1", "quantity": 0}]}, ("lines", 0, "quantity")),
+        ({"lines": [{"sku": "MUG-1", "quantity": 1, "price_cents": 1}]}, ("lines", 0, "price_cents")),
+        ({**LINES, "customer_id": "bob"}, ("customer_id",)),
+        ({}, ("lines",)),
+    ],
+)
+def test_an_invalid_order_is_refused_naming_the_field(body: dict[str, Any], where: tuple[Any, ...]) -> None:
+    with pytest.raises(ValidationError) as refused:
+        NewOrder.model_validate(body)
+
+    assert where in [error["loc"] for error in refused.value.errors()]
+
+
+@pytest.mark.parametrize(
+    ("headers", "complaint"),
+    [
+        (KEY, "this route needs the X-Dev-Customer-Id header (a customer id)"),
+        ({**KEY, "X-Dev-Customer-Id": "ann smith"}, "the X-Dev-Customer-Id header is not a customer id"),
+        ({**KEY, "X-Dev-Customer-Id": "a" * 65}, "the X-Dev-Customer-Id header is not a customer id"),
+    ],
+)
+async def test_an_order_without_a_valid_customer_is_a_401_before_its_body_is_read(
+    edge: httpx.AsyncClient, headers: dict[str, str], complaint: str
+) -> None:
+    response = await edge.post("/orders", json={"nonsense": True}, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"].startswith(complaint)
+
+
+@pytest.mark.parametrize("key", [None, "short", "has spaces in it"])
+async def test_an_order_needs_a_well_formed_idempotency_key(edge: httpx.AsyncClient, key: str | None) -> None:
+    headers = ANN if key is None else {**ANN, "Idempotency-Key": key}
+
+    response = await edge.post("/orders", json=LINES, headers=headers)
+
+    assert response.status_code == 422
+    assert [e["location"] for e in response.json()["errors"]] == ["header.Idempotency-Key"]
+
+
+async def test_a_valid_order_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -> None:
+    response = await edge.post("/orders", json=LINES, headers={**ANN, **KEY})
+
+    assert response.status_code == 503
+    assert response.json()["type"] == "urn:emporium:problem:broker-unavailable"
+
+
+@pytest.mark.parametrize("path", ["/orders", "/orders/o-1", "/orders/o-1/timeline", "/orders/o-1/events"])
+async def test_every_order_read_needs_a_customer(edge: httpx.AsyncClient, path: str) -> None:
+    assert (await edge.get(path)).status_code == 401
+    assert (await edge.get(path, headers=ANN)).status_code == 503  # then it gets as far as RabbitMQ
+
+
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"limit": 0}, "query.limit"),
+        ({"offset": -1}, "query.offset"),
+        ({"customer_id": "bob"}, "query.customer_id"),
+    ],
+)
+async def test_listing_my_orders_takes_only_a_page(
+    edge: httpx.AsyncClient, params: dict[str, Any], where: str
+) -> None:
+    response = await edge.get("/orders", params=params, headers=ANN)
+
+    assert response.status_code == 422
+    assert [e["location"] for e in response.json()["errors"]] == [where]
+
+
+async def test_admin_and_dev_routes_need_the_admin_token(edge: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("GET", "/admin/stats"),
+        ("GET", "/dev/payment-provider"),
+        ("POST", "/dev/shipments/o-1/advance"),
+    ]:
+        assert (await edge.request(method, path, headers=ANN)).status_code == 401
+    assert (await edge.get("/admin/stats", headers={"X-Dev-Admin-Token": TOKEN})).status_code == 503
+
+
+async def test_the_customer_stand_in_is_documented_as_such(edge: httpx.AsyncClient) -> None:
+    spec = (await edge.get("/openapi.json")).json()
+
+    scheme = spec["components"]["securitySchemes"]["DevCustomerId"]
+    assert scheme["name"] == "X-Dev-Customer-Id" and "JWT" in scheme["description"]
+    assert spec["paths"]["/orders"]["post"]["security"] == [{"DevCustomerId": []}]
+    assert (
+        "text/event-stream"
+        in spec["paths"]["/orders/{order_id}/events"]["get"]["responses"]["200"]["content"]
+    )

@@ -1,0 +1,176 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from actors.payments import domain
+from actors.payments.domain import Account, Captured, Declined, Order, Status, Unavailable
+from actors.runtime.errors import NotFound
+from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=1)
+ORDER = Order("o1", "c1", 4_200, "EUR")
+
+
+def placed(at: datetime = T0) -> Account:
+    return domain.placed(None, ORDER, at)
+
+
+def ready(account: Account | None = None) -> Account:
+    """Placed and reserved: due for a charge."""
+    return domain.reserved(account or placed(), "o1", T0)
+
+
+def captured(account: Account | None = None) -> domain.Change:
+    return domain.charged(account or ready(), Captured("ch_1", attempts=2), T1)
+
+
+def test_an_order_is_remembered_once_and_a_replay_changes_nothing():
+    account = placed()
+
+    assert account == Account("o1", updated_at=T0, order=ORDER)
+    assert domain.placed(account, Order("o1", "c1", 1, "USD"), T1) is account
+
+
+def test_an_order_placed_after_its_cancel_is_remembered_and_stays_cancelled():
+    account = domain.placed(domain.cancelled(None, "o1", T0), ORDER, T1)
+
+    assert (account.order, account.cancelled, account.updated_at) == (ORDER, True, T1)
+
+
+def test_a_charge_is_for_the_orders_total_keyed_by_the_order_id():
+    assert domain.charge_due(ready()) == domain.ChargeRequest("o1", 4_200, "EUR", "c1")
+
+
+def test_a_charge_is_due_when_both_facts_are_in_whichever_came_first():
+    reserved_first = domain.reserved(None, "o1", T0)
+
+    assert domain.charge_due(reserved_first) is None
+    assert domain.charge_due(placed()) is None
+    assert domain.charge_due(domain.placed(reserved_first, ORDER, T1)) == domain.charge_due(ready())
+
+
+def test_a_second_stock_reserved_changes_nothing():
+    once = ready()
+
+    assert domain.reserved(once, "o1", T1) is once
+
+
+@pytest.mark.parametrize(
+    "outcome", [Captured("ch_1", 1), Declined("card_declined", 1), Unavailable("down", 0)], ids=str
+)
+def test_once_the_provider_has_answered_nothing_more_is_charged(outcome):
+    assert domain.charge_due(domain.charged(ready(), outcome, T1).account) is None
+
+
+def test_a_capture_records_the_charge_and_announces_it():
+    change = captured()
+
+    assert change.account.payment == domain.Payment(Status.CAPTURED, attempts=2, provider_reference="ch_1")
+    assert change.account.updated_at == T1
+    assert change.events == (
+        PaymentCaptured(
+            payment_id=domain.payment_id("o1"), order_id="o1", customer_id="c1", amount_cents=4_200,
+            currency="EUR", provider_reference="ch_1",
+        ),
+    )
+
+
+def test_a_decline_fails_the_payment_for_good():
+    change = domain.charged(ready(), Declined("card_declined", 1), T1)
+
+    assert (change.account.payment.status, change.account.payment.failure) == (
+        Status.FAILED, "declined: card_declined"
+    )
+    assert change.events == (
+        PaymentFailed(order_id="o1", customer_id="c1", reason="declined", detail="card_declined"),
+    )
+
+
+def test_an_unavailable_provider_fails_the_payment_as_unavailable_with_a_bounded_detail():
+    change = domain.charged(ready(), Unavailable("x" * 2_000, attempts=3), T1)
+
+    (event,) = change.events
+    assert isinstance(event, PaymentFailed)
+    assert (event.reason, len(event.detail)) == ("unavailable", 500)
+    assert change.account.payment.attempts == 3
+    assert change.account.payment.failure.startswith("unavailable: xxx")
+
+
+def test_a_capture_of_an_order_not_cancelled_is_kept():
+    assert domain.refund_due(captured().account) is None
+
+
+def test_a_cancel_after_a_capture_asks_for_a_refund_of_the_whole_charge():
+    account = domain.cancelled(captured().account, "o1", T1)
+
+    assert domain.refund_due(account) == domain.RefundRequest("refund-o1", "ch_1", 4_200)
+
+
+def test_a_capture_after_a_cancel_is_refunded_too():
+    cancelled_first = domain.cancelled(ready(), "o1", T0)
+
+    refund = domain.refund_due(captured(cancelled_first).account)
+
+    assert refund == domain.RefundRequest("refund-o1", "ch_1", 4_200)
+
+
+def test_a_refund_is_recorded_announced_and_never_asked_again():
+    charged = captured(domain.cancelled(ready(), "o1", T0))
+    change = charged.then(domain.refunded(charged.account, "re_1", T1))
+
+    assert change.account.payment.status is Status.REFUNDED
+    assert change.account.payment.refund_reference == "re_1"
+    assert [type(e) for e in change.events] == [PaymentCaptured, PaymentRefunded]
+    assert change.events[1] == PaymentRefunded(
+        payment_id=domain.payment_id("o1"), order_id="o1", customer_id="c1", amount_cents=4_200, currency="EUR"
+    )
+    assert domain.refund_due(change.account) is None
+
+
+@pytest.mark.parametrize("outcome", [Declined("card_declined", 1), Unavailable("down", 0)], ids=str)
+def test_a_cancelled_order_that_was_never_captured_has_nothing_to_refund(outcome):
+    account = domain.cancelled(domain.charged(ready(), outcome, T1).account, "o1", T1)
+
+    assert domain.refund_due(account) is None
+
+
+def test_a_second_cancel_changes_nothing():
+    once = domain.cancelled(placed(), "o1", T0)
+
+    assert domain.cancelled(once, "o1", T1) is once
+
+
+def test_patience_runs_out_when_the_charge_has_waited_that_long():
+    patience = timedelta(seconds=30)
+
+    assert not domain.out_of_patience(T0, T0 + timedelta(seconds=29.9), patience)
+    assert domain.out_of_patience(T0, T0 + timedelta(seconds=30), patience)
+
+
+def test_the_payment_id_is_derived_from_the_order_id():
+    assert domain.payment_id("o1") == domain.payment_id("o1") != domain.payment_id("o2")
+    assert len(domain.payment_id("o" * 64)) == 32
+
+
+def test_a_placed_order_not_yet_charged_shows_a_pending_payment():
+    view = domain.view("o1", placed())
+
+    assert (view.status, view.amount_cents, view.attempts) == ("pending", 4_200, 0)
+    assert view.provider_reference is None
+    assert view.payment_id == domain.payment_id("o1")
+
+
+def test_a_captured_payment_shows_its_reference_and_attempts():
+    view = domain.view("o1", captured().account)
+
+    assert (view.status, view.provider_reference, view.attempts, view.updated_at) == ("captured", "ch_1", 2, T1)
+
+
+@pytest.mark.parametrize(
+    "account", [None, domain.cancelled(None, "o1", T0), domain.cancelled(placed(), "o1", T0)],
+    ids=["unknown", "cancel-only", "cancelled-before-charging"],
+)
+def test_there_is_no_payment_for_an_order_never_charged(account):
+    with pytest.raises(NotFound, match="o1"):
+        domain.view("o1", account)
