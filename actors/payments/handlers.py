@@ -19,18 +19,8 @@ from actors.runtime.actor import Actor, UnitOfWork
 from brokers.contracts.inventory import StockReserved
 from brokers.contracts.orders import OrderCancelled, OrderPlaced
 from brokers.contracts.payments import GetPayment, PaymentView
-from brokers.settings import Settings
 
-
-def _configure_provider(settings: Settings) -> tuple[int, ...]:
-    # The runtime hands an actor its settings only through `timers` (called once per host; payments
-    # sets no timer): the provider client is made here, keyed by the host's payments database, where
-    # the handlers find it through their store.
-    provider.configure(settings.database_name(payments.name), settings)
-    return ()
-
-
-payments = Actor("payments", PaymentsStore, timers=_configure_provider)
+payments = Actor("payments", PaymentsStore)
 Work = UnitOfWork[PaymentsStore]
 
 
@@ -64,7 +54,7 @@ async def _charge_if_due(uow: Work, account: domain.Account) -> None:
 
 
 async def _charge(charge: domain.ChargeRequest, uow: Work) -> domain.ChargeOutcome:
-    client = provider.client_for(uow.store.db.name)
+    client = provider.client_for(uow.settings)
     try:
         return await client.charge(charge)
     except provider.ProviderUnavailable as exc:
@@ -78,7 +68,7 @@ async def _settle(uow: Work, change: domain.Change) -> None:
     """Refund what a cancelled order was charged, then save the account and emit what happened."""
     refund = domain.refund_due(change.account)
     if refund is not None:
-        refund_id = await provider.client_for(uow.store.db.name).refund(refund)
+        refund_id = await provider.client_for(uow.settings).refund(refund)
         change = change.then(domain.refunded(change.account, refund_id, _now()))
     await uow.store.save(change.account)
     for event in change.events:

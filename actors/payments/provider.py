@@ -183,17 +183,13 @@ def _refused(operation: str, key: str, response: httpx.Response) -> ProviderRefu
     )
 
 
-# One client per payments database: one in production; tests run hosts with other settings side by side.
-_clients: dict[str, ProviderClient] = {}
+# One client (and so one breaker) per provider configuration in the process, shared by every handling.
+_clients: dict[PaymentSettings, ProviderClient] = {}
 
 
-def configure(database: str, settings: Settings) -> ProviderClient:
-    """Make the provider client of the payments actor that works on ``database`` with these settings."""
-    _clients[database] = ProviderClient(PaymentSettings.of(settings))
-    return _clients[database]
-
-
-def client_for(database: str) -> ProviderClient:
-    if database not in _clients:
-        raise RuntimeError(f"no payment provider client for {database}: payments runs inside an ActorHost")
-    return _clients[database]
+def client_for(settings: Settings) -> ProviderClient:
+    """The process's client of the provider these settings name."""
+    wanted = PaymentSettings.of(settings)
+    if wanted not in _clients:
+        _clients[wanted] = ProviderClient(wanted)
+    return _clients[wanted]
