@@ -41,8 +41,10 @@ async def charge_reserved_order(event: StockReserved, uow: Work) -> None:
 
 @payments.handles(OrderCancelled)
 async def refund_cancelled_order(event: OrderCancelled, uow: Work) -> None:
+    # A reserved order without a known answer may have been charged by a call whose answer was lost
+    # (a timeout): asking again with the same key finds that capture, and _settle refunds it.
     account = domain.cancelled(await uow.store.account(event.order_id), event.order_id, _now())
-    await _settle(uow, domain.Change(account))
+    await _charge_if_due(uow, account)
 
 
 async def _charge_if_due(uow: Work, account: domain.Account) -> None:
