@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,11 +22,18 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(bench.app, name="bench")
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+_PR_SET_PDEATHSIG = 1
 
 
 def _serve(api: FastAPI, host: str, port: int) -> None:
-    # uvicorn handles SIGINT/SIGTERM: the lifespan's shutdown runs, in-flight messages finish.
-    uvicorn.run(api, host=host, port=port, log_level="warning", lifespan="on")
+    # uvicorn handles SIGINT/SIGTERM: the lifespan's shutdown runs, in-flight messages finish. Open
+    # SSE streams would hold the shutdown for as long as their clients stay: they get 5 s.
+    uvicorn.run(api, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+
+
+def _die_with_parent() -> None:
+    """In a child process: be sent SIGTERM when the parent dies, however it dies (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @contextmanager
@@ -33,7 +42,9 @@ def _payment_provider_alongside(settings) -> Iterator[None]:
     url = urlsplit(settings.emporium_payment_provider_url)
     child = subprocess.Popen(
         [sys.executable, "-m", "ops", "payment-provider", "--host", url.hostname or "127.0.0.1",
-         "--port", str(url.port or 80)]
+         "--port", str(url.port or 80)],
+        # uvicorn re-raises SIGTERM after its shutdown, so the finally below may never run.
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
         yield

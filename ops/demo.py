@@ -92,7 +92,9 @@ class Demo:
             elapsed = time.monotonic() - started
             detail = data.get("reason") or data.get("tracking_number") or data.get("template") or ""
             self.console.print(f"  {elapsed:6.2f}s  {STEP.get(event, event):<20} [dim]{event} {detail}[/dim]")
-            if event.startswith("order."):
+            if event == "snapshot":  # where the order stood when the stream started
+                status = data.get("status", status)
+            elif event.startswith("order."):
                 status = event.removeprefix("order.")
         return status
 
