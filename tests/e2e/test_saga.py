@@ -15,6 +15,7 @@ from typing import Any
 
 import aio_pika
 import httpx
+import prometheus_client
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -198,6 +199,31 @@ async def test_an_order_past_its_deadline_is_cancelled_and_compensated(open_shop
     await eventually(
         lambda: shop.provider.stats(), until=lambda s: s.charges == s.refunds, timeout=30, what="late capture refunded"
     )
+    await shop.assert_invariants_hold()
+
+
+async def test_while_the_provider_is_down_the_breaker_opens_and_orders_complete_once_it_recovers(
+    open_shop, monkeypatch
+):
+    monkeypatch.setenv("EMPORIUM_PAYMENT_BREAKER_RESET_S", "1")
+    # Retries long enough to outlast the outage (in production: 1 s, 5 s, 30 s).
+    shop = await open_shop(emporium_retry_delays_ms=(300, 600, 1_200, 2_400, 4_800, 9_600))
+    sku = await stocked_sku(shop.edge, quantity=2)
+    await shop.provider.behave(error_rate=1.0)
+
+    order_id = await shop.order(ANN, sku)
+
+    async def breaker_state() -> float | None:
+        labels = {"provider": shop.settings.emporium_payment_provider_url}
+        return prometheus_client.REGISTRY.get_sample_value("emporium_payment_breaker_state", labels)
+
+    await eventually(breaker_state, until=lambda state: state == 2, what="the breaker to open")
+    assert (await shop.settled(ANN, order_id, status="reserved"))["status"] == "reserved"  # waiting, not lost
+    await shop.provider.behave(error_rate=0.0)
+
+    order = await shop.settled(ANN, order_id, timeout=60)
+    assert order["status"] == "delivered"
+    assert (await shop.provider.stats()).charges == 1
     await shop.assert_invariants_hold()
 
 
