@@ -1,7 +1,8 @@
-"""`emporium bench hop`: what one hop through the actor runtime costs next to plain aio-pika.
+"""`emporium bench`: what the actor runtime costs, one hop at a time (`hop`) and whole orders (`saga`).
 
-Three hops do the same broker work (persistent messages, publisher confirms, ``mandatory``, a quorum
-queue with the arguments of an actor's work queue, the same prefetch, one ack per message):
+`emporium bench hop`: what one hop through the actor runtime costs next to plain aio-pika. Three hops
+do the same broker work (persistent messages, publisher confirms, ``mandatory``, a quorum queue with
+the arguments of an actor's work queue, the same prefetch, one ack per message):
 
 1. raw aio-pika: a channel publishes, a consumer callback acks;
 2. FastStream: the broker factory and subscription style the runtime uses, a handler that only acks;
@@ -14,8 +15,14 @@ gives the database's share directly.
 
 A fixed number of messages is kept in flight (published, not yet consumed), so latencies measure a
 hop, not a backlog. Latency runs from just before the publish call to just after the consumer's ack
-(for the runtime hop: after commit and ack), on one process clock. Everything runs in a vhost and a
-database created for the run and deleted afterwards.
+(for the runtime hop: after commit and ack), on one process clock.
+
+`emporium bench saga`: every actor and the payment-provider simulator in this process; orders are
+placed (as the edge would) and followed to their end, a fixed number in flight. It reports what a
+delivered order costs: the messages RabbitMQ took in and handed out, the MongoDB commands (round trips)
+the actors made, and how long orders took from placed to confirmed and to delivered.
+
+Each run has a vhost and databases of its own, created for it and deleted afterwards.
 """
 
 from __future__ import annotations
@@ -25,14 +32,17 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from functools import partial
-from typing import Annotated, Any, ClassVar
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import cache, partial
+from typing import Annotated, Any, ClassVar, TypeVar
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
+import httpx
 import typer
 from faststream import BaseMiddleware
 from faststream.message import StreamMessage
@@ -40,20 +50,36 @@ from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from prometheus_client import REGISTRY
+from pymongo import monitoring
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from actors.registry import ACTORS
+from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.store import Store
-from brokers.envelope import Command, Envelope, new_id
+from brokers.contracts.catalog import ProductCreated
+from brokers.contracts.common import Line
+from brokers.contracts.inventory import Restock
+from brokers.contracts.orders import (
+    GetOrder,
+    OrderCancelled,
+    OrderDelivered,
+    OrderStatus,
+    OrderView,
+    PlaceOrder,
+)
+from brokers.envelope import Command, Envelope, Message, new_id
 from brokers.factory import make_broker, publish, publish_body
 from brokers.logs import configure_logging
+from brokers.rpc import Requester
 from brokers.settings import Settings, get_settings
-from brokers.topology import COMMANDS, QueueSpec, declare_exchanges
-from ops.dlq import management_client, with_vhost
+from brokers.topology import COMMANDS, EVENTS, UNROUTED_EVENTS, QueueSpec, declare_exchanges
+from ops.dlq import management_client, vhost_of, with_vhost
+from ops.payment_provider import served
 
 app = typer.Typer(help="Measure the cost of the actor runtime.", no_args_is_help=True)
 console = Console()
@@ -188,6 +214,8 @@ def summary(raw: HopFigures, faststream: HopFigures, runtime: HopFigures) -> str
 # --- driving a hop --------------------------------------------------------------------------------
 
 Publish = Callable[[BenchPing], Awaitable[None]]
+T = TypeVar("T")
+K = TypeVar("K")
 
 
 class Meter:
@@ -217,24 +245,47 @@ class Meter:
             self.done.set()
 
 
+async def send_paced(
+    items: Iterable[T],
+    send: Callable[[T], Awaitable[None]],
+    *,
+    in_flight: asyncio.Semaphore,
+    concurrency: int,
+    until: asyncio.Event,
+    timeout_s: float,
+) -> None:
+    """Send every item, then wait for ``until``; TimeoutError if that takes over ``timeout_s``.
+
+    ``concurrency`` senders share the items; each takes a slot of ``in_flight`` before sending, and
+    whoever sees an item through gives the slot back, so the work in flight stays bounded.
+    """
+    pending = iter(items)
+
+    async def sender() -> None:
+        for item in pending:
+            await in_flight.acquire()
+            await send(item)
+
+    await asyncio.wait_for(asyncio.gather(*(sender() for _ in range(concurrency)), until.wait()), timeout_s)
+
+
 async def run_round(
     publish_one: Publish, meter: Meter, messages: int, concurrency: int
 ) -> tuple[list[float], float]:
     """Send ``messages`` through a hop; returns their latencies and the seconds the round took."""
     meter.begin(messages)
-    sequence = iter(range(messages))
 
-    async def publisher() -> None:
-        for seq in sequence:
-            await meter.in_flight.acquire()
-            await publish_one(BenchPing(seq=seq, sent_at=time.perf_counter()))
+    async def send(seq: int) -> None:
+        # Timed from here, once a slot is free: the latency of a hop, not of the wait for a slot.
+        await publish_one(BenchPing(seq=seq, sent_at=time.perf_counter()))
 
     started = time.perf_counter()
     # Slower than 50 msg/s means something is broken, not slow.
     timeout_s = 30 + messages / 50
     try:
-        await asyncio.wait_for(
-            asyncio.gather(*(publisher() for _ in range(concurrency)), meter.done.wait()), timeout_s
+        await send_paced(
+            range(messages), send, in_flight=meter.in_flight, concurrency=concurrency, until=meter.done,
+            timeout_s=timeout_s,
         )
     except TimeoutError as exc:
         raise BenchmarkError(
@@ -393,15 +444,17 @@ async def _scratch_vhost(settings: Settings) -> AsyncIterator[Settings]:
 
 
 @asynccontextmanager
-async def _scratch_database(settings: Settings) -> AsyncIterator[Settings]:
-    """The settings moved to a database prefix of the run's own, the bench database dropped at the end."""
+async def _scratch_database(settings: Settings, actors: Iterable[str]) -> AsyncIterator[Settings]:
+    """The settings moved to a database prefix of the run's own; these actors' databases are dropped
+    at the end."""
     scratch = settings.model_copy(update={"emporium_db_prefix": f"bench{uuid.uuid4().hex[:8]}"})
     try:
         yield scratch
     finally:
         client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url)
         try:
-            await client.drop_database(scratch.database_name(bench_actor.name))
+            for actor in actors:
+                await client.drop_database(scratch.database_name(actor))
         finally:
             await client.close()
 
@@ -429,7 +482,10 @@ async def run_hops(
 ) -> list[HopFigures]:
     """Every hop in turn, in a scratch vhost and database: a warm-up round, then the measured round."""
     results = []
-    async with _scratch_vhost(settings) as on_vhost, _scratch_database(on_vhost) as scratch:
+    async with (
+        _scratch_vhost(settings) as on_vhost,
+        _scratch_database(on_vhost, [bench_actor.name]) as scratch,
+    ):
         await _declare_baseline_queues(scratch)
         for name, hop in HOPS:
             task = progress.add_task(name, total=warmup + messages)
@@ -465,3 +521,588 @@ def hop_command(
             raise typer.Exit(1) from exc
     console.print(figures_table(hops, concurrency=in_flight, prefetch=settings.emporium_prefetch))
     console.print(summary(*hops))
+
+
+# === emporium bench saga ==========================================================================
+
+SKUS = tuple(f"BENCH-{n:02d}" for n in range(20))
+PRICE_CENTS = 1_250
+ENDED = frozenset({OrderDelivered.TYPE, OrderCancelled.TYPE})
+# RabbitMQ's management plugin refreshes its counts every 5 s (collect_statistics_interval's default):
+# counts that stayed the same for longer than that have caught up with everything before.
+STATS_INTERVAL_S = 5.0
+DEFAULT_EXCHANGE = "(default)"
+
+
+def saga_orders(count: int, skus: Sequence[str] = SKUS) -> list[PlaceOrder]:
+    """``count`` orders of two lines (neighbouring SKUs, one unit each) from ten customers."""
+    if len(skus) < 2:
+        raise ValueError("orders of two lines need at least two SKUs")
+    return [
+        PlaceOrder(
+            order_id=f"bench-order-{n:06d}",
+            customer_id=f"bench-customer-{n % 10}",
+            lines=[Line(sku=skus[(n + k) % len(skus)], quantity=1) for k in range(2)],
+            request_digest="bench-saga",
+        )
+        for n in range(count)
+    ]
+
+
+def stock_needed(orders: Iterable[PlaceOrder]) -> dict[str, int]:
+    """The units of each SKU the orders ask for: with that much in stock, none is short."""
+    needed: Counter[str] = Counter()
+    for order in orders:
+        for line in order.lines:
+            needed[line.sku] += line.quantity
+    return dict(needed)
+
+
+def step_seconds(view: OrderView, start: OrderStatus, end: OrderStatus) -> float | None:
+    """Seconds from the order's first ``start`` step to its first ``end`` step; None if it lacks one."""
+    reached: dict[str, datetime] = {}
+    for step in view.history:
+        reached.setdefault(step.status, step.at)
+    if start not in reached or end not in reached:
+        return None
+    return (reached[end] - reached[start]).total_seconds()
+
+
+def _grown(later: Mapping[K, int], earlier: Mapping[K, int]) -> dict[K, int]:
+    """How much each count grew; counts that did not change are left out."""
+    return {key: value - earlier.get(key, 0) for key, value in later.items() if value != earlier.get(key, 0)}
+
+
+def _by(counts: Mapping[tuple[str, ...], int], position: int) -> Counter[str]:
+    """Counts keyed by tuples, added up by the tuple's element at ``position``."""
+    summed: Counter[str] = Counter()
+    for key, count in counts.items():
+        summed[key[position]] += count
+    return summed
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the run's counters say at one moment; ``since`` makes two readings the cost in between."""
+
+    published: int  # RabbitMQ: messages clients published into the vhost
+    delivered: int  # RabbitMQ: messages handed to consumers in the vhost
+    parked: int  # RabbitMQ: events no queue was bound for, kept in unrouted-events
+    published_to: Mapping[str, int]  # RabbitMQ: messages published, by exchange
+    taken: Mapping[tuple[str, str, str], int]  # the runtime: (actor, type, outcome) -> messages
+    # MongoDB commands started, by where they went (an actor, or "admin" for a transaction's end) and name
+    mongo_commands: Mapping[tuple[str, str], int]
+
+    def since(self, earlier: Counts) -> Counts:
+        return Counts(
+            self.published - earlier.published,
+            self.delivered - earlier.delivered,
+            self.parked - earlier.parked,
+            _grown(self.published_to, earlier.published_to),
+            _grown(self.taken, earlier.taken),
+            _grown(self.mongo_commands, earlier.mongo_commands),
+        )
+
+
+class Quiet:
+    """Says when a reading has stayed the same for ``for_s`` seconds."""
+
+    _NOTHING_YET = object()
+
+    def __init__(self, for_s: float) -> None:
+        self.for_s = for_s
+        self._last: object = self._NOTHING_YET
+        self._since = 0.0
+
+    def still(self, reading: object, now: float) -> bool:
+        if reading != self._last:
+            self._last, self._since = reading, now
+            return False
+        return now - self._since >= self.for_s
+
+
+@dataclass(frozen=True)
+class SagaFigures:
+    placed: int
+    delivered: int
+    cancelled: int
+    seconds: float  # from the first order sent to the last order's end seen
+    cost: Counts  # from just before the first order until everything was quiet again
+    to_confirmed_s: tuple[float, ...]
+    to_delivered_s: tuple[float, ...]
+
+    @classmethod
+    def of(cls, views: Sequence[OrderView], seconds: float, cost: Counts) -> SagaFigures:
+        statuses = Counter(view.status for view in views)
+
+        def spans(end: OrderStatus) -> tuple[float, ...]:
+            found = (step_seconds(view, "placed", end) for view in views)
+            return tuple(span for span in found if span is not None)
+
+        return cls(
+            len(views), statuses["delivered"], statuses["cancelled"], seconds, cost,
+            spans("confirmed"), spans("delivered"),
+        )
+
+    def per_order(self, count: int) -> float:
+        """A count shared out over the delivered orders."""
+        if not self.delivered:
+            raise ValueError("no order was delivered")
+        return count / self.delivered
+
+    @property
+    def transactions(self) -> int:
+        return _by(self.cost.mongo_commands, 1)["commitTransaction"]
+
+
+def _ms(seconds: Sequence[float]) -> str:
+    if not seconds:
+        return "-"
+    return f"p50 {percentile(seconds, 0.50) * 1000:,.0f} ms, p99 {percentile(seconds, 0.99) * 1000:,.0f} ms"
+
+
+def saga_table(figures: SagaFigures, *, concurrency: int, carrier_step_ms: int) -> Table:
+    """The run at a glance: orders, time, latencies."""
+    table = Table(
+        title=f"{figures.placed} orders, {concurrency} in flight, carrier step {carrier_step_ms} ms"
+    )
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right")
+    table.add_row("orders delivered / cancelled", f"{figures.delivered} / {figures.cancelled}")
+    table.add_row(
+        "wall time", f"{figures.seconds:.2f} s ({figures.delivered / figures.seconds:.1f} delivered orders/s)"
+    )
+    table.add_row("placed → confirmed", _ms(figures.to_confirmed_s))
+    table.add_row("placed → delivered", _ms(figures.to_delivered_s))
+    return table
+
+
+def cost_table(figures: SagaFigures) -> Table:
+    """What a delivered order cost the broker and the database, and who counted it."""
+    cost = figures.cost
+    table = Table(title="cost per delivered order")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("total", justify="right")
+    table.add_column("per order", justify="right")
+    table.add_column("counted by")
+    rows = (
+        ("messages published", cost.published, "RabbitMQ: vhost publish"),
+        ("messages delivered to actors", cost.delivered, "RabbitMQ: vhost deliver_get"),
+        ("events no actor takes", cost.parked, "RabbitMQ: unrouted-events publish"),
+        ("messages taken by actors", sum(cost.taken.values()), "runtime: emporium_messages_total"),
+        ("MongoDB commands (round trips)", sum(cost.mongo_commands.values()), "pymongo CommandListener"),
+        ("MongoDB transactions", figures.transactions, "commitTransaction commands"),
+    )
+    for measure, total, source in rows:
+        table.add_row(measure, f"{total:,}", f"{figures.per_order(total):.1f}", source)
+    return table
+
+
+def breakdown_table(
+    figures: SagaFigures, title: str, headers: Sequence[str], rows: Iterable[tuple[Sequence[str], int]]
+) -> Table:
+    """Counts by some key, biggest first, with their share per delivered order."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header == headers[0] else "right")
+    table.add_column("total", justify="right")
+    table.add_column("per order", justify="right")
+    for cells, count in sorted(rows, key=lambda row: (-row[1], row[0])):
+        table.add_row(*cells, f"{count:,}", f"{figures.per_order(count):.2f}")
+    return table
+
+
+def breakdowns(figures: SagaFigures, *, top_commands: int = 8) -> list[Table]:
+    """Messages published by exchange and taken by type; MongoDB commands by actor and by name."""
+    cost = figures.cost
+    takers: dict[str, set[str]] = {}
+    for actor, type_, _ in cost.taken:
+        takers.setdefault(type_, set()).add(actor)
+    taken_by_actor = _by(cost.taken, 0)
+    commands = _by(cost.mongo_commands, 1)
+
+    def actor_row(actor: str, count: int) -> tuple[Sequence[str], int]:
+        # "admin" gets the transactions' commits and aborts; no actor takes messages there.
+        taken = taken_by_actor[actor]
+        if not taken:
+            return (actor, "-", "-"), count
+        return (actor, f"{taken:,}", f"{count / taken:.1f}"), count
+
+    return [
+        breakdown_table(figures, "messages published, by exchange", ["exchange"],
+                        (((name,), count) for name, count in cost.published_to.items())),
+        breakdown_table(figures, "messages taken by actors, by type", ["type → actors"],
+                        (((f"{type_} → {', '.join(sorted(takers[type_]))}",), count)
+                         for type_, count in _by(cost.taken, 1).items())),
+        breakdown_table(figures, "MongoDB commands, by actor", ["actor", "messages taken", "per message"],
+                        (actor_row(actor, count) for actor, count in _by(cost.mongo_commands, 0).items())),
+        breakdown_table(figures, f"MongoDB commands, top {top_commands} by name", ["command"],
+                        (((name,), count) for name, count in commands.most_common(top_commands))),
+    ]
+
+
+def outcomes_line(taken: Mapping[tuple[str, str, str], int]) -> str:
+    """How the actors' messages ended, with the types of those not simply applied."""
+    parts = []
+    for outcome, count in sorted(_by(taken, 2).items()):
+        types = _by({key: n for key, n in taken.items() if key[2] == outcome}, 1)
+        detail = ", ".join(f"{type_} {n:,}" for type_, n in types.most_common())
+        parts.append(f"{outcome} {count:,}" if outcome == "applied" else f"{outcome} {count:,} ({detail})")
+    return "messages taken, by outcome: " + "; ".join(parts)
+
+
+def saga_notes(figures: SagaFigures) -> str:
+    return (
+        f"{outcomes_line(figures.cost.taken)}\n"
+        "published: every message a client put into the run's vhost: the bench's PlaceOrder (standing in "
+        "for the edge), the actors' events, timers and retries sent to delay queues, dead letters; an event "
+        "counts once however many actors subscribe. delivered / taken: once per consuming actor, and a timer "
+        "again when it comes back from its delay queue (the bench's own copies of the orders' ends are left "
+        "out of deliver_get). The (default) exchange takes the timers and retries sent to delay queues. "
+        "Events no actor subscribes to are parked in unrouted-events (kept a day).\n"
+        "MongoDB: every command the actors' client started (one round trip each; a transaction's commit or "
+        "abort is one, sent to the admin database), from just before the first order until the system was "
+        "quiet again (notifications and analytics included). An abort is a handler that failed (retried "
+        "later) or lost a write conflict to a concurrent one (run again at once).\n"
+        "not in these figures: each order's deadline timer coming back (the deadline is set past the run) "
+        "and the outbox sweeper's periodic reads (also set past the run: they depend on time, not orders).\n"
+        "latency: from each order's history in the orders read model (its steps' times)."
+    )
+
+
+# --- counting ------------------------------------------------------------------------------------
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the MongoDB commands this process's clients start (a round trip each), by database and name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.counts[event.database_name, event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        """Counted when started."""
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        """Counted when started."""
+
+
+@cache
+def mongo_command_counter() -> CommandCounter:
+    """The process's command counter, registered once; it sees the clients created after the first call."""
+    counter = CommandCounter()
+    monitoring.register(counter)
+    return counter
+
+
+def taken_by_actors() -> dict[tuple[str, str, str], int]:
+    """What this process's actors took off their work queues: (actor, type, outcome) -> messages."""
+    return {
+        (sample.labels["actor"], sample.labels["type"], sample.labels["outcome"]): int(sample.value)
+        for metric in metrics.MESSAGES.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+async def _management_get(management: httpx.AsyncClient, path: str) -> Any:
+    response = await management.get(path)
+    response.raise_for_status()
+    return response.json()
+
+
+async def _read_counts(management: httpx.AsyncClient, settings: Settings, commands: CommandCounter) -> Counts:
+    vhost = quote(vhost_of(settings.rabbitmq_url), safe="")
+    totals = (await _management_get(management, f"/api/vhosts/{vhost}")).get("message_stats", {})
+    parking = await _management_get(management, f"/api/queues/{vhost}/{quote(UNROUTED_EVENTS.name, safe='')}")
+    published_to = {
+        exchange["name"] or DEFAULT_EXCHANGE: exchange.get("message_stats", {}).get("publish_in", 0)
+        for exchange in await _management_get(management, f"/api/exchanges/{vhost}")
+    }
+    actor_of = {settings.database_name(actor): actor for actor in ACTORS}
+    mongo_commands = {
+        (actor_of.get(database, database), name): count for (database, name), count in commands.counts.items()
+    }
+    return Counts(
+        totals.get("publish", 0),
+        totals.get("deliver_get", 0),
+        parking.get("message_stats", {}).get("publish", 0),
+        published_to,
+        taken_by_actors(),
+        mongo_commands,
+    )
+
+
+async def _poll(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    what: str,
+    timeout_s: float,
+    every_s: float,
+) -> T:
+    deadline = time.monotonic() + timeout_s
+    while not done(result := await probe()):
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"gave up after {timeout_s:.0f}s waiting for {what}")
+        await asyncio.sleep(every_s)
+    return result
+
+
+async def _settled(read: Callable[[], Awaitable[Counts]], progress: Progress, what: str) -> Counts:
+    """The counts once they stayed the same for longer than RabbitMQ takes to refresh its own: the
+    saga's stragglers (notifications, analytics) are done, and the management API has seen it all."""
+    task = progress.add_task(f"{what}: waiting for every count to stop changing", total=None)
+    quiet = Quiet(STATS_INTERVAL_S + 1.0)
+    try:
+        return await _poll(
+            read, lambda counts: quiet.still(counts, time.monotonic()), what=f"{what} to go quiet",
+            timeout_s=120, every_s=0.5,
+        )
+    finally:
+        progress.remove_task(task)
+
+
+# --- driving the saga ----------------------------------------------------------------------------
+
+
+class EndWatch:
+    """Which orders have ended (order.delivered or order.cancelled seen), each freeing its slot in flight."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.in_flight = asyncio.Semaphore(concurrency)
+        self.begin([], tick=lambda: None)
+
+    def begin(self, order_ids: Iterable[str], tick: Callable[[], None]) -> None:
+        self.waiting = set(order_ids)
+        self.ends: dict[str, str] = {}  # order id -> the type of the event that ended it
+        self.deliveries = 0  # every event the watch received, copies included
+        self.last_end_at = 0.0
+        self.all_ended = asyncio.Event()
+        self._tick = tick
+        if not self.waiting:
+            self.all_ended.set()
+
+    def saw(self, event_type: str, order_id: str) -> None:
+        self.deliveries += 1
+        if event_type not in ENDED or order_id not in self.waiting:
+            return  # a copy of an end seen before (delivery is at least once), or not an order of this round
+        self.waiting.remove(order_id)
+        self.ends[order_id] = event_type
+        self.last_end_at = time.perf_counter()
+        self.in_flight.release()
+        self._tick()
+        if not self.waiting:
+            self.all_ended.set()
+
+
+@asynccontextmanager
+async def _watching_ends(url: str, watch: EndWatch) -> AsyncIterator[None]:
+    """A queue of the bench's own gets a copy of every order.delivered and order.cancelled."""
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for event_type in sorted(ENDED):
+            await queue.bind(EVENTS.name, routing_key=event_type)
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            watch.saw(message.type or "", json.loads(message.body)["order_id"])
+
+        await queue.consume(on_event, no_ack=True)
+        yield
+
+
+async def _place_orders(
+    broker: RabbitBroker,
+    orders: Sequence[PlaceOrder],
+    watch: EndWatch,
+    concurrency: int,
+    tick: Callable[[], None],
+) -> float:
+    """Place the orders, at most ``concurrency`` of them not yet ended; seconds until the last one ended."""
+    watch.begin((order.order_id for order in orders), tick=tick)
+
+    async def place(order: PlaceOrder) -> None:
+        # As the edge does: the order id is the saga's correlation id.
+        await publish(broker, order, Envelope.first(order, order.order_id))
+
+    # Slower than an order a second means something is broken, not slow.
+    timeout_s = 60 + len(orders)
+    started = time.perf_counter()
+    try:
+        await send_paced(
+            orders, place, in_flight=watch.in_flight, concurrency=concurrency, until=watch.all_ended,
+            timeout_s=timeout_s,
+        )
+    except TimeoutError as exc:
+        problem = f"only {len(watch.ends)} of {len(orders)} orders ended in {timeout_s:.0f}s"
+        raise BenchmarkError(problem) from exc
+    return watch.last_end_at - started
+
+
+async def _publish_and_see_applied(
+    broker: RabbitBroker, actors: Sequence[Actor[Any]], messages: Sequence[Message]
+) -> None:
+    """Publish messages and wait until every actor that handles them has applied each one."""
+    expected = Counter(
+        (actor.name, message.TYPE)
+        for message in messages
+        for actor in actors
+        if message.TYPE in actor.handlers
+    )
+
+    def applied() -> Counter[tuple[str, str]]:
+        return Counter(
+            {(actor, type_): count for (actor, type_, outcome), count in taken_by_actors().items()
+             if outcome == "applied"}
+        )
+
+    before = applied()
+    for message in messages:
+        await publish(broker, message, Envelope.first(message))
+
+    async def grown() -> Counter[tuple[str, str]]:
+        return applied() - before
+
+    await _poll(
+        grown, lambda seen: all(seen[key] >= count for key, count in expected.items()),
+        what=f"{len(messages)} {messages[0].TYPE} to be applied", timeout_s=30, every_s=0.05,
+    )
+
+
+async def _stock_the_shop(
+    broker: RabbitBroker, actors: Sequence[Actor[Any]], orders: Iterable[PlaceOrder]
+) -> None:
+    """Announce the products (as catalog would) to inventory and orders, then restock them."""
+    needed = stock_needed(orders)
+    products = [
+        ProductCreated(
+            product_id=f"product-{sku.lower()}", sku=sku, name=f"bench item {sku}", category="bench",
+            price_cents=PRICE_CENTS, currency="EUR",
+        )
+        for sku in needed
+    ]
+    await _publish_and_see_applied(broker, actors, products)
+    # Only a SKU inventory knows can be restocked.
+    restocks = [Restock(sku=sku, quantity=units) for sku, units in needed.items()]
+    await _publish_and_see_applied(broker, actors, restocks)
+
+
+async def _order_views(settings: Settings, order_ids: Iterable[str]) -> list[OrderView]:
+    requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
+    await requester.start()
+    try:
+        asked = (requester.ask(GetOrder(order_id=order_id), OrderView) for order_id in order_ids)
+        return list(await asyncio.gather(*asked))
+    finally:
+        await requester.stop()
+
+
+def _ticker(progress: Progress, description: str, total: int) -> Callable[[], None]:
+    """A new progress bar, and what moves it on by one."""
+    return partial(progress.advance, progress.add_task(description, total=total))
+
+
+@asynccontextmanager
+async def _running(host: ActorHost) -> AsyncIterator[ActorHost]:
+    await host.start()
+    try:
+        yield host
+    finally:
+        await host.stop()
+
+
+def _saga_settings(scratch: Settings, provider_url: str, carrier_step_ms: int) -> Settings:
+    return scratch.model_copy(
+        update={
+            "emporium_payment_provider_url": provider_url,
+            "emporium_carrier_step_ms": carrier_step_ms,
+            # No order may run out of time during a run: that would be a cancellation, not a figure.
+            "emporium_order_deadline_ms": 3_600_000,
+            # The sweeper reads every few seconds whatever the load: time-based, not per-order, work.
+            # Nothing is left for it to do in a healthy run (the outbox is published right after commit).
+            "emporium_outbox_sweep_s": 3_600.0,
+        }
+    )
+
+
+async def run_saga(
+    settings: Settings,
+    *,
+    orders: int,
+    warmup: int,
+    concurrency: int,
+    carrier_step_ms: int,
+    progress: Progress,
+) -> SagaFigures:
+    """Every actor and the payment-provider simulator on a scratch vhost and databases: warm-up orders,
+    then ``orders`` orders followed to their end, and what they cost."""
+    commands = mongo_command_counter()  # before the host creates its MongoDB client
+    actors = list(ACTORS.values())
+    placing = saga_orders(warmup + orders)
+    warming, measured = placing[:warmup], placing[warmup:]
+    watch = EndWatch(concurrency)
+    async with (
+        _scratch_vhost(settings) as on_vhost,
+        _scratch_database(on_vhost, ACTORS) as scratch,
+        served() as provider,
+        management_client(settings) as management,
+    ):
+        run_settings = _saga_settings(scratch, provider.url, carrier_step_ms)
+        read_counts = partial(_read_counts, management, run_settings, commands)
+        async with (
+            _running(ActorHost(actors, run_settings, app_name="emporium-bench-saga")),
+            _publisher(run_settings) as broker,
+            _watching_ends(run_settings.rabbitmq_url, watch),
+        ):
+            await _stock_the_shop(broker, actors, placing)
+            # Warm-up: connections, the provider's HTTP client, the first transactions, Python's caches.
+            warm_up_ended = _ticker(progress, "warm-up orders ended", warmup)
+            await _place_orders(broker, warming, watch, concurrency, warm_up_ended)
+            before = await _settled(read_counts, progress, "before the run")
+            ended = _ticker(progress, "orders ended", orders)
+            seconds = await _place_orders(broker, measured, watch, concurrency, ended)
+            after = await _settled(read_counts, progress, "after the run")
+            views = await _order_views(run_settings, (order.order_id for order in measured))
+    cost = after.since(before)
+    # The watch's own copies of the orders' ends are not the saga's work.
+    figures = SagaFigures.of(views, seconds, replace(cost, delivered=cost.delivered - watch.deliveries))
+    if not figures.delivered:
+        problem = f"none of the {figures.placed} orders was delivered ({figures.cancelled} cancelled)"
+        raise BenchmarkError(problem)
+    return figures
+
+
+@app.command("saga")
+def saga_command(
+    orders: Annotated[int, typer.Option(min=1, max=10_000, help="Orders measured.")] = 50,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Orders in flight at once: the next is placed when one ends.")
+    ] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Orders placed and ended before measuring.")] = 5,
+    carrier_step_ms: Annotated[
+        int, typer.Option(min=100, help="How long the simulated carrier takes per shipment step.")
+    ] = 100,
+) -> None:
+    """Whole orders through every actor: messages and MongoDB round trips per order, and saga latencies."""
+    settings = get_settings()
+    # Retries are warnings, and counted in the figures: in the log they would only garble the progress bars.
+    configure_logging("ERROR")
+    with Progress(console=console) as progress:
+        try:
+            figures = asyncio.run(
+                run_saga(
+                    settings, orders=orders, warmup=warmup, concurrency=concurrency,
+                    carrier_step_ms=carrier_step_ms, progress=progress,
+                )
+            )
+        except BenchmarkError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    console.print(saga_table(figures, concurrency=concurrency, carrier_step_ms=carrier_step_ms))
+    console.print(cost_table(figures))
+    for table in breakdowns(figures):
+        console.print(table)
+    console.print(saga_notes(figures))

@@ -243,7 +243,8 @@ async def test_the_same_request_twice_places_one_order(open_shop):
 
 
 async def test_thirty_concurrent_orders_for_ten_units_confirm_exactly_ten(open_shop):
-    shop = await open_shop()
+    # The deadline must not be what settles them: 30 sagas queue up at the embedded MongoDB.
+    shop = await open_shop(emporium_order_deadline_ms=120_000)
     sku = await stocked_sku(shop.edge, quantity=10)
 
     order_ids = await asyncio.gather(*(shop.order(f"customer-{i}", sku) for i in range(30)))

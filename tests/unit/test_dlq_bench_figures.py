@@ -1,12 +1,39 @@
-"""The pure parts of `emporium bench hop` (it shares the ops CLI's test prefix): figures and pacing."""
+"""The pure parts of `emporium bench hop` and `bench saga` (this file shares the ops CLI's test prefix):
+figures, pacing, counting."""
 
 import asyncio
+import io
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
+from brokers.contracts.orders import OrderLine, OrderStep, OrderView
 from brokers.envelope import REGISTRY, Kind
 from brokers.topology import exchange_for
-from ops.bench import BenchPing, DatabaseShare, HopFigures, Meter, bench_actor, percentile, run_round, summary
+from ops.bench import (
+    BenchPing,
+    CommandCounter,
+    Counts,
+    DatabaseShare,
+    EndWatch,
+    HopFigures,
+    Meter,
+    Quiet,
+    SagaFigures,
+    bench_actor,
+    breakdowns,
+    cost_table,
+    outcomes_line,
+    percentile,
+    run_round,
+    saga_orders,
+    send_paced,
+    step_seconds,
+    stock_needed,
+    summary,
+)
 
 
 def test_percentiles_interpolate_between_neighbours():
@@ -107,3 +134,210 @@ def test_the_summary_gives_the_ratios_against_raw_and_the_database_share():
         "measured directly: the transaction (inbox insert + commit) takes 60.00 ms per message, "
         "60% of the runtime hop's mean latency (100.00 ms)"
     )
+
+
+# --- emporium bench saga --------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _view(order_id: str, *steps: tuple[str, int]) -> OrderView:
+    """An order whose history has the given (status, milliseconds after T0) steps."""
+    history = [OrderStep(status=status, at=T0 + timedelta(milliseconds=ms)) for status, ms in steps]
+    return OrderView(
+        order_id=order_id, customer_id="c1", status=history[-1].status,
+        lines=[OrderLine(sku="SKU-1", quantity=1, unit_price_cents=100)], total_cents=100, currency="EUR",
+        request_digest="d", placed_at=T0, updated_at=history[-1].at, history=history, version=len(history),
+    )
+
+
+DELIVERED = ("placed", 0), ("reserved", 40), ("confirmed", 100), ("shipped", 300), ("delivered", 500)
+
+
+def _counts(published=0, delivered=0, parked=0, published_to=None, taken=None, mongo_commands=None) -> Counts:
+    return Counts(published, delivered, parked, published_to or {}, taken or {}, mongo_commands or {})
+
+
+def test_saga_orders_have_two_neighbouring_skus_and_distinct_ids():
+    orders = saga_orders(5, skus=("A1", "B2", "C3"))
+
+    assert len({order.order_id for order in orders}) == 5
+    assert [[line.sku for line in order.lines] for order in orders] == [
+        ["A1", "B2"], ["B2", "C3"], ["C3", "A1"], ["A1", "B2"], ["B2", "C3"]
+    ]
+    assert all(line.quantity == 1 for order in orders for line in order.lines)
+    assert stock_needed(orders) == {"A1": 3, "B2": 4, "C3": 3}
+
+
+def test_saga_orders_need_two_skus():
+    with pytest.raises(ValueError, match="at least two SKUs"):
+        saga_orders(1, skus=("A1",))
+
+
+def test_step_seconds_run_between_the_first_steps_of_each_status():
+    view = _view("o1", *DELIVERED)
+
+    assert step_seconds(view, "placed", "confirmed") == pytest.approx(0.1)
+    assert step_seconds(view, "placed", "delivered") == pytest.approx(0.5)
+    assert step_seconds(_view("o2", ("placed", 0), ("cancelled", 30)), "placed", "confirmed") is None
+
+
+def test_counts_since_keep_what_grew_only():
+    before = _counts(
+        10, 20, 3, {"emporium.events": 5, "": 1}, {("orders", "x", "applied"): 2}, {("orders", "find"): 7}
+    )
+    after = _counts(
+        25, 50, 8, {"emporium.events": 9, "": 1, "emporium.commands": 2},
+        {("orders", "x", "applied"): 5, ("shipping", "y", "retried"): 1},
+        {("orders", "find"): 7, ("admin", "c"): 3},
+    )
+
+    assert after.since(before) == _counts(
+        15, 30, 5, {"emporium.events": 4, "emporium.commands": 2},
+        {("orders", "x", "applied"): 3, ("shipping", "y", "retried"): 1}, {("admin", "c"): 3},
+    )
+
+
+def test_quiet_needs_the_same_reading_for_the_whole_span():
+    quiet = Quiet(for_s=5.0)
+
+    assert not quiet.still(_counts(1), now=0.0)
+    assert not quiet.still(_counts(1), now=4.9)
+    assert not quiet.still(_counts(2), now=5.5)  # changed: the span starts again
+    assert not quiet.still(_counts(2), now=10.0)
+    assert quiet.still(_counts(2), now=10.5)
+
+
+def test_saga_figures_count_outcomes_and_share_costs_over_delivered_orders():
+    views = [
+        _view("o1", *DELIVERED),
+        _view("o2", ("placed", 0), ("confirmed", 300), ("shipped", 500), ("delivered", 900)),
+        _view("o3", ("placed", 0), ("cancelled", 50)),
+    ]
+    cost = _counts(34, 40, mongo_commands={("orders", "insert"): 50, ("admin", "commitTransaction"): 40})
+
+    figures = SagaFigures.of(views, seconds=2.0, cost=cost)
+
+    assert (figures.placed, figures.delivered, figures.cancelled) == (3, 2, 1)
+    assert figures.to_confirmed_s == pytest.approx((0.1, 0.3))
+    assert figures.to_delivered_s == pytest.approx((0.5, 0.9))
+    assert figures.per_order(34) == 17.0
+    assert figures.transactions == 40
+
+
+def test_costs_per_order_need_a_delivered_order():
+    figures = SagaFigures.of([_view("o3", ("placed", 0), ("cancelled", 50))], seconds=1.0, cost=_counts())
+    with pytest.raises(ValueError, match="no order was delivered"):
+        figures.per_order(10)
+
+
+def _rows(table) -> list[list[str]]:
+    """The cells of a rendered table's body rows."""
+    console = Console(file=io.StringIO(), width=200)
+    console.print(table)
+    lines = console.file.getvalue().splitlines()
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+
+
+def test_the_cost_table_gives_totals_and_shares_per_delivered_order():
+    cost = _counts(
+        34, 40, 10,
+        taken={("orders", "orders.place_order", "applied"): 2, ("inventory", "order.placed", "applied"): 2},
+        mongo_commands={("orders", "insert"): 50, ("admin", "commitTransaction"): 4},
+    )
+    figures = SagaFigures.of([_view("o1", *DELIVERED), _view("o2", *DELIVERED)], 1.0, cost)
+
+    rows = {measure: [total, per_order] for measure, total, per_order, _ in _rows(cost_table(figures))}
+    assert rows["messages published"] == ["34", "17.0"]
+    assert rows["messages delivered to actors"] == ["40", "20.0"]
+    assert rows["events no actor takes"] == ["10", "5.0"]
+    assert rows["messages taken by actors"] == ["4", "2.0"]
+    assert rows["MongoDB commands (round trips)"] == ["54", "27.0"]
+    assert rows["MongoDB transactions"] == ["4", "2.0"]
+
+
+def test_mongodb_commands_by_actor_are_also_given_per_message_the_actor_took():
+    cost = _counts(
+        taken={("orders", "a", "applied"): 3, ("orders", "b", "retried"): 1},
+        mongo_commands={("orders", "insert"): 10, ("orders", "find"): 10, ("admin", "commitTransaction"): 4},
+    )
+    figures = SagaFigures.of([_view("o1", *DELIVERED)], 1.0, cost)
+    by_actor = next(table for table in breakdowns(figures) if table.title == "MongoDB commands, by actor")
+
+    # actor, messages taken, commands per message taken, commands, commands per delivered order
+    assert _rows(by_actor) == [["orders", "4", "5.0", "20", "20.00"], ["admin", "-", "-", "4", "4.00"]]
+
+
+def test_the_outcomes_line_names_the_types_not_simply_applied():
+    taken = {
+        ("orders", "shipment.delivered", "applied"): 10, ("orders", "shipment.delivered", "retried"): 3,
+        ("payments", "order.placed", "retried"): 1, ("orders", "orders.place_order", "applied"): 5,
+    }
+    assert outcomes_line(taken) == (
+        "messages taken, by outcome: applied 15; retried 4 (shipment.delivered 3, order.placed 1)"
+    )
+
+
+async def _free_slots(watch: EndWatch) -> int:
+    """How many slots can be taken at once now (they are given back afterwards)."""
+    taken = 0
+    while not watch.in_flight.locked():
+        await watch.in_flight.acquire()
+        taken += 1
+    for _ in range(taken):
+        watch.in_flight.release()
+    return taken
+
+
+async def test_the_end_watch_frees_one_slot_per_order_however_many_copies_of_its_end_arrive():
+    ticks: list[None] = []
+    watch = EndWatch(concurrency=2)
+    for _ in range(2):
+        await watch.in_flight.acquire()
+    watch.begin(["o1", "o2"], tick=lambda: ticks.append(None))
+
+    watch.saw("order.confirmed", "o1")  # not an end
+    watch.saw("order.delivered", "o1")
+    watch.saw("order.delivered", "o1")  # a copy
+    watch.saw("order.cancelled", "o9")  # not an order of this round
+    assert not watch.all_ended.is_set() and await _free_slots(watch) == 1
+    watch.saw("order.cancelled", "o2")
+
+    assert watch.all_ended.is_set()
+    assert watch.ends == {"o1": "order.delivered", "o2": "order.cancelled"}
+    assert watch.deliveries == 5 and len(ticks) == 2
+    assert await _free_slots(watch) == 2
+
+
+async def test_orders_are_sent_paced_by_their_ends():
+    watch = EndWatch(concurrency=3)
+    orders = saga_orders(20)
+    watch.begin((order.order_id for order in orders), tick=lambda: None)
+    in_flight: set[str] = set()
+    most_in_flight = 0
+
+    async def place(order) -> None:
+        nonlocal most_in_flight
+        in_flight.add(order.order_id)
+        most_in_flight = max(most_in_flight, len(in_flight))
+        asyncio.get_running_loop().call_later(0.001, end, order.order_id)
+
+    def end(order_id: str) -> None:
+        in_flight.discard(order_id)
+        watch.saw("order.delivered", order_id)
+
+    await send_paced(
+        orders, place, in_flight=watch.in_flight, concurrency=3, until=watch.all_ended, timeout_s=5
+    )
+
+    assert len(watch.ends) == 20
+    assert most_in_flight == 3
+
+
+def test_the_command_counter_counts_commands_started_by_database_and_name():
+    counter = CommandCounter()
+    for database, name in [("x_orders", "find"), ("x_orders", "find"), ("admin", "commitTransaction")]:
+        counter.started(SimpleNamespace(database_name=database, command_name=name))
+    counter.succeeded(SimpleNamespace(database_name="x_orders", command_name="find"))
+
+    assert counter.counts == {("x_orders", "find"): 2, ("admin", "commitTransaction"): 1}
