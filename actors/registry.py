@@ -2,6 +2,7 @@
 
 from actors.analytics import analytics
 from actors.catalog import catalog
+from actors.identity import identity
 from actors.inventory import inventory
 from actors.notifications import notifications
 from actors.orders import orders
@@ -10,5 +11,6 @@ from actors.runtime.actor import Actor
 from actors.shipping import shipping
 
 ACTORS: dict[str, Actor] = {
-    actor.name: actor for actor in (catalog, inventory, orders, payments, shipping, notifications, analytics)
+    actor.name: actor
+    for actor in (identity, catalog, inventory, orders, payments, shipping, notifications, analytics)
 }

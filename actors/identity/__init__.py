@@ -1,0 +1,3 @@
+from actors.identity.handlers import identity
+
+__all__ = ["identity"]

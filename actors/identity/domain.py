@@ -1,0 +1,85 @@
+"""Identity rules: who may register, who may log in, what deactivation changes. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from actors.runtime.errors import NotFound, RuleViolation
+from brokers.contracts.identity import (
+    CreateAdmin,
+    RegisterUser,
+    Role,
+    UserDeactivated,
+    UserRegistered,
+    UserView,
+)
+
+Registration = RegisterUser | CreateAdmin
+# The role comes from the command, never from its content: only the operators' tool sends CreateAdmin.
+ROLE_OF: dict[type[Registration], Role] = {RegisterUser: "customer", CreateAdmin: "admin"}
+# One answer for an unknown address, a wrong password and a deactivated account: a login attempt
+# must not learn which addresses have accounts.
+BAD_CREDENTIALS = "email or password is wrong"
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    email: str
+    name: str
+    role: Role
+    password_hash: str = field(repr=False)
+    active: bool
+    registered_at: datetime
+    deactivated_at: datetime | None = None
+
+    def view(self) -> UserView:
+        return UserView(
+            user_id=self.user_id,
+            email=self.email,
+            name=self.name,
+            role=self.role,
+            active=self.active,
+            registered_at=self.registered_at,
+            deactivated_at=self.deactivated_at,
+        )
+
+
+def is_new_registration(command: Registration, *, same_id: User | None, same_email: User | None) -> bool:
+    """Whether to register; False when this registration was applied before (a copy sent again)."""
+    if same_id is not None:
+        if (same_id.email, same_id.role) == (command.email, ROLE_OF[type(command)]):
+            return False
+        raise RuleViolation(f"user id {command.user_id} already belongs to another registration")
+    if same_email is not None:
+        # The address itself stays out of the error: it ends up in logs and dead-letter headers.
+        raise RuleViolation(f"the email address is already registered, by user {same_email.user_id}")
+    return True
+
+
+def register(command: Registration, *, password_hash: str, now: datetime) -> tuple[User, UserRegistered]:
+    user = User(
+        user_id=command.user_id,
+        email=command.email,
+        name=command.name,
+        role=ROLE_OF[type(command)],
+        password_hash=password_hash,
+        active=True,
+        registered_at=now,
+    )
+    return user, UserRegistered(user_id=user.user_id, email=user.email, name=user.name)
+
+
+def authenticated(user: User | None, *, password_matches: bool) -> User:
+    """The user a login is for, or NotFound (answered 404) with the same detail whatever went wrong."""
+    if user is None or not password_matches or not user.active:
+        raise NotFound(BAD_CREDENTIALS)
+    return user
+
+
+def deactivate(user: User, *, now: datetime) -> tuple[User, UserDeactivated] | None:
+    """Deactivate an active user; None when there is nothing to change."""
+    if not user.active:
+        return None
+    return replace(user, active=False, deactivated_at=now), UserDeactivated(user_id=user.user_id)

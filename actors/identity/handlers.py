@@ -1,0 +1,82 @@
+"""The identity actor: users, their credentials and roles, and the keys that sign access tokens.
+
+Registering is a command and logging in a query that only reads (see brokers.contracts.identity).
+A registration is applied once: the runtime's inbox skips a message seen before, and a copy sent
+again under another message id finds its user already there (same id, address and role).
+"""
+
+from datetime import UTC, datetime
+
+from actors.identity import domain
+from actors.identity.keys import SigningKey, issue_token, published
+from actors.identity.passwords import hash_password, verify_password
+from actors.identity.settings import identity_settings
+from actors.identity.store import IdentityStore
+from actors.runtime.actor import Actor, UnitOfWork
+from brokers.contracts.identity import (
+    AccessToken,
+    AuthenticateUser,
+    CreateAdmin,
+    DeactivateUser,
+    GetSigningKeys,
+    GetUser,
+    Jwks,
+    RegisterUser,
+    RotateSigningKey,
+    UserView,
+)
+
+identity = Actor("identity", IdentityStore)
+Work = UnitOfWork[IdentityStore]
+
+
+@identity.handles(RegisterUser)
+@identity.handles(CreateAdmin)
+async def register(command: domain.Registration, uow: Work) -> None:
+    same_id = await uow.store.find(command.user_id)
+    same_email = await uow.store.find_by_email(command.email)
+    if not domain.is_new_registration(command, same_id=same_id, same_email=same_email):
+        return
+    password_hash = await hash_password(command.password)
+    user, registered = domain.register(command, password_hash=password_hash, now=datetime.now(UTC))
+    # The unique email index settles a race between two registrations of one address: the loser
+    # is retried and then refused by the rule above.
+    await uow.store.insert(user)
+    uow.emit(registered)
+
+
+@identity.handles(DeactivateUser)
+async def deactivate(command: DeactivateUser, uow: Work) -> None:
+    change = domain.deactivate(await uow.store.get(command.user_id), now=datetime.now(UTC))
+    if change is not None:
+        user, deactivated = change
+        await uow.store.save(user)
+        uow.emit(deactivated)
+
+
+@identity.handles(RotateSigningKey)
+async def rotate_signing_key(command: RotateSigningKey, uow: Work) -> None:
+    await uow.store.activate_key(SigningKey.generate(), at=datetime.now(UTC))
+
+
+@identity.answers_to(GetUser)
+async def get_user(query: GetUser, store: IdentityStore) -> UserView:
+    if query.user_id is not None:
+        return (await store.get(query.user_id)).view()
+    return (await store.get_by_email(query.email)).view()
+
+
+@identity.answers_to(AuthenticateUser)
+async def authenticate(query: AuthenticateUser, store: IdentityStore) -> AccessToken:
+    user = await store.find_by_email(query.email)
+    matches = await verify_password(query.password, user.password_hash if user else None)
+    user = domain.authenticated(user, password_matches=matches)
+    ttl_s = identity_settings().emporium_identity_token_ttl_s
+    return issue_token(user.user_id, user.role, await store.signing_key(), now=datetime.now(UTC), ttl_s=ttl_s)
+
+
+@identity.answers_to(GetSigningKeys)
+async def signing_keys(query: GetSigningKeys, store: IdentityStore) -> Jwks:
+    ttl_s = identity_settings().emporium_identity_token_ttl_s
+    keys = published(await store.keys(), now=datetime.now(UTC), token_ttl_s=ttl_s)
+    return Jwks(keys=[key.jwk() for key in keys])

@@ -1,0 +1,141 @@
+"""The signing keys, the key set that publishes them, and the access tokens they sign.
+
+Keys are Ed25519 (JWS algorithm EdDSA). A key's id is its RFC 7638 thumbprint, so the same key
+always has the same id: importing a configured key again changes nothing. Keys are activated in
+order (``generation``); the latest signs. A key that was replaced stays published for as long as
+tokens it signed can still be valid, so rotation logs nobody out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from actors.identity.settings import IdentitySettings
+from brokers.contracts.common import EntityId
+from brokers.contracts.identity import TOKEN_ALGORITHM, TOKEN_AUDIENCE, TOKEN_ISSUER, AccessToken, Jwk, Role
+
+# Clocks of the edge replicas may run a little apart from identity's.
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+class SigningKeyMissing(RuntimeError):
+    """Production without a configured signing key: identity refuses to start."""
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def thumbprint(x: str) -> str:
+    """RFC 7638: SHA-256 of the required members, sorted, without whitespace."""
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    return _b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private_pem: str = field(repr=False)
+    x: str
+    # Keys sign in turn: the one with the highest generation signs new tokens.
+    generation: int = 0
+    activated_at: datetime | None = None
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls._of(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SigningKey:
+        private = load_pem_private_key(pem, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError(f"the signing key must be Ed25519, not {type(private).__name__}")
+        return cls._of(private)
+
+    @classmethod
+    def _of(cls, private: Ed25519PrivateKey) -> SigningKey:
+        x = _b64url(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+        return cls(kid=thumbprint(x), private_pem=pem, x=x)
+
+    def activated(self, generation: int, at: datetime) -> SigningKey:
+        return replace(self, generation=generation, activated_at=at)
+
+    def jwk(self) -> Jwk:
+        return Jwk(x=self.x, kid=self.kid)
+
+    def sign(self, claims: dict) -> str:
+        private = load_pem_private_key(self.private_pem.encode(), password=None)
+        return jwt.encode(claims, private, algorithm=TOKEN_ALGORITHM, headers={"kid": self.kid})
+
+
+def issue_token(user_id: EntityId, role: Role, key: SigningKey, *, now: datetime, ttl_s: int) -> AccessToken:
+    issued_at = int(now.timestamp())
+    claims = {
+        "iss": TOKEN_ISSUER,
+        "aud": TOKEN_AUDIENCE,
+        "sub": user_id,
+        "role": role,
+        "iat": issued_at,
+        "exp": issued_at + ttl_s,
+        "jti": uuid.uuid4().hex,
+    }
+    return AccessToken(access_token=key.sign(claims), expires_in=ttl_s)
+
+
+def published(keys: Sequence[SigningKey], *, now: datetime, token_ttl_s: int) -> list[SigningKey]:
+    """The keys tokens may still carry, newest (the signing one) first.
+
+    A replaced key signed its last token when its successor was activated; that token expires a
+    token lifetime later (plus clock skew), and then the key has nothing left to verify.
+    """
+    newest_first = sorted(keys, key=lambda k: k.generation, reverse=True)
+    keep = newest_first[:1]
+    for replaced, successor in zip(newest_first[1:], newest_first, strict=False):
+        if (
+            successor.activated_at is not None
+            and now < successor.activated_at + timedelta(seconds=token_ttl_s) + CLOCK_SKEW
+        ):
+            keep.append(replaced)
+    return keep
+
+
+def key_to_install(configured: SigningKey | None, installed: set[str]) -> SigningKey | None:
+    """What to install at start: the configured key unless it is installed already; without one, a
+    generated key when there is none at all (a development database's first start)."""
+    if configured is None:
+        return None if installed else SigningKey.generate()
+    return None if configured.kid in installed else configured
+
+
+def configured_key(settings: IdentitySettings) -> SigningKey | None:
+    """The signing key the operators configured; None lets identity generate one, except in production."""
+    path = settings.emporium_identity_signing_key_file
+    if path is None:
+        if settings.emporium_env == "production":
+            raise SigningKeyMissing(
+                "refusing to start in production without a signing key: set "
+                "EMPORIUM_IDENTITY_SIGNING_KEY_FILE to an Ed25519 private key in PEM "
+                "(e.g. `openssl genpkey -algorithm ed25519`)"
+            )
+        return None
+    try:
+        return SigningKey.from_pem(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise SigningKeyMissing(f"cannot use the signing key in {path}: {exc}") from exc

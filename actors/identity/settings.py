@@ -1,0 +1,26 @@
+"""Identity's own settings, read from the environment like ``brokers.settings`` (the same
+``EMPORIUM_ENV``), because the key set-up runs where only identity's code is: its store's
+``prepare``."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IdentitySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    emporium_env: Literal["development", "test", "production"] = "development"
+    # An Ed25519 private key (PEM, PKCS#8, unencrypted), e.g. a mounted secret. Required in
+    # production; in any mode it is imported at start and becomes the signing key if it is new.
+    emporium_identity_signing_key_file: Path | None = None
+    # Lifetime of an access token: short, since a token cannot be revoked before it expires.
+    emporium_identity_token_ttl_s: int = Field(900, ge=60, le=3_600)
+
+
+@lru_cache
+def identity_settings() -> IdentitySettings:
+    return IdentitySettings()

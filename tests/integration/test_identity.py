@@ -1,0 +1,269 @@
+"""Identity on the real servers: registering once whatever the copies, one address one account,
+logging in for a token that verifies against the published keys, refusals that all look alike,
+deactivation, key rotation without logging anyone out, administrators only through the operators'
+tool, and production refusing to start without a configured key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jwt
+import pytest
+
+from actors.identity import identity
+from actors.identity.keys import SigningKey, SigningKeyMissing
+from actors.identity.settings import identity_settings
+from actors.identity.store import IdentityStore
+from actors.runtime.host import ActorHost
+from brokers.contracts.identity import (
+    AccessToken,
+    AuthenticateUser,
+    DeactivateUser,
+    GetSigningKeys,
+    GetUser,
+    Jwks,
+    RegisterUser,
+    UserView,
+)
+from brokers.deadletters import ERROR
+from brokers.factory import publish
+from brokers.rpc import Problem, QueryFailed, Requester
+from ops.identity_admin import IdentityAdminFailed, create_admin, rotate_signing_key
+from tests.helpers import Tap, eventually, send
+from tests.integration.test_runtime_support import (
+    amqp,
+    dead_letter_headers,
+    header,
+    outcome_count,
+    requester,
+    running,
+)
+from tests.unit.test_identity_keys import verify
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "Correct-horse-42"
+
+
+def registration(
+    user_id: str = "u-1", email: str = "ada@example.com", password: str = PASSWORD
+) -> RegisterUser:
+    return RegisterUser(user_id=user_id, email=email, name="Ada Lovelace", password=password)
+
+
+async def registered(asker: Requester, user_id: str) -> UserView:
+    return await eventually(lambda: asker.ask(GetUser(user_id=user_id), UserView), what=f"user {user_id}")
+
+
+async def login(asker: Requester, email: str, password: str = PASSWORD) -> AccessToken:
+    return await asker.ask(AuthenticateUser(email=email, password=password), AccessToken)
+
+
+async def refusal(asker: Requester, email: str, password: str) -> Problem:
+    with pytest.raises(QueryFailed) as refused:
+        await login(asker, email, password)
+    return refused.value.problem
+
+
+async def test_a_registration_is_applied_and_announced_once_whatever_the_copies(
+    start_host, broker, mongo, settings
+):
+    await start_host("identity")
+    db = mongo[settings.database_name("identity")]
+    duplicates_before = await outcome_count("identity", "duplicate")
+    command = registration(email="  Ada@Example.COM ")
+    async with (
+        Tap(settings.rabbitmq_url, routing_keys=["user.registered"]) as tap,
+        requester(settings) as asker,
+    ):
+        envelope = await send(broker, command)
+        await publish(broker, command, envelope)  # a redelivery: the same message again
+        await send(broker, command)  # the same registration under another message id
+        await eventually(
+            lambda: db["inbox"].count_documents({}), until=lambda n: n == 2, what="both ids applied"
+        )
+        await eventually(
+            lambda: outcome_count("identity", "duplicate"),
+            until=lambda n: n == duplicates_before + 1,
+            what="the redelivery skipped",
+        )
+        user = await registered(asker, "u-1")
+        (announced,) = await tap.wait_for("user.registered")
+
+    assert (user.email, user.name, user.role, user.active) == (
+        "ada@example.com",
+        "Ada Lovelace",
+        "customer",
+        True,
+    )
+    assert await db["outbox"].count_documents({}) == 1
+    assert json.loads(announced.body) == {
+        "user_id": "u-1",
+        "email": "ada@example.com",
+        "name": "Ada Lovelace",
+    }
+    assert len(tap.of_type("user.registered")) == 1
+    stored = await db["users"].find_one({"_id": "u-1"})
+    assert stored["password_hash"].startswith("$argon2id$")
+    assert PASSWORD not in str(stored)
+
+
+async def test_a_second_account_for_an_address_is_dead_lettered_as_a_rule_violation(
+    start_host, broker, settings
+):
+    await start_host("identity")
+    async with requester(settings) as asker, amqp(settings) as queues:
+        await send(broker, registration("u-1"))
+        await registered(asker, "u-1")
+        await send(broker, registration("u-2", email="ADA@example.com ", password="Another-pass-99"))
+        (dead,) = await queues.take("identity.dlq", 1)
+        with pytest.raises(QueryFailed) as missing:
+            await asker.ask(GetUser(user_id="u-2"), UserView)
+        owner = await asker.ask(GetUser(email="ada@example.com"), UserView)
+
+    assert dead_letter_headers(dead) == {
+        "x-origin-queue": "identity",
+        "x-reason": "rule-violation",
+        "x-attempts": 1,
+    }
+    assert "already registered, by user u-1" in header(dead, ERROR)
+    assert "ada@example.com" not in header(dead, ERROR)
+    assert missing.value.problem.status == 404
+    assert owner.user_id == "u-1"
+
+
+async def test_a_login_answers_a_token_that_verifies_against_the_published_keys(start_host, broker, settings):
+    await start_host("identity")
+    async with requester(settings) as asker:
+        await send(broker, registration())
+        await registered(asker, "u-1")
+        token = await login(asker, " ADA@example.com")
+        jwks = await asker.ask(GetSigningKeys(), Jwks)
+
+    claims = verify(token.access_token, jwks)  # signature, iss, aud and exp checked
+    assert (claims["sub"], claims["role"]) == ("u-1", "customer")
+    ttl_s = identity_settings().emporium_identity_token_ttl_s
+    assert claims["exp"] - claims["iat"] == token.expires_in == ttl_s
+    assert jwt.get_unverified_header(token.access_token)["kid"] == jwks.keys[0].kid
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(
+            token.access_token,
+            jwt.PyJWKSet.from_dict(jwks.model_dump())[jwks.keys[0].kid].key,
+            algorithms=["EdDSA"],
+            audience="another-service",
+        )
+
+
+async def test_wrong_password_unknown_address_and_deactivated_account_get_one_answer(
+    start_host, broker, settings
+):
+    await start_host("identity")
+    applied_before = await outcome_count("identity", "applied")
+    async with (
+        requester(settings) as asker,
+        Tap(settings.rabbitmq_url, routing_keys=["user.deactivated"]) as tap,
+    ):
+        await send(broker, registration())
+        await registered(asker, "u-1")
+        wrong_password = await refusal(asker, "ada@example.com", PASSWORD + "x")
+        unknown_address = await refusal(asker, "nobody@example.com", PASSWORD)
+        await login(asker, "ada@example.com")  # the right password works while the account is active
+
+        await send(broker, DeactivateUser(user_id="u-1"))
+        await send(broker, DeactivateUser(user_id="u-1"))  # deactivating again changes nothing
+        await eventually(
+            lambda: asker.ask(GetUser(user_id="u-1"), UserView),
+            until=lambda user: not user.active,
+            what="u-1 deactivated",
+        )
+        deactivated = await refusal(asker, "ada@example.com", PASSWORD)
+        await tap.wait_for("user.deactivated")
+        await eventually(
+            lambda: outcome_count("identity", "applied"),
+            until=lambda n: n == applied_before + 3,
+            what="the registration and both deactivations applied",
+        )
+
+    assert wrong_password == unknown_address == deactivated
+    assert (wrong_password.status, wrong_password.detail) == (404, "email or password is wrong")
+    assert len(tap.of_type("user.deactivated")) == 1
+
+
+async def test_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
+    start_host, broker, settings
+):
+    await start_host("identity")
+    async with requester(settings) as asker:
+        await send(broker, registration())
+        await registered(asker, "u-1")
+        old_token = (await login(asker, "ada@example.com")).access_token
+        old_kid = (await asker.ask(GetSigningKeys(), Jwks)).keys[0].kid
+
+        new_kid = await rotate_signing_key(settings)
+        new_token = (await login(asker, "ada@example.com")).access_token
+        jwks = await asker.ask(GetSigningKeys(), Jwks)
+
+    assert new_kid != old_kid
+    assert [key.kid for key in jwks.keys] == [new_kid, old_kid]
+    assert jwt.get_unverified_header(old_token)["kid"] == old_kid
+    assert jwt.get_unverified_header(new_token)["kid"] == new_kid
+    assert verify(old_token, jwks)["sub"] == verify(new_token, jwks)["sub"] == "u-1"
+
+
+async def test_administrators_come_from_the_operators_tool_only(start_host, settings):
+    await start_host("identity")
+    admin = await create_admin(settings, " Root@Example.com", "Operator-pass-7", name="Root")
+    async with requester(settings) as asker:
+        token = await login(asker, "root@example.com", "Operator-pass-7")
+        jwks = await asker.ask(GetSigningKeys(), Jwks)
+    with pytest.raises(IdentityAdminFailed, match="already registered, as admin"):
+        await create_admin(settings, "root@example.com", "Operator-pass-8")
+    with pytest.raises(IdentityAdminFailed, match="at least 12 characters"):
+        await create_admin(settings, "other@example.com", "Short-1")
+
+    assert (admin.email, admin.name, admin.role, admin.active) == ("root@example.com", "Root", "admin", True)
+    assert verify(token.access_token, jwks)["role"] == "admin"
+
+
+@pytest.fixture
+def identity_env(monkeypatch) -> Callable[..., None]:
+    """Set identity's environment for this test; its settings are read again afterwards."""
+
+    def set_env(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name.upper(), value)
+        identity_settings.cache_clear()
+
+    yield set_env
+    identity_settings.cache_clear()
+
+
+async def test_production_refuses_to_start_without_a_configured_key(identity_env, mongo, settings):
+    identity_env(emporium_env="production")
+    host = ActorHost([identity], settings)
+    with pytest.raises(SigningKeyMissing, match="refusing to start in production"):
+        async with running(host):
+            pass
+    assert await mongo[settings.database_name("identity")]["signing_keys"].count_documents({}) == 0
+
+
+async def test_a_configured_key_is_imported_once_and_signs_from_then_on(
+    identity_env, mongo, settings, tmp_path: Path
+):
+    db = mongo[settings.database_name("identity")]
+    first, second = SigningKey.generate(), SigningKey.generate()
+    (tmp_path / "first.pem").write_text(first.private_pem)
+    (tmp_path / "second.pem").write_text(second.private_pem)
+
+    identity_env(emporium_env="production", emporium_identity_signing_key_file=str(tmp_path / "first.pem"))
+    await IdentityStore.prepare(db)
+    await IdentityStore.prepare(db)  # a restart, or a second replica: nothing new
+    assert (await IdentityStore(db).signing_key()).kid == first.kid
+    identity_env(emporium_identity_signing_key_file=str(tmp_path / "second.pem"))
+    await IdentityStore.prepare(db)
+
+    keys = sorted(await IdentityStore(db).keys(), key=lambda key: key.generation)
+    assert [(key.kid, key.generation) for key in keys] == [(first.kid, 1), (second.kid, 2)]
+    assert (await IdentityStore(db).signing_key()).kid == second.kid

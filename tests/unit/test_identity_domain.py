@@ -1,0 +1,97 @@
+"""Identity's rules: registering once, the role from the command, logging in, deactivating; and the
+password hashing they rely on."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from actors.identity import domain
+from actors.identity.passwords import hash_password, verify_password
+from actors.runtime.errors import NotFound, RuleViolation
+from brokers.contracts.identity import CreateAdmin, RegisterUser, UserDeactivated, UserRegistered
+
+NOW = datetime(2024, 5, 4, 12, 0, tzinfo=UTC)
+PASSWORD = "Correct-horse-42"
+
+
+def command(kind=RegisterUser, **changes):
+    return kind(
+        **{"user_id": "u-1", "email": "ada@example.com", "name": "Ada", "password": PASSWORD, **changes}
+    )
+
+
+def user(**changes) -> domain.User:
+    registered, _ = domain.register(command(), password_hash="$argon2id$stand-in", now=NOW)
+    return domain.User(**{**registered.__dict__, **changes})
+
+
+def test_registering_makes_an_active_customer_and_announces_it():
+    registered, event = domain.register(command(), password_hash="$argon2id$h", now=NOW)
+    assert (registered.role, registered.active, registered.registered_at) == ("customer", True, NOW)
+    assert event == UserRegistered(user_id="u-1", email="ada@example.com", name="Ada")
+
+
+def test_the_admin_role_comes_only_from_the_admin_command():
+    admin, _ = domain.register(command(CreateAdmin), password_hash="$argon2id$h", now=NOW)
+    assert admin.role == "admin"
+
+
+def test_the_view_of_a_user_has_no_password_hash():
+    view = user().view()
+    assert "password" not in str(view.model_dump()) and "argon2" not in view.model_dump_json()
+    assert "argon2" not in repr(user())
+
+
+def test_a_new_address_and_id_is_a_new_registration():
+    assert domain.is_new_registration(command(), same_id=None, same_email=None)
+
+
+def test_a_copy_of_an_applied_registration_changes_nothing():
+    assert not domain.is_new_registration(command(), same_id=user(), same_email=user())
+
+
+def test_a_taken_address_breaks_the_rule_without_naming_it():
+    with pytest.raises(RuleViolation, match="already registered, by user u-0") as refused:
+        domain.is_new_registration(command(), same_id=None, same_email=user(user_id="u-0"))
+    assert "ada@example.com" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "existing", [user(email="grace@example.com"), user(role="admin")], ids=["other address", "other role"]
+)
+def test_a_taken_user_id_breaks_the_rule(existing):
+    with pytest.raises(RuleViolation, match="user id u-1 already belongs"):
+        domain.is_new_registration(command(), same_id=existing, same_email=None)
+
+
+@pytest.mark.parametrize(
+    ("who", "matches"),
+    [(None, False), (user(), False), (user(active=False), True)],
+    ids=["unknown address", "wrong password", "deactivated"],
+)
+def test_every_failed_login_gets_the_same_answer(who, matches):
+    with pytest.raises(NotFound) as refused:
+        domain.authenticated(who, password_matches=matches)
+    assert str(refused.value) == domain.BAD_CREDENTIALS == "email or password is wrong"
+
+
+def test_an_active_user_with_the_right_password_logs_in():
+    assert domain.authenticated(user(), password_matches=True) == user()
+
+
+def test_deactivating_once_announces_it_and_again_changes_nothing():
+    deactivated, event = domain.deactivate(user(), now=NOW)
+    assert (deactivated.active, deactivated.deactivated_at) == (False, NOW)
+    assert event == UserDeactivated(user_id="u-1")
+    assert domain.deactivate(deactivated, now=NOW) is None
+
+
+async def test_a_password_verifies_against_its_argon2id_hash_only():
+    hashed = await hash_password(PASSWORD)
+    assert hashed.startswith("$argon2id$") and PASSWORD not in hashed
+    assert await verify_password(PASSWORD, hashed)
+    assert not await verify_password(PASSWORD + "!", hashed)
+    assert not await verify_password(PASSWORD, None)  # no such user: a stand-in hash, never a match
+    # The same text composed differently (NFKC): "ﬁ" is the ligature of "fi".
+    ligature = await hash_password("ﬁne-Password-1")
+    assert await verify_password("fine-Password-1", ligature)
