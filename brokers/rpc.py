@@ -9,6 +9,8 @@ any number of queries run concurrently and the conversation's correlation id sta
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
@@ -18,6 +20,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryErr
 from pydantic import BaseModel, ConfigDict
 
 from brokers.envelope import Envelope, Query
+from brokers.settings import Settings
 from brokers.topology import QUERIES
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -143,3 +146,14 @@ class Requester:
         if not reply.ok:
             raise QueryFailed(reply.problem or Problem.of(500, "the actor sent an empty problem"))
         return reply.data
+
+
+@asynccontextmanager
+async def requesting(settings: Settings) -> AsyncIterator[Requester]:
+    """A started requester for these settings, stopped when the block ends."""
+    requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
+    await requester.start()
+    try:
+        yield requester
+    finally:
+        await requester.stop()

@@ -75,7 +75,7 @@ from brokers.contracts.orders import (
 from brokers.envelope import Command, Envelope, Message, new_id
 from brokers.factory import make_broker, publish, publish_body
 from brokers.logs import configure_logging
-from brokers.rpc import Requester
+from brokers.rpc import requesting
 from brokers.settings import Settings, get_settings
 from brokers.topology import COMMANDS, EVENTS, UNROUTED_EVENTS, QueueSpec, declare_exchanges
 from ops.dlq import management_client, vhost_of, with_vhost
@@ -991,13 +991,9 @@ async def _stock_the_shop(
 
 
 async def _order_views(settings: Settings, order_ids: Iterable[str]) -> list[OrderView]:
-    requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
-    await requester.start()
-    try:
+    async with requesting(settings) as requester:
         asked = (requester.ask(GetOrder(order_id=order_id), OrderView) for order_id in order_ids)
         return list(await asyncio.gather(*asked))
-    finally:
-        await requester.stop()
 
 
 def _ticker(progress: Progress, description: str, total: int) -> Callable[[], None]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 from brokers.contracts.identity import CreateAdmin, GetSigningKeys, GetUser, Jwks, RotateSigningKey, UserView
 from brokers.envelope import Command, Envelope, new_id
 from brokers.factory import make_broker, publish
-from brokers.rpc import QueryFailed, Requester
+from brokers.rpc import QueryFailed, requesting
 from brokers.settings import Settings
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ async def create_admin(
     except ValidationError as exc:
         reasons = "; ".join(error["msg"] for error in exc.errors())
         raise IdentityAdminFailed(f"cannot create this administrator: {reasons}") from exc
-    async with _requester(settings) as asker:
+    async with requesting(settings) as asker:
         taken = await _poll(lambda: asker.ask(GetUser(email=command.email), UserView), timeout_s=0)
         if taken is not None:
             raise IdentityAdminFailed(
@@ -55,7 +54,7 @@ async def create_admin(
 
 async def rotate_signing_key(settings: Settings, *, timeout_s: float = 20.0) -> str:
     """Start signing with a new key; returns its key id. Tokens signed before stay valid."""
-    async with _requester(settings) as asker:
+    async with requesting(settings) as asker:
         before = (await asker.ask(GetSigningKeys(), Jwks)).keys[0].kid
         await _send(settings, RotateSigningKey())
         after = await _poll(
@@ -73,16 +72,6 @@ def _not_seen(what: str, timeout_s: float) -> str:
         f"identity did not show {what} within {timeout_s:g}s: is the identity actor running? "
         "A refused command is in the dead-letter queue identity.dlq"
     )
-
-
-@asynccontextmanager
-async def _requester(settings: Settings) -> AsyncIterator[Requester]:
-    asker = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
-    await asker.start()
-    try:
-        yield asker
-    finally:
-        await asker.stop()
 
 
 async def _send(settings: Settings, command: Command) -> None:

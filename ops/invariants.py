@@ -18,7 +18,7 @@ from brokers.contracts.notifications import ListNotifications, NotificationPage
 from brokers.contracts.orders import ListOrders, OrderPage, OrderView
 from brokers.contracts.payments import GetPayment, PaymentView
 from brokers.contracts.shipping import GetShipment, ShipmentView
-from brokers.rpc import QueryFailed, Requester
+from brokers.rpc import QueryFailed, Requester, requesting
 from brokers.settings import Settings
 
 TERMINAL = {"delivered", "cancelled"}
@@ -157,12 +157,8 @@ def check_stock(stock: list[StockView], facts: list[OrderFacts]) -> list[Violati
 
 
 async def check(settings: Settings, *, grace: timedelta = timedelta(seconds=30)) -> Report:
-    requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
-    await requester.start()
-    try:
+    async with requesting(settings) as requester:
         facts, stock = await gather_facts(requester)
-    finally:
-        await requester.stop()
     settle_by = datetime.now(UTC) - timedelta(milliseconds=settings.emporium_order_deadline_ms) - grace
     return Report(
         orders=len(facts),

@@ -18,7 +18,7 @@ from brokers.contracts.shipping import ShipmentDispatched
 from brokers.deadletters import ATTEMPTS, ERROR, ORIGIN, REASON, DeadLetter
 from brokers.envelope import Envelope
 from brokers.factory import publish_body
-from brokers.rpc import Requester
+from brokers.rpc import Requester, requesting
 from brokers.settings import Settings
 from brokers.topology import COMMANDS, declare
 from ops import dlq
@@ -30,10 +30,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def requester(settings: Settings) -> AsyncIterator[Requester]:
-    requester = Requester(settings.rabbitmq_url, timeout_s=5.0)
-    await requester.start()
-    yield requester
-    await requester.stop()
+    async with requesting(settings) as asker:
+        yield asker
 
 
 def _product(sku: str) -> ProductCreated:

@@ -25,7 +25,7 @@ from brokers.contracts.catalog import ProductCreated
 from brokers.contracts.inventory import GetStock, Restock, StockView
 from brokers.contracts.orders import OrderLine, OrderPlaced
 from brokers.deadletters import ATTEMPTS, ORIGIN, REASON
-from brokers.rpc import Requester
+from brokers.rpc import Requester, requesting
 from brokers.settings import Settings
 from tests.helpers import eventually, send
 
@@ -118,14 +118,7 @@ async def amqp(settings: Settings) -> AsyncIterator[Amqp]:
         await connection.close()
 
 
-@asynccontextmanager
-async def requester(settings: Settings) -> AsyncIterator[Requester]:
-    asker = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
-    await asker.start()
-    try:
-        yield asker
-    finally:
-        await asker.stop()
+requester = requesting  # the tests' name for it
 
 
 @asynccontextmanager
