@@ -14,12 +14,17 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 
+from brokers.envelope import REGISTRY, without_secrets
+from brokers.topology import MOVES
+
 ORIGIN = "x-origin-queue"
 REASON = "x-reason"
 ATTEMPTS = "x-attempts"
 ERROR = "x-error"
 DEAD_AT = "x-dead-lettered-at"
-_BOOKKEEPING = (ORIGIN, REASON, ATTEMPTS, ERROR, DEAD_AT)
+# Set on a dead letter parked without its secret fields: it cannot be replayed as it is.
+REDACTED_FIELDS = "x-redacted"
+_BOOKKEEPING = (ORIGIN, REASON, ATTEMPTS, ERROR, DEAD_AT, REDACTED_FIELDS)
 _ERROR_LIMIT = 2_000
 
 
@@ -36,11 +41,15 @@ def attempts_so_far(message: AbstractIncomingMessage) -> int:
 
 
 async def _republish(
-    broker: RabbitBroker, message: AbstractIncomingMessage, queue: str, headers: dict[str, Any]
+    broker: RabbitBroker,
+    message: AbstractIncomingMessage,
+    queue: str,
+    headers: dict[str, Any],
+    body: bytes | None = None,
 ) -> None:
     await broker.publish(
-        message.body,
-        exchange="",
+        message.body if body is None else body,
+        exchange=MOVES.name,
         routing_key=queue,
         persist=True,
         mandatory=True,
@@ -84,7 +93,10 @@ async def dead_letter(
         ERROR: error[:_ERROR_LIMIT],
         DEAD_AT: datetime.now(UTC).isoformat(),
     }
-    await _republish(broker, message, dlq, headers)
+    body = without_secrets(message.type, message.body)
+    if body is not None:
+        headers[REDACTED_FIELDS] = ",".join(sorted(REGISTRY[str(message.type)].SECRETS))
+    await _republish(broker, message, dlq, headers, body)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class DeadLetter:
     correlation_id: str | None
     type: str | None
     body: bytes
+    # Secret fields removed when it was parked (see brokers.envelope.without_secrets); empty if none.
+    redacted: str = ""
 
     @classmethod
     def read(cls, message: AbstractIncomingMessage, dlq: str) -> DeadLetter:
@@ -115,6 +129,7 @@ class DeadLetter:
                 correlation_id=message.correlation_id,
                 type=message.type,
                 body=message.body,
+                redacted=str(headers.get(REDACTED_FIELDS, "")),
             )
         # Dead-lettered by RabbitMQ itself (delivery limit reached, rejected): it keeps x-death.
         deaths = headers.get("x-death") or [{}]

@@ -7,6 +7,7 @@ without decoding bodies.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,6 +34,8 @@ class Message(BaseModel):
     TYPE: ClassVar[str]
     KIND: ClassVar[Kind]
     VERSION: ClassVar[int] = 1
+    # Fields never to be kept anywhere but in flight (a password): a dead letter is parked without them.
+    SECRETS: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, type: str | None = None, version: int = 1, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -66,6 +69,24 @@ class Query(Message):
 
 
 REGISTRY: dict[str, type[Message]] = {}
+REDACTED = "[redacted]"
+
+
+def without_secrets(message_type: str | None, body: bytes) -> bytes | None:
+    """The body with its type's secret fields masked; None when the type has no secrets.
+
+    A body that cannot be read as a JSON object is dropped whole: nothing in it can be kept safely.
+    """
+    contract = REGISTRY.get(message_type or "")
+    if contract is None or not contract.SECRETS:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return b""
+    if not isinstance(data, dict):
+        return b""
+    return json.dumps({k: REDACTED if k in contract.SECRETS else v for k, v in data.items()}).encode()
 
 
 def _summary(exc: ValidationError) -> str:

@@ -8,7 +8,15 @@ events go to a topic exchange, routed by type to every actor that subscribed. Ea
 - ``<actor>.delay.<ms>ms``: one queue per delay (the retry delays, and the timers an actor sets
   itself, such as an order's deadline); a message waits out the queue's TTL and is dead-lettered
   back into ``<actor>``;
-- ``<actor>.queries`` (+ ``.dlq``): request/reply queries, kept apart so reads never wait behind work.
+- ``<actor>.reads``: request/reply queries, kept apart so reads never wait behind work. A query
+  is never dead-lettered: one that expired unanswered has had its timeout answer already, and
+  queries carry secrets (a login's password) that must not be parked anywhere.
+
+Messages the runtime moves itself (to a delay queue to retry later, to a dead-letter queue, a timer,
+a replay back to where it failed) go through the topic exchange ``emporium.moves``, where each of an
+actor's queues is bound by its own name. Publishing there, rather than to the default exchange
+(which reaches every queue), lets a broker user be allowed to move messages into its own queues only
+(RabbitMQ topic permissions on routing keys ``<actor>.*``).
 
 Queue arguments are part of a queue's identity in RabbitMQ (redeclaring with other arguments fails),
 so every argument that can vary is in the queue's name.
@@ -33,7 +41,8 @@ EVENTS = RabbitExchange(
 )
 QUERIES = RabbitExchange("emporium.queries", type=ExchangeType.DIRECT, durable=True)
 DEAD_LETTERS = RabbitExchange("emporium.dead-letters", type=ExchangeType.DIRECT, durable=True)
-EXCHANGES = (UNROUTED, COMMANDS, EVENTS, QUERIES, DEAD_LETTERS)
+MOVES = RabbitExchange("emporium.moves", type=ExchangeType.TOPIC, durable=True)
+EXCHANGES = (UNROUTED, COMMANDS, EVENTS, QUERIES, DEAD_LETTERS, MOVES)
 
 _EXCHANGE_OF_KIND = {Kind.COMMAND: COMMANDS, Kind.EVENT: EVENTS, Kind.QUERY: QUERIES}
 
@@ -77,8 +86,8 @@ def delay_queue_name(queue: str, delay_ms: int) -> str:
     return f"{queue}.delay.{delay_ms}ms"
 
 
-def queries_queue_name(actor: str) -> str:
-    return f"{actor}.queries"
+def reads_queue_name(actor: str) -> str:
+    return f"{actor}.reads"
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def actor_topology(
     delivery_limit: int,
     timer_delays_ms: Iterable[int] = (),
 ) -> ActorTopology:
-    work_name, queries_name = actor, queries_queue_name(actor)
+    work_name = actor
 
     def dead_lettering_into_dlq(queue: str) -> dict[str, Any]:
         return _quorum(
@@ -127,10 +136,13 @@ def actor_topology(
             }
         )
 
+    def movable(name: str) -> tuple[str, str]:
+        return (MOVES.name, name)
+
     work = QueueSpec(
         work_name,
         dead_lettering_into_dlq(work_name),
-        tuple(sorted((exchange_for(m).name, m.TYPE) for m in consumes)),
+        tuple(sorted({*((exchange_for(m).name, m.TYPE) for m in consumes), movable(work_name)})),
     )
     delays = tuple(
         QueueSpec(
@@ -142,17 +154,23 @@ def actor_topology(
                     "x-dead-letter-routing-key": work_name,
                 }
             ),
+            (movable(delay_queue_name(work_name, delay)),),
         )
         for delay in sorted({*retry_delays_ms, *timer_delays_ms})
     )
     queries = QueueSpec(
-        queries_name,
-        dead_lettering_into_dlq(queries_name),
+        reads_queue_name(actor),
+        # No dead-lettering (see the module's docstring); a query crashing its consumer again and
+        # again is dropped at the delivery limit.
+        {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit},
         tuple(sorted((QUERIES.name, q.TYPE) for q in answers)),
     )
-    dead_letters = tuple(
-        QueueSpec(dlq_name(q), {"x-queue-type": "quorum"}, ((DEAD_LETTERS.name, q),))
-        for q in (work_name, queries_name)
+    dead_letters = (
+        QueueSpec(
+            dlq_name(work_name),
+            {"x-queue-type": "quorum"},
+            ((DEAD_LETTERS.name, work_name), movable(dlq_name(work_name))),
+        ),
     )
     return ActorTopology(actor, work, delays, queries, dead_letters, tuple(retry_delays_ms))
 

@@ -32,6 +32,7 @@ from brokers.deadletters import DeadLetter
 from brokers.deadletters import replay as replay_message
 from brokers.factory import make_broker
 from brokers.settings import Settings, get_settings
+from brokers.topology import declare_exchanges
 
 DLQ_SUFFIX = ".dlq"
 _BASIC_GET_TIMEOUT_S = 5.0
@@ -151,6 +152,7 @@ async def replay(
 ) -> list[DeadLetter]:
     """Send dead letters back to their origin queue: the one with ``message_id``, or all of them.
 
+    Dead letters parked without their secret fields stay where they are.
     Each is acked from the DLQ only once its copy is confirmed in the origin queue; a copy that
     cannot be published leaves its original (and every one not yet replayed) in the DLQ. Only the
     messages present at the start are replayed, so one that fails again and comes back is not
@@ -161,6 +163,7 @@ async def replay(
     async with _opened(settings, queue) as (dlq, depth):
         await broker.connect()
         try:
+            await declare_exchanges(broker)  # replays go through emporium.moves
             for _ in range(depth):
                 message = await _take(dlq)
                 if message is None:
@@ -168,6 +171,15 @@ async def replay(
                 letter = DeadLetter.read(message, queue)
                 if message_id is not None and letter.message_id != message_id:
                     continue  # not acked: back in the DLQ when the channel closes
+                if letter.redacted:
+                    # Parked without its secrets: replayed, it could only fail again. Its sender
+                    # must send it anew; the operator purges it.
+                    if message_id is not None:
+                        raise DlqError(
+                            f"message {message_id} was parked without its {letter.redacted}; it cannot "
+                            "be replayed (its sender must send it again)"
+                        )
+                    continue
                 await _send_back(broker, message, letter, queue, len(replayed))
                 replayed.append(letter)
                 if on_progress is not None:
@@ -226,6 +238,7 @@ def describe(letter: DeadLetter) -> list[tuple[str, str]]:
         ("message id", letter.message_id or "-"),
         ("correlation id", letter.correlation_id or "-"),
         ("dead-lettered at", letter.dead_lettered_at or "-"),
+        *([("removed", letter.redacted)] if letter.redacted else []),
         ("body", pretty_body(letter.body)),
     ]
 

@@ -8,20 +8,14 @@ answers show the change.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 from pydantic import ValidationError
 
-from brokers.contracts.identity import CreateAdmin, GetSigningKeys, GetUser, Jwks, RotateSigningKey, UserView
+from brokers.contracts.identity import CreateAdmin, GetSigningKeys, Jwks, RotateSigningKey, UserView
 from brokers.envelope import Command, Envelope, new_id
 from brokers.factory import make_broker, publish
-from brokers.rpc import QueryFailed, requesting
+from brokers.registration import RegistrationRefused, poll, register
+from brokers.rpc import requesting
 from brokers.settings import Settings
-
-T = TypeVar("T")
 
 
 class IdentityAdminFailed(RuntimeError):
@@ -38,15 +32,15 @@ async def create_admin(
         reasons = "; ".join(error["msg"] for error in exc.errors())
         raise IdentityAdminFailed(f"cannot create this administrator: {reasons}") from exc
     async with requesting(settings) as asker:
-        taken = await _poll(lambda: asker.ask(GetUser(email=command.email), UserView), timeout_s=0)
-        if taken is not None:
-            raise IdentityAdminFailed(
-                f"{command.email} is already registered, as {taken.role} {taken.user_id}"
+        try:
+            admin = await register(
+                command,
+                send=lambda c: _send(settings, c),
+                ask=lambda q: asker.ask(q, UserView),
+                timeout_s=timeout_s,
             )
-        await _send(settings, command)
-        admin = await _poll(
-            lambda: asker.ask(GetUser(user_id=command.user_id), UserView), timeout_s=timeout_s
-        )
+        except RegistrationRefused as exc:
+            raise IdentityAdminFailed(f"cannot create this administrator: {exc}") from exc
     if admin is None:
         raise IdentityAdminFailed(_not_seen("the administrator", timeout_s))
     return admin
@@ -57,7 +51,7 @@ async def rotate_signing_key(settings: Settings, *, timeout_s: float = 20.0) -> 
     async with requesting(settings) as asker:
         before = (await asker.ask(GetSigningKeys(), Jwks)).keys[0].kid
         await _send(settings, RotateSigningKey())
-        after = await _poll(
+        after = await poll(
             lambda: asker.ask(GetSigningKeys(), Jwks),
             until=lambda jwks: jwks.keys[0].kid != before,
             timeout_s=timeout_s,
@@ -70,7 +64,7 @@ async def rotate_signing_key(settings: Settings, *, timeout_s: float = 20.0) -> 
 def _not_seen(what: str, timeout_s: float) -> str:
     return (
         f"identity did not show {what} within {timeout_s:g}s: is the identity actor running? "
-        "A refused command is in the dead-letter queue identity.dlq"
+        "A command it could not apply is in the dead-letter queue identity.dlq"
     )
 
 
@@ -81,22 +75,3 @@ async def _send(settings: Settings, command: Command) -> None:
         await publish(broker, command, Envelope.first(command))
     finally:
         await broker.stop()
-
-
-async def _poll(
-    ask: Callable[[], Awaitable[T]], *, until: Callable[[T], bool] = lambda _: True, timeout_s: float
-) -> T | None:
-    """Ask until the answer is there and satisfies ``until``; None if it is not by the deadline
-    (a 404 counts as not there yet; any other problem is raised)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            answer = await ask()
-            if until(answer):
-                return answer
-        except QueryFailed as exc:
-            if exc.problem.status != 404:
-                raise
-        if time.monotonic() >= deadline:
-            return None
-        await asyncio.sleep(0.1)

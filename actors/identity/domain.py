@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Literal
 
 from actors.runtime.errors import NotFound, RuleViolation
 from brokers.contracts.identity import (
@@ -46,16 +47,30 @@ class User:
         )
 
 
-def is_new_registration(command: Registration, *, same_id: User | None, same_email: User | None) -> bool:
-    """Whether to register; False when this registration was applied before (a copy sent again)."""
+EMAIL_TAKEN = "the email address is already registered"
+
+
+@dataclass(frozen=True)
+class RefusedRegistration:
+    """A registration turned down; its sender learns why by asking for the user it named (409)."""
+
+    user_id: str
+    reason: str
+
+
+def judge_registration(
+    command: Registration, *, same_id: User | None, same_email: User | None
+) -> Literal["register", "seen"] | RefusedRegistration:
+    """Whether to register, or the registration was applied before (a copy sent again), or is refused."""
     if same_id is not None:
         if (same_id.email, same_id.role) == (command.email, ROLE_OF[type(command)]):
-            return False
+            return "seen"
+        # Only a faulty sender reuses an id (the edge makes a new one per registration).
         raise RuleViolation(f"user id {command.user_id} already belongs to another registration")
     if same_email is not None:
-        # The address itself stays out of the error: it ends up in logs and dead-letter headers.
-        raise RuleViolation(f"the email address is already registered, by user {same_email.user_id}")
-    return True
+        # An everyday outcome, not a dead letter (which would park the password with it).
+        return RefusedRegistration(command.user_id, EMAIL_TAKEN)
+    return "register"
 
 
 def register(command: Registration, *, password_hash: str, now: datetime) -> tuple[User, UserRegistered]:

@@ -2,7 +2,8 @@
 
 Registering is a command and logging in a query that only reads (see brokers.contracts.identity).
 A registration is applied once: the runtime's inbox skips a message seen before, and a copy sent
-again under another message id finds its user already there (same id, address and role).
+again under another message id finds its user already there (same id, address and role). One for
+a taken address is recorded as refused, and asking for its user id answers why.
 """
 
 from datetime import UTC, datetime
@@ -33,9 +34,15 @@ Work = UnitOfWork[IdentityStore]
 @identity.handles(RegisterUser)
 @identity.handles(CreateAdmin)
 async def register(command: domain.Registration, uow: Work) -> None:
-    same_id = await uow.store.find(command.user_id)
-    same_email = await uow.store.find_by_email(command.email)
-    if not domain.is_new_registration(command, same_id=same_id, same_email=same_email):
+    verdict = domain.judge_registration(
+        command,
+        same_id=await uow.store.find(command.user_id),
+        same_email=await uow.store.find_by_email(command.email),
+    )
+    if isinstance(verdict, domain.RefusedRegistration):
+        await uow.store.record_refusal(verdict, at=datetime.now(UTC))
+        return
+    if verdict == "seen":
         return
     password_hash = await hash_password(command.password)
     user, registered = domain.register(command, password_hash=password_hash, now=datetime.now(UTC))

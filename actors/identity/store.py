@@ -10,10 +10,10 @@ from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from actors.identity.domain import User
+from actors.identity.domain import RefusedRegistration, User
 from actors.identity.keys import SigningKey, configured_key, key_to_install
 from actors.identity.settings import identity_settings
-from actors.runtime.errors import NotFound
+from actors.runtime.errors import NotFound, RuleViolation
 from actors.runtime.store import Store
 
 
@@ -81,7 +81,18 @@ class IdentityStore(Store):
         return None if doc is None else _user(doc)
 
     async def get(self, user_id: str) -> User:
-        return _found(await self.find(user_id), f"user {user_id} does not exist")
+        """The user, or why its registration was refused (RuleViolation), or NotFound."""
+        user = await self.find(user_id)
+        if user is None:
+            refusal = await self.db["refused_registrations"].find_one({"_id": user_id}, session=self.session)
+            if refusal is not None:
+                raise RuleViolation(refusal["reason"])
+        return _found(user, f"user {user_id} does not exist")
+
+    async def record_refusal(self, refusal: RefusedRegistration, *, at: datetime) -> None:
+        await self.db["refused_registrations"].replace_one(
+            {"_id": refusal.user_id}, {"reason": refusal.reason, "at": at}, upsert=True, session=self.session
+        )
 
     async def get_by_email(self, email: str) -> User:
         return _found(await self.find_by_email(email), "no user has this email address")

@@ -19,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from actors.runtime import metrics
 from brokers.envelope import Envelope, Message
 from brokers.factory import publish_body
-from brokers.topology import exchange_for
+from brokers.topology import MOVES, exchange_for
 
 log = structlog.get_logger()
 _SENT_RETENTION = timedelta(hours=24)
@@ -27,10 +27,11 @@ _SWEEP_BATCH = 500
 
 
 def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | None = None) -> dict[str, Any]:
-    """An outbox entry: to the exchange of the message's kind, or straight to a queue (routing_key)."""
+    """An outbox entry: to the exchange of the message's kind, or moved into one of the actor's own
+    queues by name (``routing_key``: a timer's delay queue)."""
     return {
         "_id": envelope.message_id,
-        "exchange": exchange_for(message).name if routing_key is None else "",
+        "exchange": exchange_for(message).name if routing_key is None else MOVES.name,
         "routing_key": message.TYPE if routing_key is None else routing_key,
         "body": message.body(),
         "envelope": envelope.model_dump(mode="json"),

@@ -77,8 +77,10 @@ def password_problems(password: str, email: str) -> list[str]:
 
 
 class _WithPassword:
-    # A validation error must not echo the password back into logs or dead letters.
+    # A validation error must not echo the password back into logs or dead letters, and a dead
+    # letter is parked without it.
     model_config = ConfigDict(hide_input_in_errors=True)
+    SECRETS = frozenset({"password"})
 
 
 class _Registration(_WithPassword, Command):

@@ -28,6 +28,7 @@ REQUIRED_EXCHANGES = {
     "emporium.events": "topic",
     "emporium.queries": "direct",
     "emporium.dead-letters": "direct",
+    "emporium.moves": "topic",
 }
 
 
@@ -75,6 +76,9 @@ def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
         return {**quorum, "x-message-ttl": 86_400_000, "x-max-length": 100_000}
     if queue.endswith(".dlq"):
         return quorum
+    if queue.endswith(".reads"):
+        # Never dead-lettered: queries carry secrets, and an expired one has been answered 504.
+        return {**quorum, "x-delivery-limit": settings.emporium_delivery_limit}
     # At-least-once dead-lettering: a message leaves only once its dead-letter copy is confirmed.
     safe = {**quorum, "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
     work_queue, _, tier = queue.partition(".delay.")
@@ -97,7 +101,7 @@ def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
 def required_queue_names(settings: Settings) -> set[str]:
     names = {"unrouted-events"}
     for name, actor in ACTORS.items():
-        names |= {name, f"{name}.dlq", f"{name}.queries", f"{name}.queries.dlq"}
+        names |= {name, f"{name}.dlq", f"{name}.reads"}
         delays = {*settings.emporium_retry_delays_ms, *actor.timers(settings)}
         names |= {f"{name}.delay.{delay}ms" for delay in delays}
     return names
@@ -117,7 +121,9 @@ async def test_the_broker_holds_exactly_the_declared_topology(start_host, manage
     assert live["bindings"] == declared_bindings(settings)
     for actor in ACTORS:
         assert ("emporium.dead-letters", actor, f"{actor}.dlq") in live["bindings"]
-        assert ("emporium.dead-letters", f"{actor}.queries", f"{actor}.queries.dlq") in live["bindings"]
+        # The runtime moves messages into an actor's own queues by name, never via the default exchange.
+        for queue in (actor, f"{actor}.dlq", *(f"{actor}.delay.{d}ms" for d in settings.emporium_retry_delays_ms)):
+            assert ("emporium.moves", queue, queue) in live["bindings"]
 
     assert {name: e["type"] for name, e in live["exchanges"].items()} == REQUIRED_EXCHANGES
     assert live["exchanges"]["emporium.events"]["arguments"] == {"alternate-exchange": "emporium.unrouted"}

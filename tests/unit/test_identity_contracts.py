@@ -1,17 +1,20 @@
 """Identity's contracts: one spelling per email address, the password policy, no password in sight."""
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from brokers.contracts.identity import (
     AuthenticateUser,
     CreateAdmin,
+    GetSigningKeys,
     GetUser,
     RegisterUser,
     normalise_email,
     password_problems,
 )
-from brokers.envelope import InvalidMessage
+from brokers.envelope import InvalidMessage, without_secrets
 
 GOOD = "Correct-horse-42"
 
@@ -105,3 +108,19 @@ def test_a_user_is_asked_for_by_exactly_one_key(keys):
 def test_a_registration_has_no_role_to_set():
     with pytest.raises(ValidationError, match="role"):
         registration(role="admin")
+
+
+def test_a_registration_body_is_parked_without_its_password():
+    body = RegisterUser(user_id="u-1", email="ada@example.com", name="Ada", password="Correct-horse-42").body()
+    masked = json.loads(without_secrets(RegisterUser.TYPE, body))
+    assert masked == {"user_id": "u-1", "email": "ada@example.com", "name": "Ada", "password": "[redacted]"}
+
+
+@pytest.mark.parametrize("body", [b"not json", b'["Correct-horse-42"]'])
+def test_an_unreadable_body_of_a_type_with_secrets_is_dropped_whole(body):
+    assert without_secrets(RegisterUser.TYPE, body) == b""
+
+
+def test_a_type_without_secrets_keeps_its_body():
+    assert without_secrets(GetSigningKeys.TYPE, b"{}") is None
+    assert without_secrets("no.such.type", b"{}") is None

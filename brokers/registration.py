@@ -1,0 +1,66 @@
+"""Registering a user and waiting for the outcome, for every sender of a registration (the edge,
+the operators' tool): the same steps, whatever carries the messages.
+
+Registration is a command, so its outcome is learnt by asking identity for the user id the sender
+chose: the user (registered), a 409 problem (refused: the address is taken), or nothing yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from brokers.contracts.identity import CreateAdmin, GetUser, RegisterUser, UserView
+from brokers.envelope import Command, Query
+from brokers.rpc import QueryFailed
+
+T = TypeVar("T")
+Send = Callable[[Command], Awaitable[None]]
+Ask = Callable[[Query], Awaitable[UserView]]
+_POLL_S = 0.05
+
+
+class RegistrationRefused(Exception):
+    """Identity refused the registration; the message says why (never whose the address is)."""
+
+
+async def register(
+    command: RegisterUser | CreateAdmin, *, send: Send, ask: Ask, timeout_s: float
+) -> UserView | None:
+    """Send ``command`` and return the user once identity has it; None when not seen in time.
+
+    An address already registered is refused before anything is sent, so a password travels only
+    when the registration can succeed (a race with another registration is settled by identity).
+    """
+    if await poll(lambda: ask(GetUser(email=command.email)), timeout_s=0) is not None:
+        raise RegistrationRefused("the email address is already registered")
+    await send(command)
+    return await poll(lambda: ask(GetUser(user_id=command.user_id)), timeout_s=timeout_s)
+
+
+async def poll(
+    ask: Callable[[], Awaitable[T]], *, until: Callable[[T], bool] = lambda _: True, timeout_s: float
+) -> T | None:
+    """Ask until the answer is there and satisfies ``until``; None if it is not by the deadline.
+
+    A 404 counts as not there yet; a 409 is a refusal (RegistrationRefused); any other problem is raised.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = _POLL_S
+    while True:
+        try:
+            answer = await ask()
+            if until(answer):
+                return answer
+        except QueryFailed as exc:
+            if exc.problem.status == 409:
+                raise RegistrationRefused(exc.problem.detail) from exc
+            if exc.problem.status != 404:
+                raise
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
