@@ -34,7 +34,10 @@ async def register(
     An address already registered is refused before anything is sent, so a password travels only
     when the registration can succeed (a race with another registration is settled by identity).
     """
-    if await poll(lambda: ask(GetUser(email=command.email)), timeout_s=0) is not None:
+    existing = await poll(lambda: ask(GetUser(email=command.email)), timeout_s=0)
+    if existing is not None:
+        if existing.user_id == command.user_id:  # this very registration, retried
+            return existing
         raise RegistrationRefused("the email address is already registered")
     await send(command)
     return await poll(lambda: ask(GetUser(user_id=command.user_id)), timeout_s=timeout_s)

@@ -1,13 +1,50 @@
 """Settings read from the environment, shared by actors, the edge and ops."""
 
+import os
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from limits import parse_many
+from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-DEV_ADMIN_TOKEN = "dev-admin"
 _DEV_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+_DEV_MONGODB_URL = "mongodb://127.0.0.1:27017/?directConnection=true"
+# Where secret files are mounted (Docker and Kubernetes secrets: /run/secrets); see Settings.
+SECRETS_DIR_VARIABLE = "EMPORIUM_SECRETS_DIR"
+
+
+def _one_rate_limit(value: str) -> str:
+    """A rate limit in the `limits` notation ("300/minute", "10 per 5 minutes"), exactly one."""
+    if len(parse_many(value)) != 1:  # parse_many raises ValueError naming a string it cannot read
+        raise ValueError(f"{value!r} holds several rate limits; give exactly one")
+    return value
+
+
+def _rate_limit_storage(value: str) -> str:
+    scheme = urlsplit(value).scheme.removeprefix("async+")
+    if f"async+{scheme}" not in RATE_LIMIT_STORAGE_SCHEMES:
+        raise ValueError(f"{value!r} is not a storage the limits library knows (memory://, redis://...)")
+    return value
+
+
+def _web_origin(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or "*" in value:
+        raise ValueError(f"{value!r} is not a web origin such as https://shop.example (no path, no *)")
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_one_rate_limit)]
 
 
 class Settings(BaseSettings):
@@ -16,7 +53,7 @@ class Settings(BaseSettings):
     emporium_env: Literal["development", "test", "production"] = "development"
     rabbitmq_url: str = _DEV_RABBITMQ_URL
     rabbitmq_management_url: str = "http://guest:guest@127.0.0.1:15672"
-    mongodb_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    mongodb_url: str = _DEV_MONGODB_URL
     # Every actor database is named "<prefix>_<actor>"; tests use their own prefix.
     emporium_db_prefix: str = Field("emporium", pattern=r"^[a-z][a-z0-9_]{0,30}$")
 
@@ -39,24 +76,66 @@ class Settings(BaseSettings):
     emporium_carrier_step_ms: int = Field(3_000, ge=100)
     # Notifications go to the log/store channel unless an SMTP server is configured.
     emporium_smtp_url: str | None = None
-    emporium_dev_admin_token: str = DEV_ADMIN_TOKEN
     emporium_log_level: str = "INFO"
+
+    # --- edge limits and HTTP hardening (edge/limits.py, edge/hardening.py) ---
+    # Requests per caller (a verified user, else a client address), in the `limits` notation.
+    emporium_rate_limit: RateLimit = "300/minute"
+    # Login attempts per client address, and separately per email address.
+    emporium_login_rate_limit: RateLimit = "10/minute"
+    # Where rate-limit counters live. memory:// counts per edge process; several edge replicas share
+    # one budget through a shared store, e.g. redis://redis:6379 (needs the limits[async-redis] extra).
+    emporium_rate_limit_storage: Annotated[str, AfterValidator(_rate_limit_storage)] = "memory://"
+    # Orders are refused (503) while more than this many commands wait in the orders work queue.
+    emporium_orders_queue_bound: int = Field(10_000, ge=1)
+    # Request bodies larger than this are refused (413); the edge's JSON bodies are far smaller.
+    emporium_max_body_bytes: int = Field(64 * 1024, ge=1)
+    # Browser origins allowed to call the edge (CORS); none by default. From the environment as JSON:
+    # EMPORIUM_CORS_ORIGINS='["https://shop.example"]'.
+    emporium_cors_origins: tuple[Annotated[str, AfterValidator(_web_origin)], ...] = ()
+
+    # --- least privilege (ops/production.py, ops/rabbitmq/README.md) ---
+    # Declaring the topology at start needs RabbitMQ's "configure" permission, which also allows
+    # deleting. In production the definitions are imported once by an operator and this is false:
+    # actors and the edge then only check (passively) that their exchanges and queues are there.
+    emporium_declare_topology: bool = True
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> "Settings":
         if self.emporium_env != "production":
             return self
         problems = []
-        if self.emporium_dev_admin_token == DEV_ADMIN_TOKEN:
-            problems.append("EMPORIUM_DEV_ADMIN_TOKEN is the development default")
         if "guest:guest@" in self.rabbitmq_url:
             problems.append("RABBITMQ_URL uses the guest account")
+        if "guest:guest@" in self.rabbitmq_management_url:
+            problems.append("RABBITMQ_MANAGEMENT_URL uses the guest account")
+        if self.mongodb_url == _DEV_MONGODB_URL:
+            problems.append("MONGODB_URL is the development default (no credentials)")
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
 
     def database_name(self, actor: str) -> str:
         return f"{self.emporium_db_prefix}_{actor}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secrets from files as well: with EMPORIUM_SECRETS_DIR=/run/secrets, a file named after a
+        setting (rabbitmq_url, mongodb_url, ...) holds its value. The environment still wins."""
+        secrets_dir = os.environ.get(SECRETS_DIR_VARIABLE)
+        if not secrets_dir:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        if not Path(secrets_dir).is_dir():
+            # pydantic-settings would only warn; a deployment whose secrets are not mounted must not start.
+            raise SettingsError(f"{SECRETS_DIR_VARIABLE}={secrets_dir!r} is not a directory")
+        return init_settings, env_settings, dotenv_settings, SecretsSettingsSource(settings_cls, secrets_dir)
 
 
 @lru_cache

@@ -24,10 +24,11 @@ so every argument that can vary is in the queue's name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aio_pika.exceptions import ChannelNotFoundEntity
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
 from brokers.envelope import Kind, Message
@@ -58,12 +59,15 @@ class QueueSpec:
     # (exchange name, routing key) pairs
     bindings: tuple[tuple[str, str], ...] = ()
 
-    def rabbit_queue(self) -> RabbitQueue:
+    def rabbit_queue(self, *, declare: bool = True) -> RabbitQueue:
+        """The queue for FastStream; ``declare=False`` only checks that it exists (a passive
+        declaration, which needs no RabbitMQ permission: see ``declare``)."""
         return RabbitQueue(
             self.name,
             queue_type=QueueType.QUORUM,
             durable=True,
             arguments={k: v for k, v in self.arguments.items() if k != "x-queue-type"},
+            declare=declare,
         )
 
 
@@ -182,21 +186,55 @@ UNROUTED_EVENTS = QueueSpec(
 )
 
 
-async def _declare_queue(broker: RabbitBroker, spec: QueueSpec) -> None:
+class TopologyMissing(ConnectionError):
+    """A queue or exchange this process only checks for (``create=False``) is not in RabbitMQ.
+
+    A ConnectionError: like an unreachable broker, nothing works until an operator fixes it.
+    """
+
+
+async def _declare_queue(broker: RabbitBroker, spec: QueueSpec, *, create: bool) -> None:
+    if not create:
+        # Bindings cannot be checked passively over AMQP; they come with the queues from the
+        # imported definitions.
+        await _check(broker.declare_queue(spec.rabbit_queue(declare=False)), f"queue {spec.name!r}")
+        return
     queue = await broker.declare_queue(spec.rabbit_queue())
     for exchange, routing_key in spec.bindings:
         await queue.bind(exchange, routing_key=routing_key)
 
 
-async def declare_exchanges(broker: RabbitBroker) -> None:
-    """The exchanges every process publishes to (and the parking queue for unrouted events)."""
+async def _check(passive_declaration: Awaitable[Any], what: str) -> None:
+    try:
+        await passive_declaration
+    except ChannelNotFoundEntity as exc:
+        raise TopologyMissing(
+            f"RabbitMQ has no {what} in this vhost, and this process does not declare its topology "
+            "(EMPORIUM_DECLARE_TOPOLOGY=false): import ops/rabbitmq/definitions.json first"
+        ) from exc
+
+
+async def declare_exchanges(broker: RabbitBroker, *, create: bool = True) -> None:
+    """The exchanges every process publishes to (and the parking queue for unrouted events).
+
+    ``create=False`` (production, see Settings.emporium_declare_topology) only checks that they are
+    there: a passive declaration needs no permission, while declaring needs "configure", which
+    also allows deleting.
+    """
     for exchange in EXCHANGES:
-        await broker.declare_exchange(exchange)
-    await _declare_queue(broker, UNROUTED_EVENTS)
+        if create:
+            await broker.declare_exchange(exchange)
+        else:
+            passive = RabbitExchange(exchange.name, type=exchange.type, declare=False)
+            await _check(broker.declare_exchange(passive), f"exchange {exchange.name!r}")
+    await _declare_queue(broker, UNROUTED_EVENTS, create=create)
 
 
-async def declare(broker: RabbitBroker, topology: ActorTopology) -> None:
-    """Declare an actor's queues and bindings; idempotent, safe to run at every start."""
-    await declare_exchanges(broker)
+async def declare(broker: RabbitBroker, topology: ActorTopology, *, create: bool = True) -> None:
+    """Declare an actor's queues and bindings; idempotent, safe to run at every start.
+
+    ``create=False`` only checks that the exchanges and queues exist (see ``declare_exchanges``).
+    """
+    await declare_exchanges(broker, create=create)
     for spec in topology.queues:
-        await _declare_queue(broker, spec)
+        await _declare_queue(broker, spec, create=create)

@@ -10,15 +10,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from brokers.health import Check, probe_router
 from brokers.settings import Settings, get_settings
-from edge.guard import DEV_ADMIN_HEADER, DEV_CUSTOMER_HEADER, IDEMPOTENCY_HEADER
+from edge.auth import keyset_of_link
+from edge.guard import IDEMPOTENCY_HEADER
+from edge.hardening import install_hardening
+from edge.limits import install_limits, limit_caller
 from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests
-from edge.problems import install_problem_handlers
-from edge.routes import admin, catalog, dev, inventory, orders
+from edge.problems import install_problem_handlers, problem_responses
+from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
 
 DESCRIPTION = f"""
 The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ and MongoDB.
@@ -42,14 +45,18 @@ The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ
 * Every response carries `{REQUEST_ID_HEADER}`; it is the correlation id of the messages sent for it
   (except for an order's, which carry the order id).
 
-**Authentication is a development stand-in**, replaced by the identity actor's JWTs (issue 4):
-customers name themselves in the `{DEV_CUSTOMER_HEADER}` header (a customer id, trusted as given),
-and catalog, stock, admin and dev routes need the `{DEV_ADMIN_HEADER}` header set to the value of
-`EMPORIUM_DEV_ADMIN_TOKEN` (the default is refused in production). The `/dev` routes (simulator
-controls) do not exist in production.
+**Accounts and tokens.** `POST /auth/register` makes a customer account; `POST /auth/login` answers
+a short-lived access token (an EdDSA-signed JWT; `expires_in` says for how many seconds). Send it as
+`Authorization: Bearer <token>`. There is no refresh token: log in again when it expires. Product and
+stock browsing is public; orders are a signed-in user's own (someone else's order is a `404`, as if
+it did not exist); catalog and stock changes, figures, dead letters and the `/dev` routes are for
+administrators (`403` for others). Administrators are made by operators (`emporium admin create`),
+never through this API. The keys that verify tokens are at `/.well-known/jwks.json`.
+The `/dev` routes (simulator controls) do not exist in production.
 """
 
 TAGS = [
+    {"name": "auth", "description": "Registering, logging in, and the keys that verify access tokens."},
     {"name": "catalog", "description": "Products, categories and prices (the catalog actor)."},
     {"name": "inventory", "description": "Stock per SKU (the inventory actor)."},
     {
@@ -94,13 +101,18 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     )
     app.state.settings = settings
     app.state.link = link
+    app.state.keys = keyset_of_link(link)
     install_problem_handlers(app)
+    install_limits(app, settings)
+    install_hardening(app, settings)
+    # Last added, outermost: every answer, the hardening's refusals included, has a request id.
     app.add_middleware(ObserveRequests)
     app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
-    app.include_router(catalog.router)
-    app.include_router(inventory.router)
-    app.include_router(orders.router)
-    app.include_router(admin.router)
+    # Every route but the probes spends from its caller's request budget.
+    limited = {"dependencies": [Depends(limit_caller)], "responses": problem_responses(429)}
+    api = (auth.router, auth.keys_router, catalog.router, inventory.router, orders.router, admin.router)
+    for router in (*api, deadletters.router):
+        app.include_router(router, **limited)
     if settings.emporium_env != "production":
-        app.include_router(dev.router)
+        app.include_router(dev.router, **limited)
     return app

@@ -13,7 +13,7 @@ import contextlib
 from typing import Any, TypeVar
 
 import structlog
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError
 from aiormq import spec
 from faststream.rabbit import RabbitBroker
 
@@ -63,7 +63,9 @@ class RabbitLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._broker.connect()
-                await declare_exchanges(self._broker)
+                # Only checked, not declared, where the edge may not declare (production); a missing
+                # exchange is TopologyMissing, a ConnectionError: logged and retried like an outage.
+                await declare_exchanges(self._broker, create=self._settings.emporium_declare_topology)
                 await self._requester.start()
                 await self.saga_events.start()
         except _UNREACHABLE as exc:
@@ -127,6 +129,30 @@ class RabbitLink:
         """
         self._require_connection()
         return await self._requester.ask(query, data_type, correlation_id=correlation_id, timeout_s=timeout_s)
+
+    async def queue_depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (waiting for a consumer), read by a passive declaration."""
+        self._require_connection()
+        timeout_s = self._settings.emporium_query_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                # The broker's connection, already open: connect() returns it.
+                connection = await self._broker.connect()
+                # A channel of its own: RabbitMQ closes the channel of a passive declaration that
+                # finds no queue, and that must not be the channel commands are published on.
+                async with connection.channel(publisher_confirms=False) as channel:
+                    declared = await channel.declare_queue(queue, passive=True, robust=False)
+        except ChannelNotFoundEntity as exc:
+            raise BrokerUnavailable(
+                f"RabbitMQ has no queue {queue} (the actor that consumes it was never deployed)"
+            ) from exc
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"RabbitMQ did not report the depth of {queue} within {timeout_s:g}s"
+            ) from exc
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"the depth of {queue} is unknown: {exc or type(exc).__name__}") from exc
+        return declared.declaration_result.message_count
 
 
 def _refusal(command: Command, exc: DeliveryError) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from brokers.rpc import BrokerUnavailable, QueryFailed, QueryTimeout
+from edge.headers import API_CSP, CSP, SECURITY_HEADERS
 from edge.observe import REQUEST_ID_HEADER, request_id_of
 
 log = structlog.get_logger()
@@ -30,6 +31,7 @@ BROKER_UNAVAILABLE = "urn:emporium:problem:broker-unavailable"
 QUERY_TIMEOUT = "urn:emporium:problem:query-timeout"
 IDEMPOTENCY_KEY_REUSED = "urn:emporium:problem:idempotency-key-reused"
 ORDER_NOT_CANCELLABLE = "urn:emporium:problem:order-not-cancellable"
+EMAIL_TAKEN = "urn:emporium:problem:email-taken"
 
 # How long a client should wait before retrying when RabbitMQ cannot take a request.
 RETRY_AFTER_S = 5
@@ -59,8 +61,10 @@ class ProblemDetails(BaseModel):
 class Refused(HTTPException):
     """A request refused for a reason a client can act on, named by a problem type."""
 
-    def __init__(self, status: int, detail: str, *, type_: str, title: str) -> None:
-        super().__init__(status, detail)
+    def __init__(
+        self, status: int, detail: str, *, type_: str, title: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, detail, headers=headers)
         self.type_ = type_
         self.title = title
 
@@ -141,7 +145,16 @@ def validation_detail(errors: list[FieldError]) -> str:
     return f"{len(errors)} invalid field{'s' if len(errors) != 1 else ''}: {listed}"
 
 
+# FastAPI answers 400 to a JSON body that is not UTF-8 but 422 to one that is not JSON; to a client
+# both are a body that is not JSON, answered alike (an invalid request).
+_NOT_UTF8_JSON = RequestValidationError(
+    [{"type": "json_invalid", "loc": ("body",), "msg": "the body is not JSON encoded in UTF-8"}]
+)
+
+
 async def _http_error(request: Request, exc: HTTPException) -> ProblemResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        return await _invalid_request(request, _NOT_UTF8_JSON)
     phrase = HTTPStatus(exc.status_code).phrase
     # Starlette's own 404/405 carry only the phrase; say what was asked instead.
     detail = (
@@ -150,7 +163,9 @@ async def _http_error(request: Request, exc: HTTPException) -> ProblemResponse:
         else f"{request.method} {request.url.path}: {phrase}"
     )
     if isinstance(exc, Refused):
-        return problem_response(request, exc.status_code, str(detail), type_=exc.type_, title=exc.title)
+        return problem_response(
+            request, exc.status_code, str(detail), type_=exc.type_, title=exc.title, headers=exc.headers
+        )
     return problem_response(request, exc.status_code, str(detail), headers=exc.headers)
 
 
@@ -194,8 +209,9 @@ async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
         request,
         500,
         "the edge failed unexpectedly; the error is logged under this request id",
-        # Answered outside ObserveRequests (by the outermost middleware), so the id is added here.
-        headers={REQUEST_ID_HEADER: request_id_of(request)},
+        # Answered outside every middleware (by Starlette's outermost one), so the request id and
+        # the security headers are added here.
+        headers={REQUEST_ID_HEADER: request_id_of(request), **SECURITY_HEADERS, CSP: API_CSP},
     )
 
 

@@ -15,11 +15,13 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 
-from ops import bench, dlq
+from ops import bench, dlq, identity_admin, production
 
 app = typer.Typer(help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(bench.app, name="bench")
+app.add_typer(production.app, name="production")
+app.add_typer(identity_admin.app, name="admin")
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 _PR_SET_PDEATHSIG = 1
@@ -153,17 +155,22 @@ def demo(
     url: Annotated[str, typer.Option(help="The edge's address.")] = "http://127.0.0.1:8000",
     timeout_s: Annotated[float, typer.Option(help="How long one order may take to settle.")] = 120.0,
 ) -> None:
-    """A scripted customer journey through the running system, printed as it happens."""
+    """A scripted customer journey through the running system, printed as it happens.
+
+    It makes its own administrator over RabbitMQ (as `emporium admin create` does), so it needs the
+    system's RABBITMQ_URL as well as the edge's address.
+    """
     import httpx
     from rich.console import Console
 
     from brokers.settings import get_settings
     from ops.demo import DemoFailed, run_demo
+    from ops.identity_admin import IdentityAdminFailed
 
     console = Console()
     try:
-        outcomes = run_demo(url, get_settings().emporium_dev_admin_token, console, timeout_s)
-    except (DemoFailed, httpx.HTTPError) as exc:
+        outcomes = run_demo(url, get_settings(), console, timeout_s)
+    except (DemoFailed, IdentityAdminFailed, httpx.HTTPError) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     for expected, status in outcomes:

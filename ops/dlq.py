@@ -46,6 +46,10 @@ class DlqError(Exception):
     """An operation on a dead-letter queue that cannot be done; nothing was changed by it."""
 
 
+class NoSuchDeadLetter(DlqError):
+    """The dead letter asked for is not in the queue."""
+
+
 @dataclass(frozen=True)
 class QueueDepth:
     name: str
@@ -115,16 +119,24 @@ async def dead_letter_queues(settings: Settings) -> list[QueueDepth]:
     if response.status_code == 404:
         raise DlqError(f"there is no vhost {vhost!r}")
     response.raise_for_status()
-    names = sorted(q["name"] for q in response.json() if q["name"].endswith(DLQ_SUFFIX))
-    depths = []
+    return await depths(settings, sorted(q["name"] for q in response.json() if q["name"].endswith(DLQ_SUFFIX)))
+
+
+async def depths(settings: Settings, queues: list[str]) -> list[QueueDepth]:
+    """How many messages each of these dead-letter queues holds, in the order given; a queue that
+    does not exist (its actor was never deployed here) is left out."""
+    found = []
     connection = await aio_pika.connect(settings.rabbitmq_url)
     async with connection:
-        for name in names:
+        for name in queues:
             channel = await connection.channel()
-            _, depth = await _declared(channel, settings, name)
+            try:
+                _, depth = await _declared(channel, settings, name)
+            except DlqError:  # no such queue; RabbitMQ closed the channel with it
+                continue
             await channel.close()
-            depths.append(QueueDepth(name, depth))
-    return depths
+            found.append(QueueDepth(name, depth))
+    return found
 
 
 async def peek(settings: Settings, queue: str, limit: int) -> list[DeadLetter]:
@@ -163,7 +175,8 @@ async def replay(
     async with _opened(settings, queue) as (dlq, depth):
         await broker.connect()
         try:
-            await declare_exchanges(broker)  # replays go through emporium.moves
+            # Replays go through emporium.moves (only checked where this user may not declare).
+            await declare_exchanges(broker, create=settings.emporium_declare_topology)
             for _ in range(depth):
                 message = await _take(dlq)
                 if message is None:
@@ -189,7 +202,7 @@ async def replay(
         finally:
             await broker.stop()
     if message_id is not None and not replayed:
-        raise DlqError(f"no dead letter with message id {message_id!r} in {queue}")
+        raise NoSuchDeadLetter(f"no dead letter with message id {message_id!r} in {queue}")
     return replayed
 
 

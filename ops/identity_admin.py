@@ -8,14 +8,19 @@ answers show the change.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Annotated
+
+import typer
 from pydantic import ValidationError
+from rich.console import Console
 
 from brokers.contracts.identity import CreateAdmin, GetSigningKeys, Jwks, RotateSigningKey, UserView
 from brokers.envelope import Command, Envelope, new_id
 from brokers.factory import make_broker, publish
 from brokers.registration import RegistrationRefused, poll, register
 from brokers.rpc import requesting
-from brokers.settings import Settings
+from brokers.settings import Settings, get_settings
 
 
 class IdentityAdminFailed(RuntimeError):
@@ -75,3 +80,49 @@ async def _send(settings: Settings, command: Command) -> None:
         await publish(broker, command, Envelope.first(command))
     finally:
         await broker.stop()
+
+
+app = typer.Typer(help="Administrators and signing keys (talks to a running identity actor).", no_args_is_help=True)
+console = Console()
+
+
+def _run(action) -> None:
+    try:
+        asyncio.run(action)
+    except IdentityAdminFailed as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command("create")
+def create_command(
+    email: Annotated[str, typer.Option(help="The administrator's email address (the login).")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="EMPORIUM_ADMIN_PASSWORD",
+            help="Asked for when not given (or set in EMPORIUM_ADMIN_PASSWORD); never a default.",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="Shown name.")] = "Administrator",
+) -> None:
+    """Create an administrator: the only way to one."""
+
+    async def create() -> None:
+        admin = await create_admin(get_settings(), email, password, name=name)
+        console.print(f"administrator {admin.email} created (user id {admin.user_id})")
+
+    _run(create())
+
+
+@app.command("rotate-key")
+def rotate_key_command() -> None:
+    """Sign new tokens with a new key; tokens signed with the old one stay valid until they expire."""
+
+    async def rotate() -> None:
+        console.print(f"signing with key {await rotate_signing_key(get_settings())}")
+
+    _run(rotate())

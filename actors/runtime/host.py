@@ -52,6 +52,8 @@ class ActorHost:
         self.client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True)
         self.topologies = {actor.name: topology_of(actor, settings) for actor in actors}
         self.relays: dict[str, OutboxRelay] = {}
+        # Without permission to declare (production), the subscribers only check their queues exist.
+        declares = settings.emporium_declare_topology
         for actor in actors:
             db = self.client[settings.database_name(actor.name)]
             topology = self.topologies[actor.name]
@@ -59,10 +61,11 @@ class ActorHost:
             self.relays[actor.name] = relay
             _subscribe(
                 self.broker,
-                topology.work.rabbit_queue(),
+                topology.work.rabbit_queue(declare=declares),
                 WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings),
             )
-            _subscribe(self.broker, topology.queries.rabbit_queue(), QueryConsumer(actor, self.broker, db))
+            queries = topology.queries.rabbit_queue(declare=declares)
+            _subscribe(self.broker, queries, QueryConsumer(actor, self.broker, db))
 
     async def start(self) -> None:
         for actor in self.actors:
@@ -71,7 +74,7 @@ class ActorHost:
             await actor.store.prepare(db)
         await self.broker.connect()
         for topology in self.topologies.values():
-            await declare(self.broker, topology)
+            await declare(self.broker, topology, create=self.settings.emporium_declare_topology)
         # Republish what a previous run committed but did not publish before taking new work.
         for relay in self.relays.values():
             await relay.start()

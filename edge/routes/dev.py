@@ -11,26 +11,26 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from brokers.contracts.common import EntityId
 from brokers.contracts.shipping import AdvanceShipment
 from brokers.settings import Settings
-from edge.guard import Write, require_dev_admin, settings_of
+from edge.auth import admin
+from edge.guard import Write, settings_of
 from edge.problems import problem_responses
 from edge.routes.orders import OrderId
 from edge.routes.shared import Accepted, Body, Link, dispatch
 
-router = APIRouter(prefix="/dev", tags=["dev"], dependencies=[Depends(require_dev_admin)])
+router = APIRouter(prefix="/dev", tags=["dev"], dependencies=[Depends(admin)])
 SIMULATOR_TIMEOUT_S = 5.0
 _SHOWN_CHARS = 500
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
-class ProviderControls(BaseModel):
-    """The simulator's knobs: the edge checks those it knows and passes any others on as given."""
+class ProviderControls(Body):
+    """The simulator's knobs; an unknown one is refused, like any unknown field."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
     decline_rate: Rate | None = Field(None, description="Share of charges declined, 0 to 1.")
     error_rate: Rate | None = Field(None, description="Share of calls failing with a server error, 0 to 1.")
     latency_ms: int | None = Field(None, ge=0, le=60_000, description="Delay added to every call.")

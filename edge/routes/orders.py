@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,8 +36,10 @@ from brokers.contracts.orders import (
 )
 from brokers.rpc import QueryFailed
 from brokers.settings import Settings
+from edge.auth import CustomerId as Customer
 from edge.events import Listener, SagaEvent, snapshot, stream
-from edge.guard import Customer, IdempotencyKey, WriteIdentity, idempotent_id, settings_of
+from edge.guard import IdempotencyKey, WriteIdentity, idempotent_id, settings_of
+from edge.limits import shed_orders_load
 from edge.link import RabbitLink
 from edge.problems import (
     IDEMPOTENCY_KEY_REUSED,
@@ -144,6 +146,7 @@ async def _send(
     responses=problem_responses(401, 409, 422, 503, 504),
 )
 async def place_order(
+    request: Request,
     body: NewOrder,
     customer: Customer,
     key: IdempotencyKey,
@@ -152,6 +155,9 @@ async def place_order(
     settings: CurrentSettings,
     response: Response,
 ) -> OrderAccepted:
+    # While the orders actor is far behind: 503 with Retry-After rather than more backlog (a retry
+    # with the same key is safe once it is over).
+    await shed_orders_load(request)
     order_id, digest = order_id_for(customer, key), body.digest()
     # Same order, same lines: the same message, which the orders actor applies once.
     message_id = idempotent_id(f"place order {order_id}", digest)

@@ -8,16 +8,17 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from brokers.envelope import Command, Envelope
-from edge.guard import WriteIdentity, require_dev_admin
+from edge.auth import admin
+from edge.guard import WriteIdentity
 from edge.link import RabbitLink
 from edge.observe import request_id_of
 from edge.problems import problem_responses
 
-# Write routes: dev admin guard first, then the problems a write can answer.
+# Catalog and stock writes: administrators only (checked before the body is), and their problems.
 WRITE = {
     "status_code": 202,
-    "dependencies": [Depends(require_dev_admin)],
-    "responses": problem_responses(401, 422, 503),
+    "dependencies": [Depends(admin)],
+    "responses": problem_responses(401, 403, 422, 503),
 }
 
 
@@ -56,9 +57,7 @@ async def dispatch(
     link: RabbitLink, command: Command, write: WriteIdentity, response: Response, *, location: str
 ) -> Envelope:
     """Send a write's command; answer with where its effect will be visible."""
-    envelope = Envelope.first(command, write.correlation_id).model_copy(
-        update={"message_id": write.message_id}
-    )
+    envelope = write.envelope_for(command)
     await link.send(command, envelope)
     response.headers["Location"] = location
     return envelope

@@ -10,7 +10,7 @@ import pytest
 
 from brokers.settings import Settings
 from edge.app import create_app
-from tests.e2e.support import edge_settings, serving
+from tests.e2e.support import User, edge_settings, serving, sign_in_admin, sign_up
 from tests.helpers import Tap
 
 ServeEdge = Callable[..., Awaitable[httpx.AsyncClient]]
@@ -38,3 +38,24 @@ async def edge(serve_edge: ServeEdge) -> httpx.AsyncClient:
 async def command_tap(settings: Settings) -> AsyncIterator[Tap]:
     async with Tap.commands(settings.rabbitmq_url) as tap:
         yield tap
+
+
+@pytest.fixture
+async def identity(start_host) -> None:
+    """The identity actor, which every signed-in request needs (the edge asks it for its keys)."""
+    await start_host("identity")
+
+
+@pytest.fixture
+async def admin(identity, edge: httpx.AsyncClient, settings: Settings) -> User:
+    return await sign_in_admin(edge, settings)
+
+
+@pytest.fixture
+async def ann(identity, edge: httpx.AsyncClient) -> User:
+    return await sign_up(edge, "ann")
+
+
+@pytest.fixture
+async def bob(identity, edge: httpx.AsyncClient) -> User:
+    return await sign_up(edge, "bob")

@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,10 +18,12 @@ from prometheus_client import REGISTRY
 
 import brokers.contracts  # noqa: F401  (registers every contract, so the tap knows every command)
 from brokers.settings import Settings
+from ops.identity_admin import create_admin
 from tests.helpers import eventually
 
-ADMIN_TOKEN = "e2e-admin-token"
-ADMIN = {"X-Dev-Admin-Token": ADMIN_TOKEN}
+PASSWORD = "Correct-horse-42"
+# Far above what a test does: the limits are tested on their own, with budgets of their own.
+GENEROUS_RATE_LIMIT = "100000/minute"
 _STARTUP_S = 15.0
 _SHUTDOWN_S = 20.0
 
@@ -55,8 +58,42 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
 
 
 def edge_settings(settings: Settings, **overrides: Any) -> Settings:
-    """The test's settings for an edge: the e2e admin token, and any overrides."""
-    return settings.model_copy(update={"emporium_dev_admin_token": ADMIN_TOKEN, **overrides})
+    """The test's settings for an edge: generous rate limits, and any overrides."""
+    generous = {"emporium_rate_limit": GENEROUS_RATE_LIMIT, "emporium_login_rate_limit": GENEROUS_RATE_LIMIT}
+    return settings.model_copy(update={**generous, **overrides})
+
+
+@dataclass(frozen=True)
+class User:
+    """A signed-in user of the edge: who, and the headers that say so."""
+
+    user_id: str
+    email: str
+    headers: dict[str, str]
+
+    def with_headers(self, **more: str) -> dict[str, str]:
+        return {**self.headers, **more}
+
+
+async def log_in(edge: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, str]:
+    response = await edge.post("/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def sign_up(edge: httpx.AsyncClient, name: str) -> User:
+    """Register a customer through the edge (waiting for identity to have it) and log in."""
+    email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
+    response = await edge.post("/auth/register", json={"email": email, "name": name, "password": PASSWORD})
+    assert response.status_code == 201, response.text
+    return User(response.json()["user_id"], email, await log_in(edge, email))
+
+
+async def sign_in_admin(edge: httpx.AsyncClient, settings: Settings) -> User:
+    """An administrator, made the only way there is (the operators' tool), then logged in."""
+    email = f"root-{uuid.uuid4().hex[:8]}@example.com"
+    admin = await create_admin(settings, email, PASSWORD, name="Root")
+    return User(admin.user_id, email, await log_in(edge, email))
 
 
 class RabbitDoor:
@@ -132,9 +169,9 @@ def new_product(**fields: Any) -> dict[str, Any]:
     }
 
 
-async def create_product(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    """POST a product and wait until the catalog serves it; its view."""
-    response = await client.post("/products", json=new_product(**fields), headers=ADMIN)
+async def create_product(client: httpx.AsyncClient, admin: User, **fields: Any) -> dict[str, Any]:
+    """POST a product (as ``admin``) and wait until the catalog serves it; its view."""
+    response = await client.post("/products", json=new_product(**fields), headers=admin.headers)
     assert response.status_code == 202, response.text
     return await wait_for_json(client, response.headers["Location"])
 
@@ -161,6 +198,13 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert problem["title"] and problem["detail"] and problem["type"]
     assert problem["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text
+    return problem
+
+
+def assert_unauthenticated(response: httpx.Response) -> dict[str, Any]:
+    """The response is a 401 problem challenging the client for a bearer token; its body."""
+    problem = assert_problem(response, 401)
+    assert response.headers["www-authenticate"].startswith('Bearer realm="emporium"')
     return problem
 
 

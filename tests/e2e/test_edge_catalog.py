@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 
 from tests.e2e.support import (
-    ADMIN,
     assert_problem,
     create_product,
     messages_taken,
@@ -15,11 +14,11 @@ from tests.e2e.support import (
 from tests.helpers import Tap, eventually
 
 
-async def test_a_created_product_can_be_read_and_is_listed(start_host, edge: httpx.AsyncClient) -> None:
+async def test_a_created_product_can_be_read_and_is_listed(start_host, admin, edge: httpx.AsyncClient) -> None:
     await start_host("catalog")
     body = new_product(name="Green teapot", category="tea", price_cents=2450)
 
-    response = await edge.post("/products", json=body, headers=ADMIN)
+    response = await edge.post("/products", json=body, headers=admin.headers)
 
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -35,13 +34,13 @@ async def test_a_created_product_can_be_read_and_is_listed(start_host, edge: htt
     assert [p["product_id"] for p in listed["items"]] == [product_id]
 
 
-async def test_price_and_details_changes_become_visible(start_host, edge: httpx.AsyncClient) -> None:
+async def test_price_and_details_changes_become_visible(start_host, admin, edge: httpx.AsyncClient) -> None:
     await start_host("catalog")
-    product = await create_product(edge, price_cents=1000)
+    product = await create_product(edge, admin, price_cents=1000)
     path = f"/products/{product['product_id']}"
 
-    repriced = await edge.patch(f"{path}/price", json={"price_cents": 1250}, headers=ADMIN)
-    renamed = await edge.patch(path, json={"name": "Red mug", "category": "mugs"}, headers=ADMIN)
+    repriced = await edge.patch(f"{path}/price", json={"price_cents": 1250}, headers=admin.headers)
+    renamed = await edge.patch(path, json={"name": "Red mug", "category": "mugs"}, headers=admin.headers)
 
     assert repriced.status_code == 202 and renamed.status_code == 202
     assert repriced.headers["location"] == renamed.headers["location"] == path
@@ -52,10 +51,10 @@ async def test_price_and_details_changes_become_visible(start_host, edge: httpx.
     assert changed["description"] == product["description"]  # not given, so not changed
 
 
-async def test_products_are_filtered_by_category_and_paged(start_host, edge: httpx.AsyncClient) -> None:
+async def test_products_are_filtered_by_category_and_paged(start_host, admin, edge: httpx.AsyncClient) -> None:
     await start_host("catalog")
     created = [
-        (await edge.post("/products", json=new_product(category=category), headers=ADMIN)).json()[
+        (await edge.post("/products", json=new_product(category=category), headers=admin.headers)).json()[
             "product_id"
         ]
         for category in ("kitchen", "garden", "kitchen", "kitchen", "garden")
@@ -87,11 +86,11 @@ async def test_an_unknown_product_is_a_404_problem(start_host, edge: httpx.Async
 
 
 async def test_a_retried_create_with_the_same_idempotency_key_creates_one_product(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, admin, edge: httpx.AsyncClient, command_tap: Tap
 ) -> None:
     await start_host("catalog")
     duplicates = await messages_taken("catalog", "catalog.create_product", "duplicate")
-    headers = {**ADMIN, "Idempotency-Key": "create-blue-mug-0001"}
+    headers = {**admin.headers, "Idempotency-Key": "create-blue-mug-0001"}
     body = new_product()
 
     first = await edge.post("/products", json=body, headers=headers)

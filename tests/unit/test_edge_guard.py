@@ -1,4 +1,4 @@
-"""The dev admin guard and the message identity of write requests."""
+"""Who may write, and the message identity of write requests."""
 
 from __future__ import annotations
 
@@ -8,19 +8,18 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from brokers.settings import Settings
-from edge.app import create_app
 from edge.guard import WriteIdentity, idempotent_id, write_identity
+from tests.unit.edge_tokens import Mint, offline_edge
 
-TOKEN = "unit-admin-token"
-ADMIN = {"X-Dev-Admin-Token": TOKEN}
+MINT = Mint()
+ADMIN = MINT.headers("root", "admin")
 VALID_PRODUCT = {"sku": "MUG-1", "name": "Mug", "category": "kitchen", "price_cents": 100}
 
 
 @pytest.fixture
 async def edge() -> AsyncIterator[httpx.AsyncClient]:
     """The real edge, never connected to RabbitMQ (its lifespan is not run): nothing can be sent."""
-    app = create_app(Settings(emporium_dev_admin_token=TOKEN))
+    app = offline_edge(MINT)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
         yield client
 
@@ -84,23 +83,22 @@ def test_what_a_plain_write_creates_gets_a_fresh_id() -> None:
     assert write.new_entity_id("product") != write.new_entity_id("product")
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-Dev-Admin-Token": ""}])
-async def test_a_write_without_the_token_is_refused_before_its_body_is_read(
+@pytest.mark.parametrize("headers", [{}, {"Authorization": ""}, {"Authorization": "Basic cm9vdDpyb290"}])
+async def test_a_write_without_a_bearer_token_is_refused_before_its_body_is_read(
     edge: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
     response = await edge.post("/products", json={"nonsense": True}, headers=headers)
 
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["detail"] == "this route needs the X-Dev-Admin-Token header"
+    assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("token", ["dev-admin", TOKEN[:-1], TOKEN + "x", TOKEN.upper()])
-async def test_a_write_with_a_wrong_token_is_refused(edge: httpx.AsyncClient, token: str) -> None:
-    response = await edge.post("/products", json=VALID_PRODUCT, headers={"X-Dev-Admin-Token": token})
+async def test_a_customer_may_not_write_the_catalog(edge: httpx.AsyncClient) -> None:
+    response = await edge.post("/products", json=VALID_PRODUCT, headers=MINT.headers("ann", "customer"))
 
-    assert response.status_code == 401
-    assert response.json()["detail"] == "the X-Dev-Admin-Token header is not the dev admin token"
+    assert response.status_code == 403
+    assert response.json()["detail"] == "this route is for administrators"
 
 
 async def test_reads_need_no_token(edge: httpx.AsyncClient) -> None:
@@ -108,7 +106,7 @@ async def test_reads_need_no_token(edge: httpx.AsyncClient) -> None:
     assert (await edge.get("/products")).status_code == 503
 
 
-async def test_with_the_token_a_valid_write_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -> None:
+async def test_an_admin_write_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -> None:
     response = await edge.post("/products", json=VALID_PRODUCT, headers=ADMIN)
 
     assert response.status_code == 503

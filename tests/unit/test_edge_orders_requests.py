@@ -9,12 +9,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from brokers.settings import Settings
-from edge.app import create_app
 from edge.routes.orders import NewOrder, order_id_for
+from tests.unit.edge_tokens import Mint, offline_edge
 
-TOKEN = "unit-admin-token"
-ANN = {"X-Dev-Customer-Id": "ann"}
+MINT = Mint()
+ANN = MINT.headers("ann", "customer")
 KEY = {"Idempotency-Key": "order-key-0001"}
 LINES = {"lines": [{"sku": "MUG-1", "quantity": 2}]}
 
@@ -22,7 +21,7 @@ LINES = {"lines": [{"sku": "MUG-1", "quantity": 2}]}
 @pytest.fixture
 async def edge() -> AsyncIterator[httpx.AsyncClient]:
     """The real edge, never connected to RabbitMQ (its lifespan is not run): nothing can be sent."""
-    app = create_app(Settings(emporium_dev_admin_token=TOKEN))
+    app = offline_edge(MINT)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
         yield client
 
@@ -83,12 +82,12 @@ def test_an_invalid_order_is_refused_naming_the_field(body: dict[str, Any], wher
 @pytest.mark.parametrize(
     ("headers", "complaint"),
     [
-        (KEY, "this route needs the X-Dev-Customer-Id header (a customer id)"),
-        ({**KEY, "X-Dev-Customer-Id": "ann smith"}, "the X-Dev-Customer-Id header is not a customer id"),
-        ({**KEY, "X-Dev-Customer-Id": "a" * 65}, "the X-Dev-Customer-Id header is not a customer id"),
+        (KEY, "this route needs an access token"),
+        ({**KEY, "Authorization": "Bearer not-a-jwt"}, "the access token is not a JWT"),
+        ({**KEY, "Authorization": f"Bearer {Mint().token()}"}, "the access token is signed by a key identity does not publish"),
     ],
 )
-async def test_an_order_without_a_valid_customer_is_a_401_before_its_body_is_read(
+async def test_an_order_without_a_valid_token_is_a_401_before_its_body_is_read(
     edge: httpx.AsyncClient, headers: dict[str, str], complaint: str
 ) -> None:
     response = await edge.post("/orders", json={"nonsense": True}, headers=headers)
@@ -138,22 +137,23 @@ async def test_listing_my_orders_takes_only_a_page(
     assert [e["location"] for e in response.json()["errors"]] == [where]
 
 
-async def test_admin_and_dev_routes_need_the_admin_token(edge: httpx.AsyncClient) -> None:
+async def test_admin_and_dev_routes_are_for_administrators(edge: httpx.AsyncClient) -> None:
     for method, path in [
         ("GET", "/admin/stats"),
         ("GET", "/dev/payment-provider"),
         ("POST", "/dev/shipments/o-1/advance"),
     ]:
-        assert (await edge.request(method, path, headers=ANN)).status_code == 401
-    assert (await edge.get("/admin/stats", headers={"X-Dev-Admin-Token": TOKEN})).status_code == 503
+        assert (await edge.request(method, path)).status_code == 401
+        assert (await edge.request(method, path, headers=ANN)).status_code == 403
+    assert (await edge.get("/admin/stats", headers=MINT.headers("root", "admin"))).status_code == 503
 
 
-async def test_the_customer_stand_in_is_documented_as_such(edge: httpx.AsyncClient) -> None:
+async def test_the_bearer_token_is_documented(edge: httpx.AsyncClient) -> None:
     spec = (await edge.get("/openapi.json")).json()
 
-    scheme = spec["components"]["securitySchemes"]["DevCustomerId"]
-    assert scheme["name"] == "X-Dev-Customer-Id" and "JWT" in scheme["description"]
-    assert spec["paths"]["/orders"]["post"]["security"] == [{"DevCustomerId": []}]
+    scheme = spec["components"]["securitySchemes"]["AccessToken"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert spec["paths"]["/orders"]["post"]["security"] == [{"AccessToken": []}]
     assert (
         "text/event-stream"
         in spec["paths"]["/orders/{order_id}/events"]["get"]["responses"]["200"]["content"]

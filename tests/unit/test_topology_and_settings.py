@@ -24,10 +24,14 @@ def test_inventory_queues_bindings_and_retry_tiers():
 
 
 def test_production_refuses_dev_defaults():
-    with pytest.raises(ValidationError, match="EMPORIUM_DEV_ADMIN_TOKEN"):
+    with pytest.raises(ValidationError) as refused:
         Settings(emporium_env="production")
+    for default in ("RABBITMQ_URL uses the guest", "RABBITMQ_MANAGEMENT_URL", "MONGODB_URL is the development"):
+        assert default in str(refused.value)
     ok = Settings(
-        emporium_env="production", emporium_dev_admin_token="s3cret-from-a-secret-file",
-        rabbitmq_url="amqp://inventory:pw@rabbit:5672/",
+        emporium_env="production",
+        rabbitmq_url="amqp://inventory:pw@rabbit:5672/emporium",
+        rabbitmq_management_url="http://monitor:pw@rabbit:15672",
+        mongodb_url="mongodb://inventory:pw@mongo:27017/emporium_inventory",
     )
     assert ok.emporium_env == "production"

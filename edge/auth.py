@@ -1,0 +1,193 @@
+"""Who is asking: bearer tokens issued by the identity actor, verified at the edge.
+
+A token is accepted only if it is an EdDSA JWT signed by a key identity publishes (found by its
+``kid``), not expired, and issued by identity for emporium. The algorithm is fixed here, never taken
+from the token: ``alg: none``, HS256 signed with the public key, or any other switch is refused.
+
+Identity's public keys are asked for once and kept by key id. A token naming a key not seen yet
+makes the edge ask again (a rotation), but at most once per ``KEYSET_REFRESH_S``, so made-up key
+ids cannot turn into a flood of queries.
+
+Tokens are short-lived and there is no refresh token: a client logs in again when its token expires.
+A deactivated user cannot log in again, but keeps a token already issued until it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, get_args
+
+import jwt
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter, ValidationError
+
+from brokers.contracts.common import EntityId
+from brokers.contracts.identity import (
+    TOKEN_ALGORITHM,
+    TOKEN_AUDIENCE,
+    TOKEN_ISSUER,
+    GetSigningKeys,
+    Jwks,
+    Role,
+)
+from brokers.rpc import BrokerUnavailable, QueryTimeout
+
+# The shortest pause between two fetches of the key set caused by unknown key ids.
+KEYSET_REFRESH_S = 10.0
+# Clocks of the edge and identity may disagree a little.
+CLOCK_LEEWAY_S = 5
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp"]
+_ROLES = frozenset(get_args(Role))
+_USER_ID: TypeAdapter[str] = TypeAdapter(EntityId)
+
+_bearer = HTTPBearer(
+    scheme_name="AccessToken",
+    bearerFormat="JWT",
+    description="An access token from `POST /auth/login` (EdDSA-signed JWT, valid for minutes).",
+    auto_error=False,
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified caller of a request: the token's subject and role."""
+
+    user_id: str
+    role: Role
+
+
+class Unauthenticated(HTTPException):
+    """401 with the RFC 6750 challenge, so clients know a (new) bearer token is what is missing."""
+
+    def __init__(self, detail: str, *, invalid_token: bool = True) -> None:
+        challenge = 'Bearer realm="emporium"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+class KeysUnavailable(BrokerUnavailable):
+    """Identity did not tell the edge its keys: no token can be verified just now (503)."""
+
+
+class KeySet:
+    """Identity's public keys by key id, fetched when a token names a key not seen yet."""
+
+    def __init__(self, fetch: Any) -> None:
+        self._fetch = fetch  # an awaitable callable answering the Jwks
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        if kid not in self._keys:
+            async with self._lock:
+                if kid not in self._keys and time.monotonic() - self._fetched_at >= KEYSET_REFRESH_S:
+                    await self._refresh()
+        return self._keys.get(kid)
+
+    async def _refresh(self) -> None:
+        try:
+            jwks: Jwks = await self._fetch()
+        except (QueryTimeout, BrokerUnavailable) as exc:
+            raise KeysUnavailable(
+                "the edge cannot verify access tokens now (identity did not give its keys); retry shortly"
+            ) from exc
+        self._fetched_at = time.monotonic()
+        self._keys = {key.kid: jwt.PyJWK(key.model_dump(), algorithm=TOKEN_ALGORITHM) for key in jwks.keys}
+
+
+def keyset_of_link(link: Any) -> KeySet:
+    """The key set of an edge, asking identity over the edge's link."""
+    return KeySet(lambda: link.ask(GetSigningKeys(), Jwks, correlation_id="signing-keys"))
+
+
+async def verify(token: str, keys: KeySet) -> Principal:
+    """The principal a token names, or Unauthenticated saying what is wrong with it."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError as exc:
+        raise Unauthenticated("the access token is not a JWT") from exc
+    if header.get("alg") != TOKEN_ALGORITHM:
+        raise Unauthenticated(f"the access token must be signed with {TOKEN_ALGORITHM}")
+    kid = header.get("kid")
+    key = await keys.key(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise Unauthenticated("the access token is signed by a key identity does not publish")
+    try:
+        claims = jwt.decode(
+            token,
+            key.key,
+            algorithms=[TOKEN_ALGORITHM],
+            audience=TOKEN_AUDIENCE,
+            issuer=TOKEN_ISSUER,
+            leeway=CLOCK_LEEWAY_S,
+            options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("the access token has expired: log in again") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated(f"the access token is not valid: {_reason(exc)}") from exc
+    return _principal(claims)
+
+
+def _reason(exc: jwt.InvalidTokenError) -> str:
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "its signature does not verify"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "it is not meant for emporium"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "it was not issued by emporium's identity service"
+    return str(exc) or type(exc).__name__
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    role = claims.get("role")
+    try:
+        user_id = _USER_ID.validate_python(claims["sub"])
+    except ValidationError as exc:
+        raise Unauthenticated("the access token names no valid user") from exc
+    if role not in _ROLES:
+        raise Unauthenticated("the access token names no valid role")
+    return Principal(user_id=user_id, role=role)
+
+
+async def optional_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
+) -> Principal | None:
+    """The caller named by a valid bearer token, or None without one (an invalid one is refused 401).
+
+    Verified once per request (FastAPI caches a dependency within a request).
+    """
+    if credentials is None:
+        if "authorization" in request.headers:
+            raise Unauthenticated("the Authorization header must be: Bearer <access token>")
+        return None
+    return await verify(credentials.credentials, request.app.state.keys)
+
+
+async def signed_in(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+    """Any signed-in user (401 without a token)."""
+    if principal is None:
+        raise Unauthenticated("this route needs an access token: POST /auth/login", invalid_token=False)
+    return principal
+
+
+async def admin(principal: Annotated[Principal, Depends(signed_in)]) -> Principal:
+    """An administrator (403 for any other signed-in user)."""
+    if principal.role != "admin":
+        raise HTTPException(403, "this route is for administrators")
+    return principal
+
+
+async def signed_in_user_id(principal: Annotated[Principal, Depends(signed_in)]) -> str:
+    return principal.user_id
+
+
+SignedIn = Annotated[Principal, Depends(signed_in)]
+Admin = Annotated[Principal, Depends(admin)]
+# The signed-in user's id: what a customer's own orders are filed under.
+CustomerId = Annotated[str, Depends(signed_in_user_id)]

@@ -1,0 +1,138 @@
+"""What one caller may ask of the edge, and how much work the edge lets pile up behind it.
+
+Rate limits count requests in a moving window (the `limits` library): every request spends one unit
+of its caller's budget, and a login one unit of its client address's budget and one of its email
+address's. A spent budget is answered 429 with ``Retry-After``. Load shedding refuses new orders
+(503) while the orders work queue already holds more commands than the actors can catch up on soon.
+
+Client addresses are ``request.client.host``. Behind a reverse proxy that is the proxy's address
+unless uvicorn runs with ``--proxy-headers --forwarded-allow-ips=<the proxy's address>``, which
+sets it from the proxy's X-Forwarded-For; this module never reads that header itself, since any
+client can send one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Request
+from limits import RateLimitItem, parse
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from prometheus_client import Counter
+
+from brokers.settings import Settings
+from edge.auth import Principal, optional_principal
+from edge.link import RabbitLink
+from edge.problems import RETRY_AFTER_S, Refused
+
+RATE_LIMITED = "urn:emporium:problem:rate-limited"
+OVERLOADED = "urn:emporium:problem:overloaded"
+
+# brokers.topology names an actor's work queue after the actor; tests check this against it.
+ORDERS_WORK_QUEUE = "orders"
+# How long one reading of a queue's depth answers for: a burst of requests shares one declaration.
+DEPTH_MAX_AGE_S = 1.0
+
+Budget = Literal["caller", "login"]
+
+RATE_LIMITED_TOTAL = Counter(
+    "emporium_edge_rate_limited_total", "Requests refused because a rate-limit budget was spent", ["budget"]
+)
+
+
+def client_address(request: Request) -> str:
+    # No client (a server that does not tell, such as one on a unix socket): all such requests
+    # share one budget rather than escape the limit.
+    return request.client.host if request.client else "unknown"
+
+
+class RateLimits:
+    """The edge's request budgets, counted in the storage the settings name (one per app)."""
+
+    def __init__(self, settings: Settings) -> None:
+        uri = settings.emporium_rate_limit_storage
+        # The async flavour of a storage is named "async+<scheme>" in the limits library.
+        storage = storage_from_string(uri if uri.startswith("async+") else f"async+{uri}")
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._per_caller = parse(settings.emporium_rate_limit)
+        self._per_login = parse(settings.emporium_login_rate_limit)
+
+    async def spend_caller(self, request: Request, principal: Principal | None) -> None:
+        """One request of its caller's budget: the verified user's, else the client address's."""
+        key = f"user:{principal.user_id}" if principal else f"address:{client_address(request)}"
+        await self._spend(self._per_caller, "caller", key, "too many requests from this caller")
+
+    async def throttle_login(self, request: Request, email: str) -> None:
+        """One login attempt from the client address and one for ``email`` (already normalised)."""
+        address = f"address:{client_address(request)}"
+        await self._spend(self._per_login, "login", address, "too many login attempts from this address")
+        # Hashed: with a shared store, the counters' keys should not list the users' email addresses.
+        account = "email:" + hashlib.sha256(email.encode()).hexdigest()
+        await self._spend(self._per_login, "login", account, "too many login attempts for this account")
+
+    async def _spend(self, item: RateLimitItem, budget: Budget, key: str, what: str) -> None:
+        if await self._limiter.hit(item, budget, key):
+            return
+        RATE_LIMITED_TOTAL.labels(budget).inc()
+        stats = await self._limiter.get_window_stats(item, budget, key)
+        retry_after_s = max(1, math.ceil(stats.reset_time - time.time()))
+        raise Refused(
+            429,
+            f"{what} (at most {item.amount} in {item.get_expiry()} s); retry in {retry_after_s} s",
+            type_=RATE_LIMITED,
+            title="Too many requests",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+
+class RecentDepth:
+    """A queue's depth, read again only once the last reading is older than ``max_age_s``."""
+
+    def __init__(self, queue: str, *, max_age_s: float = DEPTH_MAX_AGE_S) -> None:
+        self.queue = queue
+        self._max_age_s = max_age_s
+        self._depth = 0
+        self._read_at = -math.inf
+        # Requests that find the reading stale wait for the one read in flight instead of each reading.
+        self._reading = asyncio.Lock()
+
+    async def read(self, link: RabbitLink) -> int:
+        async with self._reading:
+            if time.monotonic() - self._read_at > self._max_age_s:
+                self._depth = await link.queue_depth(self.queue)
+                self._read_at = time.monotonic()
+            return self._depth
+
+
+def install_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the budgets and the orders queue's depth on ``app.state``."""
+    app.state.rate_limits = RateLimits(settings)
+    app.state.orders_depth = RecentDepth(ORDERS_WORK_QUEUE)
+
+
+async def limit_caller(
+    request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
+) -> None:
+    """Dependency: spend one unit of the caller's request budget (429 when it is spent)."""
+    rate_limits: RateLimits = request.app.state.rate_limits
+    await rate_limits.spend_caller(request, principal)
+
+
+async def shed_orders_load(request: Request) -> None:
+    """Dependency: refuse a new order (503) while the orders work queue is longer than its bound."""
+    orders_depth: RecentDepth = request.app.state.orders_depth
+    depth = await orders_depth.read(request.app.state.link)
+    bound = request.app.state.settings.emporium_orders_queue_bound
+    if depth > bound:
+        raise Refused(
+            503,
+            f"the {orders_depth.queue} queue holds {depth} commands, above the bound {bound}; retry later",
+            type_=OVERLOADED,
+            title="Too busy to take orders",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )

@@ -1,0 +1,215 @@
+"""Accounts through the real edge and the real identity actor: register, log in, log in again,
+roles, key rotation without logging anyone out, throttles, load shedding and dead-letter routes."""
+
+from __future__ import annotations
+
+import httpx
+import jwt
+
+from actors.registry import ACTORS
+from actors.runtime.host import topology_of
+from brokers.contracts.common import Line
+from brokers.contracts.inventory import Restock
+from brokers.contracts.orders import PlaceOrder
+from brokers.topology import declare
+from ops.identity_admin import rotate_signing_key
+from tests.e2e.support import PASSWORD, User, assert_problem, log_in, sign_up
+from tests.helpers import eventually, send
+
+
+def credentials(user: User, password: str = PASSWORD) -> dict[str, str]:
+    return {"email": user.email, "password": password}
+
+
+async def test_a_new_customer_registers_logs_in_and_is_known(identity, edge: httpx.AsyncClient):
+    registered = await edge.post(
+        "/auth/register",
+        json={"email": " Ada@Example.com", "name": "Ada", "password": PASSWORD},
+        headers={"Idempotency-Key": "register-ada-0001"},
+    )
+    assert registered.status_code == 201, registered.text
+    user = registered.json()
+    assert (user["email"], user["role"], user["active"]) == ("ada@example.com", "customer", True)
+    assert "password" not in registered.text and "argon2" not in registered.text
+
+    token = await edge.post("/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    assert token.json()["token_type"] == "Bearer" and 60 <= token.json()["expires_in"] <= 3600
+    me = await edge.get("/auth/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    assert me.json()["user_id"] == user["user_id"]
+
+    # A retried registration (same Idempotency-Key and body) is the same registration.
+    again = await edge.post(
+        "/auth/register",
+        json={"email": "ada@example.com", "name": "Ada", "password": PASSWORD},
+        headers={"Idempotency-Key": "register-ada-0001"},
+    )
+    assert again.status_code == 201 and again.json()["user_id"] == user["user_id"]
+
+
+async def test_logging_in_again_gives_a_fresh_token_for_the_same_user(ann: User, edge: httpx.AsyncClient):
+    """There is no refresh token: a client logs in again, and both tokens name the same user."""
+    first = ann.headers["Authorization"].removeprefix("Bearer ")
+    second = (await log_in(edge, ann.email))["Authorization"].removeprefix("Bearer ")
+
+    claims = [jwt.decode(token, options={"verify_signature": False}) for token in (first, second)]
+    assert first != second and claims[0]["jti"] != claims[1]["jti"]
+    assert claims[0]["sub"] == claims[1]["sub"] == ann.user_id
+    for token in (first, second):
+        assert (await edge.get("/auth/me", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+
+
+async def test_a_taken_address_a_weak_password_and_unknown_fields_are_refused(ann: User, edge: httpx.AsyncClient):
+    taken = await edge.post(
+        "/auth/register", json={"email": ann.email.upper(), "name": "Other", "password": "Another-pass-99"}
+    )
+    assert assert_problem(taken, 409)["type"] == "urn:emporium:problem:email-taken"
+
+    weak = await edge.post("/auth/register", json={"email": "weak@example.com", "name": "W", "password": "password"})
+    problem = assert_problem(weak, 422)
+    assert "at least 12 characters" in problem["detail"] and "password" not in str(problem.get("input"))
+    assert '"password"' not in weak.text.replace('"body.password"', "")
+
+    extra = await edge.post(
+        "/auth/register",
+        json={"email": "x@example.com", "name": "X", "password": PASSWORD, "role": "admin"},
+    )
+    assert "body.role" in [e["location"] for e in assert_problem(extra, 422)["errors"]]
+
+
+async def test_a_wrong_password_and_an_unknown_address_are_refused_alike(ann: User, edge: httpx.AsyncClient):
+    wrong = await edge.post("/auth/login", json=credentials(ann, "Wrong-password-1"))
+    unknown = await edge.post("/auth/login", json={"email": "nobody@example.com", "password": PASSWORD})
+
+    assert assert_problem(wrong, 401)["detail"] == assert_problem(unknown, 401)["detail"]
+    assert "access_token" not in wrong.text
+
+
+async def test_customers_are_refused_admin_routes_and_admins_allowed(
+    ann: User, admin: User, edge: httpx.AsyncClient, start_host
+):
+    await start_host("analytics")
+    for method, path in [
+        ("GET", "/admin/stats"),
+        ("GET", "/admin/dead-letters"),
+        ("DELETE", "/admin/dead-letters/inventory.dlq"),
+        ("POST", "/products"),
+        ("POST", "/inventory/MUG-1/restock"),
+    ]:
+        assert_problem(await edge.request(method, path, headers=ann.headers, json={}), 403)
+        assert_problem(await edge.request(method, path, json={}), 401)
+    assert (await edge.get("/admin/stats", headers=admin.headers)).status_code == 200
+
+
+async def test_tokens_signed_before_a_key_rotation_stay_valid(ann: User, settings, edge: httpx.AsyncClient):
+    before = ann.headers
+    new_kid = await rotate_signing_key(settings)
+    after = await log_in(edge, ann.email)
+
+    kid_of = [jwt.get_unverified_header(h["Authorization"].split()[1])["kid"] for h in (before, after)]
+    assert kid_of[1] == new_kid != kid_of[0]
+    for headers in (before, after):  # the edge learns the new key the first time a token names it
+        assert (await edge.get("/auth/me", headers=headers)).status_code == 200
+
+
+async def test_the_login_budget_stops_credential_stuffing(identity, serve_edge):
+    edge = await serve_edge(emporium_login_rate_limit="3/minute")
+    attempts = [
+        await edge.post("/auth/login", json={"email": f"user{n}@example.com", "password": "Guess-password-1"})
+        for n in range(4)
+    ]
+
+    assert [a.status_code for a in attempts] == [401, 401, 401, 429]
+    problem = assert_problem(attempts[-1], 429)
+    assert problem["type"] == "urn:emporium:problem:rate-limited"
+    assert 1 <= int(attempts[-1].headers["retry-after"]) <= 60
+
+
+async def test_each_caller_has_its_own_request_budget(identity, edge: httpx.AsyncClient, serve_edge, start_host):
+    ann = await sign_up(edge, "ann")  # on the generous edge
+    await start_host("catalog")
+    strict = await serve_edge(emporium_rate_limit="3/minute")
+
+    anonymous = [(await strict.get("/products")).status_code for _ in range(4)]
+    signed_in = [(await strict.get("/products", headers=ann.headers)).status_code for _ in range(3)]
+
+    assert anonymous == [200, 200, 200, 429]
+    assert signed_in == [200, 200, 200]  # counted against ann, not against the address
+    assert int((await strict.get("/products")).headers["retry-after"]) >= 1
+
+
+async def test_orders_are_shed_while_the_orders_queue_is_over_its_bound(
+    ann: User, serve_edge, broker, settings
+):
+    # No orders actor is running: its queue only fills.
+    await declare(broker, topology_of(ACTORS["orders"], settings))
+    for n in range(3):
+        order = PlaceOrder(order_id=f"o-{n}", customer_id="c", lines=[Line(sku="LAMP", quantity=1)], request_digest="d")
+        await send(broker, order)
+    edge = await serve_edge(emporium_orders_queue_bound=2)
+
+    response = await eventually(
+        lambda: edge.post(
+            "/orders",
+            json={"lines": [{"sku": "LAMP", "quantity": 1}]},
+            headers=ann.with_headers(**{"Idempotency-Key": "shed-order-0001"}),
+        ),
+        until=lambda r: r.status_code == 503,
+        what="the edge to see the queue over its bound",
+    )
+    problem = assert_problem(response, 503)
+    assert problem["type"] == "urn:emporium:problem:overloaded" and "above the bound 2" in problem["detail"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_an_admin_lists_shows_replays_and_purges_dead_letters(
+    admin: User, edge: httpx.AsyncClient, start_host, broker
+):
+    await start_host("inventory")
+    # A restock of a SKU inventory never heard of is retried, then dead-lettered.
+    for sku in ("GHOST-1", "GHOST-2"):
+        await send(broker, Restock(sku=sku, quantity=1))
+    depths = await eventually(
+        lambda: edge.get("/admin/dead-letters", headers=admin.headers),
+        until=lambda r: {"queue": "inventory.dlq", "messages": 2} in r.json(),
+        what="two dead letters in inventory.dlq",
+    )
+    assert {d["queue"] for d in depths.json()} == {"identity.dlq", "inventory.dlq"}  # the actors running
+
+    shown = (await edge.get("/admin/dead-letters/inventory.dlq?limit=1", headers=admin.headers)).json()
+    assert len(shown) == 1 and shown[0]["reason"] == "retries-exhausted" and '"sku": "GHOST-' in shown[0]["body"]
+
+    replayed = await edge.post(
+        "/admin/dead-letters/inventory.dlq/replay", json={"message_id": shown[0]["message_id"]}, headers=admin.headers
+    )
+    assert replayed.json() == {"replayed": [shown[0]["message_id"]]}
+    missing = await edge.post(
+        "/admin/dead-letters/inventory.dlq/replay", json={"message_id": "no-such-id"}, headers=admin.headers
+    )
+    assert_problem(missing, 404)
+    assert_problem(await edge.get("/admin/dead-letters/inventory", headers=admin.headers), 422)
+
+    # The replayed one fails again and comes back; purge empties the queue.
+    await eventually(
+        lambda: edge.get("/admin/dead-letters", headers=admin.headers),
+        until=lambda r: {"queue": "inventory.dlq", "messages": 2} in r.json(),
+        what="the replayed letter to fail again",
+    )
+    purged = await edge.delete("/admin/dead-letters/inventory.dlq", headers=admin.headers)
+    assert purged.json() == {"purged": 2}
+
+
+async def test_an_admin_deactivates_a_customer_who_then_cannot_log_in(
+    ann: User, admin: User, edge: httpx.AsyncClient
+):
+    deactivated = await edge.post(f"/admin/users/{ann.user_id}/deactivate", headers=admin.headers)
+    assert deactivated.status_code == 202, deactivated.text
+    await eventually(
+        lambda: edge.get(deactivated.headers["location"], headers=admin.headers),
+        until=lambda r: r.status_code == 200 and r.json()["active"] is False,
+        what="ann to be deactivated",
+    )
+
+    refused = await edge.post("/auth/login", json=credentials(ann))
+    assert assert_problem(refused, 401)["detail"] == "email or password is wrong"
+    assert_problem(await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=ann.headers), 403)

@@ -1,0 +1,112 @@
+"""Load shedding on the real RabbitMQ: the edge reads the orders work queue's depth and refuses new
+orders (503) while more commands wait there than the bound allows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+
+from actors.registry import ACTORS
+from actors.runtime.host import topology_of
+from brokers.contracts.common import Line
+from brokers.contracts.orders import PlaceOrder
+from brokers.envelope import Envelope
+from brokers.rpc import BrokerUnavailable
+from brokers.settings import Settings
+from brokers.topology import declare
+from edge.limits import ORDERS_WORK_QUEUE, OVERLOADED, install_limits, shed_orders_load
+from edge.link import RabbitLink
+from edge.observe import ObserveRequests
+from edge.problems import PROBLEM_JSON, install_problem_handlers
+from tests.helpers import eventually, send
+
+pytestmark = pytest.mark.integration
+
+WAITING = 5
+
+
+def _place_order_command(order_id: str) -> PlaceOrder:
+    return PlaceOrder(
+        order_id=order_id, customer_id="c-1", lines=[Line(sku="LAMP", quantity=1)], request_digest="d"
+    )
+
+
+@pytest.fixture
+async def link(settings: Settings) -> AsyncIterator[RabbitLink]:
+    link = RabbitLink(settings)
+    await link.open()
+    yield link
+    await link.close()
+
+
+@pytest.fixture
+async def waiting_orders(settings: Settings, broker, link: RabbitLink) -> int:
+    """The orders work queue as the orders actor's host declares it, holding WAITING commands."""
+    topology = topology_of(ACTORS["orders"], settings)
+    assert topology.work.name == ORDERS_WORK_QUEUE
+    await declare(broker, topology)
+    for n in range(WAITING):
+        await send(broker, _place_order_command(f"o-{n}"))
+    # Published with confirms; the queue's count may still lag behind them for a moment.
+    return await eventually(
+        lambda: link.queue_depth(ORDERS_WORK_QUEUE),
+        until=lambda depth: depth == WAITING,
+        timeout=10,
+        what=f"{WAITING} commands in the orders queue",
+    )
+
+
+def _edge(settings: Settings, link: RabbitLink, bound: int) -> FastAPI:
+    bounded = settings.model_copy(update={"emporium_orders_queue_bound": bound})
+    app = FastAPI()
+    app.state.settings = bounded
+    app.state.link = link
+    install_problem_handlers(app)
+    install_limits(app, bounded)
+    app.add_middleware(ObserveRequests)
+
+    @app.post("/orders", status_code=202, dependencies=[Depends(shed_orders_load)])
+    async def place() -> dict[str, str]:
+        return {"status": "accepted"}
+
+    return app
+
+
+async def _place_order(app: FastAPI) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
+        return await client.post("/orders")
+
+
+async def test_orders_are_refused_once_the_queue_is_over_the_bound(settings, link, waiting_orders):
+    assert waiting_orders == WAITING
+    response = await _place_order(_edge(settings, link, bound=WAITING - 1))
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert int(response.headers["retry-after"]) >= 1
+    problem = response.json()
+    assert problem["type"] == OVERLOADED
+    assert problem["detail"] == (
+        f"the orders queue holds {WAITING} commands, above the bound {WAITING - 1}; retry later"
+    )
+
+
+async def test_orders_pass_while_the_queue_is_within_the_bound(settings, link, waiting_orders):
+    assert waiting_orders == WAITING
+    response = await _place_order(_edge(settings, link, bound=WAITING))
+    assert response.status_code == 202
+
+
+async def test_a_missing_queue_is_reported_and_leaves_the_link_working(settings, broker, link):
+    with pytest.raises(BrokerUnavailable, match="no queue orders.nowhere"):
+        await link.queue_depth("orders.nowhere")
+    # RabbitMQ closed the channel of the failed declaration; commands are still sent and counted.
+    topology = topology_of(ACTORS["orders"], settings)
+    await declare(broker, topology)
+    command = _place_order_command("o-x")
+    await link.send(command, Envelope.first(command, "req-1"))
+    depth = await eventually(lambda: link.queue_depth(ORDERS_WORK_QUEUE), until=lambda d: d == 1, timeout=10)
+    assert depth == 1
+
