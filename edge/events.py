@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,6 +101,13 @@ class Listener:
             return None
 
 
+SSE_QUEUE_PREFIX = "edge.sse."
+
+
+def sse_queue_name() -> str:
+    return f"{SSE_QUEUE_PREFIX}{uuid.uuid4().hex}"
+
+
 class SagaEvents:
     """The edge's subscription to the saga's events, and the listeners following orders."""
 
@@ -121,8 +129,9 @@ class SagaEvents:
             # of the events, not durable work. It must go with the process (a durable queue would pile
             # up events for an edge that is gone) and nothing in it matters after that, since a
             # follower starts from the order's current status. Quorum queues cannot be exclusive.
+            # Named by the edge (not by the client library), so permissions can name it exactly.
             queue = await channel.declare_queue(
-                exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
+                sse_queue_name(), exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
             )
             for event_type in SAGA_EVENT_TYPES:
                 await queue.bind(EVENTS.name, routing_key=event_type)

@@ -15,8 +15,7 @@ What each principal does over AMQP, and so what it is allowed:
   on exactly those names); answers queries over direct reply-to (write on ``amq.default``, which
   RabbitMQ checks for any publish to the default exchange). It declares nothing: configure on nothing.
 - the edge publishes commands and queries; consumes direct reply-to (no permission needed); declares
-  its own exclusive SSE queue (configure, write and read on ``amq_<hex>``, the name aio-pika gives
-  it) and binds it to ``emporium.events`` for the saga's event types (read there, and topic read on
+  its own exclusive SSE queue (configure, write and read on ``edge.sse.<hex>``) and binds it to ``emporium.events`` for the saga's event types (read there, and topic read on
   those types); reads every dead-letter queue and replays dead letters into the actors' work queues
   through ``emporium.moves`` (topic permission on the work queues' names).
 """
@@ -48,7 +47,7 @@ from brokers.topology import (
     ActorTopology,
     QueueSpec,
 )
-from edge.events import SAGA_EVENT_TYPES
+from edge.events import SAGA_EVENT_TYPES, SSE_QUEUE_PREFIX
 
 VHOST = "emporium"
 EDGE = "edge"
@@ -58,10 +57,8 @@ SET_PASSWORDS = OPS / "rabbitmq" / "set-passwords.sh"
 MONGODB_USERS = OPS / "mongodb" / "create-users.js"
 # RabbitMQ's name for the default exchange in permission checks.
 DEFAULT_EXCHANGE = "amq.default"
-# The edge's SSE queue (edge/events.py) is declared without a name on a robust channel, which aio-pika
-# names "amq_<uuid4 hex>" itself (aio_pika/robust_queue.py) so that it can declare it again after a
-# reconnection. The integration test fails if that ever changes.
-SSE_QUEUES = r"amq_[0-9a-f]{32}"
+# The edge's SSE queues (edge/events.py: sse_queue_name).
+SSE_QUEUES = re.escape(SSE_QUEUE_PREFIX) + r"[0-9a-f]{32}"
 # A permission regex that matches no resource name and no routing key in use.
 NOTHING = "^$"
 MONGODB_PASSWORD_VARIABLE = "EMPORIUM_MONGODB_PASSWORD_{actor}"

@@ -26,6 +26,7 @@ from brokers.envelope import Command, Envelope
 from brokers.factory import make_broker
 from brokers.settings import Settings
 from brokers.topology import COMMANDS, EVENTS, MOVES, TopologyMissing, declare
+from edge.events import sse_queue_name
 from edge.link import RabbitLink
 from ops.dlq import peek, purge
 from ops.production import EDGE, definitions
@@ -168,7 +169,7 @@ def _publish(exchange: str, routing_key: str) -> Attempt:
 def _bind_own_queue(routing_key: str) -> Attempt:
     async def attempt(channel: AbstractChannel) -> object:
         # Named as aio-pika names the edge's SSE queue (on a robust channel; this one is not).
-        name = f"amq_{uuid.uuid4().hex}"
+        name = sse_queue_name()
         queue = await channel.declare_queue(
             name, exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
         )

@@ -19,6 +19,7 @@ import brokers.contracts  # noqa: F401  (registers every contract)
 from actors.registry import ACTORS
 from brokers.envelope import REGISTRY, Event, Kind
 from brokers.topology import COMMANDS, EVENTS, MOVES, QUERIES, UNROUTED_EVENTS
+from edge.events import sse_queue_name
 from ops import production
 from ops.production import (
     DEFINITIONS,
@@ -37,7 +38,7 @@ PERMISSIONS = {p["user"]: p for p in DEFS["permissions"]}
 TOPICS = {(t["user"], t["exchange"]): t for t in DEFS["topic_permissions"]}
 EVENT_TYPES = {t for t, contract in REGISTRY.items() if contract.KIND is Kind.EVENT}
 DEFAULT_EXCHANGE = "amq.default"
-SSE_QUEUE = "amq_" + uuid.uuid4().hex  # the edge's SSE queue, as aio-pika names it
+SSE_QUEUE = sse_queue_name()  # the edge's SSE queue
 
 
 def all_queue_names() -> set[str]:
@@ -152,7 +153,7 @@ def test_the_edge_sends_commands_and_queries_reads_dead_letters_and_replays_into
     edge = PERMISSIONS[EDGE]
     names = all_queue_names()
     sse_queue = {SSE_QUEUE}
-    assert not matching(edge["configure"], {"amq.gen-JzTY20BRgKO-HjmUJj0wLg", "amq_sneaky", SSE_QUEUE + "0"})
+    assert not matching(edge["configure"], {"amq.gen-JzTY20BRgKO-HjmUJj0wLg", "amq_" + uuid.uuid4().hex, "edge.sse.sneaky", SSE_QUEUE + "0"})
     exchanges = {e["name"] for e in DEFS["exchanges"]} | {DEFAULT_EXCHANGE}
     assert matching(edge["configure"], names | exchanges) == sse_queue
     assert matching(edge["write"], exchanges) == {COMMANDS.name, QUERIES.name, MOVES.name}
