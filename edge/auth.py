@@ -155,21 +155,26 @@ def _principal(claims: dict[str, Any]) -> Principal:
     return Principal(user_id=user_id, role=role)
 
 
-async def optional_principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
-) -> Principal | None:
+async def optional_principal(request: Request) -> Principal | None:
     """The caller named by a valid bearer token, or None without one (an invalid one is refused 401).
 
-    Verified once per request (FastAPI caches a dependency within a request).
+    Verified once per request (FastAPI caches a dependency within a request). Public routes use it
+    for their rate limit, so it reads the header itself: through ``Security`` they would be
+    documented as needing a token.
     """
-    if credentials is None:
-        if "authorization" in request.headers:
-            raise Unauthenticated("the Authorization header must be: Bearer <access token>")
+    authorization = request.headers.get("authorization")
+    if authorization is None:
         return None
-    return await verify(credentials.credentials, request.app.state.keys)
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be: Bearer <access token>")
+    return await verify(token.strip(), request.app.state.keys)
 
 
-async def signed_in(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+async def signed_in(
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> Principal:
     """Any signed-in user (401 without a token)."""
     if principal is None:
         raise Unauthenticated("this route needs an access token: POST /auth/login", invalid_token=False)

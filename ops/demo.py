@@ -1,23 +1,32 @@
 """A scripted customer journey against the running system, printed as it happens.
 
-It uses only the public edge (plus the development simulator controls): creates two products,
-restocks one, then places three orders and follows each one's saga over Server-Sent Events:
-one that is delivered, one that is out of stock, and one whose payment is declined.
+It signs in the way people do: an administrator made with the operators' tool (`emporium admin
+create`, over RabbitMQ) with a password generated for this run and never shown, and a customer who
+registers through the edge. Then, through the public edge only (plus the development simulator
+controls), it creates two products, restocks one, places three orders and follows each one's saga
+over Server-Sent Events: one that is delivered, one that is out of stock, and one whose payment is
+declined.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
+from aio_pika.exceptions import AMQPError
 from rich.console import Console
 
-ADMIN_HEADER = "X-Dev-Admin-Token"
-CUSTOMER_HEADER = "X-Dev-Customer-Id"
+from brokers.contracts.identity import password_problems
+from brokers.settings import Settings
+from ops.identity_admin import create_admin
+
 STEP = {
     "order.placed": "placed",
     "stock.reserved": "reserved",
@@ -39,25 +48,90 @@ STEP = {
 }
 
 
+# A registration identity has not shown yet (202) is retried this long, at this pace: the login
+# budget of one address is small (EMPORIUM_LOGIN_RATE_LIMIT), so the pace is slow.
+LOG_IN_WAIT_S = 10.0
+LOG_IN_RETRY_S = 2.0
+NO_TROUBLE = {"decline_rate": 0.0, "error_rate": 0.0, "latency_ms": 0}
+
+
 class DemoFailed(RuntimeError):
     pass
+
+
+def _checked(response: httpx.Response, what: str) -> dict:
+    if response.status_code >= 400:
+        raise DemoFailed(f"{what}: {response.status_code} {response.text}")
+    return response.json() if response.content else {}
+
+
+@dataclass(frozen=True)
+class Account:
+    """Credentials made up for one run of the demo."""
+
+    email: str
+    password: str
+
+    @classmethod
+    def new(cls, role: str) -> Account:
+        email = f"demo-{role}-{uuid.uuid4().hex[:8]}@example.com"
+        return cls(email, _new_password(email))
+
+
+def _new_password(email: str) -> str:
+    """A random password that identity's policy accepts (drawn again in the rare case it is not)."""
+    while True:
+        password = secrets.token_urlsafe(18)
+        if not password_problems(password, email):
+            return password
+
+
+def _log_in(client: httpx.Client, account: Account, *, wait_s: float = 0.0) -> dict[str, str]:
+    """The headers that sign ``account`` in; a 401 is retried for ``wait_s`` (a registration on its way)."""
+    deadline = time.monotonic() + wait_s
+    credentials = {"email": account.email, "password": account.password}
+    while (response := client.post("/auth/login", json=credentials)).status_code == 401:
+        if time.monotonic() + LOG_IN_RETRY_S > deadline:
+            break
+        time.sleep(LOG_IN_RETRY_S)
+    token = _checked(response, f"logging in as {account.email}")["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def sign_in_admin(client: httpx.Client, settings: Settings) -> tuple[str, dict[str, str]]:
+    """An administrator made as operators make one (``create_admin`` waits until identity has it)."""
+    account = Account.new("admin")
+    try:
+        asyncio.run(create_admin(settings, account.email, account.password, name="Demo administrator"))
+    except (AMQPError, OSError) as exc:
+        where = urlsplit(settings.rabbitmq_url)
+        raise DemoFailed(
+            f"cannot make the demo's administrator: RabbitMQ at {where.hostname}:{where.port or 5672}"
+            f"{where.path or '/'} refused ({exc!r}); set RABBITMQ_URL to the running system's"
+        ) from exc
+    return account.email, _log_in(client, account)
+
+
+def sign_up_customer(client: httpx.Client) -> tuple[str, dict[str, str]]:
+    """A customer registered through the edge, as anyone can."""
+    account = Account.new("customer")
+    registration = {"email": account.email, "name": "Demo customer", "password": account.password}
+    response = client.post("/auth/register", json=registration)
+    _checked(response, "POST /auth/register")
+    # 202: identity has not shown the account yet, so the first logins may be refused.
+    return account.email, _log_in(client, account, wait_s=LOG_IN_WAIT_S if response.status_code == 202 else 0)
 
 
 @dataclass
 class Demo:
     client: httpx.Client
-    admin_token: str
     console: Console
-    customer: str = "demo-" + uuid.uuid4().hex[:8]
-
-    def _check(self, response: httpx.Response, what: str) -> dict:
-        if response.status_code >= 400:
-            raise DemoFailed(f"{what}: {response.status_code} {response.text}")
-        return response.json() if response.content else {}
+    admin_headers: dict[str, str]
+    customer_headers: dict[str, str]
 
     def admin(self, method: str, path: str, body: dict) -> dict:
-        response = self.client.request(method, path, json=body, headers={ADMIN_HEADER: self.admin_token})
-        return self._check(response, f"{method} {path}")
+        response = self.client.request(method, path, json=body, headers=self.admin_headers)
+        return _checked(response, f"{method} {path}")
 
     def wait_for_stock(self, sku: str, on_hand: int, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s
@@ -70,8 +144,11 @@ class Demo:
 
     def set_up_shop(self, run: str) -> tuple[str, str]:
         mug, lamp = f"MUG-{run}", f"LAMP-{run}"
-        self.admin("POST", "/products", {"sku": mug, "name": "Blue mug", "category": "kitchen", "price_cents": 1299})
-        self.admin("POST", "/products", {"sku": lamp, "name": "Desk lamp", "category": "home", "price_cents": 4500})
+        for product in (
+            {"sku": mug, "name": "Blue mug", "category": "kitchen", "price_cents": 1299},
+            {"sku": lamp, "name": "Desk lamp", "category": "home", "price_cents": 4500},
+        ):
+            self.admin("POST", "/products", product)
         self.console.print(f"[bold]catalog[/bold]: {mug} at 12.99, {lamp} at 45.00")
         self.wait_for_stock(mug, 0)
         self.admin("POST", f"/inventory/{mug}/restock", {"quantity": 5})
@@ -80,12 +157,9 @@ class Demo:
         return mug, lamp
 
     def place(self, lines: list[dict]) -> str:
-        response = self.client.post(
-            "/orders",
-            json={"lines": lines},
-            headers={CUSTOMER_HEADER: self.customer, "Idempotency-Key": uuid.uuid4().hex},
-        )
-        return self._check(response, "POST /orders")["order_id"]
+        headers = {**self.customer_headers, "Idempotency-Key": uuid.uuid4().hex}
+        response = self.client.post("/orders", json={"lines": lines}, headers=headers)
+        return _checked(response, "POST /orders")["order_id"]
 
     def follow(self, title: str, order_id: str, timeout_s: float) -> str:
         """Print the order's saga as its events arrive; return its last order status."""
@@ -102,10 +176,11 @@ class Demo:
         return status
 
     def _events(self, order_id: str, timeout_s: float) -> Iterator[tuple[str, dict]]:
-        headers = {CUSTOMER_HEADER: self.customer, "Accept": "text/event-stream"}
-        with self.client.stream("GET", f"/orders/{order_id}/events", headers=headers, timeout=timeout_s) as stream:
+        path = f"/orders/{order_id}/events"
+        headers = {**self.customer_headers, "Accept": "text/event-stream"}
+        with self.client.stream("GET", path, headers=headers, timeout=timeout_s) as stream:
             if stream.status_code != 200:
-                raise DemoFailed(f"GET /orders/{order_id}/events: {stream.status_code} {stream.read().decode()}")
+                raise DemoFailed(f"GET {path}: {stream.status_code} {stream.read().decode()}")
             event, data = None, []
             for line in stream.iter_lines():
                 if line.startswith("event:"):
@@ -117,12 +192,18 @@ class Demo:
                     event, data = None, []
 
 
-def run_demo(base_url: str, admin_token: str, console: Console, timeout_s: float = 120) -> list[tuple[str, str]]:
+def run_demo(
+    base_url: str, settings: Settings, console: Console, timeout_s: float = 120
+) -> list[tuple[str, str]]:
+    """Run the journey against the edge at ``base_url`` (``settings`` reach its RabbitMQ)."""
     outcomes = []
     with httpx.Client(base_url=base_url, timeout=10) as client:
-        demo = Demo(client, admin_token, console)
+        admin_email, admin_headers = sign_in_admin(client, settings)
+        customer_email, customer_headers = sign_up_customer(client)
+        console.print(f"[bold]identity[/bold]: administrator {admin_email}, customer {customer_email}")
+        demo = Demo(client, console, admin_headers, customer_headers)
         mug, lamp = demo.set_up_shop(uuid.uuid4().hex[:6].upper())
-        demo.admin("PUT", "/dev/payment-provider", {"decline_rate": 0.0, "error_rate": 0.0, "latency_ms": 0})
+        demo.admin("PUT", "/dev/payment-provider", NO_TROUBLE)
 
         happy = demo.place([{"sku": mug, "quantity": 2}])
         outcomes.append(("delivered", demo.follow("A customer buys two mugs", happy, timeout_s)))
@@ -130,10 +211,10 @@ def run_demo(base_url: str, admin_token: str, console: Console, timeout_s: float
         short = demo.place([{"sku": lamp, "quantity": 1}])
         outcomes.append(("cancelled", demo.follow("A lamp nobody has in stock", short, timeout_s)))
 
-        demo.admin("PUT", "/dev/payment-provider", {"decline_rate": 1.0, "error_rate": 0.0, "latency_ms": 0})
+        demo.admin("PUT", "/dev/payment-provider", {**NO_TROUBLE, "decline_rate": 1.0})
         try:
             declined = demo.place([{"sku": mug, "quantity": 1}])
             outcomes.append(("cancelled", demo.follow("A card that is declined", declined, timeout_s)))
         finally:
-            demo.admin("PUT", "/dev/payment-provider", {"decline_rate": 0.0, "error_rate": 0.0, "latency_ms": 0})
+            demo.admin("PUT", "/dev/payment-provider", NO_TROUBLE)
     return outcomes

@@ -12,6 +12,7 @@ import asyncio
 from typing import Annotated
 
 import typer
+from aio_pika.exceptions import AMQPError
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -89,8 +90,8 @@ console = Console()
 def _run(action) -> None:
     try:
         asyncio.run(action)
-    except IdentityAdminFailed as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (IdentityAdminFailed, AMQPError, OSError) as exc:  # refused, or RabbitMQ not reachable
+        console.print(f"[red]error:[/red] {exc or type(exc).__name__}")
         raise typer.Exit(1) from exc
 
 

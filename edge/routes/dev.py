@@ -81,7 +81,7 @@ async def _simulator_control(
 @router.get(
     "/payment-provider",
     summary="The payment-provider simulator's controls (decline rate, error rate, latency, ...)",
-    responses=problem_responses(401, 502, 503, 504),
+    responses=problem_responses(401, 403, 502, 503, 504),
 )
 async def provider_controls(settings: Annotated[Settings, Depends(settings_of)]) -> dict[str, Any]:
     return await _simulator_control(settings, "GET")
@@ -90,7 +90,7 @@ async def provider_controls(settings: Annotated[Settings, Depends(settings_of)])
 @router.put(
     "/payment-provider",
     summary="Set the payment-provider simulator's controls (it resets what is left out to its defaults)",
-    responses=problem_responses(401, 422, 502, 503, 504),
+    responses=problem_responses(401, 403, 422, 502, 503, 504),
 )
 async def set_provider_controls(
     controls: ProviderControls, settings: Annotated[Settings, Depends(settings_of)]
@@ -102,7 +102,7 @@ async def set_provider_controls(
     "/shipments/{order_id}/advance",
     status_code=202,
     summary="Move an order's shipment on, as its carrier would report it",
-    responses=problem_responses(401, 422, 503),
+    responses=problem_responses(401, 403, 422, 503),
 )
 async def advance_shipment(
     order_id: OrderId, body: ShipmentProgress, write: Write, link: Link, response: Response

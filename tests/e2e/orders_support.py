@@ -1,4 +1,4 @@
-"""What the order tests through the edge share: customers, priced products, orders, and SSE reading."""
+"""What the order tests through the edge share: priced products, orders of signed-in customers, and SSE reading."""
 
 from __future__ import annotations
 
@@ -11,25 +11,18 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 
-from tests.e2e.support import ADMIN, create_product, messages_taken, wait_for_json
+from tests.e2e.support import User, create_product, messages_taken, wait_for_json
 from tests.helpers import eventually
-
-ANN = "customer-ann"
-BOB = "customer-bob"
-
-
-def as_customer(customer_id: str, **headers: str) -> dict[str, str]:
-    return {"X-Dev-Customer-Id": customer_id, **headers}
 
 
 def new_key() -> str:
     return f"order-{uuid.uuid4().hex}"
 
 
-async def sku_orders_price(edge: httpx.AsyncClient, price_cents: int = 1299) -> str:
+async def sku_orders_price(edge: httpx.AsyncClient, admin: User, price_cents: int = 1299) -> str:
     """A product created through the edge, whose price the orders actor has learnt; its SKU."""
     learnt = await messages_taken("orders", "product.created", "applied")
-    sku = (await create_product(edge, price_cents=price_cents))["sku"]
+    sku = (await create_product(edge, admin, price_cents=price_cents))["sku"]
     await eventually(
         lambda: messages_taken("orders", "product.created", "applied"),
         until=lambda now: now > learnt,
@@ -38,47 +31,46 @@ async def sku_orders_price(edge: httpx.AsyncClient, price_cents: int = 1299) -> 
     return sku
 
 
-async def priced_sku(edge: httpx.AsyncClient, price_cents: int = 1299) -> str:
+async def priced_sku(edge: httpx.AsyncClient, admin: User, price_cents: int = 1299) -> str:
     """Like ``sku_orders_price``, once inventory knows the SKU too."""
-    sku = await sku_orders_price(edge, price_cents)
+    sku = await sku_orders_price(edge, admin, price_cents)
     await wait_for_json(edge, f"/inventory/{sku}")
     return sku
 
 
-async def stocked_sku(edge: httpx.AsyncClient, quantity: int = 5) -> str:
+async def stocked_sku(edge: httpx.AsyncClient, admin: User, quantity: int = 5) -> str:
     """Like ``priced_sku``, with ``quantity`` on hand, so that the saga does not cancel orders of it."""
-    sku = await priced_sku(edge)
-    restock = await edge.post(f"/inventory/{sku}/restock", json={"quantity": quantity}, headers=ADMIN)
+    sku = await priced_sku(edge, admin)
+    restock = await edge.post(f"/inventory/{sku}/restock", json={"quantity": quantity}, headers=admin.headers)
     assert restock.status_code == 202, restock.text
     await wait_for_json(edge, f"/inventory/{sku}", until=lambda stock: stock["on_hand"] == quantity)
     return sku
 
 
 async def place(
-    edge: httpx.AsyncClient, customer_id: str, lines: list[dict[str, Any]], key: str | None = None
+    edge: httpx.AsyncClient, customer: User, lines: list[dict[str, Any]], key: str | None = None
 ) -> httpx.Response:
     return await edge.post(
         "/orders",
         json={"lines": lines},
-        headers=as_customer(customer_id, **{"Idempotency-Key": key or new_key()}),
+        headers=customer.with_headers(**{"Idempotency-Key": key or new_key()}),
     )
 
 
 async def placed_order(
-    edge: httpx.AsyncClient, customer_id: str, lines: list[dict[str, Any]]
+    edge: httpx.AsyncClient, customer: User, lines: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Place an order and wait until its customer can read it; its view."""
-    response = await place(edge, customer_id, lines)
+    response = await place(edge, customer, lines)
     assert response.status_code == 202, response.text
-    order_id = response.json()["order_id"]
-    return await wait_for_order(edge, customer_id, order_id)
+    return await wait_for_order(edge, customer, response.json()["order_id"])
 
 
 async def wait_for_order(
-    edge: httpx.AsyncClient, customer_id: str, order_id: str, until: Any = lambda order: True
+    edge: httpx.AsyncClient, customer: User, order_id: str, until: Any = lambda order: True
 ) -> dict[str, Any]:
     async def fetch() -> httpx.Response:
-        return await edge.get(f"/orders/{order_id}", headers=as_customer(customer_id))
+        return await edge.get(f"/orders/{order_id}", headers=customer.headers)
 
     response = await eventually(
         fetch, until=lambda r: r.status_code == 200 and until(r.json()), what=f"order {order_id}"

@@ -15,9 +15,10 @@ from brokers.settings import Settings
 from brokers.topology import declare, dlq_name
 from edge.app import create_app
 from tests.e2e.support import (
-    ADMIN,
     RabbitDoor,
+    User,
     assert_problem,
+    assert_unauthenticated,
     edge_settings,
     new_product,
     serving,
@@ -25,7 +26,7 @@ from tests.e2e.support import (
 )
 from tests.helpers import Tap, eventually
 
-BAD_KEY = {**ADMIN, "Idempotency-Key": "short"}
+BAD_KEY = {"Idempotency-Key": "short"}
 # (method, path, request keyword arguments, where the problem must point: that field, or inside it)
 INVALID_WRITES: list[tuple[str, str, dict[str, Any], str]] = [
     ("POST", "/products", {"json": {**new_product(), "sku": "lower-case"}}, "body.sku"),
@@ -56,8 +57,10 @@ INVALID_READS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-async def _send(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    headers = {**ADMIN, **kwargs.pop("headers", {})}
+async def _send(
+    client: httpx.AsyncClient, admin: User, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    headers = admin.with_headers(**kwargs.pop("headers", {}))
     return await client.request(method, path, headers=headers, **kwargs)
 
 
@@ -69,21 +72,31 @@ async def _queued(settings: Settings, queue: str) -> int:
 
 
 async def test_refused_writes_send_nothing_and_change_nothing(
-    start_host, settings: Settings, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, settings: Settings, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
 ) -> None:
     await start_host("catalog")
-    unauthorized = [
+    anns_token = ann.headers["Authorization"].removeprefix("Bearer ")
+    unauthenticated = [
         await edge.post("/products", json=new_product()),
-        await edge.post("/products", json=new_product(), headers={"X-Dev-Admin-Token": "dev-admin"}),
+        await edge.post("/products", json=new_product(), headers={"Authorization": "Bearer not-a-token"}),
+        await edge.post("/products", json=new_product(), headers={"Authorization": anns_token}),
         await edge.patch("/products/p-1/price", json={"price_cents": 1}),
         await edge.post("/inventory/SKU-1/restock", json={"quantity": 1}),
     ]
+    forbidden = [
+        await edge.post("/products", json=new_product(), headers=ann.headers),
+        await edge.patch("/products/p-1/price", json={"price_cents": 1}, headers=ann.headers),
+        await edge.post("/inventory/SKU-1/restock", json={"quantity": 1}, headers=ann.headers),
+    ]
     invalid = [
-        (await _send(edge, method, path, **kwargs), where) for method, path, kwargs, where in INVALID_WRITES
+        (await _send(edge, admin, method, path, **kwargs), where)
+        for method, path, kwargs, where in INVALID_WRITES
     ]
 
-    for response in unauthorized:
-        assert "X-Dev-Admin-Token" in assert_problem(response, 401)["detail"]
+    for response in unauthenticated:
+        assert_unauthenticated(response)
+    for response in forbidden:
+        assert "administrators" in assert_problem(response, 403)["detail"]
     for response, where in invalid:
         problem = assert_problem(response, 422)
         assert problem["type"] == "urn:emporium:problem:invalid-request"
@@ -91,8 +104,8 @@ async def test_refused_writes_send_nothing_and_change_nothing(
         assert any(at == where or at.startswith(f"{where}.") for at in locations), problem
         assert where in problem["detail"]
     # Each request above finished before the next began: a command any of them had sent would reach
-    # the tap before this marker.
-    marker = await edge.post("/products", json=new_product(), headers=ADMIN)
+    # the tap before this marker (the users were made before the tap opened: see the fixtures' order).
+    marker = await edge.post("/products", json=new_product(), headers=admin.headers)
     assert marker.status_code == 202
     sent = await command_tap.wait_for(count=1)
     assert [m.message_id for m in sent] == [marker.json()["message_id"]]
@@ -127,9 +140,11 @@ async def test_a_query_nobody_takes_in_time_is_a_504_after_the_timeout(
     assert 0.5 <= waited < 2.5
 
 
-async def test_without_the_actor_deployed_reads_and_writes_are_503(edge: httpx.AsyncClient) -> None:
+async def test_without_the_actor_deployed_reads_and_writes_are_503(
+    edge: httpx.AsyncClient, admin: User
+) -> None:
     read = assert_problem(await edge.get("/products"), 503)
-    write = await edge.post("/products", json=new_product(), headers=ADMIN)
+    write = await edge.post("/products", json=new_product(), headers=admin.headers)
 
     assert "catalog.list_products" in read["detail"]
     assert assert_problem(write, 503)["detail"] == (
@@ -140,7 +155,7 @@ async def test_without_the_actor_deployed_reads_and_writes_are_503(edge: httpx.A
 
 
 async def test_with_rabbitmq_unreachable_the_edge_starts_not_ready_and_answers_503(
-    settings: Settings,
+    settings: Settings, admin: User
 ) -> None:
     async with (
         RabbitDoor(settings.rabbitmq_url) as closed,
@@ -150,19 +165,22 @@ async def test_with_rabbitmq_unreachable_the_edge_starts_not_ready_and_answers_5
         health = await edge.get("/health")
         ready = await edge.get("/ready")
         read = await edge.get("/products")
-        write = await edge.post("/products", json=new_product(), headers=ADMIN)
+        write = await edge.post("/products", json=new_product(), headers=admin.headers)
         metrics = await edge.get("/metrics")
 
     assert health.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"] == {"rabbitmq": False}
-    for response in (read, write):
-        problem = assert_problem(response, 503)
-        assert problem["type"] == "urn:emporium:problem:broker-unavailable"
-        assert problem["detail"] == "RabbitMQ is unreachable (the edge keeps reconnecting); nothing was sent"
+    read_problem, write_problem = assert_problem(read, 503), assert_problem(write, 503)
+    assert read_problem["type"] == write_problem["type"] == "urn:emporium:problem:broker-unavailable"
+    assert read_problem["detail"] == "RabbitMQ is unreachable (the edge keeps reconnecting); nothing was sent"
+    # The write stops sooner: its token cannot be verified without identity's keys, asked over RabbitMQ.
+    assert "cannot verify access tokens" in write_problem["detail"]
     assert metrics.status_code == 200
 
 
-async def test_the_edge_connects_once_rabbitmq_answers(settings: Settings, command_tap: Tap) -> None:
+async def test_the_edge_connects_once_rabbitmq_answers(
+    settings: Settings, admin: User, command_tap: Tap
+) -> None:
     async with (
         RabbitDoor(settings.rabbitmq_url) as door,
         serving(create_app(edge_settings(settings, rabbitmq_url=door.url))) as base_url,
@@ -175,7 +193,7 @@ async def test_the_edge_connects_once_rabbitmq_answers(settings: Settings, comma
         await eventually(
             lambda: edge.get("/ready"), until=lambda r: r.status_code == 200, what="the edge to connect"
         )
-        write = await edge.post("/products", json=new_product(), headers=ADMIN)
+        write = await edge.post("/products", json=new_product(), headers=admin.headers)
         assert write.status_code == 202, write.text
         assert [m.message_id for m in await command_tap.wait_for(count=1)] == [write.json()["message_id"]]
 
@@ -187,15 +205,15 @@ async def test_an_unknown_route_is_a_404_problem(edge: httpx.AsyncClient, path: 
     assert path in problem["detail"]
 
 
-async def test_a_wrong_method_is_a_405_problem(edge: httpx.AsyncClient) -> None:
-    response = await edge.delete("/products/p-1", headers=ADMIN)
+async def test_a_wrong_method_is_a_405_problem(edge: httpx.AsyncClient, admin: User) -> None:
+    response = await edge.delete("/products/p-1", headers=admin.headers)
 
     assert "DELETE" in assert_problem(response, 405)["detail"]
     assert "allow" in response.headers  # kept from Starlette's own answer
 
 
 async def test_a_write_rabbitmq_does_not_confirm_in_time_is_a_503_not_a_202(
-    settings: Settings, command_tap: Tap
+    settings: Settings, admin: User, command_tap: Tap
 ) -> None:
     async with (
         RabbitDoor(settings.rabbitmq_url) as door,
@@ -208,9 +226,11 @@ async def test_a_write_rabbitmq_does_not_confirm_in_time_is_a_503_not_a_202(
         await eventually(
             lambda: edge.get("/ready"), until=lambda r: r.status_code == 200, what="the edge to connect"
         )
+        # The edge learns identity's keys while RabbitMQ still answers: the write's token needs no query.
+        assert (await edge.get("/auth/me", headers=admin.headers)).status_code == 200
         door.stall()
 
-        write = await edge.post("/products", json=new_product(), headers=ADMIN)
+        write = await edge.post("/products", json=new_product(), headers=admin.headers)
 
         assert "it may or may not be queued" in assert_problem(write, 503)["detail"]
         door.flow()

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import httpx
 
-from tests.e2e.support import ADMIN, assert_problem, create_product, messages_taken, wait_for_json
+from tests.e2e.support import User, assert_problem, create_product, messages_taken, wait_for_json
 from tests.helpers import eventually
 
 
-async def _known_sku(edge: httpx.AsyncClient) -> str:
+async def _known_sku(edge: httpx.AsyncClient, admin: User) -> str:
     """A SKU inventory has learnt of (from product.created), with nothing on hand."""
-    sku = (await create_product(edge))["sku"]
+    sku = (await create_product(edge, admin))["sku"]
     stock = await wait_for_json(edge, f"/inventory/{sku}")
     assert stock["on_hand"] == 0
     return sku
 
 
-async def test_a_restock_shows_on_hand(start_host, edge: httpx.AsyncClient) -> None:
+async def test_a_restock_shows_on_hand(start_host, edge: httpx.AsyncClient, admin: User) -> None:
     await start_host("catalog", "inventory")
-    sku = await _known_sku(edge)
+    sku = await _known_sku(edge, admin)
 
-    response = await edge.post(f"/inventory/{sku}/restock", json={"quantity": 7}, headers=ADMIN)
+    response = await edge.post(f"/inventory/{sku}/restock", json={"quantity": 7}, headers=admin.headers)
 
     assert response.status_code == 202, response.text
     assert response.json()["sku"] == sku and response.json()["status"] == "accepted"
@@ -30,13 +30,13 @@ async def test_a_restock_shows_on_hand(start_host, edge: httpx.AsyncClient) -> N
 
 
 async def test_the_same_restock_sent_twice_with_one_idempotency_key_is_applied_once(
-    start_host, edge: httpx.AsyncClient
+    start_host, edge: httpx.AsyncClient, admin: User
 ) -> None:
     await start_host("catalog", "inventory")
-    sku = await _known_sku(edge)
+    sku = await _known_sku(edge, admin)
     applied = await messages_taken("inventory", "inventory.restock", "applied")
     skipped = await messages_taken("inventory", "inventory.restock", "duplicate")
-    retry = {**ADMIN, "Idempotency-Key": "restock-0001-attempt"}
+    retry = admin.with_headers(**{"Idempotency-Key": "restock-0001-attempt"})
 
     first = await edge.post(f"/inventory/{sku}/restock", json={"quantity": 5}, headers=retry)
     again = await edge.post(f"/inventory/{sku}/restock", json={"quantity": 5}, headers=retry)
@@ -54,7 +54,7 @@ async def test_the_same_restock_sent_twice_with_one_idempotency_key_is_applied_o
     assert (await edge.get(f"/inventory/{sku}")).json()["on_hand"] == 5
 
     # Another key is another restock.
-    other = {**ADMIN, "Idempotency-Key": "restock-0002-attempt"}
+    other = admin.with_headers(**{"Idempotency-Key": "restock-0002-attempt"})
     assert (
         await edge.post(f"/inventory/{sku}/restock", json={"quantity": 5}, headers=other)
     ).status_code == 202

@@ -70,11 +70,12 @@ async def test_the_api_is_documented(edge: httpx.AsyncClient) -> None:
 
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     assert spec["info"]["title"] == "emporium edge" and spec["info"]["version"]
-    assert "X-Dev-Admin-Token" in spec["info"]["description"]
-    assert spec["components"]["securitySchemes"]["DevAdminToken"]["name"] == "X-Dev-Admin-Token"
+    assert "Authorization: Bearer" in spec["info"]["description"]
+    scheme = spec["components"]["securitySchemes"]["AccessToken"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     create = spec["paths"]["/products"]["post"]
-    assert create["security"] == [{"DevAdminToken": []}]
-    assert set(create["responses"]) == {"202", "401", "422", "503"}
+    assert create["security"] == [{"AccessToken": []}]
+    assert set(create["responses"]) == {"202", "401", "403", "422", "429", "503"}
     assert create["responses"]["422"]["content"] == {
         "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
     }

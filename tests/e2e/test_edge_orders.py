@@ -12,9 +12,6 @@ from brokers.contracts.orders import CancelOrder, PlaceOrder
 from brokers.settings import Settings
 from brokers.topology import declare
 from tests.e2e.orders_support import (
-    ANN,
-    BOB,
-    as_customer,
     new_key,
     place,
     placed_order,
@@ -23,19 +20,19 @@ from tests.e2e.orders_support import (
     stocked_sku,
     wait_for_order,
 )
-from tests.e2e.support import assert_problem
+from tests.e2e.support import User, assert_problem, assert_unauthenticated
 from tests.helpers import Tap
 
 SHOP = ("catalog", "inventory", "orders")
 
 
 async def test_a_placed_order_is_accepted_with_its_links_and_read_by_its_customer(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, bob: User, command_tap: Tap
 ) -> None:
     await start_host(*SHOP)
-    sku = await priced_sku(edge, price_cents=1250)
+    sku = await priced_sku(edge, admin, price_cents=1250)
 
-    response = await place(edge, ANN, [{"sku": sku, "quantity": 2}])
+    response = await place(edge, ann, [{"sku": sku, "quantity": 2}])
 
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -50,32 +47,32 @@ async def test_a_placed_order_is_accepted_with_its_links_and_read_by_its_custome
     }
     [sent] = await command_tap.wait_for(PlaceOrder.TYPE)
     assert (sent.message_id, sent.correlation_id) == (accepted["message_id"], order_id)
-    order = await wait_for_order(edge, ANN, order_id)
-    assert (order["customer_id"], order["total_cents"]) == (ANN, 2500)
+    order = await wait_for_order(edge, ann, order_id)
+    assert (order["customer_id"], order["total_cents"]) == (ann.user_id, 2500)
     assert [(line["sku"], line["quantity"]) for line in order["lines"]] == [(sku, 2)]
-    mine = (await edge.get("/orders", headers=as_customer(ANN))).json()
+    mine = (await edge.get("/orders", headers=ann.headers)).json()
     assert [o["order_id"] for o in mine["items"]] == [order_id] and mine["total"] == 1
-    assert (await edge.get("/orders", headers=as_customer(BOB))).json()["total"] == 0
+    assert (await edge.get("/orders", headers=bob.headers)).json()["total"] == 0
 
 
 async def test_the_same_key_and_lines_again_is_the_same_order_placed_once(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
 ) -> None:
     await start_host(*SHOP)
-    sku = await priced_sku(edge)
+    sku = await priced_sku(edge, admin)
     key = new_key()
-    first = await place(edge, ANN, [{"sku": sku, "quantity": 1}], key)
-    await wait_for_order(edge, ANN, first.json()["order_id"])
+    first = await place(edge, ann, [{"sku": sku, "quantity": 1}], key)
+    await wait_for_order(edge, ann, first.json()["order_id"])
     # The same lines spelled differently are the same request.
     spelled_otherwise = f'{{ "lines" : [ {{"quantity": 1, "sku": "{sku}"}} ] }}'
 
-    again = await place(edge, ANN, [{"sku": sku, "quantity": 1}], key)
+    again = await place(edge, ann, [{"sku": sku, "quantity": 1}], key)
     respelled = await edge.post(
         "/orders",
         content=spelled_otherwise,
-        headers=as_customer(ANN, **{"Idempotency-Key": key, "content-type": "application/json"}),
+        headers=ann.with_headers(**{"Idempotency-Key": key, "content-type": "application/json"}),
     )
-    marker = await place(edge, ANN, [{"sku": sku, "quantity": 1}])
+    marker = await place(edge, ann, [{"sku": sku, "quantity": 1}])
 
     assert first.status_code == again.status_code == respelled.status_code == 202
     assert first.json() == again.json() == respelled.json()
@@ -87,16 +84,16 @@ async def test_the_same_key_and_lines_again_is_the_same_order_placed_once(
 
 
 async def test_the_same_key_with_other_lines_is_a_409_once_the_order_is_known(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, bob: User, command_tap: Tap
 ) -> None:
     await start_host(*SHOP)
-    sku = await priced_sku(edge)
+    sku = await priced_sku(edge, admin)
     key = new_key()
-    first = await place(edge, ANN, [{"sku": sku, "quantity": 1}], key)
-    await wait_for_order(edge, ANN, first.json()["order_id"])
+    first = await place(edge, ann, [{"sku": sku, "quantity": 1}], key)
+    await wait_for_order(edge, ann, first.json()["order_id"])
 
-    conflict = await place(edge, ANN, [{"sku": sku, "quantity": 3}], key)
-    bobs = await place(edge, BOB, [{"sku": sku, "quantity": 3}], key)  # a key is the customer's own
+    conflict = await place(edge, ann, [{"sku": sku, "quantity": 3}], key)
+    bobs = await place(edge, bob, [{"sku": sku, "quantity": 3}], key)  # a key is the customer's own
 
     problem = assert_problem(conflict, 409)
     assert problem["type"] == "urn:emporium:problem:idempotency-key-reused"
@@ -107,20 +104,20 @@ async def test_the_same_key_with_other_lines_is_a_409_once_the_order_is_known(
 
 
 async def test_orders_without_a_key_customer_or_known_skus_are_refused_and_send_nothing(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
 ) -> None:
     await start_host(*SHOP)
-    sku = await priced_sku(edge)
+    sku = await priced_sku(edge, admin)
     lines = {"lines": [{"sku": sku, "quantity": 1}]}
 
-    without_key = await edge.post("/orders", json=lines, headers=as_customer(ANN))
+    without_key = await edge.post("/orders", json=lines, headers=ann.headers)
     without_customer = await edge.post("/orders", json=lines, headers={"Idempotency-Key": new_key()})
-    unknown_sku = await place(edge, ANN, [{"sku": sku, "quantity": 1}, {"sku": "NO-SUCH-SKU", "quantity": 1}])
-    marker = await place(edge, ANN, [{"sku": sku, "quantity": 1}])
+    unknown_sku = await place(edge, ann, [{"sku": sku, "quantity": 1}, {"sku": "NO-SUCH-SKU", "quantity": 1}])
+    marker = await place(edge, ann, [{"sku": sku, "quantity": 1}])
 
     [missing] = assert_problem(without_key, 422)["errors"]
     assert missing["location"] == "header.Idempotency-Key"
-    assert "X-Dev-Customer-Id" in assert_problem(without_customer, 401)["detail"]
+    assert "access token" in assert_unauthenticated(without_customer)["detail"]
     [unknown] = assert_problem(unknown_sku, 422)["errors"]
     assert unknown == {"location": "body.lines.1.sku", "message": "no product has SKU NO-SUCH-SKU"}
     sent = await command_tap.wait_for(PlaceOrder.TYPE, count=1)
@@ -128,32 +125,33 @@ async def test_orders_without_a_key_customer_or_known_skus_are_refused_and_send_
 
 
 async def test_an_order_is_placed_unchecked_when_inventory_cannot_tell_whether_its_skus_exist(
-    start_host, edge: httpx.AsyncClient
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User
 ) -> None:
     await start_host("catalog", "orders")  # no inventory deployed: nobody answers inventory.get_stock
-    sku = await sku_orders_price(edge)
+    sku = await sku_orders_price(edge, admin)
 
-    response = await place(edge, ANN, [{"sku": sku, "quantity": 1}])
+    response = await place(edge, ann, [{"sku": sku, "quantity": 1}])
 
     assert response.status_code == 202, response.text
-    order = await wait_for_order(edge, ANN, response.json()["order_id"])
+    order = await wait_for_order(edge, ann, response.json()["order_id"])
     assert order["status"] == "placed"
 
 
 async def test_another_customers_order_is_answered_like_a_missing_one(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, bob: User, command_tap: Tap
 ) -> None:
     await start_host(*SHOP)
-    order_id = (await placed_order(edge, ANN, [{"sku": await stocked_sku(edge), "quantity": 1}]))["order_id"]
+    sku = await stocked_sku(edge, admin)
+    order_id = (await placed_order(edge, ann, [{"sku": sku, "quantity": 1}]))["order_id"]
     missing_id = "no-such-order"
 
     for path in ("/orders/{}", "/orders/{}/timeline"):
-        theirs = assert_problem(await edge.get(path.format(order_id), headers=as_customer(BOB)), 404)
-        missing = assert_problem(await edge.get(path.format(missing_id), headers=as_customer(BOB)), 404)
+        theirs = assert_problem(await edge.get(path.format(order_id), headers=bob.headers), 404)
+        missing = assert_problem(await edge.get(path.format(missing_id), headers=bob.headers), 404)
         assert theirs["detail"].replace(order_id, "ID") == missing["detail"].replace(missing_id, "ID")
         assert (theirs["type"], theirs["title"]) == (missing["type"], missing["title"])
-    bobs_cancel = await edge.post(f"/orders/{order_id}/cancel", headers=as_customer(BOB))
-    anns_cancel = await edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN))
+    bobs_cancel = await edge.post(f"/orders/{order_id}/cancel", headers=bob.headers)
+    anns_cancel = await edge.post(f"/orders/{order_id}/cancel", headers=ann.headers)
 
     assert_problem(bobs_cancel, 404)
     assert anns_cancel.status_code == 202
@@ -163,18 +161,19 @@ async def test_another_customers_order_is_answered_like_a_missing_one(
 
 
 async def test_a_customer_cancels_an_order_once_and_not_after_it_is_cancelled(
-    start_host, edge: httpx.AsyncClient, command_tap: Tap
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
 ) -> None:
     await start_host(*SHOP)
-    order_id = (await placed_order(edge, ANN, [{"sku": await stocked_sku(edge), "quantity": 1}]))["order_id"]
+    sku = await stocked_sku(edge, admin)
+    order_id = (await placed_order(edge, ann, [{"sku": sku, "quantity": 1}]))["order_id"]
 
-    cancel = await edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN))
+    cancel = await edge.post(f"/orders/{order_id}/cancel", headers=ann.headers)
 
     assert cancel.status_code == 202, cancel.text
     assert cancel.json()["order_id"] == order_id and cancel.json()["correlation_id"] == order_id
-    cancelled = await wait_for_order(edge, ANN, order_id, until=lambda o: o["status"] == "cancelled")
+    cancelled = await wait_for_order(edge, ann, order_id, until=lambda o: o["status"] == "cancelled")
     assert cancelled["cancel_reason"] == "customer"
-    too_late = assert_problem(await edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN)), 409)
+    too_late = assert_problem(await edge.post(f"/orders/{order_id}/cancel", headers=ann.headers), 409)
     assert too_late["type"] == "urn:emporium:problem:order-not-cancellable"
     assert "cancelled" in too_late["detail"]
     [sent] = await command_tap.wait_for(CancelOrder.TYPE)
@@ -182,17 +181,18 @@ async def test_a_customer_cancels_an_order_once_and_not_after_it_is_cancelled(
 
 
 async def test_a_timeline_with_silent_sources_is_partial_and_answered_within_one_timeout(
-    start_host, settings: Settings, broker, serve_edge
+    start_host, settings: Settings, broker, serve_edge, admin: User, ann: User
 ) -> None:
     await start_host(*SHOP)
     # Payments and shipping have their queues but nobody answers; notifications is not deployed at all.
     for silent in ("payments", "shipping"):
         await declare(broker, topology_of(ACTORS[silent], settings))
     edge = await serve_edge(emporium_query_timeout_s=1.0)
-    order_id = (await placed_order(edge, ANN, [{"sku": await priced_sku(edge), "quantity": 1}]))["order_id"]
+    sku = await priced_sku(edge, admin)
+    order_id = (await placed_order(edge, ann, [{"sku": sku, "quantity": 1}]))["order_id"]
 
     started = time.monotonic()
-    response = await edge.get(f"/orders/{order_id}/timeline", headers=as_customer(ANN))
+    response = await edge.get(f"/orders/{order_id}/timeline", headers=ann.headers)
     waited = time.monotonic() - started
 
     assert response.status_code == 200, response.text
@@ -211,17 +211,18 @@ async def test_a_timeline_with_silent_sources_is_partial_and_answered_within_one
 
 
 async def test_a_timeline_from_every_source_is_complete_with_sections_not_known_yet_empty(
-    start_host, edge: httpx.AsyncClient
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User
 ) -> None:
     await start_host(*SHOP, "payments", "shipping", "notifications")
-    order_id = (await placed_order(edge, ANN, [{"sku": await priced_sku(edge), "quantity": 1}]))["order_id"]
+    sku = await priced_sku(edge, admin)
+    order_id = (await placed_order(edge, ann, [{"sku": sku, "quantity": 1}]))["order_id"]
 
-    response = await edge.get(f"/orders/{order_id}/timeline", headers=as_customer(ANN))
+    response = await edge.get(f"/orders/{order_id}/timeline", headers=ann.headers)
 
     assert response.status_code == 200, response.text
     timeline = response.json()
     assert (timeline["partial"], timeline["missing"]) == (False, [])
-    assert timeline["order"]["customer_id"] == ANN
+    assert timeline["order"]["customer_id"] == ann.user_id
     assert timeline["shipment"] is None  # never shipped: not confirmed, and not missing either
     assert isinstance(timeline["notifications"], list)
     assert [step["at"] for step in timeline["steps"]] == sorted(step["at"] for step in timeline["steps"])

@@ -33,8 +33,15 @@ from brokers.envelope import Envelope, Event
 from brokers.settings import Settings
 from edge.app import create_app
 from edge.events import CONNECTION_NAME, SagaEvents
-from tests.e2e.orders_support import ANN, BOB, Sse, as_customer, queries_answered, sse_events, wait_for_order
-from tests.e2e.support import assert_problem, edge_settings, messages_taken, serving
+from tests.e2e.orders_support import Sse, queries_answered, sse_events, wait_for_order
+from tests.e2e.support import (
+    User,
+    assert_problem,
+    assert_unauthenticated,
+    edge_settings,
+    messages_taken,
+    serving,
+)
 from tests.helpers import eventually, send
 
 SKU = "SSE-MUG"
@@ -68,29 +75,31 @@ async def _send_place_order(broker, order_id: str, customer_id: str) -> None:
     await send(broker, command, correlation_id=order_id)
 
 
-async def _placed(broker, edge: httpx.AsyncClient, customer_id: str = ANN) -> str:
-    """An order the orders actor holds, placed; its id."""
+async def _placed(broker, edge: httpx.AsyncClient, customer: User) -> str:
+    """An order of ``customer`` the orders actor holds, placed; its id."""
     await _orders_know_the_mug(broker)
     order_id = uuid.uuid4().hex
-    await _send_place_order(broker, order_id, customer_id)
-    await wait_for_order(edge, customer_id, order_id)
+    await _send_place_order(broker, order_id, customer.user_id)
+    await wait_for_order(edge, customer, order_id)
     return order_id
 
 
-def _rest_of_saga(order_id: str, ending: Event) -> list[Event]:
+def _rest_of_saga(order_id: str, customer_id: str, ending: Event) -> list[Event]:
     """What the other actors announce of a confirmed order, up to ``ending`` (none of it moves orders)."""
     shipment = {"shipment_id": f"s-{order_id[:8]}", "carrier": "sim", "tracking_number": "TN-1"}
     return [
-        OrderConfirmed(order_id=order_id, customer_id=ANN, lines=[LINE], total_cents=500, currency="EUR"),
-        ShipmentScheduled(order_id=order_id, customer_id=ANN, **shipment),
+        OrderConfirmed(
+            order_id=order_id, customer_id=customer_id, lines=[LINE], total_cents=500, currency="EUR"
+        ),
+        ShipmentScheduled(order_id=order_id, customer_id=customer_id, **shipment),
         NotificationSent(
             notification_id=f"n-{order_id[:8]}",
-            customer_id=ANN,
+            customer_id=customer_id,
             order_id=order_id,
             channel="log",
             template="order_confirmed",
         ),
-        OrderShipped(order_id=order_id, customer_id=ANN, **shipment),
+        OrderShipped(order_id=order_id, customer_id=customer_id, **shipment),
         ending,
     ]
 
@@ -111,14 +120,14 @@ async def _follow_to_the_end(events: AsyncIterator[Sse], received: list[Sse]) ->
 
 
 async def test_a_follower_gets_the_order_then_its_saga_in_order_until_it_is_delivered(
-    start_host, broker, edge: httpx.AsyncClient
+    start_host, broker, edge: httpx.AsyncClient, ann: User
 ) -> None:
     await start_host("orders")
-    order_id, other_id = await _placed(broker, edge), uuid.uuid4().hex
-    saga = _rest_of_saga(order_id, OrderDelivered(order_id=order_id, customer_id=ANN))
+    order_id, other_id = await _placed(broker, edge, ann), uuid.uuid4().hex
+    saga = _rest_of_saga(order_id, ann.user_id, OrderDelivered(order_id=order_id, customer_id=ann.user_id))
     received: list[Sse] = []
 
-    async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+    async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
@@ -133,7 +142,11 @@ async def test_a_follower_gets_the_order_then_its_saga_in_order_until_it_is_deli
         # Another order's saga, in between: not this follower's business.
         await _publish(
             broker,
-            _rest_of_saga(other_id, OrderCancelled(order_id=other_id, customer_id=ANN, reason="customer")),
+            _rest_of_saga(
+                other_id,
+                ann.user_id,
+                OrderCancelled(order_id=other_id, customer_id=ann.user_id, reason="customer"),
+            ),
             other_id,
         )
         sent += await _publish(broker, saga[2:], order_id)
@@ -147,14 +160,14 @@ async def test_a_follower_gets_the_order_then_its_saga_in_order_until_it_is_deli
 
 
 async def test_the_stream_ends_when_the_order_is_cancelled(
-    start_host, broker, edge: httpx.AsyncClient
+    start_host, broker, edge: httpx.AsyncClient, ann: User
 ) -> None:
     await start_host("orders")
-    order_id = await _placed(broker, edge)
-    cancelled = OrderCancelled(order_id=order_id, customer_id=ANN, reason="payment_declined")
+    order_id = await _placed(broker, edge, ann)
+    cancelled = OrderCancelled(order_id=order_id, customer_id=ann.user_id, reason="payment_declined")
     received: list[Sse] = []
 
-    async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+    async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
         events = sse_events(response)
         await anext(events)  # the snapshot: following has begun
         [sent] = await _publish(broker, [cancelled], order_id)
@@ -164,7 +177,7 @@ async def test_the_stream_ends_when_the_order_is_cancelled(
 
 
 async def test_an_order_placed_a_moment_after_following_began_is_followed_from_its_placing(
-    start_host, broker, edge: httpx.AsyncClient
+    start_host, broker, edge: httpx.AsyncClient, ann: User
 ) -> None:
     await start_host("orders")
     await _orders_know_the_mug(broker)
@@ -173,7 +186,7 @@ async def test_an_order_placed_a_moment_after_following_began_is_followed_from_i
     received: list[Sse] = []
 
     async def follow() -> None:
-        async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+        async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
             assert response.status_code == 200, await response.aread()
             await _follow_to_the_end(sse_events(response), received)
 
@@ -184,28 +197,28 @@ async def test_an_order_placed_a_moment_after_following_began_is_followed_from_i
         until=lambda now: now > not_found,
         what="the edge to ask orders",
     )
-    await _send_place_order(broker, order_id, ANN)
-    await wait_for_order(edge, ANN, order_id)
+    await _send_place_order(broker, order_id, ann.user_id)
+    await wait_for_order(edge, ann, order_id)
     [sent] = await _publish(
-        broker, [OrderCancelled(order_id=order_id, customer_id=ANN, reason="customer")], order_id
+        broker, [OrderCancelled(order_id=order_id, customer_id=ann.user_id, reason="customer")], order_id
     )
     await asyncio.wait_for(following, FOLLOW_S)
 
     assert [e.event for e in received] == ["order.placed", "order.cancelled"]
-    assert received[0].json()["customer_id"] == ANN
+    assert received[0].json()["customer_id"] == ann.user_id
     assert received[1].id == sent.message_id
 
 
 async def test_an_order_that_already_ended_is_its_snapshot_alone(
-    start_host, broker, edge: httpx.AsyncClient
+    start_host, broker, edge: httpx.AsyncClient, ann: User
 ) -> None:
     await start_host("orders")
-    order_id = await _placed(broker, edge)
-    await send(broker, CancelOrder(order_id=order_id, customer_id=ANN), correlation_id=order_id)
-    await wait_for_order(edge, ANN, order_id, until=lambda order: order["status"] == "cancelled")
+    order_id = await _placed(broker, edge, ann)
+    await send(broker, CancelOrder(order_id=order_id, customer_id=ann.user_id), correlation_id=order_id)
+    await wait_for_order(edge, ann, order_id, until=lambda order: order["status"] == "cancelled")
     received: list[Sse] = []
 
-    async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+    async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
         await _follow_to_the_end(sse_events(response), received)
 
     assert [(e.event, e.json()["status"], e.json()["cancel_reason"]) for e in received] == [
@@ -214,22 +227,22 @@ async def test_an_order_that_already_ended_is_its_snapshot_alone(
 
 
 async def test_another_customers_order_is_refused_like_a_missing_one_after_the_same_wait(
-    start_host, broker, serve_edge
+    start_host, broker, serve_edge, ann: User, bob: User
 ) -> None:
     await start_host("orders")
     edge = await serve_edge(emporium_query_timeout_s=1.0)
-    order_id = await _placed(broker, edge)
+    order_id = await _placed(broker, edge, ann)
 
     async def refused(order: str) -> tuple[dict, float]:
         started = time.monotonic()
-        response = await edge.get(f"/orders/{order}/events", headers=as_customer(BOB))
+        response = await edge.get(f"/orders/{order}/events", headers=bob.headers)
         return assert_problem(response, 404), time.monotonic() - started
 
     (theirs, their_wait), (missing, missing_wait) = await refused(order_id), await refused("no-such-order")
 
     assert theirs["detail"].replace(order_id, "ID") == missing["detail"].replace("no-such-order", "ID")
     assert 1.0 <= their_wait < 3.0 and 1.0 <= missing_wait < 3.0
-    assert "X-Dev-Customer-Id" in assert_problem(await edge.get(f"/orders/{order_id}/events"), 401)["detail"]
+    assert "access token" in assert_unauthenticated(await edge.get(f"/orders/{order_id}/events"))["detail"]
 
 
 def _vhost(settings: Settings) -> str:
@@ -237,10 +250,10 @@ def _vhost(settings: Settings) -> str:
 
 
 async def test_a_lost_subscription_ends_streams_with_a_dropped_event_and_comes_back(
-    start_host, broker, settings: Settings, management: httpx.Client, edge: httpx.AsyncClient
+    start_host, broker, settings: Settings, management: httpx.Client, edge: httpx.AsyncClient, ann: User
 ) -> None:
     await start_host("orders")
-    order_id = await _placed(broker, edge)
+    order_id = await _placed(broker, edge, ann)
     received: list[Sse] = []
 
     def subscription() -> list[str]:
@@ -255,7 +268,7 @@ async def test_a_lost_subscription_ends_streams_with_a_dropped_event_and_comes_b
         return subscription()
 
     [name] = await eventually(listed, what="the edge's subscription in the management API")
-    async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+    async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
         events = sse_events(response)
         await anext(events)
         management.delete(f"/api/connections/{quote(name, safe='')}").raise_for_status()
@@ -267,22 +280,23 @@ async def test_a_lost_subscription_ends_streams_with_a_dropped_event_and_comes_b
     await eventually(
         lambda: edge.get("/ready"), until=lambda r: r.status_code == 200, what="the edge to be ready"
     )
-    async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+    async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
         events = sse_events(response)
         assert (await anext(events)).event == "snapshot"
-        [sent] = await _publish(broker, [OrderDelivered(order_id=order_id, customer_id=ANN)], order_id)
+        delivered = OrderDelivered(order_id=order_id, customer_id=ann.user_id)
+        [sent] = await _publish(broker, [delivered], order_id)
         received = []
         await _follow_to_the_end(events, received)
     assert _saga_part(received) == [("order.delivered", sent.message_id)]
 
 
-async def test_a_follower_that_leaves_is_forgotten(start_host, broker, settings: Settings) -> None:
+async def test_a_follower_that_leaves_is_forgotten(start_host, broker, settings: Settings, ann: User) -> None:
     await start_host("orders")
     app = create_app(edge_settings(settings))
     subscription = app.state.link.saga_events
     async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=10.0) as edge:
-        order_id = await _placed(broker, edge)
-        async with edge.stream("GET", f"/orders/{order_id}/events", headers=as_customer(ANN)) as response:
+        order_id = await _placed(broker, edge, ann)
+        async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
             await anext(sse_events(response))
             assert subscription.following == 1
         # The client went away in the middle of the saga: the edge stops following for it.

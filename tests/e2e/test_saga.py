@@ -25,11 +25,10 @@ from brokers.topology import COMMANDS, EVENTS
 from ops.invariants import check
 from ops.orders_readmodel import rebuild_read_model
 from ops.payment_provider import SimulatorControl, served
-from tests.e2e.orders_support import as_customer, new_key, place, stocked_sku
-from tests.e2e.support import edge_settings
+from tests.e2e.orders_support import new_key, place, stocked_sku
+from tests.e2e.support import User, edge_settings
 from tests.helpers import eventually
 
-ANN, BOB = "customer-ann", "customer-bob"
 SETTLED = {"delivered", "cancelled"}
 
 
@@ -39,19 +38,19 @@ class Shop:
     provider: SimulatorControl
     settings: Settings
 
-    async def order(self, customer: str, sku: str, quantity: int = 1, key: str | None = None) -> str:
+    async def order(self, customer: User, sku: str, quantity: int = 1, key: str | None = None) -> str:
         response = await place(self.edge, customer, [{"sku": sku, "quantity": quantity}], key)
         assert response.status_code == 202, response.text
         return response.json()["order_id"]
 
     async def settled(
-        self, customer: str, order_id: str, status: str | None = None, timeout: float = 30.0
+        self, customer: User, order_id: str, status: str | None = None, timeout: float = 30.0
     ) -> dict[str, Any]:
         """Wait until the order is delivered or cancelled (or reaches ``status``); its view."""
         wanted = {status} if status else SETTLED
 
         async def fetch() -> httpx.Response:
-            return await self.edge.get(f"/orders/{order_id}", headers=as_customer(customer))
+            return await self.edge.get(f"/orders/{order_id}", headers=customer.headers)
 
         response = await eventually(
             fetch,
@@ -64,8 +63,8 @@ class Shop:
     async def stock(self, sku: str) -> dict[str, int]:
         return (await self.edge.get(f"/inventory/{sku}")).json()
 
-    async def timeline(self, customer: str, order_id: str) -> dict[str, Any]:
-        response = await self.edge.get(f"/orders/{order_id}/timeline", headers=as_customer(customer))
+    async def timeline(self, customer: User, order_id: str) -> dict[str, Any]:
+        response = await self.edge.get(f"/orders/{order_id}/timeline", headers=customer.headers)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -94,6 +93,7 @@ async def open_shop(settings: Settings, start_host, serve_edge) -> AsyncIterator
                 "emporium_order_deadline_ms": 20_000,
                 **overrides,
             }
+            # Every actor, identity included (the users of a test are signed up before it opens).
             await start_host(**overrides)
             edge = await serve_edge(**overrides)
             return Shop(edge, provider.control, edge_settings(settings, **overrides))
@@ -101,19 +101,20 @@ async def open_shop(settings: Settings, start_host, serve_edge) -> AsyncIterator
         yield open_
 
 
-async def test_an_order_is_reserved_paid_shipped_and_delivered(open_shop):
+async def test_an_order_is_reserved_paid_shipped_and_delivered(open_shop, admin: User, ann: User):
     shop = await open_shop()
-    sku = await stocked_sku(shop.edge, quantity=5)
+    sku = await stocked_sku(shop.edge, admin, quantity=5)
 
-    order_id = await shop.order(ANN, sku, quantity=2)
-    order = await shop.settled(ANN, order_id)
+    order_id = await shop.order(ann, sku, quantity=2)
+    order = await shop.settled(ann, order_id)
 
     assert order["status"] == "delivered"
-    assert [step["status"] for step in order["history"]] == ["placed", "reserved", "confirmed", "shipped", "delivered"]
+    history = [step["status"] for step in order["history"]]
+    assert history == ["placed", "reserved", "confirmed", "shipped", "delivered"]
     assert await shop.stock(sku) == {"sku": sku, "on_hand": 3, "reserved": 0, "shipped": 2, "received": 5}
     assert (await shop.provider.stats()).charges == 1
     timeline = await eventually(
-        lambda: shop.timeline(ANN, order_id),
+        lambda: shop.timeline(ann, order_id),
         until=lambda t: len(t["notifications"] or []) == 3,
         what="three notifications (confirmed, shipped, delivered)",
     )
@@ -123,11 +124,11 @@ async def test_an_order_is_reserved_paid_shipped_and_delivered(open_shop):
     await shop.assert_invariants_hold()
 
 
-async def test_out_of_stock_cancels_the_order_and_charges_nothing(open_shop):
+async def test_out_of_stock_cancels_the_order_and_charges_nothing(open_shop, admin: User, ann: User):
     shop = await open_shop()
-    sku = await stocked_sku(shop.edge, quantity=1)
+    sku = await stocked_sku(shop.edge, admin, quantity=1)
 
-    order = await shop.settled(ANN, await shop.order(ANN, sku, quantity=2))
+    order = await shop.settled(ann, await shop.order(ann, sku, quantity=2))
 
     assert (order["status"], order["cancel_reason"]) == ("cancelled", "out_of_stock")
     assert (await shop.provider.stats()).charges == 0
@@ -135,128 +136,152 @@ async def test_out_of_stock_cancels_the_order_and_charges_nothing(open_shop):
     await shop.assert_invariants_hold()
 
 
-async def test_a_declined_payment_cancels_the_order_and_releases_its_stock(open_shop):
+async def test_a_declined_payment_cancels_the_order_and_releases_its_stock(open_shop, admin: User, ann: User):
     shop = await open_shop()
-    sku = await stocked_sku(shop.edge, quantity=3)
+    sku = await stocked_sku(shop.edge, admin, quantity=3)
     await shop.provider.behave(decline_rate=1.0)
 
-    order = await shop.settled(ANN, await shop.order(ANN, sku, quantity=2))
+    order = await shop.settled(ann, await shop.order(ann, sku, quantity=2))
 
     assert (order["status"], order["cancel_reason"]) == ("cancelled", "payment_declined")
     await eventually(
-        lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (3, 0), what="stock released"
+        lambda: shop.stock(sku),
+        until=lambda s: (s["on_hand"], s["reserved"]) == (3, 0),
+        what="stock released",
     )
     assert (await shop.provider.stats()).charges == 0
     await shop.assert_invariants_hold()
 
 
-async def test_a_customer_cancel_after_capture_is_refunded(open_shop):
+async def test_a_customer_cancel_after_capture_is_refunded(open_shop, admin: User, ann: User):
     shop = await open_shop(emporium_carrier_step_ms=30_000)  # the parcel waits: cancelling is allowed
-    sku = await stocked_sku(shop.edge, quantity=2)
-    order_id = await shop.order(ANN, sku)
-    await shop.settled(ANN, order_id, status="confirmed")
+    sku = await stocked_sku(shop.edge, admin, quantity=2)
+    order_id = await shop.order(ann, sku)
+    await shop.settled(ann, order_id, status="confirmed")
 
-    response = await shop.edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN))
+    response = await shop.edge.post(f"/orders/{order_id}/cancel", headers=ann.headers)
     assert response.status_code == 202, response.text
 
-    order = await shop.settled(ANN, order_id)
+    order = await shop.settled(ann, order_id)
     assert (order["status"], order["cancel_reason"]) == ("cancelled", "customer")
-    await eventually(lambda: shop.provider.stats(), until=lambda s: (s.charges, s.refunds) == (1, 1), what="a refund")
-    await eventually(lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release")
+    await eventually(
+        lambda: shop.provider.stats(), until=lambda s: (s.charges, s.refunds) == (1, 1), what="a refund"
+    )
+    await eventually(
+        lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release"
+    )
     await shop.assert_invariants_hold()
 
 
-async def test_a_customer_cancel_before_capture_leaves_nothing_charged(open_shop):
+async def test_a_customer_cancel_before_capture_leaves_nothing_charged(open_shop, admin: User, ann: User):
     shop = await open_shop()
-    sku = await stocked_sku(shop.edge, quantity=2)
+    sku = await stocked_sku(shop.edge, admin, quantity=2)
     await shop.provider.behave(latency_ms=1_500)  # the charge is on its way when the customer cancels
-    order_id = await shop.order(ANN, sku)
-    await shop.settled(ANN, order_id, status="reserved")
+    order_id = await shop.order(ann, sku)
+    await shop.settled(ann, order_id, status="reserved")
 
-    response = await shop.edge.post(f"/orders/{order_id}/cancel", headers=as_customer(ANN))
+    response = await shop.edge.post(f"/orders/{order_id}/cancel", headers=ann.headers)
     assert response.status_code == 202, response.text
 
-    order = await shop.settled(ANN, order_id)
+    order = await shop.settled(ann, order_id)
     assert (order["status"], order["cancel_reason"]) == ("cancelled", "customer")
     # A capture that was already under way is refunded: what is kept is nothing.
     await eventually(
-        lambda: shop.provider.stats(), until=lambda s: s.charges == s.refunds, timeout=30, what="charges refunded"
+        lambda: shop.provider.stats(),
+        until=lambda s: s.charges == s.refunds,
+        timeout=30,
+        what="charges refunded",
     )
-    await eventually(lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release")
+    await eventually(
+        lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release"
+    )
     await shop.assert_invariants_hold()
 
 
-async def test_an_order_past_its_deadline_is_cancelled_and_compensated(open_shop):
+async def test_an_order_past_its_deadline_is_cancelled_and_compensated(open_shop, admin: User, ann: User):
     shop = await open_shop(emporium_order_deadline_ms=1_000)
-    sku = await stocked_sku(shop.edge, quantity=2)
+    sku = await stocked_sku(shop.edge, admin, quantity=2)
     await shop.provider.behave(latency_ms=3_000)  # the provider answers after the deadline
 
-    order = await shop.settled(ANN, await shop.order(ANN, sku))
+    order = await shop.settled(ann, await shop.order(ann, sku))
 
     assert (order["status"], order["cancel_reason"]) == ("cancelled", "timeout")
     await shop.provider.behave(latency_ms=0)  # the provider recovers: the compensation can finish
-    await eventually(lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release")
     await eventually(
-        lambda: shop.provider.stats(), until=lambda s: s.charges == s.refunds, timeout=30, what="late capture refunded"
+        lambda: shop.stock(sku), until=lambda s: (s["on_hand"], s["reserved"]) == (2, 0), what="release"
+    )
+    await eventually(
+        lambda: shop.provider.stats(),
+        until=lambda s: s.charges == s.refunds,
+        timeout=30,
+        what="late capture refunded",
     )
     await shop.assert_invariants_hold()
 
 
 async def test_while_the_provider_is_down_the_breaker_opens_and_orders_complete_once_it_recovers(
-    open_shop, monkeypatch
+    open_shop, monkeypatch, admin: User, ann: User
 ):
     monkeypatch.setenv("EMPORIUM_PAYMENT_BREAKER_RESET_S", "1")
     # Retries long enough to outlast the outage (in production: 1 s, 5 s, 30 s).
     shop = await open_shop(emporium_retry_delays_ms=(300, 600, 1_200, 2_400, 4_800, 9_600))
-    sku = await stocked_sku(shop.edge, quantity=2)
+    sku = await stocked_sku(shop.edge, admin, quantity=2)
     await shop.provider.behave(error_rate=1.0)
 
-    order_id = await shop.order(ANN, sku)
+    order_id = await shop.order(ann, sku)
 
     async def breaker_state() -> float | None:
         labels = {"provider": shop.settings.emporium_payment_provider_url}
         return prometheus_client.REGISTRY.get_sample_value("emporium_payment_breaker_state", labels)
 
     await eventually(breaker_state, until=lambda state: state == 2, what="the breaker to open")
-    assert (await shop.settled(ANN, order_id, status="reserved"))["status"] == "reserved"  # waiting, not lost
+    assert (await shop.settled(ann, order_id, status="reserved"))["status"] == "reserved"  # waiting, not lost
     await shop.provider.behave(error_rate=0.0)
 
-    order = await shop.settled(ANN, order_id, timeout=60)
+    order = await shop.settled(ann, order_id, timeout=60)
     assert order["status"] == "delivered"
     assert (await shop.provider.stats()).charges == 1
     await shop.assert_invariants_hold()
 
 
-async def test_the_same_request_twice_places_one_order(open_shop):
+async def test_the_same_request_twice_places_one_order(open_shop, admin: User, ann: User):
     shop = await open_shop()
-    sku = await stocked_sku(shop.edge, quantity=5)
+    sku = await stocked_sku(shop.edge, admin, quantity=5)
     key = new_key()
 
-    first = await shop.order(ANN, sku, key=key)
-    second = await shop.order(ANN, sku, key=key)
+    first = await shop.order(ann, sku, key=key)
+    second = await shop.order(ann, sku, key=key)
 
     assert first == second
-    await shop.settled(ANN, first)
-    mine = (await shop.edge.get("/orders", headers=as_customer(ANN))).json()
+    await shop.settled(ann, first)
+    mine = (await shop.edge.get("/orders", headers=ann.headers)).json()
     assert [o["order_id"] for o in mine["items"]] == [first]
     assert (await shop.provider.stats()).charges == 1
 
 
-async def test_thirty_concurrent_orders_for_ten_units_confirm_exactly_ten(open_shop):
+async def test_thirty_concurrent_orders_for_ten_units_confirm_exactly_ten(
+    open_shop, admin: User, ann: User, bob: User
+):
     # The deadline must not be what settles them: 30 sagas queue up at the embedded MongoDB.
     shop = await open_shop(emporium_order_deadline_ms=120_000)
-    sku = await stocked_sku(shop.edge, quantity=10)
+    sku = await stocked_sku(shop.edge, admin, quantity=10)
 
-    order_ids = await asyncio.gather(*(shop.order(f"customer-{i}", sku) for i in range(30)))
+    customers = [ann, bob] * 15
+    order_ids = await asyncio.gather(*(shop.order(customer, sku) for customer in customers))
     # 30 sagas at once are some 500 transactions on one small machine: give them time.
     orders = await asyncio.gather(
-        *(shop.settled(f"customer-{i}", oid, timeout=120) for i, oid in enumerate(order_ids))
+        *(
+            shop.settled(customer, oid, timeout=120)
+            for customer, oid in zip(customers, order_ids, strict=True)
+        )
     )
 
     outcomes = sorted((o["status"], o["cancel_reason"]) for o in orders)
     assert outcomes == [("cancelled", "out_of_stock")] * 20 + [("delivered", None)] * 10
     everything_shipped = {"sku": sku, "on_hand": 0, "reserved": 0, "shipped": 10, "received": 10}
-    await eventually(lambda: shop.stock(sku), until=lambda s: s == everything_shipped, what="all ten committed")
+    await eventually(
+        lambda: shop.stock(sku), until=lambda s: s == everything_shipped, what="all ten committed"
+    )
     assert (await shop.provider.stats()).charges == 10
     await shop.assert_invariants_hold()
 
@@ -307,17 +332,19 @@ class Duplicator:
             self.copies += 1
 
 
-async def test_every_message_delivered_twice_changes_nothing(open_shop, settings):
+async def test_every_message_delivered_twice_changes_nothing(
+    open_shop, settings, admin: User, ann: User, bob: User
+):
     shop = await open_shop()
     async with Duplicator(shop.settings.rabbitmq_url) as duplicator:
-        sku = await stocked_sku(shop.edge, quantity=3)
-        happy = await shop.order(ANN, sku, quantity=2)
-        short = await shop.order(BOB, sku, quantity=2)
-        assert (await shop.settled(ANN, happy))["status"] == "delivered"
-        assert (await shop.settled(BOB, short))["cancel_reason"] == "out_of_stock"
-        declined_sku = await stocked_sku(shop.edge, quantity=1)
-        await shop.provider.behave(decline_customers=[BOB])
-        declined = await shop.settled(BOB, await shop.order(BOB, declined_sku))
+        sku = await stocked_sku(shop.edge, admin, quantity=3)
+        happy = await shop.order(ann, sku, quantity=2)
+        short = await shop.order(bob, sku, quantity=2)
+        assert (await shop.settled(ann, happy))["status"] == "delivered"
+        assert (await shop.settled(bob, short))["cancel_reason"] == "out_of_stock"
+        declined_sku = await stocked_sku(shop.edge, admin, quantity=1)
+        await shop.provider.behave(decline_customers=[bob.user_id])
+        declined = await shop.settled(bob, await shop.order(bob, declined_sku))
 
     assert declined["cancel_reason"] == "payment_declined"
     assert duplicator.copies > 20
@@ -327,13 +354,13 @@ async def test_every_message_delivered_twice_changes_nothing(open_shop, settings
     await shop.assert_invariants_hold()
 
 
-async def test_the_rebuilt_orders_read_model_equals_the_live_one(open_shop):
+async def test_the_rebuilt_orders_read_model_equals_the_live_one(open_shop, admin: User, ann: User):
     shop = await open_shop()
-    sku = await stocked_sku(shop.edge, quantity=2)
-    ids = [await shop.order(ANN, sku) for _ in range(3)]
-    live = [await shop.settled(ANN, order_id) for order_id in ids]
+    sku = await stocked_sku(shop.edge, admin, quantity=2)
+    ids = [await shop.order(ann, sku) for _ in range(3)]
+    live = [await shop.settled(ann, order_id) for order_id in ids]
 
     assert await rebuild_read_model(shop.settings) == 3
 
-    rebuilt = [(await shop.edge.get(f"/orders/{i}", headers=as_customer(ANN))).json() for i in ids]
+    rebuilt = [(await shop.edge.get(f"/orders/{i}", headers=ann.headers)).json() for i in ids]
     assert rebuilt == live

@@ -154,6 +154,8 @@ async def test_the_bearer_token_is_documented(edge: httpx.AsyncClient) -> None:
     scheme = spec["components"]["securitySchemes"]["AccessToken"]
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     assert spec["paths"]["/orders"]["post"]["security"] == [{"AccessToken": []}]
+    for public in (("/products", "get"), ("/auth/login", "post"), ("/inventory/{sku}", "get")):
+        assert "security" not in spec["paths"][public[0]][public[1]], public
     assert (
         "text/event-stream"
         in spec["paths"]["/orders/{order_id}/events"]["get"]["responses"]["200"]["content"]
