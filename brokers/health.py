@@ -17,7 +17,11 @@ def probe_router(checks: dict[str, Check]) -> APIRouter:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/ready", summary="Every dependency answers")
+    @router.get(
+        "/ready",
+        summary="Every dependency answers",
+        responses={503: {"description": "A dependency does not answer (the body names it)"}},
+    )
     async def ready() -> JSONResponse:
         results = {}
         for name, check in checks.items():
@@ -30,7 +34,12 @@ def probe_router(checks: dict[str, Check]) -> APIRouter:
             {"status": "ready" if ok else "not ready", "checks": results}, status_code=200 if ok else 503
         )
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Text format"}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -108,8 +108,9 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     # Last added, outermost: every answer, the hardening's refusals included, has a request id.
     app.add_middleware(ObserveRequests)
     app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
-    # Every route but the probes spends from its caller's request budget.
-    limited = {"dependencies": [Depends(limit_caller)], "responses": problem_responses(429)}
+    # Every route but the probes spends from its caller's request budget, and so checks a token it
+    # is sent, even where none is needed (401 when it is not valid).
+    limited = {"dependencies": [Depends(limit_caller)], "responses": problem_responses(401, 429)}
     api = (auth.router, auth.keys_router, catalog.router, inventory.router, orders.router, admin.router)
     for router in (*api, deadletters.router):
         app.include_router(router, **limited)

@@ -2,14 +2,23 @@
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 # Identifiers are opaque strings without MongoDB operators or path separators in them.
 EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9-]{0,63}$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Cents = Annotated[int, Field(ge=0, le=100_000_000_00)]
-Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+def _not_a_boolean(value: object) -> object:
+    # JSON true/false are not numbers, whatever Python's bool being an int says.
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not true or false")
+    return value
+
+
+Cents = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=0, le=100_000_000_00)]
+Quantity = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=1, le=1_000_000)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

@@ -1,6 +1,8 @@
 import pytest
+from pydantic import ValidationError
 
 from brokers.contracts.catalog import CreateProduct, ProductCreated
+from brokers.contracts.common import Line
 from brokers.contracts.inventory import Restock
 from brokers.envelope import REGISTRY, Envelope, InvalidMessage, Kind
 
@@ -62,3 +64,11 @@ def test_unsupported_schema_version_is_refused():
     envelope = Envelope(correlation_id="c", type="inventory.restock", schema_version=2)
     with pytest.raises(InvalidMessage, match="schema version 2"):
         envelope.expect(Restock)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_true_and_false_are_not_quantities_or_prices(flag):
+    with pytest.raises(ValidationError, match="not true or false"):
+        Line(sku="MUG-1", quantity=flag)
+    with pytest.raises(ValidationError, match="not true or false"):
+        Restock.model_validate_json(f'{{"sku": "MUG-1", "quantity": {str(flag).lower()}}}')
