@@ -6,7 +6,8 @@ from the token: ``alg: none``, HS256 signed with the public key, or any other sw
 
 Identity's public keys are asked for once and kept by key id. A token naming a key not seen yet
 makes the edge ask again (a rotation), but at most once per ``KEYSET_REFRESH_S``, so made-up key
-ids cannot turn into a flood of queries.
+ids cannot turn into a flood of queries. The set is also asked for again once it is
+``KEYSET_MAX_AGE_S`` old, so a key identity stopped publishing stops being trusted here too.
 
 Tokens are short-lived and there is no refresh token: a client logs in again when its token expires.
 A deactivated user cannot log in again, but keeps a token already issued until it expires.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, get_args
 
 import jwt
+import structlog
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
@@ -35,8 +37,12 @@ from brokers.contracts.identity import (
 )
 from brokers.rpc import BrokerUnavailable, QueryTimeout
 
+log = structlog.get_logger()
+
 # The shortest pause between two fetches of the key set caused by unknown key ids.
 KEYSET_REFRESH_S = 10.0
+# The longest the edge trusts the key set it has without asking again.
+KEYSET_MAX_AGE_S = 300.0
 # Clocks of the edge and identity may disagree a little.
 CLOCK_LEEWAY_S = 5
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp"]
@@ -83,16 +89,25 @@ class KeySet:
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        if kid not in self._keys:
+        if kid not in self._keys or self._age() >= KEYSET_MAX_AGE_S:
             async with self._lock:
-                if kid not in self._keys and time.monotonic() - self._fetched_at >= KEYSET_REFRESH_S:
-                    await self._refresh()
+                stale = self._age() >= KEYSET_MAX_AGE_S
+                if stale or (kid not in self._keys and self._age() >= KEYSET_REFRESH_S):
+                    await self._refresh(keep_on_failure=kid in self._keys)
         return self._keys.get(kid)
 
-    async def _refresh(self) -> None:
+    def _age(self) -> float:
+        return time.monotonic() - self._fetched_at
+
+    async def _refresh(self, *, keep_on_failure: bool) -> None:
         try:
             jwks: Jwks = await self._fetch()
         except (QueryTimeout, BrokerUnavailable) as exc:
+            if keep_on_failure:
+                # Identity is away: the keys known stay trusted, asked for again after a pause.
+                log.warning("edge.keyset_refresh_failed", error=str(exc) or type(exc).__name__)
+                self._fetched_at = time.monotonic() - KEYSET_MAX_AGE_S + KEYSET_REFRESH_S
+                return
             raise KeysUnavailable(
                 "the edge cannot verify access tokens now (identity did not give its keys); retry shortly"
             ) from exc

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from actors.identity.keys import SigningKey
-from edge.auth import KEYSET_REFRESH_S
+from brokers.rpc import QueryTimeout
+from edge.auth import KEYSET_MAX_AGE_S, KEYSET_REFRESH_S, KeySet, KeysUnavailable
 from tests.unit.edge_tokens import Mint, offline_edge
 
 MINT = Mint()
@@ -103,3 +104,36 @@ async def test_a_signed_in_route_without_a_token_asks_for_one(edge):
 async def test_an_authorization_header_that_is_not_a_bearer_token_is_refused(edge, value):
     response = await edge.get("/products", headers={"Authorization": value})
     assert response.status_code == 401
+
+
+async def test_an_old_key_set_is_asked_for_again_and_a_retired_key_is_dropped():
+    mint = Mint()
+    keys = KeySet(mint.jwks)
+    kid = mint.key.kid
+    assert await keys.key(kid) is not None
+    mint.key = SigningKey.generate()  # identity rotated, and no longer publishes the old key
+
+    assert await keys.key(kid) is not None  # still trusted while the set is fresh
+    keys._fetched_at -= KEYSET_MAX_AGE_S
+    assert await keys.key(kid) is None
+    assert mint.fetches == 2
+
+
+async def test_while_identity_is_away_the_known_keys_stay_trusted():
+    mint = Mint()
+    answers: list = [mint.jwks]
+
+    async def fetch():
+        return await answers[-1]()
+
+    keys = KeySet(fetch)
+    assert await keys.key(mint.key.kid) is not None
+
+    async def away():
+        raise QueryTimeout("identity.get_signing_keys")
+
+    answers.append(away)
+    keys._fetched_at -= KEYSET_MAX_AGE_S
+    assert await keys.key(mint.key.kid) is not None  # stale, identity silent: kept
+    with pytest.raises(KeysUnavailable):
+        await keys.key(SigningKey.generate().kid)  # an unknown key cannot be checked: 503
