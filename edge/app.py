@@ -22,6 +22,7 @@ from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
+from ops import asyncapi
 
 DESCRIPTION = f"""
 The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ and MongoDB.
@@ -108,6 +109,13 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     # Last added, outermost: every answer, the hardening's refusals included, has a request id.
     app.add_middleware(ObserveRequests)
     app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
+    app.add_api_route(
+        "/asyncapi.json",
+        asyncapi.document,
+        methods=["GET"],
+        tags=["operations"],
+        summary="The AsyncAPI document of the actors' messages (generated from the contracts)",
+    )
     # Every route but the probes spends from its caller's request budget, and so checks a token it
     # is sent, even where none is needed (401 when it is not valid).
     limited = {"dependencies": [Depends(limit_caller)], "responses": problem_responses(401, 429)}

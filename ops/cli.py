@@ -15,13 +15,14 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 
-from ops import bench, dlq, identity_admin, production
+from ops import asyncapi, bench, dlq, identity_admin, production
 
 app = typer.Typer(help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(bench.app, name="bench")
 app.add_typer(production.app, name="production")
 app.add_typer(identity_admin.app, name="admin")
+app.add_typer(asyncapi.app, name="asyncapi")
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 _PR_SET_PDEATHSIG = 1

@@ -31,11 +31,10 @@ from typing import Annotated, Any
 
 import typer
 
-import brokers.contracts  # noqa: F401  (registers every contract: emitted events are read from them)
 from actors.registry import ACTORS
 from actors.runtime.actor import Actor
 from actors.runtime.host import topology_of
-from brokers.envelope import REGISTRY, Kind
+from brokers.contracts import events_of
 from brokers.settings import Settings, get_settings
 from brokers.topology import (
     COMMANDS,
@@ -103,20 +102,8 @@ def default_settings() -> Settings:
     return Settings.model_validate({})
 
 
-def emitted_events(actor: str) -> tuple[str, ...]:
-    """The event types an actor publishes: those whose contract is defined in its contracts module."""
-    module = f"brokers.contracts.{actor}"
-    return tuple(
-        sorted(
-            t
-            for t, contract in REGISTRY.items()
-            if contract.KIND is Kind.EVENT and contract.__module__ == module
-        )
-    )
-
-
 def actor_grant(actor: Actor[Any], topology: ActorTopology, user: str) -> Grant:
-    events = emitted_events(actor.name)
+    events = events_of(actor.name)
     writes = [MOVES.name, *([EVENTS.name] if events else []), *([DEFAULT_EXCHANGE] if actor.answers else [])]
     own_moves = [spec.name for spec in (*topology.delays, *topology.dead_letters)]
     return Grant(

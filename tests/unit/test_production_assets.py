@@ -17,6 +17,7 @@ import pytest
 
 import brokers.contracts  # noqa: F401  (registers every contract)
 from actors.registry import ACTORS
+from brokers.contracts import events_of
 from brokers.envelope import REGISTRY, Event, Kind
 from brokers.topology import COMMANDS, EVENTS, MOVES, QUERIES, UNROUTED_EVENTS
 from edge.events import sse_queue_name
@@ -29,7 +30,6 @@ from ops.production import (
     committed_assets,
     default_settings,
     definitions,
-    emitted_events,
 )
 
 SETTINGS = default_settings()
@@ -118,7 +118,7 @@ def test_an_actor_reads_exactly_its_own_work_and_reads_queues(actor: str) -> Non
 @pytest.mark.parametrize("actor", sorted(ACTORS))
 def test_an_actor_declares_nothing_and_writes_only_to_the_exchanges_it_publishes_to(actor: str) -> None:
     exchanges = {e["name"] for e in DEFS["exchanges"]} | {DEFAULT_EXCHANGE, "amq.topic", "amq.direct"}
-    needed = {MOVES.name, DEFAULT_EXCHANGE} | ({EVENTS.name} if emitted_events(actor) else set())
+    needed = {MOVES.name, DEFAULT_EXCHANGE} | ({EVENTS.name} if events_of(actor) else set())
     assert matching(PERMISSIONS[actor]["write"], exchanges) == needed
     assert not matching(PERMISSIONS[actor]["write"], all_queue_names())
     assert not matching(PERMISSIONS[actor]["configure"], exchanges | all_queue_names())
@@ -127,9 +127,9 @@ def test_an_actor_declares_nothing_and_writes_only_to_the_exchanges_it_publishes
 @pytest.mark.parametrize("actor", sorted(ACTORS))
 def test_an_actor_publishes_its_own_event_types_only(actor: str) -> None:
     allowed = matching(TOPICS[actor, EVENTS.name]["write"], EVENT_TYPES)
-    assert allowed == set(emitted_events(actor))
+    assert allowed == set(events_of(actor))
     for other in set(ACTORS) - {actor}:
-        assert not allowed & set(emitted_events(other))
+        assert not allowed & set(events_of(other))
 
 
 @pytest.mark.parametrize("actor", sorted(ACTORS))
@@ -179,7 +179,7 @@ def _constructed_events(module: object) -> set[type[Event]]:
 
 @pytest.mark.parametrize("actor", sorted(ACTORS))
 def test_an_actor_constructs_only_events_of_its_own_contracts_module(actor: str) -> None:
-    """What makes ``emitted_events`` (events defined in brokers.contracts.<actor>) the actor's own."""
+    """What makes ``events_of`` (events defined in brokers.contracts.<actor>) the actor's own."""
     import importlib
     import pkgutil
 
@@ -189,7 +189,7 @@ def test_an_actor_constructs_only_events_of_its_own_contracts_module(actor: str)
     ]
     constructed = set().union(*(_constructed_events(module) for module in modules))
     # Equal, not merely included: an event type granted but never emitted would be a needless grant.
-    assert {event.TYPE for event in constructed} == set(emitted_events(actor))
+    assert {event.TYPE for event in constructed} == set(events_of(actor))
 
 
 # --- the MongoDB users script ----------------------------------------------------------------------
