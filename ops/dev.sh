@@ -17,6 +17,11 @@
 #      in .data/mongo.log) is started; it is stopped again on exit.
 #   4. RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL and MONGODB_URL are exported (defaults for unset ones).
 #   5. On exit (normal, error, INT, TERM, HUP) exactly what this script started is stopped.
+#   6. run only: Prometheus. When Debian's `prometheus` binary is on PATH (apt-get install prometheus;
+#      not installed by this script) and nothing listens on 127.0.0.1:9090, it is started with
+#      ops/prometheus/prometheus.yml (scraping emporium on :8000 and RabbitMQ on :15692; data in
+#      .data/prometheus, log in .data/prometheus.log) and stopped again on exit. A Prometheus already
+#      listening there is left alone; without the binary the run goes on without one.
 #
 # Internal knobs, for testing this script only (the defaults are what everything else assumes):
 #   EMPORIUM_RABBITMQ_PORT (5672), EMPORIUM_RABBITMQ_MGMT_PORT (15672),
@@ -30,11 +35,16 @@ RABBIT_PLUGINS=(rabbitmq_management rabbitmq_prometheus rabbitmq_consistent_hash
 RABBIT_START_TIMEOUT=60   # seconds for the node to boot and its management API to answer
 MONGO_START_TIMEOUT=30    # seconds for the embedded SecantusDB to answer
 MONGO_STOP_TIMEOUT=15     # seconds between TERM and KILL for the embedded SecantusDB
+PROM_ADDR=127.0.0.1:9090  # where `ops/dev.sh run` serves Prometheus
+PROM_START_TIMEOUT=30     # seconds for Prometheus to answer
+PROM_STOP_TIMEOUT=15      # seconds between TERM and KILL for Prometheus (it flushes its head block)
 
 # State used by the EXIT trap: only what this script started is stopped.
 MODE=""
 CHILD_PID=""              # emporium run / pytest
 MONGO_PID=""              # embedded SecantusDB started by this script
+PROM_PID=""               # Prometheus started by this script
+PROM_URL=""               # the Prometheus the dev stack runs with (started or reused), if any
 RABBIT_STARTED=0          # 1 when this script started the RabbitMQ node
 APT_UPDATED=0
 
@@ -293,6 +303,48 @@ setup_mongodb() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 6. Prometheus (run only, optional)
+# ---------------------------------------------------------------------------------------------
+setup_prometheus() {
+  local deadline
+  if ! command -v prometheus >/dev/null 2>&1; then
+    log "prometheus: not installed (Debian: apt-get install prometheus); running without it"
+    return 0
+  fi
+  if port_open "${PROM_ADDR%:*}" "${PROM_ADDR##*:}"; then
+    log "prometheus: something already listens on ${PROM_ADDR}; leaving it alone (scrape config for emporium: ops/prometheus/prometheus.yml)"
+    PROM_URL="http://${PROM_ADDR}"
+    return 0
+  fi
+  mkdir -p .data/prometheus
+  # Own session, like SecantusDB: a Ctrl-C in the terminal must not reach it before emporium stops.
+  (
+    trap - INT QUIT
+    if command -v setsid >/dev/null 2>&1; then set -- setsid; else set --; fi
+    exec "$@" prometheus --config.file="$PWD/ops/prometheus/prometheus.yml" \
+      --storage.tsdb.path="$PWD/.data/prometheus" --web.listen-address="$PROM_ADDR"
+  ) </dev/null >.data/prometheus.log 2>&1 3>&- &
+  PROM_PID=$!
+  deadline=$(( $(now) + PROM_START_TIMEOUT ))
+  until port_open "${PROM_ADDR%:*}" "${PROM_ADDR##*:}"; do
+    if ! kill -0 "$PROM_PID" 2>/dev/null; then
+      tail -n 20 .data/prometheus.log >&3
+      PROM_PID=""
+      log "prometheus: WARNING: exited during start-up (log: .data/prometheus.log); running without it"
+      return 0
+    fi
+    if (( $(now) >= deadline )); then
+      tail -n 20 .data/prometheus.log >&3
+      log "prometheus: WARNING: did not answer on ${PROM_ADDR} within ${PROM_START_TIMEOUT}s (log: .data/prometheus.log)"
+      return 0
+    fi
+    sleep 0.2
+  done
+  PROM_URL="http://${PROM_ADDR}"
+  log "prometheus: started (pid ${PROM_PID}, ${PROM_URL}, data .data/prometheus, log .data/prometheus.log)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # 5. Clean-up and signals
 # ---------------------------------------------------------------------------------------------
 stop_pid() {  # PID SECONDS: TERM, wait up to SECONDS, then KILL. Prints how it ended.
@@ -318,6 +370,10 @@ cleanup() {
   if [[ -n $CHILD_PID ]] && kill -0 "$CHILD_PID" 2>/dev/null; then
     how=$(stop_pid "$CHILD_PID" 15)
     log "${MODE}: ${how} (pid ${CHILD_PID})"
+  fi
+  if [[ -n $PROM_PID ]]; then
+    how=$(stop_pid "$PROM_PID" "$PROM_STOP_TIMEOUT")
+    log "prometheus: ${how} (pid ${PROM_PID})"
   fi
   if [[ -n $MONGO_PID ]]; then
     how=$(stop_pid "$MONGO_PID" "$MONGO_STOP_TIMEOUT")
@@ -406,6 +462,7 @@ main() {
   setup_venv
   setup_rabbitmq
   setup_mongodb
+  if [[ $MODE == run ]]; then setup_prometheus; fi
 
   export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT}/}"
   export RABBITMQ_MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:${MGMT_PORT}}"
@@ -416,6 +473,7 @@ main() {
     log "emporium: edge API docs  http://127.0.0.1:8000/docs"
     log "emporium: RabbitMQ UI    http://127.0.0.1:${MGMT_PORT}  (guest/guest)"
     log "emporium: metrics        http://127.0.0.1:8000/metrics"
+    if [[ -n $PROM_URL ]]; then log "emporium: Prometheus     ${PROM_URL}  (alerts: ${PROM_URL}/alerts)"; fi
     log "emporium: Ctrl-C stops emporium, then the servers this script started"
     run_child .venv/bin/emporium run "$@" || rc=$?
   else
