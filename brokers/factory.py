@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import logging
 
+from faststream.prometheus import PrometheusMiddleware
 from faststream.rabbit import Channel, RabbitBroker
-from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
+from faststream.rabbit.response import RabbitPublishCommand
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from brokers.envelope import Envelope, Message
 from brokers.settings import Settings
 from brokers.topology import exchange_for
+from brokers.tracing import broker_middlewares
+
+REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
+
+
+class _BoundedDestinations(RabbitMetricsSettingsProvider):
+    """FastStream's metrics, with every direct reply-to address as one destination: each asker has
+    its own, and a label value per asker would grow the metrics without bound."""
+
+    def get_publish_destination_name_from_cmd(self, cmd: RabbitPublishCommand) -> str:
+        if cmd.destination.startswith(REPLY_TO_PREFIX):
+            return f"{cmd.exchange.name or 'default'}.{REPLY_TO_PREFIX.rstrip('.')}"
+        return super().get_publish_destination_name_from_cmd(cmd)
+
+
+def _metrics(registry: CollectorRegistry, app_name: str) -> PrometheusMiddleware:
+    return PrometheusMiddleware(
+        settings_provider_factory=lambda _: _BoundedDestinations(), registry=registry, app_name=app_name
+    )
 
 
 def make_broker(
@@ -25,7 +46,8 @@ def make_broker(
             on_return_raises=True,
         ),
         app_id=app_name,
-        middlewares=[RabbitPrometheusMiddleware(registry=registry, app_name=app_name)],
+        # With tracing on, the W3C trace context travels in the headers of everything it publishes.
+        middlewares=[_metrics(registry, app_name), *broker_middlewares()],
         # FastStream logs every message at INFO; that is ~15% of a hop. Keep it for debugging only.
         log_level=logging.DEBUG,
         graceful_timeout=15.0,

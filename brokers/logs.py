@@ -1,9 +1,24 @@
-"""JSON logs with the message's identity bound in, for every process."""
+"""JSON logs with the message's identity bound in, for every process.
+
+A line written while a span is recording also names its trace and span (``trace_id``, ``span_id``,
+in the hex form tracing back-ends show), so logs and traces of one order can be joined.
+"""
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: the current span's trace and span ids, when there is a valid one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+    return event_dict
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -13,6 +28,7 @@ def configure_logging(level: str = "INFO") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

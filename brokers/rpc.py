@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from brokers.envelope import Envelope, Query
 from brokers.settings import Settings
 from brokers.topology import QUERIES
+from brokers.tracing import current_carrier
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 T = TypeVar("T")
@@ -124,7 +125,8 @@ class Requester:
                         message_id=envelope.message_id,
                         correlation_id=envelope.correlation_id,
                         type=envelope.type,
-                        headers=envelope.amqp()["headers"],
+                        # The asker's trace goes on in the actor that answers.
+                        headers={**envelope.amqp()["headers"], **current_carrier()},
                         reply_to=REPLY_TO,
                         # A query nobody picked up in time is worthless: let the queue drop it.
                         expiration=timeout_s,

@@ -19,7 +19,7 @@ from edge.guard import IDEMPOTENCY_HEADER
 from edge.hardening import install_hardening
 from edge.limits import install_limits, limit_caller
 from edge.link import RabbitLink
-from edge.observe import REQUEST_ID_HEADER, ObserveRequests
+from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
 from ops import asyncapi
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     install_hardening(app, settings)
     # Last added, outermost: every answer, the hardening's refusals included, has a request id.
     app.add_middleware(ObserveRequests)
+    trace_requests(app)
     app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
     app.add_api_route(
         "/asyncapi.json",

@@ -1,9 +1,10 @@
-"""Request ids and request metrics, for every HTTP request the edge serves.
+"""Request ids, request metrics and request traces, for every HTTP request the edge serves.
 
 Each request gets an id: it is returned in ``X-Request-ID``, bound to every log line written while
 serving it, and used as the correlation id of the messages it sends, so one id follows a request
 from the edge through every actor. Metrics are labelled by route template (``/products/{product_id}``),
-never by raw path, so their number of series stays bounded.
+never by raw path, and by method only among the standard ones, so their number of series stays bounded.
+With tracing on (``brokers.tracing``), each request is a server span, the parent of the commands it sends.
 """
 
 from __future__ import annotations
@@ -11,16 +12,24 @@ from __future__ import annotations
 import time
 
 import structlog
+from fastapi import FastAPI
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from brokers import tracing
 from brokers.envelope import new_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_STATE = "request_id"
 UNMATCHED_ROUTE = "unmatched"
+# Any token is a valid HTTP method to some servers: only these become label values.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+# Probes and scrapes are not worth a trace each.
+_UNTRACED_PATHS = "/health$,/ready$,/metrics$"
 
 REQUESTS = Counter(
     "emporium_edge_requests_total", "HTTP requests served by the edge", ["method", "route", "status"]
@@ -38,6 +47,17 @@ def request_id_of(request: Request) -> str:
     return request.scope.setdefault("state", {}).setdefault(_REQUEST_ID_STATE, new_id())
 
 
+def trace_requests(app: FastAPI) -> None:
+    """A server span per request, named by route template, when this process records traces."""
+    if not tracing.enabled():
+        return
+    # Imported here: an edge that does not trace never loads the instrumentation.
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    # The spans of each ASGI send/receive (every SSE chunk) would bury the request's own.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_PATHS, exclude_spans=["receive", "send"])
+
+
 class ObserveRequests:
     """ASGI middleware: request id, request log context, request count and latency."""
 
@@ -50,6 +70,7 @@ class ObserveRequests:
             return
         request_id = new_id()
         scope.setdefault("state", {})[_REQUEST_ID_STATE] = request_id
+        trace.get_current_span().set_attribute("emporium.request_id", request_id)
         # An exception that escapes the app is answered 500 by the outermost middleware.
         status = 500
 
@@ -67,6 +88,7 @@ class ObserveRequests:
         finally:
             # The router records the matched route in the scope it was given.
             route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
-            labels = (scope["method"], route, str(status))
+            method = scope["method"] if scope["method"] in _METHODS else OTHER_METHOD
+            labels = (method, route, str(status))
             REQUESTS.labels(*labels).inc()
             REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)

@@ -79,10 +79,12 @@ def run(
     from actors.runtime.host import ActorHost
     from brokers.logs import configure_logging
     from brokers.settings import get_settings
+    from brokers.tracing import configure_tracing
     from edge.app import create_app
 
     settings = get_settings()
     configure_logging(settings.emporium_log_level)
+    configure_tracing("emporium")  # before the brokers and the app are made: they are traced if it is on
     actor_host = ActorHost(list(ACTORS.values()), settings)
     api = create_app(settings, extra_checks={f"actors_{k}": v for k, v in actor_host.checks.items()})
     with _payment_provider_alongside(settings) if simulator else nullcontext():
@@ -101,11 +103,13 @@ def actor(
     from brokers.health import probe_router
     from brokers.logs import configure_logging
     from brokers.settings import get_settings
+    from brokers.tracing import configure_tracing
 
     if name not in ACTORS:
         raise typer.BadParameter(f"unknown actor {name!r}; choose from {', '.join(sorted(ACTORS))}")
     settings = get_settings()
     configure_logging(settings.emporium_log_level)
+    configure_tracing(f"emporium-{name}")
     actor_host = ActorHost([ACTORS[name]], settings, app_name=f"emporium-{name}")
     api = FastAPI(title=f"emporium {name}", docs_url=None, redoc_url=None)
     api.include_router(probe_router(actor_host.checks))
@@ -186,10 +190,12 @@ def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
     """The HTTP edge alone."""
     from brokers.logs import configure_logging
     from brokers.settings import get_settings
+    from brokers.tracing import configure_tracing
     from edge.app import create_app
 
     settings = get_settings()
     configure_logging(settings.emporium_log_level)
+    configure_tracing("emporium-edge")
     _serve(create_app(settings), host, port)
 
 

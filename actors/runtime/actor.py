@@ -17,6 +17,7 @@ from brokers.topology import ActorTopology
 S = TypeVar("S", bound=Store)
 M = TypeVar("M", bound=Message)
 Q = TypeVar("Q", bound=Query)
+E = TypeVar("E", bound=Event)
 
 
 class UnitOfWork(Generic[S]):
@@ -32,10 +33,14 @@ class UnitOfWork(Generic[S]):
         self.settings = settings
         self._topology = topology
         self.outbox: list[dict[str, Any]] = []
+        # What the handler emitted, for the actor's observers once the transaction has committed.
+        self.emitted: list[tuple[Event, Envelope]] = []
 
     def emit(self, event: Event) -> None:
         """Publish an event once this handler's transaction commits."""
-        self.outbox.append(outbox_entry(event, self.envelope.caused(event)))
+        envelope = self.envelope.caused(event)
+        self.outbox.append(outbox_entry(event, envelope))
+        self.emitted.append((event, envelope))
 
     def schedule(self, command: Command, *, delay_ms: int) -> None:
         """Send a command to this actor itself after a delay (a timer, such as a deadline)."""
@@ -46,6 +51,8 @@ class UnitOfWork(Generic[S]):
 
 Handler = Callable[[Any, UnitOfWork[Any]], Awaitable[None]]
 Answer = Callable[[Any, Any], Awaitable[BaseModel | list[BaseModel] | dict[str, Any]]]
+# Sees an event the actor emitted, its envelope, and the actor's store (reading outside any transaction).
+Observer = Callable[[Any, Envelope, Any], Awaitable[None]]
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Actor(Generic[S]):
     timers: Callable[[Settings], tuple[int, ...]] = lambda settings: ()
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
+    observers: dict[str, list[Observer]] = field(default_factory=dict)
 
     def handles(self, message: type[M]) -> Callable[[Callable[[M, UnitOfWork[S]], Awaitable[None]]], Any]:
         """Register the handler of a command or event (one per message type)."""
@@ -78,6 +86,19 @@ class Actor(Generic[S]):
                 raise TypeError(f"{self.name} already answers {query.TYPE}")
             self.answers[query.TYPE] = (query, handler)
             return handler
+
+        return register
+
+    def observes(self, event: type[E]) -> Callable[[Callable[[E, Envelope, S], Awaitable[None]]], Any]:
+        """Register an observer of an event this actor emits (business metrics, say).
+
+        The runtime calls it once per applied message that emitted the event, after the handler's
+        transaction committed: never for a duplicate, nor for an attempt that was rolled back.
+        """
+
+        def register(observer: Observer) -> Observer:
+            self.observers.setdefault(event.TYPE, []).append(observer)
+            return observer
 
         return register
 

@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from pydantic import BaseModel, TypeAdapter
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,8 +30,9 @@ from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
 from actors.runtime.errors import PERMANENT, NotFound, RuleViolation
 from actors.runtime.outbox import OutboxRelay
+from brokers import tracing
 from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
-from brokers.envelope import Envelope, InvalidMessage
+from brokers.envelope import Envelope, Event, InvalidMessage
 from brokers.rpc import Problem, Reply
 from brokers.settings import Settings
 from brokers.topology import ActorTopology, dlq_name
@@ -62,20 +65,28 @@ class WorkConsumer:
         self.client, self.db, self.relay, self.settings = client, db, relay, settings
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
+        type_ = self._type_label(message)
+        with (
+            structlog.contextvars.bound_contextvars(
+                actor=self.actor.name, type=message.type, message_id=message.message_id,
+                correlation_id=message.correlation_id,
+            ),
+            # One span per message handled, in the trace the message carried in (when tracing is on).
+            tracing.TRACER.start_as_current_span(
+                f"{self.actor.name} handle {type_}", attributes=_span_attributes(self.actor.name, type_, message)
+            ),
+        ):
+            await self._handle(message)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         envelope: Envelope | None = None
         try:
             envelope = read_envelope(message)
             contract, handler = self.actor.handler_for(envelope)
             payload = contract.parse(message.body)
-            with structlog.contextvars.bound_contextvars(
-                actor=self.actor.name, type=envelope.type, message_id=envelope.message_id,
-                correlation_id=envelope.correlation_id,
-            ):
-                started = time.perf_counter()
-                entries = await self._transact(envelope, payload, handler)
-                metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(
-                    time.perf_counter() - started
-                )
+            started = time.perf_counter()
+            work = await self._transact(envelope, payload, handler)
+            metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(time.perf_counter() - started)
         except PERMANENT as exc:
             reason = Reason.INVALID_MESSAGE if isinstance(exc, InvalidMessage) else Reason.RULE_VIOLATION
             await self._dead_letter(message, envelope, reason, exc)
@@ -84,18 +95,39 @@ class WorkConsumer:
             await self._retry_or_dead_letter(message, envelope, exc)
             return
         await message.ack()
-        outcome = "duplicate" if entries is None else "applied"
-        metrics.MESSAGES.labels(self.actor.name, envelope.type, outcome).inc()
-        if entries:
+        self._count(envelope.type, "duplicate" if work is None else "applied")
+        if work is None:
+            return
+        if work.outbox:
             try:
-                await self.relay.publish(entries)
+                await self.relay.publish(work.outbox)
             except Exception as exc:  # committed and recorded: the sweeper publishes them later
-                log.warning("outbox.publish_deferred", actor=self.actor.name, count=len(entries), error=repr(exc))
+                log.warning("outbox.publish_deferred", count=len(work.outbox), error=repr(exc))
+        await self._observe(work.emitted)
 
-    async def _transact(self, envelope: Envelope, payload: Any, handler: Any) -> list[dict] | None:
-        """Apply the message once; None when it had been applied before."""
+    async def _observe(self, emitted: list[tuple[Event, Envelope]]) -> None:
+        """Count what the committed transaction emitted and show it to the actor's observers."""
+        for event, envelope in emitted:
+            metrics.EVENTS_PUBLISHED.labels(self.actor.name, event.TYPE).inc()
+            for observe in self.actor.observers.get(event.TYPE, ()):
+                try:
+                    await observe(event, envelope, self.actor.store(self.db))
+                except Exception as exc:  # a lost observation must not fail a message already applied
+                    log.warning("metrics.observe_failed", observer=observe.__qualname__, error=repr(exc))
 
-        async def apply(session: AsyncClientSession) -> list[dict]:
+    def _count(self, type_: str, outcome: str, error: Exception | None = None) -> None:
+        metrics.MESSAGES.labels(self.actor.name, type_, outcome).inc()
+        span = trace.get_current_span()
+        span.set_attribute("emporium.outcome", outcome)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, f"{outcome}: {type(error).__name__}")
+
+    async def _transact(self, envelope: Envelope, payload: Any, handler: Any) -> UnitOfWork[Any] | None:
+        """Apply the message once: the work of the attempt that committed; None when it had been
+        applied before."""
+
+        async def apply(session: AsyncClientSession) -> UnitOfWork[Any]:
             await self.db["inbox"].insert_one(
                 {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
             )
@@ -103,7 +135,7 @@ class WorkConsumer:
             await handler(payload, work)
             if work.outbox:
                 await self.db["outbox"].insert_many(work.outbox, session=session)
-            return work.outbox
+            return work
 
         async with self.client.start_session() as session:
             try:
@@ -123,12 +155,9 @@ class WorkConsumer:
         if retry_queue is None:
             await self._dead_letter(message, envelope, Reason.RETRIES_EXHAUSTED, exc, attempts)
             return
-        log.warning(
-            "message.retry_scheduled", actor=self.actor.name, type=message.type, message_id=message.message_id,
-            correlation_id=message.correlation_id, attempt=attempts, retry_queue=retry_queue, error=repr(exc),
-        )
+        log.warning("message.retry_scheduled", attempt=attempts, retry_queue=retry_queue, error=repr(exc))
         await self._settle(message, retry_later(self.broker, message, retry_queue, attempts, repr(exc)))
-        metrics.MESSAGES.labels(self.actor.name, self._type_label(message), "retried").inc()
+        self._count(self._type_label(message), "retried", exc)
 
     async def _dead_letter(
         self,
@@ -139,10 +168,7 @@ class WorkConsumer:
         attempts: int | None = None,
     ) -> None:
         attempts = attempts if attempts is not None else attempts_so_far(message) + 1
-        log.warning(
-            "message.dead_lettered", actor=self.actor.name, type=message.type, message_id=message.message_id,
-            correlation_id=message.correlation_id, reason=str(reason), attempts=attempts, error=str(exc),
-        )
+        log.warning("message.dead_lettered", reason=str(reason), attempts=attempts, error=str(exc))
         origin = self.topology.work.name
         await self._settle(
             message,
@@ -151,7 +177,7 @@ class WorkConsumer:
                 attempts=attempts, error=f"{type(exc).__name__}: {exc}",
             ),
         )
-        metrics.MESSAGES.labels(self.actor.name, self._type_label(message), "dead_lettered").inc()
+        self._count(self._type_label(message), "dead_lettered", exc)
 
     def _type_label(self, message: AbstractIncomingMessage) -> str:
         # Only known types become label values: a hostile sender must not grow the metric set.
@@ -173,6 +199,13 @@ class QueryConsumer:
         self.actor, self.broker, self.db = actor, broker, db
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
+        with structlog.contextvars.bound_contextvars(
+            actor=self.actor.name, type=message.type, message_id=message.message_id,
+            correlation_id=message.correlation_id,
+        ):
+            await self._answer(message)
+
+    async def _answer(self, message: AbstractIncomingMessage) -> None:
         type_ = message.type if message.type in self.actor.answers else "unknown"
         try:
             envelope = read_envelope(message)
@@ -187,7 +220,7 @@ class QueryConsumer:
         except RuleViolation as exc:
             reply, outcome = Reply(ok=False, problem=Problem.of(409, str(exc))), "refused"
         except Exception as exc:  # answered as a 503 and logged: the caller must not hang
-            log.exception("query.failed", actor=self.actor.name, type=type_, message_id=message.message_id)
+            log.exception("query.failed")
             detail = f"{self.actor.name} could not answer {type_}: {type(exc).__name__}"
             reply, outcome = Reply(ok=False, problem=Problem.of(503, detail)), "failed"
         metrics.QUERIES.labels(self.actor.name, type_, outcome).inc()
@@ -203,6 +236,17 @@ class QueryConsumer:
                 mandatory=False,
             )
         await message.ack()
+
+
+def _span_attributes(actor: str, type_: str, message: AbstractIncomingMessage) -> dict[str, str]:
+    attributes = {
+        "emporium.actor": actor,
+        "emporium.message.type": type_,
+        "messaging.message.id": message.message_id,
+        "messaging.message.conversation_id": message.correlation_id,
+    }
+    # A message may lack an id (a hostile or broken sender): OpenTelemetry refuses None values.
+    return {name: value for name, value in attributes.items() if value is not None}
 
 
 def _plain(data: Any) -> Any:

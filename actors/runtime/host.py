@@ -12,6 +12,7 @@ from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime.actor import Actor
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
+from actors.runtime.metrics import load_actor_metrics
 from actors.runtime.outbox import OutboxRelay
 from brokers.factory import make_broker
 from brokers.settings import Settings
@@ -55,6 +56,7 @@ class ActorHost:
         # Without permission to declare (production), the subscribers only check their queues exist.
         declares = settings.emporium_declare_topology
         for actor in actors:
+            load_actor_metrics(actor.name)
             db = self.client[settings.database_name(actor.name)]
             topology = self.topologies[actor.name]
             relay = OutboxRelay(actor.name, self.broker, db, sweep_s=settings.emporium_outbox_sweep_s)

@@ -1,4 +1,13 @@
-"""Runtime metrics, labelled by actor so one process running every actor exposes them all."""
+"""Runtime metrics, labelled by actor so one process running every actor exposes them all.
+
+Business metrics are the actors' own (``actors/<name>/metrics.py``): observers of the events an
+actor emits, registered with ``Actor.observes`` and called by the runtime after commit. The runtime
+loads an actor's module when it hosts the actor (``load_actor_metrics``), so a process defines the
+metrics of the actors it runs and no others.
+"""
+
+import importlib
+import importlib.util
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -14,8 +23,21 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 QUERIES = Counter("emporium_queries_total", "Queries answered, by outcome", ["actor", "type", "outcome"])
+EVENTS_PUBLISHED = Counter(
+    "emporium_events_published_total",
+    "Events an actor emitted, counted once when the transaction that put them in its outbox committed",
+    ["actor", "type"],
+)
 OUTBOX_PUBLISHED = Counter("emporium_outbox_published_total", "Events published from the outbox", ["actor"])
 OUTBOX_UNSENT = Gauge("emporium_outbox_unsent", "Outbox entries not yet published (at the last sweep)", ["actor"])
 OUTBOX_OLDEST_SECONDS = Gauge(
     "emporium_outbox_oldest_unsent_age_seconds", "Age of the oldest unsent outbox entry (at the last sweep)", ["actor"]
 )
+
+
+def load_actor_metrics(actor_name: str) -> None:
+    """Import ``actors/<actor_name>/metrics.py`` when there is one: its observers register on the actor."""
+    package = f"actors.{actor_name}"
+    # find_spec of the package first: an actor that is not a package of actors/ (a test's) has none.
+    if importlib.util.find_spec(package) and importlib.util.find_spec(f"{package}.metrics"):
+        importlib.import_module(f"{package}.metrics")

@@ -3,6 +3,8 @@
 The fast path publishes right after commit. A sweeper republishes whatever is left unsent (a crash
 between commit and publish, the broker away for a while): everything at start, then entries older
 than one sweep interval. Publishing twice is harmless; consumers skip message ids they have applied.
+Each entry keeps the trace context of the handler that wrote it, so whenever it is published, its
+message continues that handler's trace.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from actors.runtime import metrics
 from brokers.envelope import Envelope, Message
 from brokers.factory import publish_body
 from brokers.topology import MOVES, exchange_for
+from brokers.tracing import continued, current_carrier
 
 log = structlog.get_logger()
 _SENT_RETENTION = timedelta(hours=24)
@@ -37,6 +40,7 @@ def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | Non
         "envelope": envelope.model_dump(mode="json"),
         "created_at": datetime.now(UTC),
         "sent_at": None,
+        "trace": current_carrier(),
     }
 
 
@@ -79,13 +83,15 @@ class OutboxRelay:
     async def _publish_each(self, entries: list[dict[str, Any]], sent: list[str], failures: list[str]) -> None:
         for entry in entries:
             try:
-                await publish_body(
-                    self._broker,
-                    entry["body"],
-                    exchange=entry["exchange"],
-                    routing_key=entry["routing_key"],
-                    envelope=Envelope.model_validate(entry["envelope"]),
-                )
+                # Entries written before traces were kept have none: they start a trace of their own.
+                with continued(entry.get("trace")):
+                    await publish_body(
+                        self._broker,
+                        entry["body"],
+                        exchange=entry["exchange"],
+                        routing_key=entry["routing_key"],
+                        envelope=Envelope.model_validate(entry["envelope"]),
+                    )
             except Exception as exc:  # collected and raised below, after marking what did go out
                 failures.append(f"{entry['routing_key']} {entry['_id']}: {exc!r}")
             else:

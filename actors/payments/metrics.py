@@ -1,0 +1,32 @@
+"""The payments actor's business metrics: money captured and refunded, observed after commit.
+
+Two counters rather than one revenue figure: a counter only goes up, and a refund takes revenue
+down. Revenue is their difference, ``emporium_payments_captured_cents_total -
+emporium_payments_refunded_cents_total``, per currency (cents of different currencies never add up).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+from actors.payments.handlers import payments
+from actors.payments.store import PaymentsStore
+from brokers.contracts.payments import PaymentCaptured, PaymentRefunded
+from brokers.envelope import Envelope
+
+CAPTURED_CENTS = Counter(
+    "emporium_payments_captured_cents_total", "Money captured from customers, in cents", ["currency"]
+)
+REFUNDED_CENTS = Counter(
+    "emporium_payments_refunded_cents_total", "Money refunded to customers, in cents", ["currency"]
+)
+
+
+@payments.observes(PaymentCaptured)
+async def count_captured(event: PaymentCaptured, envelope: Envelope, store: PaymentsStore) -> None:
+    CAPTURED_CENTS.labels(event.currency).inc(event.amount_cents)
+
+
+@payments.observes(PaymentRefunded)
+async def count_refunded(event: PaymentRefunded, envelope: Envelope, store: PaymentsStore) -> None:
+    REFUNDED_CENTS.labels(event.currency).inc(event.amount_cents)

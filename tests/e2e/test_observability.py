@@ -1,0 +1,200 @@
+"""Metrics and traces of one order, end to end: the real edge, every actor, RabbitMQ and MongoDB.
+
+Every command and event is delivered twice (the saga tests' Duplicator) while the order goes through,
+so the business counters are seen to move once per order, not once per delivery. Spans are recorded
+in memory by a tracer provider this module installs for the process; it records only while one of
+these tests runs (OpenTelemetry lets a process install a provider once, so it is switched, not removed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
+from prometheus_client import REGISTRY
+from pymongo import AsyncMongoClient
+
+from brokers import tracing
+from brokers.settings import Settings
+from ops.payment_provider import served
+from tests.e2e.orders_support import place, stocked_sku, wait_for_order
+from tests.e2e.support import User
+from tests.e2e.test_saga import Duplicator
+from tests.helpers import eventually
+
+
+class Switch(Sampler):
+    """Samples everything while on, nothing while off."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return (ALWAYS_ON if self.on else ALWAYS_OFF).should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"Switch({'on' if self.on else 'off'})"
+
+
+SWITCH = Switch()
+EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(autouse=True)
+def recorded_spans() -> Iterator[InMemorySpanExporter]:
+    """Spans recorded in memory during the test. Autouse, so it comes before the fixtures that make
+    the brokers and the edge: they are instrumented only if tracing is on when they are made."""
+    if not tracing.enabled():
+        provider = TracerProvider(sampler=SWITCH)
+        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        tracing.install(provider)
+    if not isinstance(trace.get_tracer_provider(), TracerProvider) or trace.get_tracer_provider().sampler is not SWITCH:
+        pytest.skip("another tracer provider was installed in this process before this module's")
+    EXPORTER.clear()
+    SWITCH.on = True
+    yield EXPORTER
+    SWITCH.on = False
+    EXPORTER.clear()
+
+
+@pytest.fixture
+async def shop(start_host, serve_edge) -> AsyncIterator[httpx.AsyncClient]:
+    """Every actor and an edge, paying at a simulated provider; the carrier moves parcels quickly."""
+    async with served() as provider:
+        overrides = {"emporium_payment_provider_url": provider.url, "emporium_carrier_step_ms": 200}
+        await start_host(**overrides)
+        yield await serve_edge(**overrides)
+
+
+BUSINESS = {
+    "placed": ("emporium_orders_placed_total", {}),
+    "confirmed": ("emporium_orders_confirmed_total", {}),
+    "delivered": ("emporium_orders_delivered_total", {}),
+    "cancelled": ("emporium_orders_cancelled_total", {"reason": "out_of_stock"}),
+    "confirmations": ("emporium_order_confirmation_seconds_count", {}),
+    "captured_cents": ("emporium_payments_captured_cents_total", {"currency": "EUR"}),
+    "refunded_cents": ("emporium_payments_refunded_cents_total", {"currency": "EUR"}),
+    "order.placed published": ("emporium_events_published_total", {"actor": "orders", "type": "order.placed"}),
+}
+
+
+def business() -> dict[str, float]:
+    return {name: REGISTRY.get_sample_value(metric, labels) or 0.0 for name, (metric, labels) in BUSINESS.items()}
+
+
+def skipped_duplicates(actor: str, type_: str) -> float:
+    labels = {"actor": actor, "type": type_, "outcome": "duplicate"}
+    return REGISTRY.get_sample_value("emporium_messages_total", labels) or 0.0
+
+
+def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
+
+
+async def test_one_order_delivered_twice_over_counts_once(shop: httpx.AsyncClient, settings: Settings, admin: User, ann: User):
+    sku = await stocked_sku(shop, admin, quantity=3)
+    before = business()
+    seconds_before = REGISTRY.get_sample_value("emporium_order_confirmation_seconds_sum") or 0.0
+    last_duplicates = skipped_duplicates("orders", "shipment.delivered")
+
+    async with Duplicator(settings.rabbitmq_url) as duplicator:
+        response = await place(shop, ann, [{"sku": sku, "quantity": 2}])
+        assert response.status_code == 202, response.text
+        order = await wait_for_order(shop, ann, response.json()["order_id"], until=lambda o: o["status"] == "delivered")
+        # The second copy of the last message that moves the order has been skipped: every copy is in.
+        await eventually(
+            lambda: _async(skipped_duplicates("orders", "shipment.delivered")),
+            until=lambda now: now > last_duplicates,
+            what="the copy of shipment.delivered to be skipped by orders",
+        )
+    assert duplicator.copies > 10
+
+    after = await eventually(
+        lambda: _async(business()), until=lambda now: moved(before, now)["delivered"] == 1, what="delivered counted"
+    )
+    assert moved(before, after) == {
+        "placed": 1,
+        "confirmed": 1,
+        "delivered": 1,
+        "cancelled": 0,
+        "confirmations": 1,
+        "captured_cents": order["total_cents"],
+        "refunded_cents": 0,
+        "order.placed published": 1,
+    }
+    # Placed -> confirmed, by the order's own history.
+    history = {step["status"]: step["at"] for step in order["history"]}
+    took = (datetime.fromisoformat(history["confirmed"]) - datetime.fromisoformat(order["placed_at"])).total_seconds()
+    seconds = REGISTRY.get_sample_value("emporium_order_confirmation_seconds_sum") - seconds_before
+    assert seconds == pytest.approx(took, abs=0.002)
+
+
+async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
+    shop: httpx.AsyncClient, recorded_spans: InMemorySpanExporter, settings: Settings, mongo: AsyncMongoClient,
+    admin: User, ann: User,
+):
+    sku = await stocked_sku(shop, admin, quantity=3)
+    response = await place(shop, ann, [{"sku": sku, "quantity": 1}])
+    assert response.status_code == 202, response.text
+    order_id = response.json()["order_id"]
+    await wait_for_order(shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"})
+
+    wanted = {
+        "edge": lambda s: s.kind is trace.SpanKind.SERVER and s.attributes.get("http.route") == "/orders"
+        and s.attributes.get("http.request.method", s.attributes.get("http.method")) == "POST",
+        "orders": _handled("orders", "orders.place_order"),
+        "inventory": _handled("inventory", "order.placed"),
+        "payments": _handled("payments", "stock.reserved"),
+        "orders confirm": _handled("orders", "payment.captured"),
+    }
+    found = await eventually(
+        lambda: _async(_find(recorded_spans.get_finished_spans(), wanted, order_id)),
+        until=lambda spans: len(spans) == len(wanted),
+        what="the spans of the order at the edge, orders, inventory and payments",
+    )
+
+    trace_ids = {name: span.context.trace_id for name, span in found.items()}
+    assert len(set(trace_ids.values())) == 1, trace_ids
+    # Each actor's span descends from the edge's request, not from a trace of its own.
+    assert found["orders"].parent is not None and found["edge"].parent is None
+    # The outbox keeps the trace with each entry, for a republish after a crash to continue it.
+    outbox = mongo[settings.database_name("orders")]["outbox"]
+    entry = await outbox.find_one({"routing_key": "order.placed", "envelope.correlation_id": order_id})
+    assert entry["trace"]["traceparent"].split("-")[1] == trace.format_trace_id(found["edge"].context.trace_id)
+
+
+def _handled(actor: str, type_: str):
+    def matches(span: ReadableSpan) -> bool:
+        attributes = span.attributes or {}
+        return (
+            attributes.get("emporium.actor") == actor
+            and attributes.get("emporium.message.type") == type_
+            and attributes.get("emporium.outcome") == "applied"
+        )
+
+    return matches
+
+
+def _find(spans: Sequence[ReadableSpan], wanted: dict[str, Any], order_id: str) -> dict[str, ReadableSpan]:
+    """The first span of each kind wanted; actors' spans only of this order (its correlation id)."""
+    found = {}
+    for name, matches in wanted.items():
+        for span in spans:
+            ours = name == "edge" or (span.attributes or {}).get("messaging.message.conversation_id") == order_id
+            if ours and matches(span):
+                found[name] = span
+                break
+    return found
+
+
+async def _async(value: Any) -> Any:
+    return value
+

@@ -1,0 +1,244 @@
+"""Business metrics observed from emitted events, and the helpers that put trace ids in messages and logs.
+
+The observers are called here directly, as the runtime calls them after a commit; their store is
+only read by the confirmation histogram, whose arithmetic ``confirmation_seconds`` is tested alone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import get_args
+
+import httpx
+import pytest
+from faststream.rabbit import RabbitExchange
+from faststream.rabbit.response import RabbitPublishCommand
+from faststream.response.publish_type import PublishType
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from actors.orders import metrics as order_metrics
+from actors.orders.handlers import orders
+from actors.payments.handlers import payments
+from actors.runtime.actor import Actor
+from actors.runtime.metrics import load_actor_metrics
+from actors.runtime.outbox import outbox_entry
+from actors.runtime.store import Store
+from brokers.contracts.orders import (
+    CancelReason,
+    OrderCancelled,
+    OrderDelivered,
+    OrderLine,
+    OrderPlaced,
+    OrderStep,
+    OrderView,
+)
+from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
+from brokers.envelope import Envelope
+from brokers.factory import _BoundedDestinations
+from brokers.logs import add_trace_ids
+from brokers.tracing import continued, current_carrier
+from edge.observe import OTHER_METHOD, ObserveRequests
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+LINE = OrderLine(sku="SKU-1", quantity=2, unit_price_cents=1250)
+# As a host running them does: their observers register on the actors.
+load_actor_metrics("orders")
+load_actor_metrics("payments")
+# A tracer of its own: these tests need recording spans without installing a global provider.
+TRACER = TracerProvider().get_tracer("tests")
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def envelope_of(event) -> Envelope:
+    return Envelope.first(event)
+
+
+async def observe(actor: Actor, event) -> None:
+    """Run every observer the actor registered for the event, as the runtime does after commit."""
+    for observer in actor.observers[event.TYPE]:
+        await observer(event, envelope_of(event), None)
+
+
+def placed() -> OrderPlaced:
+    return OrderPlaced(order_id="o-1", customer_id="c-1", lines=[LINE], total_cents=2500, currency="EUR")
+
+
+def view(*steps: tuple[str, datetime]) -> OrderView:
+    return OrderView(
+        order_id="o-1", customer_id="c-1", status=steps[-1][0], lines=[LINE], total_cents=2500, currency="EUR",
+        request_digest="d", placed_at=T0, updated_at=steps[-1][1], version=len(steps),
+        history=[OrderStep(status=status, at=at) for status, at in steps],
+    )
+
+
+# --- registration --------------------------------------------------------------------------------
+
+
+def test_the_orders_and_payments_actors_observe_the_events_their_metrics_count():
+    assert set(orders.observers) == {"order.placed", "order.confirmed", "order.delivered", "order.cancelled"}
+    assert set(payments.observers) == {"payment.captured", "payment.refunded"}
+
+
+def test_an_actor_without_a_metrics_module_loads_none():
+    probe = Actor("no-such-actor", Store)
+
+    load_actor_metrics(probe.name)
+
+    assert probe.observers == {}
+
+
+def test_observers_of_one_event_are_kept_in_order():
+    probe = Actor("probe", Store)
+    first, second = object(), object()
+
+    probe.observes(PaymentFailed)(first)
+    probe.observes(PaymentFailed)(second)
+
+    assert probe.observers == {"payment.failed": [first, second]}
+
+
+# --- orders --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "metric"),
+    [
+        (placed(), "emporium_orders_placed_total"),
+        (OrderDelivered(order_id="o-1", customer_id="c-1"), "emporium_orders_delivered_total"),
+    ],
+)
+async def test_each_order_event_counts_one_order(event, metric):
+    # (order.confirmed also reads the order's view: the end-to-end test covers it.)
+    before = sample(metric)
+
+    await observe(orders, event)
+
+    assert sample(metric) == before + 1
+
+
+async def test_a_cancellation_counts_under_its_reason_only():
+    before = {reason: sample("emporium_orders_cancelled_total", reason=reason) for reason in get_args(CancelReason)}
+
+    await observe(orders, OrderCancelled(order_id="o-1", customer_id="c-1", reason="out_of_stock"))
+
+    after = {reason: sample("emporium_orders_cancelled_total", reason=reason) for reason in before}
+    assert after == {**before, "out_of_stock": before["out_of_stock"] + 1}
+
+
+def test_every_cancellation_reason_is_a_series_before_any_cancellation():
+    exported = {
+        s.labels["reason"] for s in order_metrics.CANCELLED.collect()[0].samples if s.name.endswith("_total")
+    }
+    assert exported == set(get_args(CancelReason))
+
+
+def test_confirmation_takes_from_placing_to_the_confirmed_step():
+    history = view(("placed", T0), ("reserved", T0 + timedelta(seconds=0.5)),
+                   ("confirmed", T0 + timedelta(seconds=1.75)), ("shipped", T0 + timedelta(seconds=9)))
+
+    assert order_metrics.confirmation_seconds(history) == 1.75
+
+
+def test_an_order_never_confirmed_has_no_confirmation_time():
+    cancelled = view(("placed", T0), ("cancelled", T0 + timedelta(seconds=3)))
+
+    assert order_metrics.confirmation_seconds(cancelled) is None
+
+
+# --- payments ------------------------------------------------------------------------------------
+
+
+def money() -> tuple[float, float, float]:
+    """Captured EUR, captured USD, refunded EUR, in cents."""
+    return (
+        sample("emporium_payments_captured_cents_total", currency="EUR"),
+        sample("emporium_payments_captured_cents_total", currency="USD"),
+        sample("emporium_payments_refunded_cents_total", currency="EUR"),
+    )
+
+
+async def test_captures_and_refunds_add_their_cents_under_their_currency():
+    before = money()
+
+    await observe(payments, PaymentCaptured(
+        payment_id="p-1", order_id="o-1", customer_id="c-1", amount_cents=2500, currency="EUR",
+        provider_reference="ref-1",
+    ))
+    await observe(payments, PaymentCaptured(
+        payment_id="p-2", order_id="o-2", customer_id="c-1", amount_cents=999, currency="EUR",
+        provider_reference="ref-2",
+    ))
+    await observe(payments, PaymentRefunded(
+        payment_id="p-1", order_id="o-1", customer_id="c-1", amount_cents=2500, currency="EUR"
+    ))
+
+    assert money() == (before[0] + 3499, before[1], before[2] + 2500)
+
+
+# --- trace context in outbox entries and logs ----------------------------------------------------
+
+
+def test_an_outbox_entry_keeps_the_trace_of_the_handler_that_wrote_it():
+    event = placed()
+    with TRACER.start_as_current_span("handler") as span:
+        entry = outbox_entry(event, envelope_of(event))
+    trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+
+    with continued(entry["trace"]):
+        assert trace.get_current_span().get_span_context().trace_id == span.get_span_context().trace_id
+    assert entry["trace"]["traceparent"].split("-")[1] == trace_id
+
+
+def test_without_a_span_nothing_is_kept_and_nothing_is_continued():
+    assert current_carrier() == {}
+    with continued({}):
+        assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_log_lines_name_the_active_span():
+    with TRACER.start_as_current_span("handler") as span:
+        line = add_trace_ids(None, "info", {"event": "x"})
+    context = span.get_span_context()
+
+    assert line == {
+        "event": "x",
+        "trace_id": trace.format_trace_id(context.trace_id),
+        "span_id": trace.format_span_id(context.span_id),
+    }
+    assert add_trace_ids(None, "info", {"event": "y"}) == {"event": "y"}
+
+
+# --- edge ----------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_http_method_is_counted_as_other():
+    app = ObserveRequests(Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))]))
+    labels = {"route": "unmatched", "status": "404"}
+    before = sample("emporium_edge_requests_total", method=OTHER_METHOD, **labels)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:
+        response = await client.request("BREW", "/nowhere")
+
+    assert response.status_code == 404
+    assert sample("emporium_edge_requests_total", method=OTHER_METHOD, **labels) == before + 1
+    assert sample("emporium_edge_requests_total", method="BREW", **labels) == 0.0
+
+
+def test_every_reply_address_is_one_destination_in_faststream_metrics():
+    def destination(routing_key: str, exchange: str = "") -> str:
+        command = RabbitPublishCommand(
+            b"{}", _publish_type=PublishType.PUBLISH, routing_key=routing_key, exchange=RabbitExchange(exchange)
+        )
+        return _BoundedDestinations().get_publish_destination_name_from_cmd(command)
+
+    assert destination("amq.rabbitmq.reply-to.g1h2AA==") == destination("amq.rabbitmq.reply-to.x9==")
+    assert destination("amq.rabbitmq.reply-to.g1h2AA==") == "default.amq.rabbitmq.reply-to"
+    assert destination("order.placed", "emporium.events") == "emporium.events.order.placed"
