@@ -104,16 +104,16 @@ class Settings(BaseSettings):
     def _refuse_dev_defaults_in_production(self) -> "Settings":
         if self.emporium_env != "production":
             return self
-        problems = []
+        # What every process uses; the database and the management API are checked where they are
+        # used (``require_production_database``, the operators' tools), since the edge has neither.
         if "guest:guest@" in self.rabbitmq_url:
-            problems.append("RABBITMQ_URL uses the guest account")
-        if "guest:guest@" in self.rabbitmq_management_url:
-            problems.append("RABBITMQ_MANAGEMENT_URL uses the guest account")
-        if self.mongodb_url == _DEV_MONGODB_URL:
-            problems.append("MONGODB_URL is the development default (no credentials)")
-        if problems:
-            raise ValueError("refusing to start in production: " + "; ".join(problems))
+            raise ValueError("refusing to start in production: RABBITMQ_URL uses the guest account")
         return self
+
+    def require_production_database(self) -> None:
+        """Refuse, in production, the development MongoDB (no credentials): for processes with actors."""
+        if self.emporium_env == "production" and self.mongodb_url == _DEV_MONGODB_URL:
+            raise ValueError("refusing to start in production: MONGODB_URL is the development default")
 
     def database_name(self, actor: str) -> str:
         return f"{self.emporium_db_prefix}_{actor}"

@@ -71,6 +71,8 @@ def with_vhost(amqp_url: str, vhost: str) -> str:
 
 def management_client(settings: Settings) -> httpx.AsyncClient:
     """A client of the management API, with the credentials of its URL moved into basic auth."""
+    if settings.emporium_env == "production" and "guest:guest@" in settings.rabbitmq_management_url:
+        raise DlqError("refusing in production: RABBITMQ_MANAGEMENT_URL uses the guest account")
     parts = urlsplit(settings.rabbitmq_management_url)
     netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     return httpx.AsyncClient(

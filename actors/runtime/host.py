@@ -47,6 +47,7 @@ def _subscribe(broker: RabbitBroker, queue: Any, consumer: WorkConsumer | QueryC
 
 class ActorHost:
     def __init__(self, actors: list[Actor[Any]], settings: Settings, *, app_name: str = "emporium-actors") -> None:
+        settings.require_production_database()
         self.actors = actors
         self.settings = settings
         self.broker = make_broker(settings, app_name=app_name)
