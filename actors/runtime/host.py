@@ -12,7 +12,7 @@ from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime.actor import Actor
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
-from actors.runtime.metrics import load_actor_metrics
+from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
 from brokers.factory import make_broker
 from brokers.settings import Settings
@@ -58,6 +58,7 @@ class ActorHost:
         declares = settings.emporium_declare_topology
         for actor in actors:
             load_actor_metrics(actor.name)
+            start_at_zero(actor.name, actor.handlers)
             db = self.client[settings.database_name(actor.name)]
             topology = self.topologies[actor.name]
             relay = OutboxRelay(actor.name, self.broker, db, sweep_s=settings.emporium_outbox_sweep_s)

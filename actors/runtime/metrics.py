@@ -8,13 +8,15 @@ metrics of the actors it runs and no others.
 
 import importlib
 import importlib.util
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+OUTCOMES = ("applied", "duplicate", "retried", "dead_lettered")
 MESSAGES = Counter(
     "emporium_messages_total",
     "Messages taken off an actor's work queue, by outcome",
-    ["actor", "type", "outcome"],  # applied | duplicate | retried | dead_lettered
+    ["actor", "type", "outcome"],  # one of OUTCOMES
 )
 HANDLER_SECONDS = Histogram(
     "emporium_handler_duration_seconds",
@@ -41,3 +43,11 @@ def load_actor_metrics(actor_name: str) -> None:
     # find_spec of the package first: an actor that is not a package of actors/ (a test's) has none.
     if importlib.util.find_spec(package) and importlib.util.find_spec(f"{package}.metrics"):
         importlib.import_module(f"{package}.metrics")
+
+
+def start_at_zero(actor_name: str, message_types: Iterable[str]) -> None:
+    """Create every outcome's series of an actor's messages at 0, so that a rate of retries or dead
+    letters is 0 until one happens, rather than no data."""
+    for message_type in message_types:
+        for outcome in OUTCOMES:
+            MESSAGES.labels(actor_name, message_type, outcome)

@@ -25,7 +25,7 @@ from actors.orders import metrics as order_metrics
 from actors.orders.handlers import orders
 from actors.payments.handlers import payments
 from actors.runtime.actor import Actor
-from actors.runtime.metrics import load_actor_metrics
+from actors.runtime.metrics import OUTCOMES, load_actor_metrics, start_at_zero
 from actors.runtime.outbox import outbox_entry
 from actors.runtime.store import Store
 from brokers.contracts.orders import (
@@ -242,3 +242,10 @@ def test_every_reply_address_is_one_destination_in_faststream_metrics():
     assert destination("amq.rabbitmq.reply-to.g1h2AA==") == destination("amq.rabbitmq.reply-to.x9==")
     assert destination("amq.rabbitmq.reply-to.g1h2AA==") == "default.amq.rabbitmq.reply-to"
     assert destination("order.placed", "emporium.events") == "emporium.events.order.placed"
+
+
+def test_every_outcome_of_an_actors_messages_starts_at_zero():
+    start_at_zero("zero-test", ["zero.test_command"])
+    for outcome in OUTCOMES:
+        labels = {"actor": "zero-test", "type": "zero.test_command", "outcome": outcome}
+        assert REGISTRY.get_sample_value("emporium_messages_total", labels) == 0.0
