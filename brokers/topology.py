@@ -234,7 +234,24 @@ async def declare(broker: RabbitBroker, topology: ActorTopology, *, create: bool
     """Declare an actor's queues and bindings; idempotent, safe to run at every start.
 
     ``create=False`` only checks that the exchanges and queues exist (see ``declare_exchanges``).
+    Where it may declare, it also removes the queues earlier versions declared (``obsolete_queues``).
     """
     await declare_exchanges(broker, create=create)
     for spec in topology.queues:
         await _declare_queue(broker, spec, create=create)
+    if create:
+        await _remove_obsolete(broker, topology.actor)
+
+
+def obsolete_queues(actor: str) -> tuple[str, ...]:
+    """Queues of earlier versions of this topology: the query queue that dead-lettered what expired
+    in it (logins, passwords included) and its dead-letter queue. Still bound, the first would keep
+    taking a copy of every query, and the second keep what it parked."""
+    return (f"{actor}.queries", dlq_name(f"{actor}.queries"))
+
+
+async def _remove_obsolete(broker: RabbitBroker, actor: str) -> None:
+    connection = await broker.connect()  # the broker's open connection
+    async with connection.channel(publisher_confirms=False) as channel:
+        for name in obsolete_queues(actor):
+            await channel.queue_delete(name)  # deleting a queue that is not there is not an error

@@ -154,3 +154,24 @@ async def test_a_changed_queue_argument_is_refused_not_applied_silently(start_ho
 
     catalog_queue = live_topology(management, settings)["queues"]["catalog"]
     assert catalog_queue["arguments"]["x-delivery-limit"] == settings.emporium_delivery_limit
+
+
+async def test_queues_of_the_earlier_topology_are_removed_with_what_they_parked(start_host, management, settings):
+    """An earlier version dead-lettered expired queries from `<actor>.queries` into
+    `<actor>.queries.dlq`, logins with their passwords included: a host that may declare removes both."""
+    vhost = quote(vhost_of(settings), safe="")
+    for name in ("identity.queries", "identity.queries.dlq"):
+        management.put(
+            f"/api/queues/{vhost}/{name}", json={"durable": True, "arguments": {"x-queue-type": "quorum"}}
+        ).raise_for_status()
+    management.post(
+        f"/api/exchanges/{vhost}/amq.default/publish",
+        json={"routing_key": "identity.queries.dlq", "payload": '{"password": "x"}', "payload_encoding": "string",
+              "properties": {"delivery_mode": 2}},
+    ).raise_for_status()
+
+    await start_host("identity")
+
+    for name in ("identity.queries", "identity.queries.dlq"):
+        assert management.get(f"/api/queues/{vhost}/{name}").status_code == 404
+    assert management.get(f"/api/queues/{vhost}/identity.reads").status_code == 200
