@@ -6,9 +6,12 @@ and answered 202 with the ids to follow it by; a read asks the owning actor and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -22,7 +25,6 @@ from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
-from ops import asyncapi
 
 DESCRIPTION = f"""
 The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ and MongoDB.
@@ -77,6 +79,14 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _asyncapi_document() -> dict[str, Any]:
+    """The committed AsyncAPI document (``emporium asyncapi write``), shipped with the edge."""
+    return _ASYNCAPI
+
+
+_ASYNCAPI: dict[str, Any] = json.loads(resources.files("edge").joinpath("asyncapi.json").read_text())
+
+
 def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Check] | None = None) -> FastAPI:
     """The edge; ``extra_checks`` join its readiness (the all-in-one process adds its actors')."""
     settings = settings or get_settings()
@@ -112,7 +122,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
     app.add_api_route(
         "/asyncapi.json",
-        asyncapi.document,
+        _asyncapi_document,
         methods=["GET"],
         tags=["operations"],
         summary="The AsyncAPI document of the actors' messages (generated from the contracts)",

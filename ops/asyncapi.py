@@ -6,8 +6,8 @@ operation says which actor receives what (handlers and query answers of ``actors
 which actor sends each event (the events defined in its own contracts module). Queries are
 request/reply operations answered on the asker's reply-to address.
 
-``docs/asyncapi.json`` is the committed copy: a test regenerates it, so a contract change is always
-a visible diff. The edge serves the same document at ``/asyncapi.json``.
+``edge/asyncapi.json`` is the committed copy: a test regenerates it, so a contract change is always
+a visible diff. The edge serves that copy at ``/asyncapi.json`` (the edge runs no actor code).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from brokers.contracts import events_of
 from brokers.envelope import REGISTRY, Kind, Message
 from brokers.topology import exchange_for
 
-COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
+COMMITTED = Path(__file__).resolve().parent.parent / "edge" / "asyncapi.json"
 _SCHEMAS = "#/components/schemas/"
 _KIND_OF_EXCHANGE = {Kind.COMMAND: "direct", Kind.EVENT: "topic", Kind.QUERY: "direct"}
 
@@ -198,7 +198,7 @@ def rendered() -> str:
 def write_command(
     check: Annotated[bool, typer.Option(help="Change nothing; exit 1 if the committed copy is stale.")] = False,
 ) -> None:
-    """Write docs/asyncapi.json from the code (or check it is up to date)."""
+    """Write edge/asyncapi.json from the code (or check it is up to date)."""
     current = COMMITTED.read_text() if COMMITTED.exists() else ""
     if current == rendered():
         typer.echo(f"{COMMITTED.name} is up to date")
@@ -206,7 +206,6 @@ def write_command(
     if check:
         typer.echo(f"{COMMITTED} is stale: run `emporium asyncapi write`", err=True)
         raise typer.Exit(1)
-    COMMITTED.parent.mkdir(exist_ok=True)
     COMMITTED.write_text(rendered())
     typer.echo(f"wrote {COMMITTED}")
 

@@ -12,6 +12,10 @@ from brokers.contracts import (
     shipping,
 )
 
+# The actors, by name: each owns the contracts module of its name. A test checks this against
+# actors.registry, so processes that must not import actor code (the edge) can still name them.
+OWNERS = ("identity", "catalog", "inventory", "orders", "payments", "shipping", "notifications", "analytics")
+
 
 def events_of(owner: str) -> tuple[str, ...]:
     """The event types an actor publishes: those whose contract is defined in its contracts module."""
@@ -24,6 +28,7 @@ def events_of(owner: str) -> tuple[str, ...]:
 
 
 __all__ = [
+    "OWNERS",
     "events_of",
     "analytics", "catalog", "common", "identity", "inventory", "notifications", "orders", "payments", "shipping",
 ]

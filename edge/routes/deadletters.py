@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from actors.registry import ACTORS
+from brokers.contracts import OWNERS
 from brokers.contracts.common import EntityId
 from brokers.deadletters import DeadLetter
 from brokers.settings import Settings
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/admin/dead-letters", tags=["admin"], dependencies=[D
 CurrentSettings = Annotated[Settings, Depends(settings_of)]
 
 DeadLetterQueue = StrEnum(  # type: ignore[misc]
-    "DeadLetterQueue", {f"{actor}.dlq": f"{actor}.dlq" for actor in sorted(ACTORS)}
+    "DeadLetterQueue", {f"{actor}.dlq": f"{actor}.dlq" for actor in sorted(OWNERS)}
 )
 QueueName = Annotated[DeadLetterQueue, Path(description="An actor's dead-letter queue, `<actor>.dlq`.")]
 PROBLEMS = problem_responses(401, 403, 404, 422, 503)
