@@ -30,6 +30,7 @@ from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
 from actors.runtime.errors import PERMANENT, NotFound, RuleViolation
 from actors.runtime.outbox import OutboxRelay
+from actors.runtime.serial import KeyedLocks
 from brokers import tracing
 from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
 from brokers.envelope import Envelope, Event, InvalidMessage
@@ -63,6 +64,7 @@ class WorkConsumer:
     ) -> None:
         self.actor, self.topology, self.broker = actor, topology, broker
         self.client, self.db, self.relay, self.settings = client, db, relay, settings
+        self.serial, self.entity_serial = KeyedLocks(), KeyedLocks()
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         type_ = self._type_label(message)
@@ -85,7 +87,7 @@ class WorkConsumer:
             contract, handler = self.actor.handler_for(envelope)
             payload = contract.parse(message.body)
             started = time.perf_counter()
-            work = await self._transact(envelope, payload, handler)
+            work = await self._serially(envelope, payload, handler)
             metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(time.perf_counter() - started)
         except PERMANENT as exc:
             reason = Reason.INVALID_MESSAGE if isinstance(exc, InvalidMessage) else Reason.RULE_VIOLATION
@@ -122,6 +124,15 @@ class WorkConsumer:
         if error is not None:
             span.record_exception(error)
             span.set_status(StatusCode.ERROR, f"{outcome}: {type(error).__name__}")
+
+    async def _serially(self, envelope: Envelope, payload: Any, handler: Any) -> UnitOfWork[Any] | None:
+        """Apply the message while no other message of its conversation (then: of its entities) is
+        being applied in this process. Conversations are locked before entities, each tier in sorted
+        order, so no two messages can wait for each other in a circle."""
+        async with self.serial.holding([envelope.correlation_id]):
+            entities = await self.actor.entity_keys(envelope, payload, self.actor.store(self.db))
+            async with self.entity_serial.holding(entities):
+                return await self._transact(envelope, payload, handler)
 
     async def _transact(self, envelope: Envelope, payload: Any, handler: Any) -> UnitOfWork[Any] | None:
         """Apply the message once: the work of the attempt that committed; None when it had been
