@@ -8,9 +8,17 @@ after the order was cancelled never revives it.
 The state machine::
 
     placed -> reserved -> confirmed -> shipped -> delivered
+      |          |            |           ^
+      |          |            v           | (the parcel had left)
+      |          |        cancelling -----+
       |          |            |
       +----------+------------+--> cancelled (out_of_stock, payment_declined, payment_unavailable,
                                               timeout, customer)
+
+A confirmed order is no longer orders' alone to cancel: shipping may be dispatching it. The
+customer's cancel then only asks (cancelling); shipping answers by stopping the shipment
+(cancelled) or by the dispatch it already made (shipped). So an order is never both shipped and
+cancelled, and inventory never sees a dispatch after it released the stock.
 
 Messages may arrive out of their saga order when one of them waits in a retry; each decision below
 says how it deals with that.
@@ -24,6 +32,7 @@ from datetime import datetime
 from functools import reduce
 
 from actors.orders.events import (
+    CancellationRequested,
     Cancelled,
     Confirmed,
     Delivered,
@@ -36,6 +45,7 @@ from actors.orders.events import (
 from actors.runtime.errors import RuleViolation
 from brokers.contracts.orders import (
     CancelReason,
+    OrderCancellationRequested,
     OrderCancelled,
     OrderConfirmed,
     OrderDelivered,
@@ -51,7 +61,7 @@ from brokers.contracts.payments import FailureReason, PaymentCaptured
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
 from brokers.envelope import Event
 
-STAGES: tuple[OrderStatus, ...] = ("placed", "reserved", "confirmed", "shipped", "delivered")
+STAGES: tuple[OrderStatus, ...] = ("placed", "reserved", "confirmed", "cancelling", "shipped", "delivered")
 # The largest amount the contracts carry (brokers.contracts.common.Cents).
 MAX_TOTAL_CENTS = 100_000_000_00
 PAYMENT_FAILURES: dict[FailureReason, CancelReason] = {
@@ -277,32 +287,49 @@ def expire(order: Order) -> Decision:
 
 
 def cancel_by_customer(order: Order, customer_id: str) -> Decision:
-    """CancelOrder: allowed until dispatch -> cancelled (customer).
+    """CancelOrder: allowed until dispatch.
 
+    Placed or reserved: cancelled (customer). Confirmed: cancelling, and shipping decides (see the
+    module's note); payments refunds the capture once the order is cancelled. Cancelling or
+    cancelled already: nothing, the first reason stays. Shipped or delivered: too late, nothing
+    (the edge answers 409 when it sees that; a cancel racing the dispatch is not the customer's
+    fault, so it is no dead letter either).
     Only the order's own customer may cancel it: anyone else is refused (not ignored, so the dead
-    letter shows the attempt). Confirmed: allowed, payments refunds the capture on order.cancelled.
-    Shipped or delivered: refused. Cancelled already: nothing, the first reason stays.
+    letter shows the attempt; the edge never sends one).
     """
     if customer_id != order.customer_id:
         raise RuleViolation(f"order {order.order_id} is not an order of customer {customer_id}")
+    if order.cancelled or order.reached("cancelling"):
+        return NOTHING
+    if order.status == "confirmed":
+        return (CancellationRequested(),)
+    return (Cancelled(reason="customer"),)
+
+
+def cancel_stopped(order: Order) -> Decision:
+    """shipment.stopped: cancelling -> cancelled (customer).
+
+    Cancelled already: a duplicate, nothing. Any other status: shipping stops a shipment only when
+    orders asked it to, so this contradicts the order and is refused.
+    """
     if order.cancelled:
         return NOTHING
-    if order.reached("shipped"):
-        raise RuleViolation(f"order {order.order_id} is {order.status}: it can no longer be cancelled")
+    if order.status != "cancelling":
+        raise RuleViolation(f"order {order.order_id} is {order.status}: nobody asked to stop its shipment")
     return (Cancelled(reason="customer"),)
 
 
 def ship(order: Order, dispatched: ShipmentDispatched) -> Decision:
-    """shipment.dispatched: confirmed -> shipped, announced as order.shipped.
+    """shipment.dispatched: confirmed or cancelling -> shipped, announced as order.shipped.
 
-    Shipped or delivered: a duplicate, nothing. Cancelled (the customer cancelled while shipping
-    was dispatching): nothing, the cancel was recorded first and stands.
-    Placed or reserved: shipping dispatches only after order.confirmed, which is announced only
-    once the confirmation is recorded, so this is refused.
+    Cancelling: the parcel left before shipping saw the request, which is now void. Shipped or
+    delivered: a duplicate, nothing. Placed, reserved or cancelled: shipping dispatches only after
+    order.confirmed, and a confirmed order is cancelled only once shipping stopped it, so this
+    contradicts the order and is refused.
     """
-    if order.cancelled or order.reached("shipped"):
+    if order.reached("shipped"):
         return NOTHING
-    if order.status != "confirmed":
+    if order.status not in ("confirmed", "cancelling"):
         raise RuleViolation(f"order {order.order_id} is {order.status}: it cannot have been dispatched")
     return (
         Shipped(
@@ -316,12 +343,12 @@ def ship(order: Order, dispatched: ShipmentDispatched) -> Decision:
 def deliver(order: Order, delivered: ShipmentDelivered) -> Decision:
     """shipment.delivered: shipped -> delivered, announced as order.delivered.
 
-    Delivered already: nothing. Cancelled: nothing (see ``ship``). Confirmed: the dispatch is
-    still in a retry, so this waits for it (NotYet, retried). Placed or reserved: refused.
+    Delivered already: nothing. Confirmed or cancelling: the dispatch is still in a retry, so this
+    waits for it (NotYet, retried). Placed, reserved or cancelled: refused (see ``ship``).
     """
-    if order.cancelled or order.status == "delivered":
+    if order.status == "delivered":
         return NOTHING
-    if order.status == "confirmed":
+    if order.status in ("confirmed", "cancelling"):
         raise NotYet(f"order {order.order_id} was delivered before its dispatch was recorded")
     if order.status != "shipped":
         raise RuleViolation(f"order {order.order_id} is {order.status}: it cannot have been delivered")
@@ -340,6 +367,8 @@ def announcement(order: Order, event: OrderEvent) -> Event | None:
             return OrderPlaced(**who, **content)
         case Confirmed():
             return OrderConfirmed(**who, **content)
+        case CancellationRequested():
+            return OrderCancellationRequested(**who)
         case Shipped(shipment_id=shipment_id, carrier=carrier, tracking_number=tracking_number):
             return OrderShipped(
                 **who, shipment_id=shipment_id, carrier=carrier, tracking_number=tracking_number

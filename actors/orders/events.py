@@ -41,6 +41,12 @@ class Confirmed(OrderEvent):
     payment_id: EntityId
 
 
+class CancellationRequested(OrderEvent):
+    """The customer cancelled a confirmed order: cancelled once shipping has stopped its parcel."""
+
+    STATUS = "cancelling"
+
+
 class Shipped(OrderEvent):
     STATUS = "shipped"
     shipment_id: EntityId
@@ -59,7 +65,8 @@ class Cancelled(OrderEvent):
 
 
 EVENT_TYPES: dict[str, type[OrderEvent]] = {
-    kind.STATUS: kind for kind in (Placed, Reserved, Confirmed, Shipped, Delivered, Cancelled)
+    kind.STATUS: kind
+    for kind in (Placed, Reserved, Confirmed, CancellationRequested, Shipped, Delivered, Cancelled)
 }
 
 

@@ -27,7 +27,7 @@ from brokers.contracts.orders import (
     PlaceOrder,
 )
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed
-from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
+from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched, ShipmentStopped
 
 NAME = "orders"
 orders = Actor(NAME, OrdersStore, timers=lambda settings: (settings.emporium_order_deadline_ms,))
@@ -70,6 +70,11 @@ async def expire(command: ExpireOrder, uow: Work) -> None:
 @orders.handles(CancelOrder)
 async def cancel_for_customer(command: CancelOrder, uow: Work) -> None:
     await _decide(uow, command.order_id, lambda order: domain.cancel_by_customer(order, command.customer_id))
+
+
+@orders.handles(ShipmentStopped)
+async def cancel_stopped(event: ShipmentStopped, uow: Work) -> None:
+    await _decide(uow, event.order_id, domain.cancel_stopped)
 
 
 @orders.handles(ShipmentDispatched)

@@ -5,9 +5,17 @@ and a webhook alike, and changes nothing. A report that skips a step (delivered 
 it is scheduled) means we missed the dispatch scan: the parcel did leave, so the shipment is
 dispatched and then delivered, and both events are emitted in that order.
 
-An order cancelled before dispatch stops its shipment: the carrier never takes the parcel, and
-later reports for it change nothing. A cancellation after dispatch breaks the rule that orders may
-only be cancelled until dispatch, and is refused for an operator to look at.
+Shipping is where "cancelled" meets "dispatched": a confirmed order's cancellation is a request
+that shipping answers, because only shipping knows whether the parcel has left. Before dispatch it
+stops the shipment (the carrier never takes the parcel; later reports change nothing) and says so
+with shipment.stopped; after dispatch the request is too late and changes nothing (orders learns
+the order was shipped from the dispatch itself). A request that arrives before the order's
+order.confirmed (that event still in a retry) leaves a stopped record, so the shipment is never
+scheduled.
+
+Every decision about an order writes its one shipment document (keyed by order id, versioned):
+two decisions taken at once about one order conflict in the database, and the loser decides again
+on the winner's result.
 """
 
 from __future__ import annotations
@@ -19,13 +27,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from actors.runtime.errors import RuleViolation
-from brokers.contracts.orders import OrderConfirmed
+from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed
 from brokers.contracts.shipping import (
     ShipmentDelivered,
     ShipmentDispatched,
     ShipmentScheduled,
     ShipmentStep,
+    ShipmentStopped,
     ShipmentView,
 )
 from brokers.envelope import Event
@@ -58,16 +66,22 @@ class Shipment:
     customer_id: str
     carrier: str
     tracking_number: str
+    # Empty for a shipment stopped before it was scheduled: it never existed for the carrier.
     history: tuple[Step, ...]
     cancelled_at: datetime | None = None
     # Bumped by every change, so a write can check nobody changed the shipment in between.
     version: int = 0
 
     @property
-    def status(self) -> Status:
-        return self.history[-1].status
+    def status(self) -> Status | None:
+        return self.history[-1].status if self.history else None
+
+    @property
+    def scheduled(self) -> bool:
+        return bool(self.history)
 
     def view(self) -> ShipmentView:
+        assert self.status is not None, "a shipment stopped before scheduling has no view"
         return ShipmentView(
             shipment_id=self.shipment_id, order_id=self.order_id, customer_id=self.customer_id,
             status=self.status.value, carrier=self.carrier, tracking_number=self.tracking_number,
@@ -103,13 +117,21 @@ def tracking_number_for(carrier: str, order_id: str) -> str:
     return carrier[:2].upper() + str(int(_digest(order_id)[24:40], 16) % 10**12).zfill(12)
 
 
-def schedule(order: OrderConfirmed, *, now: datetime) -> Outcome:
-    carrier = carrier_for(order.order_id)
-    shipment = Shipment(
-        shipment_id=shipment_id_for(order.order_id), order_id=order.order_id, customer_id=order.customer_id,
-        carrier=carrier, tracking_number=tracking_number_for(carrier, order.order_id),
-        history=(Step(Status.SCHEDULED, now),), version=1,
+def _new(order_id: str, customer_id: str, history: tuple[Step, ...], cancelled_at: datetime | None) -> Shipment:
+    carrier = carrier_for(order_id)
+    return Shipment(
+        shipment_id=shipment_id_for(order_id), order_id=order_id, customer_id=customer_id, carrier=carrier,
+        tracking_number=tracking_number_for(carrier, order_id), history=history, cancelled_at=cancelled_at,
+        version=1,
     )
+
+
+def schedule(existing: Shipment | None, order: OrderConfirmed, *, now: datetime) -> Outcome:
+    """order.confirmed: schedule the shipment. Known already (a copy of the event, or a cancellation
+    that came first): nothing."""
+    if existing is not None:
+        return NOTHING
+    shipment = _new(order.order_id, order.customer_id, (Step(Status.SCHEDULED, now),), None)
     scheduled = ShipmentScheduled(
         shipment_id=shipment.shipment_id, order_id=shipment.order_id, customer_id=shipment.customer_id,
         carrier=shipment.carrier, tracking_number=shipment.tracking_number,
@@ -138,12 +160,16 @@ def _announcement(shipment: Shipment, status: Status) -> Event:
     return ShipmentDelivered(shipment_id=shipment.shipment_id, order_id=shipment.order_id)
 
 
-def cancel(shipment: Shipment, *, now: datetime) -> Outcome:
-    if shipment.cancelled_at is not None:
+def stop(existing: Shipment | None, request: OrderCancellationRequested, *, now: datetime) -> Outcome:
+    """order.cancellation_requested: stop the shipment unless the parcel has left.
+
+    Not scheduled yet: a stopped record, so the order.confirmed still on its way schedules nothing.
+    Stopped already: nothing. Dispatched or delivered: too late, nothing.
+    """
+    if existing is None:
+        stopped = _new(request.order_id, request.customer_id, (), now)
+        return Outcome(stopped, (ShipmentStopped(order_id=request.order_id),))
+    if existing.cancelled_at is not None or existing.status is not Status.SCHEDULED:
         return NOTHING
-    if shipment.status is not Status.SCHEDULED:
-        raise RuleViolation(
-            f"order {shipment.order_id} was cancelled after its shipment {shipment.shipment_id} "
-            f"was {shipment.status}"
-        )
-    return Outcome(replace(shipment, cancelled_at=now, version=shipment.version + 1))
+    stopped = replace(existing, cancelled_at=now, version=existing.version + 1)
+    return Outcome(stopped, (ShipmentStopped(order_id=existing.order_id, shipment_id=existing.shipment_id),))

@@ -9,9 +9,10 @@ arrives second changes nothing (see ``domain``).
 from datetime import UTC, datetime
 
 from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.errors import NotFound
 from actors.shipping import domain
 from actors.shipping.store import ShippingStore
-from brokers.contracts.orders import OrderCancelled, OrderConfirmed
+from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed
 from brokers.contracts.shipping import AdvanceShipment, GetShipment, ShipmentView
 
 NAME = "shipping"
@@ -22,10 +23,7 @@ Work = UnitOfWork[ShippingStore]
 
 @shipping.handles(OrderConfirmed)
 async def schedule_shipment(event: OrderConfirmed, uow: Work) -> None:
-    # A copy of the event published again, or an order cancelled before this arrived: nothing to ship.
-    if await uow.store.find(event.order_id) is not None or await uow.store.was_cancelled(event.order_id):
-        return
-    await _apply(uow, domain.schedule(event, now=datetime.now(UTC)))
+    await _apply(uow, domain.schedule(await uow.store.find(event.order_id), event, now=datetime.now(UTC)))
 
 
 @shipping.handles(AdvanceShipment)
@@ -35,13 +33,9 @@ async def advance_shipment(command: AdvanceShipment, uow: Work) -> None:
     await _apply(uow, domain.advance(shipment, command.to, now=datetime.now(UTC)))
 
 
-@shipping.handles(OrderCancelled)
-async def stop_shipment(event: OrderCancelled, uow: Work) -> None:
-    shipment = await uow.store.find(event.order_id)
-    if shipment is None:
-        await uow.store.remember_cancelled(event.order_id)
-        return
-    await _apply(uow, domain.cancel(shipment, now=datetime.now(UTC)))
+@shipping.handles(OrderCancellationRequested)
+async def stop_shipment(event: OrderCancellationRequested, uow: Work) -> None:
+    await _apply(uow, domain.stop(await uow.store.find(event.order_id), event, now=datetime.now(UTC)))
 
 
 async def _apply(uow: Work, outcome: domain.Outcome) -> None:
@@ -57,4 +51,7 @@ async def _apply(uow: Work, outcome: domain.Outcome) -> None:
 
 @shipping.answers_to(GetShipment)
 async def get_shipment(query: GetShipment, store: ShippingStore) -> ShipmentView:
-    return (await store.get(query.order_id)).view()
+    shipment = await store.get(query.order_id)
+    if not shipment.scheduled:
+        raise NotFound(f"order {query.order_id} was cancelled before a shipment was scheduled")
+    return shipment.view()

@@ -1,10 +1,16 @@
-"""Shipping's data: one shipment per order (keyed by order id), and the orders cancelled before it existed."""
+"""Shipping's data: one shipment document per order (keyed by order id, versioned), stopped ones included.
+
+Everything shipping decides about an order is written to that one document, inserted at version 1
+or updated only from the version it was read at: rival decisions conflict instead of both committing.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from actors.runtime.errors import ConcurrentUpdate, NotFound
+from pymongo.errors import DuplicateKeyError
+
 from actors.runtime.store import Store
 from actors.shipping.domain import Shipment, Status, Step
 
@@ -32,10 +38,6 @@ class ShippingStore(Store):
     def _shipments(self):
         return self.db["shipments"]
 
-    @property
-    def _cancelled_orders(self):
-        return self.db["cancelled_orders"]
-
     @classmethod
     async def prepare(cls, db) -> None:
         await db["shipments"].create_index("shipment_id", unique=True)
@@ -54,17 +56,13 @@ class ShippingStore(Store):
         """Insert a new shipment, or update one only if it is still the version the change started from."""
         doc = _document(shipment)
         if shipment.version == 1:
-            await self._shipments.insert_one({"_id": shipment.order_id, **doc}, session=self.session)
+            try:
+                await self._shipments.insert_one({"_id": shipment.order_id, **doc}, session=self.session)
+            except DuplicateKeyError as exc:
+                raise ConcurrentUpdate(f"shipment of order {shipment.order_id} was created meanwhile") from exc
             return
         result = await self._shipments.update_one(
             {"_id": shipment.order_id, "version": shipment.version - 1}, {"$set": doc}, session=self.session
         )
         if result.matched_count != 1:
             raise ConcurrentUpdate(f"shipment of order {shipment.order_id} changed while being updated")
-
-    async def remember_cancelled(self, order_id: str) -> None:
-        await self._cancelled_orders.replace_one({"_id": order_id}, {}, upsert=True, session=self.session)
-
-    async def was_cancelled(self, order_id: str) -> bool:
-        found = await self._cancelled_orders.find_one({"_id": order_id}, {"_id": 1}, session=self.session)
-        return found is not None

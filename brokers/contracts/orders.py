@@ -9,7 +9,9 @@ from brokers.contracts.common import Cents, Currency, EntityId, Line, Quantity, 
 from brokers.envelope import Command, Event, Query
 
 CancelReason = Literal["out_of_stock", "payment_declined", "payment_unavailable", "timeout", "customer"]
-OrderStatus = Literal["placed", "reserved", "confirmed", "shipped", "delivered", "cancelled"]
+# "cancelling": the customer cancelled a confirmed order; shipping decides whether the parcel can still
+# be stopped (then "cancelled") or has already left (then "shipped").
+OrderStatus = Literal["placed", "reserved", "confirmed", "cancelling", "shipped", "delivered", "cancelled"]
 
 
 class OrderLine(Value):
@@ -63,6 +65,14 @@ class OrderCancelled(Event, type="order.cancelled"):
     order_id: EntityId
     customer_id: EntityId
     reason: CancelReason
+
+
+class OrderCancellationRequested(Event, type="order.cancellation_requested"):
+    """The customer cancelled a confirmed order. Only shipping knows whether its parcel has left, so
+    shipping answers: shipment.stopped (the order is then cancelled) or, too late, the dispatch."""
+
+    order_id: EntityId
+    customer_id: EntityId
 
 
 class OrderShipped(Event, type="order.shipped"):

@@ -40,6 +40,14 @@ class ShipmentDelivered(Event, type="shipment.delivered"):
     order_id: EntityId
 
 
+class ShipmentStopped(Event, type="shipment.stopped"):
+    """A cancellation reached shipping before dispatch: the carrier never takes the parcel."""
+
+    order_id: EntityId
+    # None when the cancellation arrived before the shipment was scheduled.
+    shipment_id: EntityId | None = None
+
+
 class ShipmentStep(Value):
     status: ShipmentStatus
     at: datetime

@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from brokers.contracts.orders import OrderCancelled, OrderConfirmed, OrderLine
+from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed, OrderLine
 from brokers.contracts.shipping import AdvanceShipment, GetShipment, ShipmentView
 from brokers.envelope import Message
 from brokers.factory import publish
@@ -125,12 +125,17 @@ async def test_delivery_reported_before_dispatch_dispatches_then_delivers(start_
     assert shipment_events(tap) == ["shipment.scheduled", "shipment.dispatched", "shipment.delivered"]
 
 
-async def test_an_order_cancelled_before_dispatch_is_never_dispatched(start_host, broker, mongo, settings):
-    await start_host("shipping", emporium_carrier_step_ms=STEP_MS)
+def cancel_request(order_id: str) -> OrderCancellationRequested:
+    return OrderCancellationRequested(order_id=order_id, customer_id="c-1")
+
+
+async def test_an_order_cancelled_before_dispatch_is_stopped_and_never_dispatched(start_host, broker, mongo, settings):
+    # A carrier step long enough that the cancel is surely handled before the dispatch timer fires.
+    await start_host("shipping", emporium_carrier_step_ms=10 * STEP_MS)
     async with Tap(settings.rabbitmq_url) as tap, requester(settings) as asker:
         await tell(broker, confirmed("o-4"), "o-4")
         await tap.wait_for("shipment.scheduled")
-        await tell(broker, OrderCancelled(order_id="o-4", customer_id="c-1", reason="customer"), "o-4")
+        await tell(broker, cancel_request("o-4"), "o-4")
         await eventually(
             lambda: asker.ask(GetShipment(order_id="o-4"), ShipmentView),
             until=lambda view: view.cancelled_at is not None,
@@ -139,8 +144,10 @@ async def test_an_order_cancelled_before_dispatch_is_never_dispatched(start_host
         await eventually(handled(mongo, settings, ADVANCE), until=lambda n: n == 1, what="the carrier's step")
         view = await asker.ask(GetShipment(order_id="o-4"), ShipmentView)
 
-    assert shipment_events(tap) == ["shipment.scheduled"]
+    assert shipment_events(tap) == ["shipment.scheduled", "shipment.stopped"]
     assert view.status == "scheduled"
+    (stopped,) = bodies(tap, "shipment.stopped")
+    assert stopped == {"order_id": "o-4", "shipment_id": view.shipment_id}
 
 
 async def test_an_order_cancelled_before_its_confirmation_arrives_gets_no_shipment(
@@ -148,12 +155,28 @@ async def test_an_order_cancelled_before_its_confirmation_arrives_gets_no_shipme
 ):
     await start_host("shipping", emporium_carrier_step_ms=STEP_MS)
     async with Tap(settings.rabbitmq_url) as tap, requester(settings) as asker:
-        await tell(broker, OrderCancelled(order_id="o-5", customer_id="c-1", reason="customer"), "o-5")
-        await eventually(handled(mongo, settings, OrderCancelled.TYPE), until=lambda n: n == 1, what="cancel")
+        await tell(broker, cancel_request("o-5"), "o-5")
+        await eventually(
+            handled(mongo, settings, OrderCancellationRequested.TYPE), until=lambda n: n == 1, what="cancel"
+        )
         await tell(broker, confirmed("o-5"), "o-5")
         await eventually(handled(mongo, settings, OrderConfirmed.TYPE), until=lambda n: n == 1, what="confirm")
         with pytest.raises(QueryFailed) as missing:
             await asker.ask(GetShipment(order_id="o-5"), ShipmentView)
 
     assert missing.value.problem.status == 404
-    assert shipment_events(tap) == []
+    assert shipment_events(tap) == ["shipment.stopped"]
+
+
+async def test_a_cancel_after_dispatch_is_too_late_and_the_parcel_goes_on(start_host, broker, mongo, settings):
+    await start_host("shipping", emporium_carrier_step_ms=STEP_MS)
+    async with Tap(settings.rabbitmq_url) as tap:
+        await tell(broker, confirmed("o-6"), "o-6")
+        await tap.wait_for("shipment.dispatched")
+        await tell(broker, cancel_request("o-6"), "o-6")
+        await eventually(
+            handled(mongo, settings, OrderCancellationRequested.TYPE), until=lambda n: n == 1, what="cancel"
+        )
+        await tap.wait_for("shipment.delivered")
+
+    assert shipment_events(tap) == ["shipment.scheduled", "shipment.dispatched", "shipment.delivered"]

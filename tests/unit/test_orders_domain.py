@@ -5,6 +5,7 @@ import pytest
 from actors.orders import domain
 from actors.orders.domain import NOTHING, CorruptStream, NotYet, Order, Price
 from actors.orders.events import (
+    CancellationRequested,
     Cancelled,
     Confirmed,
     Delivered,
@@ -17,6 +18,7 @@ from actors.orders.events import (
 from actors.runtime.errors import RuleViolation
 from brokers.contracts.common import Line
 from brokers.contracts.orders import (
+    OrderCancellationRequested,
     OrderCancelled,
     OrderConfirmed,
     OrderDelivered,
@@ -65,6 +67,7 @@ def at(status: str) -> Order:
         "placed": (),
         "reserved": (Reserved(),),
         "confirmed": (Reserved(), Confirmed(payment_id="pay-1")),
+        "cancelling": (Reserved(), Confirmed(payment_id="pay-1"), CancellationRequested()),
         "shipped": (
             Reserved(),
             Confirmed(payment_id="pay-1"),
@@ -251,12 +254,33 @@ def test_the_deadline_cancels_only_an_order_not_yet_confirmed():
     assert domain.expire(cancelled("customer")) == NOTHING
 
 
-def test_the_customer_may_cancel_until_dispatch():
-    for status in ("placed", "reserved", "confirmed"):
+def test_the_customer_cancels_an_unpaid_order_at_once_and_asks_shipping_for_a_confirmed_one():
+    for status in ("placed", "reserved"):
         assert domain.cancel_by_customer(at(status), "c1") == (Cancelled(reason="customer"),)
-    for status in ("shipped", "delivered"):
-        with pytest.raises(RuleViolation, match="can no longer be cancelled"):
-            domain.cancel_by_customer(at(status), "c1")
+    assert domain.cancel_by_customer(at("confirmed"), "c1") == (CancellationRequested(),)
+    assert domain.announcement(at("cancelling"), CancellationRequested()) == OrderCancellationRequested(
+        order_id="o1", customer_id="c1"
+    )
+
+
+def test_a_cancel_asked_again_or_too_late_changes_nothing_and_is_no_dead_letter():
+    for status in ("cancelling", "shipped", "delivered"):
+        assert domain.cancel_by_customer(at(status), "c1") == NOTHING
+
+
+def test_the_order_is_cancelled_once_shipping_has_stopped_its_shipment():
+    assert domain.cancel_stopped(at("cancelling")) == (Cancelled(reason="customer"),)
+    assert domain.cancel_stopped(after(at("cancelling"), Cancelled(reason="customer"))) == NOTHING
+    for status in ("confirmed", "shipped"):
+        with pytest.raises(RuleViolation, match="nobody asked to stop its shipment"):
+            domain.cancel_stopped(at(status))
+
+
+def test_a_cancelling_order_is_still_paid_for_and_never_times_out():
+    order = at("cancelling")
+    assert order.reached("confirmed") and not order.reached("shipped")
+    assert domain.expire(order) == NOTHING
+    assert domain.confirm(order, capture()) == NOTHING
 
 
 def test_cancelling_again_keeps_the_first_reason_and_another_customer_may_not_cancel():
@@ -271,17 +295,25 @@ def test_dispatch_ships_a_confirmed_order_once():
     )
     assert domain.ship(at("shipped"), DISPATCHED) == NOTHING
     assert domain.ship(at("delivered"), DISPATCHED) == NOTHING
-    assert domain.ship(cancelled("customer", since="confirmed"), DISPATCHED) == NOTHING
-    with pytest.raises(RuleViolation, match="cannot have been dispatched"):
-        domain.ship(at("reserved"), DISPATCHED)
+    for order in (at("reserved"), cancelled("customer")):
+        with pytest.raises(RuleViolation, match="cannot have been dispatched"):
+            domain.ship(order, DISPATCHED)
+
+
+def test_a_dispatch_before_shipping_saw_the_cancel_request_ships_the_order():
+    assert domain.ship(at("cancelling"), DISPATCHED) == (
+        Shipped(shipment_id="s1", carrier="dhl", tracking_number="T1"),
+    )
 
 
 def test_delivery_follows_the_dispatch_and_waits_for_a_late_one():
     assert domain.deliver(at("shipped"), DELIVERED) == (Delivered(shipment_id="s1"),)
     assert domain.deliver(at("delivered"), DELIVERED) == NOTHING
-    assert domain.deliver(cancelled("customer", since="confirmed"), DELIVERED) == NOTHING
-    with pytest.raises(NotYet):
-        domain.deliver(at("confirmed"), DELIVERED)
+    for status in ("confirmed", "cancelling"):
+        with pytest.raises(NotYet):
+            domain.deliver(at(status), DELIVERED)
+    with pytest.raises(RuleViolation, match="cannot have been delivered"):
+        domain.deliver(cancelled("customer"), DELIVERED)
     with pytest.raises(RuleViolation, match="cannot have been delivered"):
         domain.deliver(at("placed"), DELIVERED)
 

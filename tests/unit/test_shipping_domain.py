@@ -1,12 +1,9 @@
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from actors.runtime.errors import RuleViolation
 from actors.shipping import domain
 from actors.shipping.domain import CARRIERS, Status
-from brokers.contracts.orders import OrderConfirmed, OrderLine
-from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched, ShipmentScheduled
+from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed, OrderLine
+from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched, ShipmentScheduled, ShipmentStopped
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1, T2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
@@ -20,13 +17,13 @@ def confirmed(order_id: str = "o1") -> OrderConfirmed:
 
 
 def scheduled(order_id: str = "o1") -> domain.Shipment:
-    outcome = domain.schedule(confirmed(order_id), now=T0)
+    outcome = domain.schedule(None, confirmed(order_id), now=T0)
     assert outcome.shipment is not None
     return outcome.shipment
 
 
 def test_scheduling_names_carrier_and_tracking_number_the_same_way_every_time():
-    first, again = domain.schedule(confirmed(), now=T0), domain.schedule(confirmed(), now=T1)
+    first, again = domain.schedule(None, confirmed(), now=T0), domain.schedule(None, confirmed(), now=T1)
     assert first.shipment is not None and again.shipment is not None
     assert (first.shipment.shipment_id, first.shipment.carrier, first.shipment.tracking_number) == (
         again.shipment.shipment_id, again.shipment.carrier, again.shipment.tracking_number,
@@ -43,7 +40,7 @@ def test_orders_are_spread_over_every_carrier_with_distinct_ids():
 
 
 def test_scheduling_announces_the_shipment_and_asks_the_carrier_to_dispatch():
-    outcome = domain.schedule(confirmed(), now=T0)
+    outcome = domain.schedule(None, confirmed(), now=T0)
     shipment = outcome.shipment
     assert shipment is not None and shipment.status is Status.SCHEDULED and shipment.version == 1
     assert outcome.events == (
@@ -88,20 +85,38 @@ def test_delivered_before_dispatched_dispatches_then_delivers():
     assert outcome.next_step is None
 
 
-def test_a_cancelled_shipment_is_never_moved_on():
-    cancelled = domain.cancel(scheduled(), now=T1).shipment
-    assert cancelled is not None and cancelled.cancelled_at == T1 and cancelled.version == 2
-    assert domain.cancel(cancelled, now=T2) == domain.NOTHING
+CANCEL = OrderCancellationRequested(order_id="o1", customer_id="c1")
+
+
+def test_a_copy_of_the_confirmation_schedules_nothing_more():
+    assert domain.schedule(scheduled(), confirmed(), now=T1) == domain.NOTHING
+
+
+def test_a_stopped_shipment_is_announced_once_and_never_moved_on():
+    shipment = scheduled()
+    outcome = domain.stop(shipment, CANCEL, now=T1)
+    stopped = outcome.shipment
+    assert stopped is not None and stopped.cancelled_at == T1 and stopped.version == 2
+    assert outcome.events == (ShipmentStopped(order_id="o1", shipment_id=shipment.shipment_id),)
+    assert domain.stop(stopped, CANCEL, now=T2) == domain.NOTHING
     for to in ("dispatched", "delivered"):
-        assert domain.advance(cancelled, to, now=T2) == domain.NOTHING
-    assert cancelled.view().cancelled_at == T1 and cancelled.view().status == "scheduled"
+        assert domain.advance(stopped, to, now=T2) == domain.NOTHING
+    assert stopped.view().cancelled_at == T1 and stopped.view().status == "scheduled"
 
 
-def test_cancelling_after_dispatch_is_refused():
+def test_a_cancel_before_the_confirmation_leaves_a_stop_that_nothing_schedules_or_moves():
+    outcome = domain.stop(None, CANCEL, now=T0)
+    stopped = outcome.shipment
+    assert stopped is not None and not stopped.scheduled and stopped.version == 1
+    assert outcome.events == (ShipmentStopped(order_id="o1"),)
+    assert domain.schedule(stopped, confirmed(), now=T1) == domain.NOTHING
+    assert domain.advance(stopped, "dispatched", now=T1) == domain.NOTHING
+
+
+def test_a_cancel_after_dispatch_is_too_late_and_changes_nothing():
     dispatched = domain.advance(scheduled(), "dispatched", now=T1).shipment
     assert dispatched is not None
-    with pytest.raises(RuleViolation, match="cancelled after its shipment .* was dispatched"):
-        domain.cancel(dispatched, now=T2)
+    assert domain.stop(dispatched, CANCEL, now=T2) == domain.NOTHING
 
 
 def test_view_carries_the_whole_history():

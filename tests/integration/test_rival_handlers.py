@@ -1,0 +1,129 @@
+"""Rival handlers of one entity, run at the same moment on the real MongoDB (see rivals.py).
+
+Each test forces the interleaving that breaks a read-one-write-another design (both read, then
+both write) and checks the invariant the saga relies on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.orders.store import OrdersStore
+from actors.shipping.store import ShippingStore
+from brokers.contracts.common import Line
+from brokers.contracts.inventory import Restock, StockReleased, StockReserved
+from brokers.contracts.orders import (
+    CancelOrder,
+    OrderCancellationRequested,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    PlaceOrder,
+)
+from brokers.contracts.payments import PaymentCaptured
+from brokers.contracts.shipping import ShipmentScheduled, ShipmentStopped
+from tests.integration.rivals import Rivals
+from tests.integration.test_runtime_support import order_placed, product_created
+
+pytestmark = pytest.mark.integration
+
+
+def confirmed(order_id: str) -> OrderConfirmed:
+    return OrderConfirmed(
+        order_id=order_id, customer_id="c-1", lines=[OrderLine(sku="LAMP-1", quantity=1, unit_price_cents=900)],
+        total_cents=900, currency="EUR",
+    )
+
+
+async def test_a_shipment_scheduled_and_stopped_at_once_ends_stopped(settings, mongo):
+    """Before: schedule read "not cancelled", stop read "no shipment", and each wrote its own
+    document, so a cancelled order's parcel was dispatched."""
+    rivals = Rivals("shipping", settings, mongo)
+    await rivals.prepare()
+    for n in range(5):
+        order_id = f"o-ship-{n}"
+        messages = (confirmed(order_id), OrderCancellationRequested(order_id=order_id, customer_id="c-1"))
+        rivalries = await rivals.at_once(*messages, correlation_id=order_id, writes={"save"})
+        await rivals.settle(rivalries, order_id)
+        assert any(r.lost for r in rivalries), "both wrote without conflicting"
+
+        shipment = await ShippingStore(rivals.db).find(order_id)
+        assert shipment is not None and shipment.cancelled_at is not None, (order_id, rivalries)
+        stopped = [e for e in await rivals.outbox(ShipmentStopped.TYPE) if order_id in e["body"].decode()]
+        assert len(stopped) == 1
+    # A scheduled shipment was either stopped after it, or never scheduled: never left running.
+    assert len(await rivals.outbox(ShipmentScheduled.TYPE)) <= 5
+
+
+async def test_a_reservation_and_a_cancel_at_once_never_leave_stock_reserved(settings, mongo):
+    """Reserve reads "no reservation" and takes the stock; release reads "no reservation" and
+    records "cancelled before reserving": both write the order's one reservation document."""
+    rivals = Rivals("inventory", settings, mongo)
+    await rivals.prepare()
+    await rivals.apply(product_created("SKU-R"), "setup-1")
+    await rivals.apply(Restock(sku="SKU-R", quantity=5), "setup-2")
+    for n in range(5):
+        order_id = f"o-res-{n}"
+        messages = (
+            order_placed(order_id, ("SKU-R", 1)),
+            OrderCancelled(order_id=order_id, customer_id="customer-1", reason="timeout"),
+        )
+        rivalries = await rivals.at_once(*messages, correlation_id=order_id, writes={"apply"})
+        await rivals.settle(rivalries, order_id)
+        assert any(r.lost for r in rivalries), "both wrote without conflicting"
+
+    stock = await rivals.db["stock"].find_one({"_id": "SKU-R"})
+    assert (stock["on_hand"], stock["reserved"], stock["received"]) == (5, 0, 5)
+    reservations = await rivals.db["reservations"].find({}).to_list()
+    assert {r["status"] for r in reservations} <= {"released", "cancelled_before_reserving"}
+    assert len(await rivals.outbox(StockReserved.TYPE)) == len(await rivals.outbox(StockReleased.TYPE))
+
+
+async def test_two_orders_for_the_last_unit_at_once_reserve_it_once(settings, mongo):
+    rivals = Rivals("inventory", settings, mongo)
+    await rivals.prepare()
+    await rivals.apply(product_created("SKU-LAST"), "setup-1")
+    await rivals.apply(Restock(sku="SKU-LAST", quantity=1), "setup-2")
+    first, second = order_placed("o-a", ("SKU-LAST", 1)), order_placed("o-b", ("SKU-LAST", 1))
+    rivalries = await rivals.at_once(first, second, correlation_id="two-orders", writes={"apply"})
+    await rivals.settle(rivalries, "two-orders")
+    assert any(r.lost for r in rivalries), "both wrote without conflicting"
+
+    stock = await rivals.db["stock"].find_one({"_id": "SKU-LAST"})
+    assert (stock["on_hand"], stock["reserved"]) == (0, 1)
+    assert len(await rivals.outbox(StockReserved.TYPE)) == 1
+
+
+async def test_a_capture_and_a_customer_cancel_at_once_leave_one_line_of_history(settings, mongo):
+    """Both aim at the order's next version: one appends, the other decides again on its result,
+    so the order is either cancelled unpaid or confirmed and then asks shipping, never both."""
+    rivals = Rivals("orders", settings, mongo)
+    await rivals.prepare()
+    await rivals.apply(product_created("SKU-O"), "setup-1")
+    order_id = "o-race"
+    await rivals.apply(
+        PlaceOrder(order_id=order_id, customer_id="c-1", lines=[Line(sku="SKU-O", quantity=1)], request_digest="d"),
+        order_id,
+    )
+    await rivals.apply(StockReserved(order_id=order_id, lines=[Line(sku="SKU-O", quantity=1)]), order_id)
+    [placed] = await rivals.outbox(OrderPlaced.TYPE)
+    total = OrderPlaced.parse(placed["body"]).total_cents
+    capture = PaymentCaptured(
+        payment_id="pay-1", order_id=order_id, customer_id="c-1", amount_cents=total, currency="EUR",
+        provider_reference="ref-1",
+    )
+    rivalries = await rivals.at_once(
+        capture, CancelOrder(order_id=order_id, customer_id="c-1"), correlation_id=order_id, writes={"append"}
+    )
+    await rivals.settle(rivalries, order_id)
+
+    assert any(r.lost for r in rivalries), "both wrote without conflicting"
+    stream = await rivals.db["order_events"].find({"order_id": order_id}).sort("version", 1).to_list()
+    assert [e["version"] for e in stream] == list(range(1, len(stream) + 1))
+    assert [e["type"] for e in stream] in (
+        ["placed", "reserved", "cancelled"],
+        ["placed", "reserved", "confirmed", "cancelling"],
+    )
+    view = await OrdersStore(rivals.db).view(order_id)
+    assert view.status == stream[-1]["type"] and view.version == len(stream)
