@@ -7,14 +7,14 @@ is reserved and whether it was cancelled, and the payment once the provider has 
   first (they travel apart); once, for its total, with the order id as idempotency key;
 - the provider's first definite answer is final: a capture, or a decline (never retried);
 - a capture of a cancelled order is refunded, whichever of the two payments learns first;
-- a provider that stays unavailable past the payment's patience fails the payment as "unavailable".
+- a provider that stays unavailable through every retry of the charge fails it as "unavailable".
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from actors.runtime.errors import NotFound
@@ -196,11 +196,6 @@ def refunded(account: Account, refund_id: str, at: datetime) -> Change:
     )
     payment = replace(payment, status=Status.REFUNDED, refund_reference=refund_id)
     return Change(replace(account, payment=payment, updated_at=at), (event,))
-
-
-def out_of_patience(asked_at: datetime, now: datetime, patience: timedelta) -> bool:
-    """Whether a charge asked for at ``asked_at`` has waited too long for an unavailable provider."""
-    return now - asked_at >= patience
 
 
 def view(order_id: str, account: Account | None) -> PaymentView:

@@ -6,12 +6,13 @@ at the same moment: the order is charged by whichever of the two handlers finds 
 The provider is called inside the handler's transaction; a re-run (a transaction retry, a redelivery)
 calls it again with the same idempotency key and gets the same answer, so nobody is charged twice.
 A provider that is unavailable makes the handler raise, and the message waits in the runtime's delay
-queues; once the charge has waited past its patience, the payment fails as "unavailable" instead
-(the order is then cancelled and its stock released). Refunds never give up: a refund the provider
+queues; on its last retry the payment fails as "unavailable" instead (the order is then cancelled
+and its stock released). Counting tries rather than time since the event keeps a backlog in front
+of payments from using up a payment's patience before the provider was asked even once. Refunds never give up: a refund the provider
 keeps refusing ends in the dead-letter queue for an operator to replay.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from actors.payments import domain, provider
 from actors.payments.store import PaymentsStore
@@ -60,8 +61,7 @@ async def _charge(charge: domain.ChargeRequest, uow: Work) -> domain.ChargeOutco
     try:
         return await client.charge(charge)
     except provider.ProviderUnavailable as exc:
-        patience = timedelta(seconds=client.settings.patience_s)
-        if not domain.out_of_patience(uow.envelope.occurred_at, _now(), patience):
+        if uow.retries_left:
             raise
         return domain.Unavailable(str(exc), exc.attempts)
 

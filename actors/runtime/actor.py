@@ -27,14 +27,24 @@ class UnitOfWork(Generic[S]):
     store's changes and published after commit by the runtime.
     """
 
-    def __init__(self, store: S, envelope: Envelope, topology: ActorTopology, settings: Settings) -> None:
+    def __init__(
+        self, store: S, envelope: Envelope, topology: ActorTopology, settings: Settings, *, attempt: int = 1
+    ) -> None:
         self.store = store
         self.envelope = envelope
+        # Which handling of this message this is (1: the first; more: a retry after a transient failure).
+        self.attempt = attempt
         self.settings = settings
         self._topology = topology
         self.outbox: list[dict[str, Any]] = []
         # What the handler emitted, for the actor's observers once the transaction has committed.
         self.emitted: list[tuple[Event, Envelope]] = []
+
+    @property
+    def retries_left(self) -> bool:
+        """Whether a transient failure now would be retried (else the message is dead-lettered): on
+        its last try a handler may settle for a definite outcome instead of failing again."""
+        return self._topology.retry_queue(self.attempt) is not None
 
     def emit(self, event: Event) -> None:
         """Publish an event once this handler's transaction commits."""

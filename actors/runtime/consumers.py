@@ -87,7 +87,7 @@ class WorkConsumer:
             contract, handler = self.actor.handler_for(envelope)
             payload = contract.parse(message.body)
             started = time.perf_counter()
-            work = await self._serially(envelope, payload, handler)
+            work = await self._serially(envelope, payload, handler, attempts_so_far(message) + 1)
             metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(time.perf_counter() - started)
         except PERMANENT as exc:
             reason = Reason.INVALID_MESSAGE if isinstance(exc, InvalidMessage) else Reason.RULE_VIOLATION
@@ -125,16 +125,20 @@ class WorkConsumer:
             span.record_exception(error)
             span.set_status(StatusCode.ERROR, f"{outcome}: {type(error).__name__}")
 
-    async def _serially(self, envelope: Envelope, payload: Any, handler: Any) -> UnitOfWork[Any] | None:
+    async def _serially(
+        self, envelope: Envelope, payload: Any, handler: Any, attempt: int
+    ) -> UnitOfWork[Any] | None:
         """Apply the message while no other message of its conversation (then: of its entities) is
         being applied in this process. Conversations are locked before entities, each tier in sorted
         order, so no two messages can wait for each other in a circle."""
         async with self.serial.holding([envelope.correlation_id]):
             entities = await self.actor.entity_keys(envelope, payload, self.actor.store(self.db))
             async with self.entity_serial.holding(entities):
-                return await self._transact(envelope, payload, handler)
+                return await self._transact(envelope, payload, handler, attempt)
 
-    async def _transact(self, envelope: Envelope, payload: Any, handler: Any) -> UnitOfWork[Any] | None:
+    async def _transact(
+        self, envelope: Envelope, payload: Any, handler: Any, attempt: int = 1
+    ) -> UnitOfWork[Any] | None:
         """Apply the message once: the work of the attempt that committed; None when it had been
         applied before."""
 
@@ -142,7 +146,8 @@ class WorkConsumer:
             await self.db["inbox"].insert_one(
                 {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
             )
-            work = UnitOfWork(self.actor.store(self.db, session), envelope, self.topology, self.settings)
+            store = self.actor.store(self.db, session)
+            work = UnitOfWork(store, envelope, self.topology, self.settings, attempt=attempt)
             await handler(payload, work)
             if work.outbox:
                 await self.db["outbox"].insert_many(work.outbox, session=session)

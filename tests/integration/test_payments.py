@@ -184,10 +184,10 @@ async def test_the_breaker_opens_spares_the_provider_while_open_and_the_payment_
     assert (await simulator.control.stats()).charges == 1
 
 
-async def test_a_provider_down_past_the_patience_fails_the_payment_as_unavailable(
+async def test_a_provider_down_through_every_retry_fails_the_payment_as_unavailable(
     settings, broker, simulator, start_payments
 ):
-    await start_payments(patience_s=0.5, breaker_failures=100)
+    await start_payments(breaker_failures=100)
     await simulator.control.behave(error_rate=1.0)
     await place(broker, placed("o-5"))
     async with Tap(settings.rabbitmq_url) as tap:

@@ -141,13 +141,6 @@ def test_a_second_cancel_changes_nothing():
     assert domain.cancelled(once, "o1", T1) is once
 
 
-def test_patience_runs_out_when_the_charge_has_waited_that_long():
-    patience = timedelta(seconds=30)
-
-    assert not domain.out_of_patience(T0, T0 + timedelta(seconds=29.9), patience)
-    assert domain.out_of_patience(T0, T0 + timedelta(seconds=30), patience)
-
-
 def test_the_payment_id_is_derived_from_the_order_id():
     assert domain.payment_id("o1") == domain.payment_id("o1") != domain.payment_id("o2")
     assert len(domain.payment_id("o" * 64)) == 32
