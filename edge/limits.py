@@ -2,8 +2,11 @@
 
 Rate limits count requests in a moving window (the `limits` library): every request spends one unit
 of its caller's budget, and a login one unit of its client address's budget and one of its email
-address's. A spent budget is answered 429 with ``Retry-After``. Load shedding refuses new orders
-(503) while the orders work queue already holds more commands than the actors can catch up on soon.
+address's. A spent budget is answered 429 with ``Retry-After``. Admission control refuses new orders
+(503) while the saga's backlog is larger than it can clear well inside an order's deadline: an
+order accepted then would be cancelled for timeout, charged or not. The backlog is the deepest of
+the work queues an order passes before it is confirmed (orders, inventory, payments), so a slow
+inventory counts as much as a slow orders actor.
 
 Client addresses are ``request.client.host``. Behind a reverse proxy that is the proxy's address
 unless uvicorn runs with ``--proxy-headers --forwarded-allow-ips=<the proxy's address>``, which
@@ -33,8 +36,10 @@ from edge.problems import RETRY_AFTER_S, Refused
 RATE_LIMITED = "urn:emporium:problem:rate-limited"
 OVERLOADED = "urn:emporium:problem:overloaded"
 
-# brokers.topology names an actor's work queue after the actor; tests check this against it.
-ORDERS_WORK_QUEUE = "orders"
+# brokers.topology names an actor's work queue after the actor; tests check this against it. These
+# are the queues an order goes through before its confirmation, which the deadline waits for.
+SAGA_WORK_QUEUES = ("orders", "inventory", "payments")
+ORDERS_WORK_QUEUE = SAGA_WORK_QUEUES[0]
 # How long one reading of a queue's depth answers for: a burst of requests shares one declaration.
 DEPTH_MAX_AGE_S = 1.0
 
@@ -110,9 +115,9 @@ class RecentDepth:
 
 
 def install_limits(app: FastAPI, settings: Settings) -> None:
-    """Put the budgets and the orders queue's depth on ``app.state``."""
+    """Put the budgets and the saga queues' depths on ``app.state``."""
     app.state.rate_limits = RateLimits(settings)
-    app.state.orders_depth = RecentDepth(ORDERS_WORK_QUEUE)
+    app.state.saga_depths = tuple(RecentDepth(queue) for queue in SAGA_WORK_QUEUES)
 
 
 async def limit_caller(
@@ -124,14 +129,16 @@ async def limit_caller(
 
 
 async def shed_orders_load(request: Request) -> None:
-    """Dependency: refuse a new order (503) while the orders work queue is longer than its bound."""
-    orders_depth: RecentDepth = request.app.state.orders_depth
-    depth = await orders_depth.read(request.app.state.link)
-    bound = request.app.state.settings.emporium_orders_queue_bound
+    """Dependency: refuse a new order (503) while a saga work queue is longer than the bound."""
+    saga_depths: tuple[RecentDepth, ...] = request.app.state.saga_depths
+    link = request.app.state.link
+    depths = await asyncio.gather(*(depth.read(link) for depth in saga_depths))
+    depth, queue = max(zip(depths, (d.queue for d in saga_depths), strict=True))
+    bound = request.app.state.settings.emporium_saga_backlog_bound
     if depth > bound:
         raise Refused(
             503,
-            f"the {orders_depth.queue} queue holds {depth} commands, above the bound {bound}; retry later",
+            f"the {queue} queue holds {depth} messages, above the saga's backlog bound {bound}; retry later",
             type_=OVERLOADED,
             title="Too busy to take orders",
             headers={"Retry-After": str(RETRY_AFTER_S)},

@@ -146,7 +146,7 @@ async def test_orders_are_shed_while_the_orders_queue_is_over_its_bound(
     for n in range(3):
         order = PlaceOrder(order_id=f"o-{n}", customer_id="c", lines=[Line(sku="LAMP", quantity=1)], request_digest="d")
         await send(broker, order)
-    edge = await serve_edge(emporium_orders_queue_bound=2)
+    edge = await serve_edge(emporium_saga_backlog_bound=2)
 
     response = await eventually(
         lambda: edge.post(

@@ -1,5 +1,5 @@
-"""Load shedding on the real RabbitMQ: the edge reads the orders work queue's depth and refuses new
-orders (503) while more commands wait there than the bound allows."""
+"""Admission control on the real RabbitMQ: the edge reads the depths of the work queues an order
+passes before its confirmation and refuses new orders (503) while any holds more than the bound."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from fastapi import Depends, FastAPI
 from actors.registry import ACTORS
 from actors.runtime.host import topology_of
 from brokers.contracts.common import Line
+from brokers.contracts.inventory import Restock
 from brokers.contracts.orders import PlaceOrder
 from brokers.envelope import Envelope
 from brokers.rpc import BrokerUnavailable
 from brokers.settings import Settings
 from brokers.topology import declare
-from edge.limits import ORDERS_WORK_QUEUE, OVERLOADED, install_limits, shed_orders_load
+from edge.limits import ORDERS_WORK_QUEUE, OVERLOADED, SAGA_WORK_QUEUES, install_limits, shed_orders_load
 from edge.link import RabbitLink
 from edge.observe import ObserveRequests
 from edge.problems import PROBLEM_JSON, install_problem_handlers
@@ -43,11 +44,17 @@ async def link(settings: Settings) -> AsyncIterator[RabbitLink]:
 
 
 @pytest.fixture
-async def waiting_orders(settings: Settings, broker, link: RabbitLink) -> int:
-    """The orders work queue as the orders actor's host declares it, holding WAITING commands."""
-    topology = topology_of(ACTORS["orders"], settings)
-    assert topology.work.name == ORDERS_WORK_QUEUE
-    await declare(broker, topology)
+async def saga_queues(settings: Settings, broker) -> None:
+    """The saga's work queues as the actors' hosts declare them."""
+    for queue in SAGA_WORK_QUEUES:
+        topology = topology_of(ACTORS[queue], settings)
+        assert topology.work.name == queue
+        await declare(broker, topology)
+
+
+@pytest.fixture
+async def waiting_orders(settings: Settings, broker, link: RabbitLink, saga_queues) -> int:
+    """The orders work queue holding WAITING commands."""
     for n in range(WAITING):
         await send(broker, _place_order_command(f"o-{n}"))
     # Published with confirms; the queue's count may still lag behind them for a moment.
@@ -60,7 +67,7 @@ async def waiting_orders(settings: Settings, broker, link: RabbitLink) -> int:
 
 
 def _edge(settings: Settings, link: RabbitLink, bound: int) -> FastAPI:
-    bounded = settings.model_copy(update={"emporium_orders_queue_bound": bound})
+    bounded = settings.model_copy(update={"emporium_saga_backlog_bound": bound})
     app = FastAPI()
     app.state.settings = bounded
     app.state.link = link
@@ -89,8 +96,20 @@ async def test_orders_are_refused_once_the_queue_is_over_the_bound(settings, lin
     problem = response.json()
     assert problem["type"] == OVERLOADED
     assert problem["detail"] == (
-        f"the orders queue holds {WAITING} commands, above the bound {WAITING - 1}; retry later"
+        f"the orders queue holds {WAITING} messages, above the saga's backlog bound {WAITING - 1}; retry later"
     )
+
+
+async def test_orders_are_refused_while_inventory_lags_behind(settings, broker, link, saga_queues):
+    for _ in range(WAITING):  # commands only inventory takes: inventory is the slow actor
+        await send(broker, Restock(sku="LAMP", quantity=1))
+    await eventually(
+        lambda: link.queue_depth("inventory"), until=lambda depth: depth == WAITING, timeout=10,
+        what=f"{WAITING} messages waiting for inventory",
+    )
+    response = await _place_order(_edge(settings, link, bound=WAITING - 1))
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(f"the inventory queue holds {WAITING} messages")
 
 
 async def test_orders_pass_while_the_queue_is_within_the_bound(settings, link, waiting_orders):

@@ -39,27 +39,28 @@ async def _test_principal(x_test_user: Annotated[str | None, Header()] = None) -
 
 
 class FakeLink:
-    """Stands in for the RabbitLink: a queue depth to report, and how often it was asked."""
+    """Stands in for the RabbitLink: queue depths to report (the orders queue's unless named), and
+    how often it was asked."""
 
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
+    def __init__(self, depth: int, **depths: int) -> None:
+        self.depth, self.depths = depth, depths
         self.reads = 0
 
     async def queue_depth(self, queue: str) -> int:
         self.reads += 1
         await asyncio.sleep(0)  # let concurrent requests pile up behind this read
-        return self.depth
+        return self.depths.get(queue, self.depth if queue == "orders" else 0)
 
 
-def _app(depth: int = 0, bound: int = 10) -> FastAPI:
+def _app(depth: int = 0, bound: int = 10, **depths: int) -> FastAPI:
     settings = Settings(
         emporium_rate_limit=f"{CALLER_BUDGET}/minute",
         emporium_login_rate_limit=f"{LOGIN_BUDGET}/minute",
-        emporium_orders_queue_bound=bound,
+        emporium_saga_backlog_bound=bound,
     )
     app = FastAPI()
     app.state.settings = settings
-    app.state.link = FakeLink(depth)
+    app.state.link = FakeLink(depth, **depths)
     install_problem_handlers(app)
     install_limits(app, settings)
     app.add_middleware(ObserveRequests)
@@ -196,8 +197,15 @@ def test_bad_limit_settings_are_refused_at_load(field, value):
 async def test_orders_are_shed_while_the_queue_is_over_its_bound():
     async with _client(_app(depth=11, bound=10)) as client:
         problem, retry_after = _refused(await client.post("/orders"), 503, OVERLOADED)
-    assert problem["detail"] == "the orders queue holds 11 commands, above the bound 10; retry later"
+    assert problem["detail"] == "the orders queue holds 11 messages, above the saga's backlog bound 10; retry later"
     assert retry_after >= 1
+
+
+async def test_orders_are_shed_while_any_queue_before_the_confirmation_is_over_the_bound():
+    for slow in ("inventory", "payments"):
+        async with _client(_app(depth=0, bound=10, **{slow: 40})) as client:
+            problem, _ = _refused(await client.post("/orders"), 503, OVERLOADED)
+        assert problem["detail"].startswith(f"the {slow} queue holds 40 messages")
 
 
 async def test_orders_pass_at_the_bound():
@@ -210,7 +218,7 @@ async def test_a_burst_of_orders_reads_the_depth_once():
     async with _client(app) as client:
         answers = await asyncio.gather(*(client.post("/orders") for _ in range(20)))
     assert [a.status_code for a in answers] == [202] * 20
-    assert app.state.link.reads == 1
+    assert app.state.link.reads == 3  # once per saga queue
 
 
 async def test_a_stale_depth_is_read_again():

@@ -231,7 +231,7 @@ def test_every_alert_has_a_summary_a_description_a_runbook_and_a_severity():
 def test_the_orders_backlog_alert_fires_before_the_edge_sheds_orders():
     (rule,) = [r for r in alert_rules() if r["alert"] == "OrdersQueueBacklog"]
     threshold = float(re.search(r">\s*([\d.]+)\s*$", rule["expr"].strip())[1])
-    assert threshold < Settings.model_fields["emporium_orders_queue_bound"].default
+    assert threshold < Settings.model_fields["emporium_saga_backlog_bound"].default
 
 
 def test_both_layouts_load_the_alerts_and_scrape_rabbitmq_per_queue():
