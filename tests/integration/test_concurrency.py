@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from rich.progress import Progress
 
 from brokers.contracts.common import Shortage
 from brokers.contracts.inventory import GetStock, StockRejected, StockReserved, StockView
 from brokers.topology import dlq_name
+from ops.bench import drain_hot_sku
 from tests.helpers import Tap, eventually, send
 from tests.integration.test_runtime_support import amqp, order_placed, requester, stock
 
@@ -79,3 +81,11 @@ async def test_an_order_with_one_line_short_reserves_none_of_its_lines(start_hos
     assert watcher.of_type(StockReserved.TYPE) == []
     assert (plenty.on_hand, plenty.reserved) == (5, 0)
     assert (scarce.on_hand, scarce.reserved) == (1, 0)
+
+
+async def test_a_burst_for_one_sku_is_drained_with_every_unit_reserved_once(settings):
+    """The hot-SKU benchmark's run, small: 32 reservations at once queue for the one stock document
+    (emporium bench hot-sku prints how fast; here: that every message is applied and none retried)."""
+    with Progress(disable=True) as progress:
+        figures = await drain_hot_sku(settings, orders=80, units=30, prefetch=32, progress=progress)
+    assert (figures.orders, figures.reserved, figures.retried) == (80, 30, 0)
