@@ -30,7 +30,7 @@ from prometheus_client import Counter
 
 from brokers.settings import Settings
 from edge.auth import Principal, optional_principal
-from edge.link import RabbitLink
+from edge.link import QueueMissing, RabbitLink
 from edge.problems import RETRY_AFTER_S, Refused
 
 RATE_LIMITED = "urn:emporium:problem:rate-limited"
@@ -96,10 +96,16 @@ class RateLimits:
 
 
 class RecentDepth:
-    """A queue's depth, read again only once the last reading is older than ``max_age_s``."""
+    """A queue's depth, read again only once the last reading is older than ``max_age_s``.
 
-    def __init__(self, queue: str, *, max_age_s: float = DEPTH_MAX_AGE_S) -> None:
+    ``missing_is_empty``: a queue that does not exist holds no backlog (an actor not deployed, as in
+    a partial deployment); otherwise its absence is an error (503), as for the orders queue, which
+    new orders are sent to.
+    """
+
+    def __init__(self, queue: str, *, max_age_s: float = DEPTH_MAX_AGE_S, missing_is_empty: bool = False) -> None:
         self.queue = queue
+        self._missing_is_empty = missing_is_empty
         self._max_age_s = max_age_s
         self._depth = 0
         self._read_at = -math.inf
@@ -109,7 +115,12 @@ class RecentDepth:
     async def read(self, link: RabbitLink) -> int:
         async with self._reading:
             if time.monotonic() - self._read_at > self._max_age_s:
-                self._depth = await link.queue_depth(self.queue)
+                try:
+                    self._depth = await link.queue_depth(self.queue)
+                except QueueMissing:
+                    if not self._missing_is_empty:
+                        raise
+                    self._depth = 0
                 self._read_at = time.monotonic()
             return self._depth
 
@@ -117,7 +128,9 @@ class RecentDepth:
 def install_limits(app: FastAPI, settings: Settings) -> None:
     """Put the budgets and the saga queues' depths on ``app.state``."""
     app.state.rate_limits = RateLimits(settings)
-    app.state.saga_depths = tuple(RecentDepth(queue) for queue in SAGA_WORK_QUEUES)
+    app.state.saga_depths = tuple(
+        RecentDepth(queue, missing_is_empty=queue != ORDERS_WORK_QUEUE) for queue in SAGA_WORK_QUEUES
+    )
 
 
 async def limit_caller(

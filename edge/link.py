@@ -143,7 +143,7 @@ class RabbitLink:
                 async with connection.channel(publisher_confirms=False) as channel:
                     declared = await channel.declare_queue(queue, passive=True, robust=False)
         except ChannelNotFoundEntity as exc:
-            raise BrokerUnavailable(
+            raise QueueMissing(
                 f"RabbitMQ has no queue {queue} (the actor that consumes it was never deployed)"
             ) from exc
         except TimeoutError as exc:
@@ -153,6 +153,10 @@ class RabbitLink:
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"the depth of {queue} is unknown: {exc or type(exc).__name__}") from exc
         return declared.declaration_result.message_count
+
+
+class QueueMissing(BrokerUnavailable):
+    """RabbitMQ has no such queue: its actor was never deployed (or its topology not imported)."""
 
 
 def _refusal(command: Command, exc: DeliveryError) -> str:

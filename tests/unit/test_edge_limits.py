@@ -22,6 +22,7 @@ from edge.limits import (
     limit_caller,
     shed_orders_load,
 )
+from edge.link import QueueMissing
 from edge.observe import ObserveRequests
 from edge.problems import PROBLEM_JSON, install_problem_handlers
 
@@ -38,6 +39,9 @@ async def _test_principal(x_test_user: Annotated[str | None, Header()] = None) -
     return Principal(user_id=x_test_user, role="customer") if x_test_user else None
 
 
+MISSING = -1
+
+
 class FakeLink:
     """Stands in for the RabbitLink: queue depths to report (the orders queue's unless named), and
     how often it was asked."""
@@ -49,6 +53,8 @@ class FakeLink:
     async def queue_depth(self, queue: str) -> int:
         self.reads += 1
         await asyncio.sleep(0)  # let concurrent requests pile up behind this read
+        if self.depths.get(queue) == MISSING:
+            raise QueueMissing(f"RabbitMQ has no queue {queue}")
         return self.depths.get(queue, self.depth if queue == "orders" else 0)
 
 
@@ -206,6 +212,13 @@ async def test_orders_are_shed_while_any_queue_before_the_confirmation_is_over_t
         async with _client(_app(depth=0, bound=10, **{slow: 40})) as client:
             problem, _ = _refused(await client.post("/orders"), 503, OVERLOADED)
         assert problem["detail"].startswith(f"the {slow} queue holds 40 messages")
+
+
+async def test_an_actor_not_deployed_has_no_backlog_but_a_missing_orders_queue_is_an_outage():
+    async with _client(_app(depth=0, bound=10, payments=MISSING)) as client:
+        assert (await client.post("/orders")).status_code == 202
+    async with _client(_app(depth=0, bound=10, orders=MISSING)) as client:
+        assert (await client.post("/orders")).status_code == 503
 
 
 async def test_orders_pass_at_the_bound():
