@@ -158,7 +158,7 @@ async def test_orders_are_shed_while_the_orders_queue_is_over_its_bound(
         what="the edge to see the queue over its bound",
     )
     problem = assert_problem(response, 503)
-    assert problem["type"] == "urn:emporium:problem:overloaded" and "above the bound 2" in problem["detail"]
+    assert problem["type"] == "urn:emporium:problem:overloaded" and "above the saga's backlog bound 2" in problem["detail"]
     assert int(response.headers["retry-after"]) >= 1
 
 
