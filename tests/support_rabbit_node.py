@@ -87,7 +87,9 @@ class RabbitNode:
             return f"(no node log: {exc})"
 
 
-async def _run(node: RabbitNode, script: str, *args: str, timeout_s: float, env: dict[str, str] | None = None) -> str:
+async def _run(
+    node: RabbitNode, script: str, *args: str, timeout_s: float, env: dict[str, str] | None = None
+) -> str:
     process = await asyncio.create_subprocess_exec(
         str(_SCRIPTS / script),
         *args,
@@ -101,10 +103,14 @@ async def _run(node: RabbitNode, script: str, *args: str, timeout_s: float, env:
     except TimeoutError:
         process.kill()  # the CLI process this started, by its handle
         await process.wait()
-        raise RabbitNodeError(f"{script} {' '.join(args)}: no answer within {timeout_s}s\n{node.log_tail()}") from None
+        raise RabbitNodeError(
+            f"{script} {' '.join(args)}: no answer within {timeout_s}s\n{node.log_tail()}"
+        ) from None
     text = output.decode(errors="replace")
     if process.returncode != 0:
-        raise RabbitNodeError(f"{script} {' '.join(args)} exited {process.returncode}:\n{text}\n{node.log_tail()}")
+        raise RabbitNodeError(
+            f"{script} {' '.join(args)} exited {process.returncode}:\n{text}\n{node.log_tail()}"
+        )
     return text
 
 
@@ -141,9 +147,9 @@ def _node_environment(node: RabbitNode, *, plugins: tuple[str, ...], start_args:
 def _listener_args(management_port: int | None, prometheus_port: int | None) -> str:
     args = []
     if management_port is not None:
-        args.append(f"-rabbitmq_management listener [{{port,{management_port}}},{{ip,\"127.0.0.1\"}}]")
+        args.append(f'-rabbitmq_management listener [{{port,{management_port}}},{{ip,"127.0.0.1"}}]')
     if prometheus_port is not None:
-        args.append(f"-rabbitmq_prometheus tcp_config [{{port,{prometheus_port}}},{{ip,\"127.0.0.1\"}}]")
+        args.append(f'-rabbitmq_prometheus tcp_config [{{port,{prometheus_port}}},{{ip,"127.0.0.1"}}]')
     return " ".join(args)
 
 
@@ -158,13 +164,19 @@ async def private_rabbit_node(
     if not (_SCRIPTS / "rabbitmq-server").exists():
         pytest.skip(f"rabbitmq-server is not installed ({_SCRIPTS}); ops/dev.sh installs it")
     node = RabbitNode(
-        name=f"emporium-test-{uuid.uuid4().hex[:8]}@localhost", amqp_port=free_port(), base=_private_directory()
+        name=f"emporium-test-{uuid.uuid4().hex[:8]}@localhost",
+        amqp_port=free_port(),
+        base=_private_directory(),
     )
-    env = _node_environment(node, plugins=plugins, start_args=_listener_args(management_port, prometheus_port))
+    env = _node_environment(
+        node, plugins=plugins, start_args=_listener_args(management_port, prometheus_port)
+    )
     try:
         await _run(node, "rabbitmq-server", "-detached", timeout_s=CTL_TIMEOUT_S, env=env)
         # `wait` follows the PID file, so it does not fail while the node is still registering.
-        await node.ctl("wait", str(node.pid_file), "--timeout", str(START_TIMEOUT_S), timeout_s=START_TIMEOUT_S)
+        await node.ctl(
+            "wait", str(node.pid_file), "--timeout", str(START_TIMEOUT_S), timeout_s=START_TIMEOUT_S
+        )
         yield node
     finally:
         await _stop(node)
