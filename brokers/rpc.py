@@ -4,6 +4,13 @@ FastStream's ``broker.request`` holds a lock for the whole round trip, so one pr
 one query in flight. This requester keeps one reply consumer open and matches each reply to its
 waiting caller by the query's message id (the actor sends it back as the reply's correlation id), so
 any number of queries run concurrently and the conversation's correlation id stays untouched.
+
+RabbitMQ refuses a publish whose reply-to is direct reply-to on a channel that has no such consumer
+("fast reply consumer does not exist"). So the reply "queue" is declared (passively) on the robust
+channel, not only named: aio-pika then restores its consumer with the channel after a reconnect.
+Between losing the channel and that restore the requester is not ``connected``: asking fails at
+once, and queries waiting for a reply fail too, since a reply can only come to the channel that
+asked.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 from pydantic import BaseModel, ConfigDict
@@ -26,6 +34,7 @@ from brokers.tracing import current_carrier
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 T = TypeVar("T")
+log = structlog.get_logger()
 
 
 class Problem(BaseModel):
@@ -71,27 +80,49 @@ class Requester:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._waiting: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+        # The reply consumer is on the current channel (lost with the channel, back with its restore).
+        self._replying = False
 
     async def start(self) -> None:
         connection = await aio_pika.connect_robust(self._url)
         try:
             # Publishing and consuming direct reply-to must share a channel.
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            reply_queue = await channel.get_queue(REPLY_TO, ensure=False)
+            # Declared, so that the robust channel restores it and its consumer (see the module's note).
+            reply_queue = await channel.declare_queue(REPLY_TO, passive=True)
             await reply_queue.consume(self._on_reply, no_ack=True)
         except BaseException:
             await connection.close()
             raise
-        self._connection, self._channel = connection, channel
+        channel.close_callbacks.add(self._reply_consumer_lost)
+        channel.reopen_callbacks.add(self._reply_consumer_restored)
+        self._connection, self._channel, self._replying = connection, channel, True
 
     async def stop(self) -> None:
         if self._connection is not None:
             await self._connection.close()
-            self._connection, self._channel = None, None
+            self._connection, self._channel, self._replying = None, None, False
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """Queries can be sent and their replies received now."""
+        return self._replying
+
+    def _reply_consumer_lost(self, _channel: Any, exc: BaseException | None = None) -> None:
+        self._replying = False
+        why = "the channel closed" if exc is None else str(exc) or type(exc).__name__
+        if self._connection is not None and not self._connection.close_called:  # not our own stop
+            log.warning("rpc.reply_consumer_lost", waiting=len(self._waiting), error=why)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(
+                    BrokerUnavailable(f"RabbitMQ went away before the reply came ({why}); ask again")
+                )
+
+    def _reply_consumer_restored(self, _channel: Any) -> None:
+        # aio-pika calls this once the channel is open again with its reply consumer restored.
+        self._replying = True
+        log.info("rpc.reply_consumer_restored")
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._waiting.get(message.correlation_id or "")
@@ -108,7 +139,7 @@ class Requester:
     ) -> T:
         """Send a query and return the reply's data, validated as ``data_type``."""
         if self._channel is None or not self.connected:
-            raise BrokerUnavailable("not connected to RabbitMQ")
+            raise BrokerUnavailable("not connected to RabbitMQ (reconnecting); nothing was sent")
         timeout_s = timeout_s or self._timeout_s
         envelope = Envelope.first(query, correlation_id)
         # The actor answers with correlation_id = the query's message id.

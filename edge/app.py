@@ -23,6 +23,7 @@ from edge.hardening import install_hardening
 from edge.limits import install_limits, limit_caller
 from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
+from edge.pending import PendingOrders
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
 
@@ -44,7 +45,9 @@ The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ
   order id (the order is placed once), the same key with another body is refused (`409`). Every
   message of an order's saga carries the order id as its correlation id; follow it at
   `GET /orders/{{order_id}}/timeline` (everything known, from every actor at once) or live at
-  `GET /orders/{{order_id}}/events` (Server-Sent Events).
+  `GET /orders/{{order_id}}/events` (Server-Sent Events). Right after the `202`, until the orders actor
+  has applied it, `GET /orders/{{order_id}}` shows the order with status `accepted` (its lines, no
+  prices yet), and it can be cancelled already.
 * Every response carries `{REQUEST_ID_HEADER}`; it is the correlation id of the messages sent for it
   (except for an order's, which carry the order id).
 
@@ -91,6 +94,8 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     """The edge; ``extra_checks`` join its readiness (the all-in-one process adds its actors')."""
     settings = settings or get_settings()
     link = RabbitLink(settings)
+    pending_orders = PendingOrders(keep_s=settings.emporium_order_deadline_ms / 1000)
+    link.saga_events.observe(pending_orders.applied)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +117,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     )
     app.state.settings = settings
     app.state.link = link
+    app.state.pending_orders = pending_orders
     app.state.keys = keyset_of_link(link)
     install_problem_handlers(app)
     install_limits(app, settings)

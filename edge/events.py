@@ -2,9 +2,11 @@
 
 The edge binds ONE queue to ``emporium.events`` for every event that names an order, and hands each
 message to the listeners following its correlation id: every message of an order's saga carries the
-order id as its correlation id. A listener holds at most ``backlog`` events waiting to be sent; one
-that falls further behind is dropped with a final ``dropped`` event rather than growing memory, and
-so is every listener when the subscription is interrupted (events may have been missed meanwhile).
+order id as its correlation id. Observers hear of every one of them, followed or not (the edge's
+pending orders learn so that orders has applied an order). A listener holds at most ``backlog``
+events waiting to be sent; one that falls further behind is dropped with a final ``dropped`` event
+rather than growing memory, and so is every listener when the subscription is interrupted (events
+may have been missed meanwhile).
 A dropped follower reconnects and starts again from the order's current status.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +120,11 @@ class SagaEvents:
         # True while the queue is consumed: from start, and again once a reconnection restored it.
         self._subscribed = False
         self._listeners: dict[str, set[Listener]] = {}
+        self._observers: list[Callable[[str], None]] = []
+
+    def observe(self, observer: Callable[[str], None]) -> None:
+        """Tell ``observer`` the order id of every saga event that comes, followed or not."""
+        self._observers.append(observer)
 
     async def start(self) -> None:
         connection = await aio_pika.connect_robust(
@@ -176,7 +183,10 @@ class SagaEvents:
         return sum(len(followers) for followers in self._listeners.values())
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        followers = self._listeners.get(message.correlation_id or "")
+        order_id = message.correlation_id or ""
+        for observer in self._observers:
+            observer(order_id)
+        followers = self._listeners.get(order_id)
         if not followers:
             return
         type_ = message.type or "unknown"

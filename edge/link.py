@@ -3,7 +3,10 @@ the subscription to the saga's events that Server-Sent Events are fanned out fro
 
 The edge starts even when RabbitMQ is unreachable: it keeps connecting in the background with a
 growing pause, ``/ready`` reports not ready, and every request that needs RabbitMQ is answered 503
-meanwhile. Once connected, aio-pika's robust connections reconnect on their own.
+meanwhile. Once connected, aio-pika's robust connections reconnect on their own (every few seconds)
+and restore their channels and consumers: the publisher's channel, the requester's reply consumer
+and the saga events' queue. Each of the three says whether it is restored yet; until all are,
+``/ready`` is false and what needs the missing one is answered 503 at once, nothing sent.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 from typing import Any, TypeVar
 
 import structlog
+from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError
 from aiormq import spec
 from faststream.rabbit import RabbitBroker
@@ -32,7 +36,7 @@ FIRST_RECONNECT_PAUSE_S = 0.5
 LONGEST_RECONNECT_PAUSE_S = 5.0
 # A silently dropped connection attempt must not hold the edge's start (or a reconnect) forever.
 CONNECT_TIMEOUT_S = 10.0
-_PING_TIMEOUT_S = 1.0
+UNREACHABLE_DETAIL = "RabbitMQ is unreachable (the edge keeps reconnecting); nothing was sent"
 # Everything that means "RabbitMQ cannot take this now" (ConnectionError and TimeoutError are OSErrors).
 _UNREACHABLE = (AMQPError, ChannelInvalidStateError, OSError)
 
@@ -44,6 +48,8 @@ class RabbitLink:
         self._requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
         self.saga_events = SagaEvents(settings.rabbitmq_url)
         self._connected = False
+        # The broker's connection, and with it the channel commands are published on, is up.
+        self._publishing = False
         self._connecting: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -62,7 +68,7 @@ class RabbitLink:
     async def _try_connect(self) -> bool:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await self._broker.connect()
+                self._watch_publisher(await self._broker.connect())
                 # Only checked, not declared, where the edge may not declare (production); a missing
                 # exchange is TopologyMissing, a ConnectionError: logged and retried like an outage.
                 await declare_exchanges(self._broker, create=self._settings.emporium_declare_topology)
@@ -93,22 +99,34 @@ class RabbitLink:
         await self._requester.stop()
         await self._broker.stop()
 
-    async def ready(self) -> bool:
-        """Every connection is up (the readiness check)."""
-        return (
-            self._connected
-            and self._requester.connected
-            and self.saga_events.connected
-            and await self._broker.ping(timeout=_PING_TIMEOUT_S)
-        )
+    def _watch_publisher(self, connection: AbstractRobustConnection) -> None:
+        connection.close_callbacks.add(self._publisher_lost)
+        # Called once every channel of the connection, the publisher's included, is restored.
+        connection.reconnect_callbacks.add(self._publisher_restored)
+        self._publishing = True
 
-    def _require_connection(self) -> None:
-        if not self._connected:
-            raise BrokerUnavailable("RabbitMQ is unreachable (the edge keeps reconnecting); nothing was sent")
+    def _publisher_lost(self, _connection: Any, exc: BaseException | None = None) -> None:
+        self._publishing = False
+        if self._connected:  # not the edge's own stop
+            log.warning("edge.rabbitmq_lost", error=str(exc or ""))
+
+    def _publisher_restored(self, _connection: Any) -> None:
+        self._publishing = True
+        log.info("edge.rabbitmq_reconnected")
+
+    async def ready(self) -> bool:
+        """Every connection is up, with its channels and consumers (the readiness check)."""
+        restored = self._publishing and self._requester.connected and self.saga_events.connected
+        return self._connected and restored
+
+    def _require(self, restored: bool) -> None:
+        """Refuse at once, nothing sent, while what a request needs is not (back) up."""
+        if not (self._connected and restored):
+            raise BrokerUnavailable(UNREACHABLE_DETAIL)
 
     async def send(self, command: Command, envelope: Envelope) -> None:
         """Publish a command and return once RabbitMQ confirmed it is queued for its actor."""
-        self._require_connection()
+        self._require(self._publishing)
         timeout_s = self._settings.emporium_query_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
@@ -127,12 +145,12 @@ class RabbitLink:
 
         It waits ``timeout_s``, by default the settings' query timeout.
         """
-        self._require_connection()
+        self._require(self._requester.connected)
         return await self._requester.ask(query, data_type, correlation_id=correlation_id, timeout_s=timeout_s)
 
     async def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (waiting for a consumer), read by a passive declaration."""
-        self._require_connection()
+        self._require(self._publishing)
         timeout_s = self._settings.emporium_query_timeout_s
         try:
             async with asyncio.timeout(timeout_s):

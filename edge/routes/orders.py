@@ -4,7 +4,8 @@ Customers see only their own orders: another customer's order is answered 404 ex
 does not exist. Placing an order needs an ``Idempotency-Key``; the order id is made of the customer
 and the key, so every retry names the same order, and the orders actor is asked whether it already
 has it before anything is sent. Every message of an order's saga carries the order id as its
-correlation id, from the PlaceOrder the edge sends on.
+correlation id, from the PlaceOrder the edge sends on. An order accepted but not yet applied by the
+orders actor is answered from the edge's own record of it (edge/pending.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 import structlog
@@ -41,6 +43,7 @@ from edge.events import Listener, SagaEvent, snapshot, stream
 from edge.guard import IdempotencyKey, WriteIdentity, idempotent_id, settings_of
 from edge.limits import shed_orders_load
 from edge.link import RabbitLink
+from edge.pending import PendingOrder, PendingOrders
 from edge.problems import (
     IDEMPOTENCY_KEY_REUSED,
     ORDER_NOT_CANCELLABLE,
@@ -64,6 +67,15 @@ ENDED: frozenset[OrderStatus] = frozenset({"delivered", "cancelled"})
 # The orders actor decides (until dispatch); the edge refuses what is clearly too late.
 CANCELLABLE: frozenset[OrderStatus] = frozenset({"placed", "reserved", "confirmed"})
 CurrentSettings = Annotated[Settings, Depends(settings_of)]
+
+
+def pending_orders_of(request: Request) -> PendingOrders:
+    return request.app.state.pending_orders
+
+
+Pending = Annotated[PendingOrders, Depends(pending_orders_of)]
+# What GET /orders/{order_id} answers: the order as orders has it, or as the edge accepted it.
+SomeOrder = Annotated[OrderView | PendingOrder, Field(discriminator="status")]
 
 
 class NewOrder(Body):
@@ -122,9 +134,22 @@ async def _order_or_none(link: RabbitLink, order_id: str, request_id: str) -> Or
         raise
 
 
-async def _own_order(link: RabbitLink, order_id: str, customer_id: str, request_id: str) -> OrderView:
+async def _order_or_pending(
+    link: RabbitLink, pending: PendingOrders, order_id: str, customer_id: str, request_id: str
+) -> OrderView | PendingOrder | None:
+    """The customer's order as orders has it, else as the edge accepted it a moment ago, else None."""
     order = await _order_or_none(link, order_id, request_id)
-    if order is None or order.customer_id != customer_id:
+    if order is None:
+        return pending.of(order_id, customer_id)
+    pending.applied(order_id)
+    return order if order.customer_id == customer_id else None
+
+
+async def _own_order(
+    link: RabbitLink, pending: PendingOrders, order_id: str, customer_id: str, request_id: str
+) -> OrderView | PendingOrder:
+    order = await _order_or_pending(link, pending, order_id, customer_id, request_id)
+    if order is None:
         raise OrderNotFound(order_id)
     return order
 
@@ -154,6 +179,7 @@ async def place_order(
     request_id: RequestId,
     settings: CurrentSettings,
     response: Response,
+    pending: Pending,
 ) -> OrderAccepted:
     # While the orders actor is far behind: 503 with Retry-After rather than more backlog (a retry
     # with the same key is safe once it is over).
@@ -161,7 +187,8 @@ async def place_order(
     order_id, digest = order_id_for(customer, key), body.digest()
     # Same order, same lines: the same message, which the orders actor applies once.
     message_id = idempotent_id(f"place order {order_id}", digest)
-    known = await _order_or_none(link, order_id, request_id)
+    # Known to orders, or accepted a moment ago and still on its way there.
+    known = await _order_or_pending(link, pending, order_id, customer, request_id)
     if known is not None and known.request_digest != digest:
         raise Refused(
             409,
@@ -176,7 +203,18 @@ async def place_order(
         return OrderAccepted(message_id=message_id, correlation_id=order_id, order_id=order_id, links=links)
     await _check_skus_known(link, body.lines, request_id, wait_s=_short_wait_s(settings))
     command = PlaceOrder(order_id=order_id, customer_id=customer, lines=body.lines, request_digest=digest)
-    return await _send(link, command, message_id, response)
+    accepted = await _send(link, command, message_id, response)
+    pending.accept(
+        PendingOrder(
+            order_id=order_id,
+            customer_id=customer,
+            status="accepted",
+            lines=body.lines,
+            request_digest=digest,
+            accepted_at=datetime.now(UTC),
+        )
+    )
+    return accepted
 
 
 async def _check_skus_known(link: RabbitLink, lines: list[Line], request_id: str, *, wait_s: float) -> None:
@@ -219,22 +257,42 @@ async def list_orders(
     return await link.ask(query, OrderPage, correlation_id=request_id)
 
 
-@router.get("/{order_id}", summary="One of my orders", responses=read_problems(401, 404))
-async def get_order(order_id: OrderId, customer: Customer, link: Link, request_id: RequestId) -> OrderView:
-    return await _own_order(link, order_id, customer, request_id)
+ONE_ORDER = """
+The order as the orders actor has it. Right after it was placed (`202`), until the orders actor has
+applied its PlaceOrder, the order is answered as the edge accepted it instead: status `accepted`,
+its lines without prices, and when it was accepted (a `PendingOrder`). Read it again shortly for
+prices, total and history. Such an order can already be cancelled.
+"""
+
+
+@router.get(
+    "/{order_id}", summary="One of my orders", description=ONE_ORDER, responses=read_problems(401, 404)
+)
+async def get_order(
+    order_id: OrderId, customer: Customer, link: Link, request_id: RequestId, pending: Pending
+) -> SomeOrder:
+    return await _own_order(link, pending, order_id, customer, request_id)
 
 
 @router.post(
     "/{order_id}/cancel",
     status_code=202,
     summary="Cancel one of my orders (possible until it is dispatched)",
+    description="An order accepted a moment ago (status `accepted`) can be cancelled too: the cancel "
+    "is applied right after the order.",
     responses=problem_responses(401, 404, 409, 422, 503, 504),
 )
 async def cancel_order(
-    order_id: OrderId, customer: Customer, link: Link, request_id: RequestId, response: Response
+    order_id: OrderId,
+    customer: Customer,
+    link: Link,
+    request_id: RequestId,
+    response: Response,
+    pending: Pending,
 ) -> OrderAccepted:
-    order = await _own_order(link, order_id, customer, request_id)
-    if order.status not in CANCELLABLE:
+    order = await _own_order(link, pending, order_id, customer, request_id)
+    # A pending order is cancellable: orders retries the cancel until it has applied the order.
+    if isinstance(order, OrderView) and order.status not in CANCELLABLE:
         raise Refused(
             409,
             f"order {order_id} is {order.status}: an order can be cancelled until it is dispatched",

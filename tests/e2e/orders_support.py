@@ -69,12 +69,15 @@ async def placed_order(
 async def wait_for_order(
     edge: httpx.AsyncClient, customer: User, order_id: str, until: Any = lambda order: True
 ) -> dict[str, Any]:
+    """The order as the orders actor has it (not the edge's "accepted" answer before), once ``until`` holds."""
+
     async def fetch() -> httpx.Response:
         return await edge.get(f"/orders/{order_id}", headers=customer.headers)
 
-    response = await eventually(
-        fetch, until=lambda r: r.status_code == 200 and until(r.json()), what=f"order {order_id}"
-    )
+    def applied(response: httpx.Response) -> bool:
+        return response.status_code == 200 and response.json()["status"] != "accepted"
+
+    response = await eventually(fetch, until=lambda r: applied(r) and until(r.json()), what=f"order {order_id}")
     return response.json()
 
 
