@@ -65,7 +65,8 @@ SHORT_WAIT_S = 2.0
 HEARTBEAT_S = 5.0
 ENDED: frozenset[OrderStatus] = frozenset({"delivered", "cancelled"})
 # The orders actor decides (until dispatch); the edge refuses what is clearly too late.
-CANCELLABLE: frozenset[OrderStatus] = frozenset({"placed", "reserved", "confirmed"})
+# "cancelling": asked already; asking again changes nothing and is answered the same.
+CANCELLABLE: frozenset[OrderStatus] = frozenset({"placed", "reserved", "confirmed", "cancelling"})
 CurrentSettings = Annotated[Settings, Depends(settings_of)]
 
 

@@ -1,21 +1,23 @@
 """The edge through a RabbitMQ restart: it serves again by itself, and says ready only once it can.
 
-RabbitMQ here is a private node (tests/support_rabbit_node.py): the shared one must never be stopped.
+RabbitMQ here is a node of the test's own (ops/servers.py): the shared one must never be stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from brokers.settings import Settings
+from ops.servers import RabbitNode, scratch_directory
 from tests.e2e.conftest import ServeEdge
 from tests.e2e.orders_support import new_key, place, priced_sku, wait_for_order
 from tests.e2e.support import User
 from tests.helpers import eventually
-from tests.support_rabbit_node import RabbitNode, private_rabbit_node
 
 SHOP = ("catalog", "inventory", "orders")
 # Long enough for every client of the node to be back: the edge and the actors each retry their
@@ -26,14 +28,19 @@ QUERY_TIMEOUT_S = 15.0
 
 @pytest.fixture
 async def rabbit_node() -> AsyncIterator[RabbitNode]:
-    async with private_rabbit_node() as node:
-        yield node
+    with scratch_directory("emporium-test-rabbitmq-") as directory:
+        node = RabbitNode(f"emporium-test-{uuid.uuid4().hex[:6]}", directory / "rabbitmq")
+        await asyncio.to_thread(node.start)
+        try:
+            yield node
+        finally:
+            await asyncio.to_thread(node.stop)
 
 
 @pytest.fixture
 def settings(settings: Settings, rabbit_node: RabbitNode) -> Settings:
     """The test's settings (its databases, fast retries), on the private node instead of the shared one."""
-    return settings.model_copy(update={"rabbitmq_url": rabbit_node.url})
+    return settings.model_copy(update={"rabbitmq_url": rabbit_node.amqp_url})
 
 
 @pytest.fixture
@@ -54,10 +61,10 @@ async def test_after_a_rabbitmq_restart_the_edge_is_ready_again_and_takes_orders
     lines = [{"sku": await priced_sku(edge, admin), "quantity": 1}]
     assert (await place(edge, ann, lines)).status_code == 202
 
-    await rabbit_node.stop_app()
+    await asyncio.to_thread(rabbit_node.ctl, "stop_app")
     await _ready_is(edge, 503, "the edge to say it is not ready while RabbitMQ is down")
     down = await place(edge, ann, lines)
-    await rabbit_node.start_app()
+    await asyncio.to_thread(rabbit_node.ctl, "start_app")
     await _ready_is(edge, 200, "the edge to be ready again")
     # Ready means ready: the first order after it is taken, no retry needed.
     placed = await place(edge, ann, lines, key=new_key())
