@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -188,16 +188,18 @@ def demo(
 
 @app.command()
 def load(
-    url: Annotated[str, typer.Option(help="The edge's address (loopback unless --allow-remote).")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        str, typer.Option(help="The edge's address (loopback unless --allow-remote).")
+    ] = "http://127.0.0.1:8000",
     orders: Annotated[int, typer.Option(min=1, help="Orders to place.")] = 200,
-    concurrency: Annotated[int, typer.Option(min=1, help="Orders in flight at most (placed, not ended).")] = 16,
+    concurrency: Annotated[int, typer.Option(min=1, help="Orders in flight at most (not ended).")] = 16,
     rate: Annotated[float | None, typer.Option(min=0.001, help="Orders placed per second at most.")] = None,
     duration_s: Annotated[float, typer.Option(min=1, help="No order is placed after this.")] = 180.0,
-    settle_s: Annotated[float, typer.Option(min=1, help="How long one accepted order may take to end.")] = 120.0,
+    settle_s: Annotated[float, typer.Option(min=1, help="Time an accepted order may take to end.")] = 120.0,
     customers: Annotated[int, typer.Option(min=1, help="Customers registered for the run.")] = 20,
-    declined_customers: Annotated[int, typer.Option(min=0, help="Of them, those whose cards are declined.")] = 2,
+    declined_customers: Annotated[int, typer.Option(min=0, help="Of them, those with declined cards.")] = 2,
     seed: Annotated[int | None, typer.Option(help="Makes the plan (SKUs, cancels) repeatable.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report directory (default .data/load/<timestamp>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (.data/load/<timestamp>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary and ledger as JSON.")] = False,
     allow_remote: Annotated[bool, typer.Option(help="Allow an edge that is not on this machine.")] = False,
 ) -> None:

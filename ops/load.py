@@ -161,9 +161,7 @@ class SkuMix:
         """The run's SKUs and their kinds (named after the run, so runs never share stock)."""
         tags: dict[SkuKind, str] = {"hot": "HOT", "normal": "STD", "out_of_stock": "OOS"}
         return {
-            f"LOAD-{run_id}-{tags[kind]}-{i}": kind
-            for kind in tags
-            for i in range(1, self.count(kind) + 1)
+            f"LOAD-{run_id}-{tags[kind]}-{i}": kind for kind in tags for i in range(1, self.count(kind) + 1)
         }
 
     def lines(self, count: int, skus: Mapping[str, SkuKind], rng: random.Random) -> list[Lines]:
@@ -278,7 +276,9 @@ class PlannedOrder:
     key: str  # its Idempotency-Key
 
 
-def plan_orders(config: LoadConfig, skus: Mapping[str, SkuKind], rng: random.Random, run_id: str) -> list[PlannedOrder]:
+def plan_orders(
+    config: LoadConfig, skus: Mapping[str, SkuKind], rng: random.Random, run_id: str
+) -> list[PlannedOrder]:
     lines = config.mix.lines(config.orders, skus, rng)
     cancels = config.cancels.plans(config.orders, rng)
     return [
@@ -430,7 +430,9 @@ class Edge:
             await asyncio.sleep(wait_s)
 
     @asynccontextmanager
-    async def stream(self, route: str, path: str, *, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+    async def stream(
+        self, route: str, path: str, *, headers: dict[str, str]
+    ) -> AsyncIterator[httpx.Response]:
         """A GET whose body is read as it comes; a broken connection is counted, then raised."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=STREAM_READ_TIMEOUT_S)
         try:
@@ -452,9 +454,11 @@ async def _pause_before(deadline: float, pause_s: float, late: Exception) -> Non
 async def poll(
     probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool], deadline: float, what: str
 ) -> T:
-    """Ask ``probe`` until ``until`` holds of its answer; LoadFailed (with the last answer) at ``deadline``."""
+    """Ask ``probe`` until ``until`` holds of its answer; at ``deadline``, LoadFailed with the last."""
     while not until(answer := await probe()):
-        await _pause_before(deadline, POLL_PAUSE_S, LoadFailed(f"timed out waiting for {what}: last {answer!r}"))
+        await _pause_before(
+            deadline, POLL_PAUSE_S, LoadFailed(f"timed out waiting for {what}: last {answer!r}")
+        )
     return answer
 
 
@@ -524,12 +528,18 @@ async def _open_product(
     def stock() -> Awaitable[httpx.Response]:
         return edge.call("GET", "/inventory/{sku}", path=stock_path, deadline=deadline)
 
-    await poll(stock, until=lambda r: r.status_code == 200, deadline=deadline, what=f"inventory to know {sku}")
+    await poll(
+        stock, until=lambda r: r.status_code == 200, deadline=deadline, what=f"inventory to know {sku}"
+    )
     if units == 0:
         return
     restock = {"quantity": units}
     response = await edge.call(
-        "POST", "/inventory/{sku}/restock", path=f"{stock_path}/restock", json=restock, headers=admin,
+        "POST",
+        "/inventory/{sku}/restock",
+        path=f"{stock_path}/restock",
+        json=restock,
+        headers=admin,
         deadline=deadline,
     )
     _checked(response, f"restocking {sku}", 202)
@@ -550,21 +560,29 @@ async def _declining(
         yield
         return
     route = "/dev/payment-provider"
-    before = _checked(await edge.call("GET", route, headers=admin, deadline=deadline), "the provider's controls", 200)
+    before = _checked(
+        await edge.call("GET", route, headers=admin, deadline=deadline), "the provider's controls", 200
+    )
     declining = {**before, "decline_customers": sorted({*before.get("decline_customers", []), *customer_ids})}
-    _checked(await edge.call("PUT", route, json=declining, headers=admin, deadline=deadline), "declining cards", 200)
+    _checked(
+        await edge.call("PUT", route, json=declining, headers=admin, deadline=deadline),
+        "declining cards",
+        200,
+    )
     try:
         yield
     finally:
         restore_by = time.monotonic() + REQUEST_TIMEOUT_S
-        _checked(await edge.call("PUT", route, json=before, headers=admin, deadline=restore_by), "restoring", 200)
+        _checked(
+            await edge.call("PUT", route, json=before, headers=admin, deadline=restore_by), "restoring", 200
+        )
 
 
 # --- placing and following orders -----------------------------------------------------------------
 
 
 class Meter:
-    """The progress bars (none without a Progress): orders accepted, orders ended, what the edge pushed back."""
+    """The progress bars (none without a Progress): orders accepted and ended, and the pushback."""
 
     def __init__(self, progress: Progress | None, edge: Edge, total: int) -> None:
         self._progress = progress
@@ -648,7 +666,9 @@ async def _place(run: _Run, record: OrderRecord) -> None:
     # A retry with the same key names the same order: the edge places it once.
     headers = {**customer.headers, "Idempotency-Key": planned.key}
     try:
-        response = await run.edge.call("POST", PLACE_ROUTE, json=body, headers=headers, deadline=run.placing_ends)
+        response = await run.edge.call(
+            "POST", PLACE_ROUTE, json=body, headers=headers, deadline=run.placing_ends
+        )
     except Unanswered:
         record.refused = "no answer"
         return

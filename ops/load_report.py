@@ -11,6 +11,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +210,16 @@ def render_markdown(result: LoadResult, summary: LoadSummary, figure_name: str =
         "",
         "## Stock",
         "",
-        *_table(("SKU", "kind", "units stocked"), [(sku, result.skus[sku], units) for sku, units in result.stock.items()]),
+        *_table(
+            ("SKU", "kind", "units stocked"),
+            [(sku, result.skus[sku], units) for sku, units in result.stock.items()],
+        ),
         "",
         "## What the edge answered",
         "",
-        *_table(("request", "answer", "count"), [(*key.rsplit(" ", 1), n) for key, n in summary.answers.items()]),
+        *_table(
+            ("request", "answer", "count"), [(*key.rsplit(" ", 1), n) for key, n in summary.answers.items()]
+        ),
         "",
         "## Over time",
         "",
@@ -242,18 +248,34 @@ def plot(timeline: Timeline, path: Path) -> None:
 
 
 def _latency_panel(axes: Any, timeline: Timeline) -> None:
-    for cancelled, label, marker in ((False, "delivered", "."), (True, "cancelled", "x")):
-        points = [(at, s) for at, s, c in zip(timeline.ended_at, timeline.latency_s, timeline.cancelled) if c == cancelled]
-        axes.scatter([at for at, _ in points], [s for _, s in points], s=10, marker=marker, label=label, alpha=0.6)
+    for cancelled, label, marker, colour in (
+        (False, "delivered", ".", "tab:green"),
+        (True, "cancelled", "x", "tab:red"),
+    ):
+        points = [
+            (at, s)
+            for at, s, c in zip(timeline.ended_at, timeline.latency_s, timeline.cancelled, strict=True)
+            if c == cancelled
+        ]
+        axes.scatter(
+            [at for at, _ in points],
+            [s for _, s in points],
+            s=12,
+            marker=marker,
+            color=colour,
+            label=label,
+            alpha=0.6,
+        )
     centres, p50s, p99s = [], [], []
-    for low, high in zip(timeline.edges, timeline.edges[1:]):
-        quantiles = p50_p99([s for at, s in zip(timeline.ended_at, timeline.latency_s) if low <= at < high])
+    for low, high in pairwise(timeline.edges):
+        ended = zip(timeline.ended_at, timeline.latency_s, strict=True)
+        quantiles = p50_p99([s for at, s in ended if low <= at < high])
         if quantiles is not None:
             centres.append((low + high) / 2)
             p50s.append(quantiles[0])
             p99s.append(quantiles[1])
-    axes.plot(centres, p50s, label="p50")
-    axes.plot(centres, p99s, label="p99")
+    axes.plot(centres, p50s, color="black", label="p50 of the bucket")
+    axes.plot(centres, p99s, color="black", linestyle="--", label="p99 of the bucket")
     axes.set_xlabel("seconds into the run")
     axes.set_ylabel("202 → end (s)")
     axes.set_title("latency")

@@ -26,12 +26,16 @@ from ops.load import (
 from ops.sse import ServerEvent, SseReader
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "http://127.9.9.9"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "http://127.9.9.9"]
+)
 def test_a_loopback_edge_may_be_loaded(url: str):
     require_loopback(url)
 
 
-@pytest.mark.parametrize("url", ["http://10.0.0.7:8000", "https://shop.example", "http://localhost.example.com"])
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.7:8000", "https://shop.example", "http://localhost.example.com"]
+)
 def test_any_other_edge_is_refused_unless_allowed(url: str):
     with pytest.raises(LoadFailed, match="not a loopback address"):
         require_loopback(url)
@@ -66,7 +70,9 @@ def test_the_mix_names_its_skus_after_the_run_by_kind():
 
 
 def test_first_lines_follow_the_mix_exactly_and_second_lines_are_other_normal_skus():
-    mix = SkuMix(hot=2, normal=4, out_of_stock=1, hot_share=0.5, out_of_stock_share=0.1, second_line_share=0.5)
+    mix = SkuMix(
+        hot=2, normal=4, out_of_stock=1, hot_share=0.5, out_of_stock_share=0.1, second_line_share=0.5
+    )
     skus = mix.skus("RUN")
     orders = mix.lines(40, skus, random.Random(7))
     firsts = Counter(skus[lines[0][0]] for lines in orders)
@@ -108,7 +114,10 @@ def test_a_mix_that_cannot_be_ordered_is_refused(broken):
 def test_cancels_come_in_exact_shares_and_random_ones_within_their_window():
     plans = Cancels(at_once=0.1, meanwhile=0.2, after_dispatch=0.1, window_s=3.0).plans(50, random.Random(1))
     assert Counter(plan for plan, _ in plans) == {
-        Cancel.NONE: 30, Cancel.AT_ONCE: 5, Cancel.MEANWHILE: 10, Cancel.AFTER_DISPATCH: 5
+        Cancel.NONE: 30,
+        Cancel.AT_ONCE: 5,
+        Cancel.MEANWHILE: 10,
+        Cancel.AFTER_DISPATCH: 5,
     }
     assert all(0 <= delay <= 3.0 for plan, delay in plans if plan is Cancel.MEANWHILE)
     assert all(delay == 0 for plan, delay in plans if plan is not Cancel.MEANWHILE)
@@ -130,7 +139,9 @@ def test_the_plan_spreads_orders_over_customers_with_unique_valid_keys():
 def test_the_same_seed_makes_the_same_plan():
     config = LoadConfig(orders=30)
     skus = config.mix.skus("RUN")
-    assert plan_orders(config, skus, random.Random(5), "RUN") == plan_orders(config, skus, random.Random(5), "RUN")
+    assert plan_orders(config, skus, random.Random(5), "RUN") == plan_orders(
+        config, skus, random.Random(5), "RUN"
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,7 +165,7 @@ def test_saga_events_tell_the_status_and_the_reason_of_a_cancel():
 
 def test_the_sse_reader_completes_an_event_at_each_blank_line():
     reader = SseReader()
-    lines = [": heartbeat", "", "event: order.placed", "id: m1", "data: {\"a\":", "data: 1}", "", ""]
+    lines = [": heartbeat", "", "event: order.placed", "id: m1", 'data: {"a":', "data: 1}", "", ""]
     events = [event for line in lines if (event := reader.feed(line)) is not None]
     assert events == [ServerEvent("order.placed", '{"a":\n1}', "m1")]
     assert events[0].json() == {"a": 1}
@@ -162,8 +173,14 @@ def test_the_sse_reader_completes_an_event_at_each_blank_line():
 
 @pytest.mark.parametrize(
     ("status", "headers", "wait"),
-    [(429, {"Retry-After": "7"}, 7.0), (503, {"Retry-After": "5"}, 5.0), (503, {}, None), (504, {}, 1.0),
-     (202, {"Retry-After": "5"}, None), (429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None)],
+    [
+        (429, {"Retry-After": "7"}, 7.0),
+        (503, {"Retry-After": "5"}, 5.0),
+        (503, {}, None),
+        (504, {}, 1.0),
+        (202, {"Retry-After": "5"}, None),
+        (429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+    ],
 )
 def test_only_admission_control_and_timeouts_are_asked_again(status, headers, wait):
     assert retry_after_s(httpx.Response(status, headers=headers)) == wait

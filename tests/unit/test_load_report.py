@@ -25,7 +25,9 @@ from ops.load_report import (
 
 def _order(number: int, **recorded) -> OrderRecord:
     cancel = recorded.pop("cancel", None)
-    planned = PlannedOrder(number, 0, (("LOAD-R-HOT-1", 1),), cancel.plan if cancel else Cancel.NONE, 0.0, f"k{number}")
+    planned = PlannedOrder(
+        number, 0, (("LOAD-R-HOT-1", 1),), cancel.plan if cancel else Cancel.NONE, 0.0, f"k{number}"
+    )
     return OrderRecord(planned, cancel=cancel, **recorded)
 
 
@@ -33,13 +35,24 @@ def _run() -> LoadResult:
     orders = [
         _order(0, order_id="o0", accepted_at=0.1, status="delivered", ended_at=2.1),
         _order(1, order_id="o1", accepted_at=0.2, status="delivered", ended_at=3.2),
-        _order(2, order_id="o2", accepted_at=0.5, status="cancelled", cancel_reason="out_of_stock", ended_at=1.0),
         _order(
-            3, order_id="o3", accepted_at=1.0, status="delivered", ended_at=5.0,
+            2, order_id="o2", accepted_at=0.5, status="cancelled", cancel_reason="out_of_stock", ended_at=1.0
+        ),
+        _order(
+            3,
+            order_id="o3",
+            accepted_at=1.0,
+            status="delivered",
+            ended_at=5.0,
             cancel=CancelRecord(Cancel.AFTER_DISPATCH, sent_at=4.0, answer=409),
         ),
         _order(
-            4, order_id="o4", accepted_at=1.5, status="cancelled", cancel_reason="customer", ended_at=2.0,
+            4,
+            order_id="o4",
+            accepted_at=1.5,
+            status="cancelled",
+            cancel_reason="customer",
+            ended_at=2.0,
             cancel=CancelRecord(Cancel.AT_ONCE, sent_at=1.5, answer=202),
         ),
         _order(5, order_id="o5", accepted_at=2.0, status="confirmed"),  # never ended in time
@@ -75,7 +88,10 @@ def test_the_summary_counts_every_accepted_order_once_by_its_outcome():
     assert summary.ended == 5
     assert sum(summary.outcomes.values()) == summary.accepted
     assert summary.outcomes == {
-        "delivered": 3, "cancelled: customer": 1, "cancelled: out_of_stock": 1, "unsettled (confirmed)": 1
+        "delivered": 3,
+        "cancelled: customer": 1,
+        "cancelled: out_of_stock": 1,
+        "unsettled (confirmed)": 1,
     }
     assert summary.not_accepted == {"not placed": 1, "refused (503)": 1}
     assert summary.cancels == {"after dispatch": {"409": 1}, "right after the 202": {"202": 1}}
