@@ -11,7 +11,6 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from ops.load import PLACE_ROUTE, LoadResult
 REPORT_NAME = "report.md"
 FIGURE_NAME = "load.png"
 TARGET_BUCKETS = 60  # the plot's time axis is cut into about this many buckets, each 1 s at least
+LEGEND_BESIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # the points fill the axes
 
 
 # --- figures (pure) -------------------------------------------------------------------------------
@@ -96,12 +96,32 @@ def bucket_width_s(span_s: float) -> float:
     return float(max(1, math.ceil(span_s / TARGET_BUCKETS)))
 
 
+def bucket_of(at: float, width_s: float, buckets: int) -> int:
+    """The bucket a time falls in (one at the very end, or past it, falls in the last)."""
+    return min(int(at // width_s), buckets - 1)
+
+
 def per_second(times: Iterable[float], width_s: float, buckets: int) -> list[float]:
     """How many of ``times`` fall in each bucket, per second."""
     counts = [0] * buckets
     for at in times:
-        counts[min(int(at // width_s), buckets - 1)] += 1
+        counts[bucket_of(at, width_s, buckets)] += 1
     return [count / width_s for count in counts]
+
+
+def quantiles_per_bucket(
+    points: Iterable[tuple[float, float]], width_s: float, buckets: int
+) -> list[tuple[float, float, float]]:
+    """(bucket centre, p50, p99) of the values of ``points`` (time, value), for each bucket holding any."""
+    values: dict[int, list[float]] = {}
+    for at, value in points:
+        values.setdefault(bucket_of(at, width_s, buckets), []).append(value)
+    rows = []
+    for bucket in sorted(values):
+        quantiles = p50_p99(values[bucket])
+        assert quantiles is not None  # a bucket is listed once it holds a value
+        rows.append(((bucket + 0.5) * width_s, *quantiles))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,9 @@ class Timeline:
     ended_at: list[float]  # one point per ended order: when it ended, and how long it took
     latency_s: list[float]
     cancelled: list[bool]
+    # (bucket centre, p50, p99) of the delivered orders' latency: a cancel ends early, and mixed in
+    # it would make the lines jump between the two kinds of end.
+    delivered_quantiles: list[tuple[float, float, float]]
 
     @classmethod
     def of(cls, result: LoadResult) -> Timeline:
@@ -131,6 +154,9 @@ class Timeline:
             ended_at=[o.ended_at for o in ended],
             latency_s=[o.latency_s for o in ended],
             cancelled=[o.status == "cancelled" for o in ended],
+            delivered_quantiles=quantiles_per_bucket(
+                ((o.ended_at, o.latency_s) for o in ended if o.status == "delivered"), width, buckets
+            ),
         )
 
 
@@ -161,7 +187,7 @@ def summary_tables(summary: LoadSummary) -> list[Table]:
     figures = Table("figure", "value", title="load")
     for name, value in headline(summary):
         figures.add_row(name, value)
-    outcomes = Table("outcome", "orders", title="outcomes of the accepted orders")
+    outcomes = Table("outcome", "orders", title="outcomes")
     for outcome, count in {**summary.outcomes, **summary.not_accepted}.items():
         outcomes.add_row(outcome, str(count))
     cancels = Table("cancel", "edge answered", "orders", title="cancels")
@@ -226,7 +252,8 @@ def render_markdown(result: LoadResult, summary: LoadSummary, figure_name: str =
         f"![Figure 1: throughput and latency over time]({figure_name})",
         "",
         f"Figure 1 (`{figure_name}`): above, orders accepted, ended and shed per second; below, each "
-        "ended order's latency at the time it ended, with the p50 and p99 of each time bucket.",
+        "ended order's latency at the time it ended, with the p50 and p99 of the orders delivered in each "
+        "time bucket.",
         "",
     ]
     return "\n".join(lines)
@@ -242,7 +269,7 @@ def plot(timeline: Timeline, path: Path) -> None:
     throughput.stairs(timeline.sheds_per_s, timeline.edges, label="shed (503)", linestyle=":")
     throughput.set_ylabel("orders / s")
     throughput.set_title("throughput")
-    throughput.legend(loc="upper right")
+    throughput.legend(**LEGEND_BESIDE)
     _latency_panel(latency, timeline)
     figure.savefig(path, dpi=100)
 
@@ -266,20 +293,21 @@ def _latency_panel(axes: Any, timeline: Timeline) -> None:
             label=label,
             alpha=0.6,
         )
-    centres, p50s, p99s = [], [], []
-    for low, high in pairwise(timeline.edges):
-        ended = zip(timeline.ended_at, timeline.latency_s, strict=True)
-        quantiles = p50_p99([s for at, s in ended if low <= at < high])
-        if quantiles is not None:
-            centres.append((low + high) / 2)
-            p50s.append(quantiles[0])
-            p99s.append(quantiles[1])
-    axes.plot(centres, p50s, color="black", label="p50 of the bucket")
-    axes.plot(centres, p99s, color="black", linestyle="--", label="p99 of the bucket")
+    centres = [centre for centre, _, _ in timeline.delivered_quantiles]
+    axes.plot(
+        centres, [p50 for _, p50, _ in timeline.delivered_quantiles], color="black", label="delivered p50"
+    )
+    axes.plot(
+        centres,
+        [p99 for _, _, p99 in timeline.delivered_quantiles],
+        color="black",
+        linestyle="--",
+        label="delivered p99",
+    )
     axes.set_xlabel("seconds into the run")
     axes.set_ylabel("202 → end (s)")
     axes.set_title("latency")
-    axes.legend(loc="upper left")
+    axes.legend(**LEGEND_BESIDE)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ops.load_report import (
     bucket_width_s,
     p50_p99,
     per_second,
+    quantiles_per_bucket,
     render_markdown,
     summarise,
     write_report,
@@ -125,6 +126,11 @@ def test_time_is_cut_into_buckets_of_a_second_at_least():
     assert per_second([0.1, 0.9, 1.5, 9.9], width_s=2.0, buckets=3) == [1.5, 0.0, 0.5]
 
 
+def test_quantiles_per_bucket_skip_empty_buckets_and_keep_the_end_in_the_last():
+    points = [(0.2, 1.0), (0.7, 3.0), (2.5, 5.0), (4.0, 7.0)]  # 4.0: the end of the last bucket
+    assert quantiles_per_bucket(points, width_s=2.0, buckets=2) == [(1.0, 2.0, 2.98), (3.0, 6.0, 6.98)]
+
+
 def test_the_timeline_holds_one_point_per_ended_order():
     timeline = Timeline.of(_run())
     assert timeline.edges[0] == 0.0 and timeline.edges[-1] >= 5.0
@@ -132,6 +138,8 @@ def test_the_timeline_holds_one_point_per_ended_order():
     assert sum(timeline.sheds_per_s) == 3
     assert sorted(timeline.latency_s) == pytest.approx(sorted([2.0, 3.0, 0.5, 4.0, 0.5]))
     assert timeline.cancelled.count(True) == 2
+    # Delivered orders end at 2.1, 3.2 and 5.0 (the end of the run: the last bucket).
+    assert [centre for centre, _, _ in timeline.delivered_quantiles] == [2.5, 3.5, 4.5]
 
 
 def test_the_markdown_report_shows_the_figures_and_names_the_figure():
