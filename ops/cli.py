@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -183,6 +184,71 @@ def demo(
         console.print(f"{status:<10} {mark}")
     if any(expected != status for expected, status in outcomes):
         raise typer.Exit(1)
+
+
+@app.command()
+def load(
+    url: Annotated[
+        str, typer.Option(help="The edge's address (loopback unless --allow-remote).")
+    ] = "http://127.0.0.1:8000",
+    orders: Annotated[int, typer.Option(min=1, help="Orders to place.")] = 200,
+    concurrency: Annotated[int, typer.Option(min=1, help="Orders in flight at most (not ended).")] = 16,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Orders placed per second at most.")] = None,
+    duration_s: Annotated[float, typer.Option(min=1, help="No order is placed after this.")] = 180.0,
+    settle_s: Annotated[float, typer.Option(min=1, help="Time an accepted order may take to end.")] = 120.0,
+    customers: Annotated[int, typer.Option(min=1, help="Customers registered for the run.")] = 20,
+    declined_customers: Annotated[int, typer.Option(min=0, help="Of them, those with declined cards.")] = 2,
+    seed: Annotated[int | None, typer.Option(help="Makes the plan (SKUs, cancels) repeatable.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (.data/load/<timestamp>).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary and ledger as JSON.")] = False,
+    allow_remote: Annotated[bool, typer.Option(help="Allow an edge that is not on this machine.")] = False,
+) -> None:
+    """Customers ordering at once through the edge, each order followed to its end; a report and a plot.
+
+    It makes its own administrator over RabbitMQ (as `emporium admin create` does), so it needs the
+    system's RABBITMQ_URL as well as the edge's address. Start that edge with a login budget for
+    every customer (EMPORIUM_LOGIN_RATE_LIMIT of at least 2 x customers + 1 a minute).
+    """
+    import asyncio
+    import json
+    from datetime import datetime
+
+    import httpx
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from brokers.logs import configure_logging
+    from brokers.settings import get_settings
+    from ops.identity_admin import IdentityAdminFailed
+    from ops.load import LoadConfig, LoadFailed, run_load
+    from ops.load_report import as_json as result_json
+    from ops.load_report import summarise, summary_tables, write_report
+
+    console = Console(stderr=as_json)  # with --json, stdout holds the JSON only
+    try:
+        config = LoadConfig(
+            orders=orders, concurrency=concurrency, rate_per_s=rate, duration_s=duration_s, settle_s=settle_s,
+            customers=customers, declined_customers=declined_customers, seed=seed, allow_remote=allow_remote,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    out_dir = out or Path(".data/load") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    configure_logging("ERROR")  # the RabbitMQ client's chatter would garble the progress bars
+    columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[note]}"))
+    try:
+        with Progress(*columns, console=console, disable=as_json) as progress:
+            result = asyncio.run(run_load(url, config, settings=get_settings(), progress=progress))
+    except (LoadFailed, IdentityAdminFailed, httpx.HTTPError) as exc:
+        console.print(f"[red]load failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    paths = write_report(result, out_dir)
+    if as_json:
+        typer.echo(json.dumps(result_json(result, paths), indent=2))
+        return
+    for table in summary_tables(summarise(result)):
+        console.print(table)
+    console.print(f"report: {paths.markdown}  figure: {paths.figure}")
 
 
 @app.command()

@@ -11,21 +11,17 @@ declined.
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import httpx
-from aio_pika.exceptions import AMQPError
 from rich.console import Console
 
-from brokers.contracts.identity import password_problems
 from brokers.settings import Settings
-from ops.identity_admin import create_admin
+from ops.accounts import Account, make_admin
+from ops.sse import SseReader
 
 STEP = {
     "order.placed": "placed",
@@ -65,27 +61,6 @@ def _checked(response: httpx.Response, what: str) -> dict:
     return response.json() if response.content else {}
 
 
-@dataclass(frozen=True)
-class Account:
-    """Credentials made up for one run of the demo."""
-
-    email: str
-    password: str
-
-    @classmethod
-    def new(cls, role: str) -> Account:
-        email = f"demo-{role}-{uuid.uuid4().hex[:8]}@example.com"
-        return cls(email, _new_password(email))
-
-
-def _new_password(email: str) -> str:
-    """A random password that identity's policy accepts (drawn again in the rare case it is not)."""
-    while True:
-        password = secrets.token_urlsafe(18)
-        if not password_problems(password, email):
-            return password
-
-
 def _log_in(client: httpx.Client, account: Account, *, wait_s: float = 0.0) -> dict[str, str]:
     """The headers that sign ``account`` in; a 401 is retried for ``wait_s`` (a registration on its way)."""
     deadline = time.monotonic() + wait_s
@@ -100,21 +75,14 @@ def _log_in(client: httpx.Client, account: Account, *, wait_s: float = 0.0) -> d
 
 def sign_in_admin(client: httpx.Client, settings: Settings) -> tuple[str, dict[str, str]]:
     """An administrator made as operators make one (``create_admin`` waits until identity has it)."""
-    account = Account.new("admin")
-    try:
-        asyncio.run(create_admin(settings, account.email, account.password, name="Demo administrator"))
-    except (AMQPError, OSError) as exc:
-        where = urlsplit(settings.rabbitmq_url)
-        raise DemoFailed(
-            f"cannot make the demo's administrator: RabbitMQ at {where.hostname}:{where.port or 5672}"
-            f"{where.path or '/'} refused ({exc!r}); set RABBITMQ_URL to the running system's"
-        ) from exc
+    account = Account.new("demo-admin")
+    asyncio.run(make_admin(settings, account, name="Demo administrator"))
     return account.email, _log_in(client, account)
 
 
 def sign_up_customer(client: httpx.Client) -> tuple[str, dict[str, str]]:
     """A customer registered through the edge, as anyone can."""
-    account = Account.new("customer")
+    account = Account.new("demo-customer")
     registration = {"email": account.email, "name": "Demo customer", "password": account.password}
     response = client.post("/auth/register", json=registration)
     _checked(response, "POST /auth/register")
@@ -181,15 +149,11 @@ class Demo:
         with self.client.stream("GET", path, headers=headers, timeout=timeout_s) as stream:
             if stream.status_code != 200:
                 raise DemoFailed(f"GET {path}: {stream.status_code} {stream.read().decode()}")
-            event, data = None, []
+            reader = SseReader()
             for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:"):
-                    data.append(line.removeprefix("data:").strip())
-                elif line == "" and event is not None:
-                    yield event, json.loads("\n".join(data) or "{}")
-                    event, data = None, []
+                event = reader.feed(line)
+                if event is not None and event.event is not None:
+                    yield event.event, event.json()
 
 
 def run_demo(
