@@ -252,6 +252,61 @@ def load(
 
 
 @app.command()
+def chaos(
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="A scenario to run (repeat the option); default: every one.")
+    ] = None,
+    orders: Annotated[int, typer.Option(min=1, help="Orders offered per scenario.")] = 40,
+    concurrency: Annotated[int, typer.Option(min=1, help="Orders in flight at once.")] = 8,
+    full: Annotated[bool, typer.Option(help="The full run: 1,000 orders per scenario, 32 in flight.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Report directory (.data/chaos/<timestamp>).")] = None,
+    seed: Annotated[int, typer.Option(help="Makes the plans and the faults' choices repeatable.")] = 1,
+) -> None:
+    """The system as separate supervised processes on servers of its own, a load through the edge and
+    one fault per scenario; then what the edge accepted against what the system did (exit 1 if unclean).
+    """
+    import asyncio
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from brokers.logs import configure_logging
+    from brokers.settings import get_settings
+    from ops.chaos import SCENARIOS, ChaosError, Timings, load_drive, report_markdown, rows_table, run_chaos
+    from ops.load import LoadConfig
+    from ops.servers import ServerFailed
+
+    chosen = scenario or list(SCENARIOS)
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        raise typer.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if full:
+        orders, concurrency = 1_000, 32
+    console = Console()
+    configure_logging("WARNING")
+    started = datetime.now(UTC)
+    directory = out or Path(".data/chaos") / f"{started:%Y%m%d-%H%M%S}"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = LoadConfig(orders=orders, concurrency=concurrency, seed=seed, duration_s=max(180.0, orders / 2))
+    try:
+        rows = asyncio.run(
+            run_chaos(
+                chosen, base=get_settings(), drive=load_drive(config), directory=directory,
+                timings=Timings(), seed=seed, on_row=lambda row: console.print(rows_table([row])),
+            )
+        )
+    except (ChaosError, ServerFailed) as exc:
+        console.print(f"[red]chaos failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (directory / "chaos.md").write_text(report_markdown(rows, commit=commit or "unknown", orders=orders, started=started))
+    console.print(rows_table(rows))
+    console.print(f"report: {directory / 'chaos.md'}")
+    if not all(row.clean for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
 def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
     """The HTTP edge alone."""
     from brokers.logs import configure_logging
