@@ -362,9 +362,10 @@ Offset = Annotated[int, Query(ge=0)]
 Limit = Annotated[int, Query(ge=1, le=LEDGER_PAGE_LIMIT)]
 
 
-def create_app(settings: Settings, *, seed: int | None = None) -> FastAPI:
-    """The simulator as an ASGI app over the ledger the settings name; ``seed`` makes its declines and
-    outages repeatable. The ledger is opened by the app's lifespan."""
+def create_app(settings: Settings | None = None, *, seed: int | None = None) -> FastAPI:
+    """The simulator as an ASGI app over the ledger the settings name (default: the environment's);
+    ``seed`` makes its declines and outages repeatable. The ledger is opened by the app's lifespan."""
+    settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -455,7 +456,7 @@ class SimulatorControl:
 def serve(host: str, port: int, *, seed: int | None = None) -> None:
     """Run the simulator until interrupted (the `emporium payment-provider` command), its ledger in
     the database the environment's settings name."""
-    uvicorn.run(create_app(get_settings(), seed=seed), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(seed=seed), host=host, port=port, log_level="warning")
 
 
 @dataclass(frozen=True)
