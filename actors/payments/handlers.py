@@ -19,7 +19,7 @@ from actors.payments.store import PaymentsStore
 from actors.runtime.actor import Actor, UnitOfWork
 from brokers.contracts.inventory import StockReserved
 from brokers.contracts.orders import OrderCancelled, OrderPlaced
-from brokers.contracts.payments import GetPayment, PaymentView
+from brokers.contracts.payments import GetPayment, ListPayments, PaymentPage, PaymentView
 
 payments = Actor("payments", PaymentsStore)
 Work = UnitOfWork[PaymentsStore]
@@ -80,3 +80,10 @@ async def _settle(uow: Work, change: domain.Change) -> None:
 @payments.answers_to(GetPayment)
 async def get_payment(query: GetPayment, store: PaymentsStore) -> PaymentView:
     return domain.view(query.order_id, await store.account(query.order_id))
+
+
+@payments.answers_to(ListPayments)
+async def list_payments(query: ListPayments, store: PaymentsStore) -> PaymentPage:
+    accounts, total = await store.page(offset=query.offset, limit=query.limit)
+    views = [domain.view(account.order_id, account) for account in accounts]
+    return PaymentPage(items=views, total=total, offset=query.offset, limit=query.limit)

@@ -38,6 +38,10 @@ def _document(account: Account) -> dict[str, Any]:
     }
 
 
+# What GetPayment answers for (domain.view): a known order, charged or still to be charged.
+_WITH_PAYMENT = {"order": {"$ne": None}, "$or": [{"payment": {"$ne": None}}, {"cancelled": False}]}
+
+
 class PaymentsStore(Store):
     @property
     def _accounts(self):
@@ -46,6 +50,12 @@ class PaymentsStore(Store):
     async def account(self, order_id: str) -> Account | None:
         doc = await self._accounts.find_one({"_id": order_id}, session=self.session)
         return _account(doc) if doc else None
+
+    async def page(self, *, offset: int, limit: int) -> tuple[list[Account], int]:
+        """A page of the accounts that have a payment to show, by order id, and how many in all."""
+        docs = self._accounts.find(_WITH_PAYMENT, session=self.session).sort("_id", 1)
+        accounts = [_account(doc) async for doc in docs.skip(offset).limit(limit)]
+        return accounts, await self._accounts.count_documents(_WITH_PAYMENT, session=self.session)
 
     async def save(self, account: Account) -> None:
         await self._accounts.replace_one(

@@ -51,3 +51,17 @@ class PaymentView(Value):
 
 class GetPayment(Query, type="payments.get_payment"):
     order_id: EntityId
+
+
+class PaymentPage(Value):
+    items: list[PaymentView]
+    total: int
+    offset: int
+    limit: int
+
+
+class ListPayments(Query, type="payments.list_payments"):
+    """Every payment GetPayment answers for, by order id: for operators' tools (the invariant checker)."""
+
+    offset: int = Field(0, ge=0, le=1_000_000)
+    limit: int = Field(100, ge=1, le=500)

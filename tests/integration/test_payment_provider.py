@@ -1,4 +1,4 @@
-"""The payment-provider simulator, served over HTTP by uvicorn on a free port."""
+"""The payment-provider simulator, served over HTTP by uvicorn on a free port, its ledger in MongoDB."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from ops.payment_provider import create_app, served
+from ops.payment_provider import served
 
 
 @pytest.fixture
@@ -62,6 +62,17 @@ async def test_concurrent_requests_with_one_key_make_one_charge(provider):
     assert {a.status_code for a in answers} == {201}
     assert len({a.json()["charge_id"] for a in answers}) == 1
     assert (await stats(provider))["charges"] == 1
+    assert len((await provider.get("/ledger")).json()["items"]) == 1
+
+
+async def test_concurrent_requests_with_one_key_get_one_answer_though_each_would_decide_apart(provider):
+    # Half the decisions are declines: rivals that each decided for themselves would answer apart.
+    await control(provider, decline_rate=0.5)
+    answers = await asyncio.gather(*(provider.post("/charges", json=charge()) for _ in range(20)))
+
+    assert len({(a.status_code, a.text) for a in answers}) == 1
+    (kept,) = (await provider.get("/ledger/order-1")).json()["items"]
+    assert kept["status"] in {"captured", "declined"}
 
 
 async def test_a_listed_customer_is_declined_and_the_decline_is_the_keys_answer(provider):
@@ -165,11 +176,65 @@ async def test_a_malformed_charge_is_refused_and_changes_nothing(provider, body)
 
 async def test_a_seed_makes_declines_repeatable():
     async def outcomes(seed: int) -> list[int]:
-        transport = httpx.ASGITransport(app=create_app(seed=seed))
-        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        async with served(seed=seed) as simulator, httpx.AsyncClient(base_url=simulator.url) as client:
             await control(client, decline_rate=0.5)
             return [(await client.post("/charges", json=charge(key=f"k{i}"))).status_code for i in range(30)]
 
     first, second = await outcomes(7), await outcomes(7)
     assert first == second
     assert set(first) == {201, 402}
+
+
+async def test_concurrent_refunds_of_one_charge_never_give_back_more_than_it_took(provider):
+    charge_id = (await provider.post("/charges", json=charge(amount=2_500))).json()["charge_id"]
+    refunds = [{"idempotency_key": f"r{i}", "charge_id": charge_id, "amount_cents": 1_000} for i in range(8)]
+    same_key = [{"idempotency_key": "r-same", "charge_id": charge_id, "amount_cents": 500}] * 8
+
+    answers = await asyncio.gather(*(provider.post("/refunds", json=r) for r in refunds + same_key))
+
+    # 2 x 1,000 and the 500 fit in 2,500 whatever the order they commit in; a third 1,000 never does.
+    codes = [a.status_code for a in answers]
+    assert sorted(codes[:8]) == [201, 201] + [422] * 6
+    assert set(codes[8:]) == {201} and len({a.json()["refund_id"] for a in answers[8:]}) == 1
+    (kept,) = (await provider.get("/ledger/order-1")).json()["items"]
+    assert (kept["status"], kept["refunded_cents"], len(kept["refunds"])) == ("refunded", 2_500, 3)
+
+
+async def test_the_ledger_and_its_keys_answers_survive_a_restart(settings, mongo):
+    async with served(settings=settings) as simulator, httpx.AsyncClient(base_url=simulator.url) as client:
+        await control(client, decline_customers=["c-blocked"])
+        captured = (await client.post("/charges", json=charge(key="o-1"))).json()
+        refund = {"idempotency_key": "refund-o-1", "charge_id": captured["charge_id"], "amount_cents": 2_500}
+        refunded = (await client.post("/refunds", json=refund)).json()
+        await client.post("/charges", json=charge(key="o-2", customer="c-blocked"))
+
+    async with served(settings=settings) as simulator, httpx.AsyncClient(base_url=simulator.url) as client:
+        again = await client.post("/charges", json=charge(key="o-1"))
+        refund_again = await client.post("/refunds", json=refund)
+        declined_again = await client.post("/charges", json=charge(key="o-2", customer="c-blocked"))
+        ledger = await simulator.control.ledger()
+        counts = await stats(client)
+
+    assert (again.status_code, again.json()) == (201, captured)
+    assert (refund_again.status_code, refund_again.json()) == (201, refunded)
+    assert declined_again.status_code == 402  # the answer under the key, though no customer is blocked now
+    assert [(c.idempotency_key, c.status, c.refunded_cents) for c in ledger] == [
+        ("o-1", "refunded", 2_500), ("o-2", "declined", 0)
+    ]
+    assert [r.refund_id for r in ledger[0].refunds] == [refunded["refund_id"]]
+    assert (counts["charges"], counts["refunds"], counts["declines"]) == (0, 0, 0)
+
+
+async def test_the_ledger_is_read_page_by_page_and_per_key(provider):
+    for key in ("o-3", "o-1", "o-2"):
+        await provider.post("/charges", json=charge(key=key))
+
+    first = (await provider.get("/ledger", params={"limit": 2})).json()
+    rest = (await provider.get("/ledger", params={"offset": 2, "limit": 2})).json()
+    one = (await provider.get("/ledger/o-2")).json()
+    too_big = await provider.get("/ledger", params={"limit": 501})
+
+    assert [c["idempotency_key"] for c in first["items"] + rest["items"]] == ["o-1", "o-2", "o-3"]
+    assert (first["total"], rest["offset"]) == (3, 2)
+    assert [c["idempotency_key"] for c in one["items"]] == ["o-2"] and one["total"] == 1
+    assert too_big.status_code == 422
