@@ -38,7 +38,8 @@ from ops.dlq import DlqError, QueueDepth, dead_letter_queues
 from ops.payment_provider import Charge, SimulatorControl
 
 TERMINAL = {"delivered", "cancelled"}
-PAID = {"confirmed", "shipped", "delivered"}
+# "cancelling" was confirmed: its capture stands until shipping answers and orders cancels it.
+PAID = {"confirmed", "cancelling", "shipped", "delivered"}
 # Reserved at inventory and not yet dispatched ("cancelling": shipping has not answered yet).
 HOLDING_STOCK = {"reserved", "confirmed", "cancelling"}
 SHIPPED = {"shipped", "delivered"}
