@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from brokers.settings import Settings, get_settings
 
@@ -193,6 +193,13 @@ class Ledger:
             yield cls(client, db)
         finally:
             await client.close()
+
+    async def reachable(self) -> bool:
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
 
     async def charge_under(self, key: str) -> dict[str, Any] | None:
         return await self._charges.find_one({"idempotency_key": key})
@@ -380,6 +387,17 @@ def create_app(settings: Settings | None = None, *, seed: int | None = None) -> 
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)
         return JSONResponse(answer.body, status_code=answer.status_code)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(provider: Simulated) -> JSONResponse:
+        # Ready once its ledger answers: a charge it cannot record must not be taken.
+        if await provider.ledger.reachable():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "detail": "the ledger's MongoDB does not answer"}, status_code=503)
 
     @app.post("/charges")
     async def charge(request: ChargeRequest, provider: Simulated) -> JSONResponse:

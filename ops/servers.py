@@ -52,6 +52,15 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
+def _reap(process: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for a server asked to stop; kill -9 what is still there after the timeout."""
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(process, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 @dataclass
 class RabbitNode:
     """A RabbitMQ node of its own (Debian's rabbitmq-server), run as the rabbitmq user."""
@@ -130,11 +139,7 @@ class RabbitNode:
             return
         with contextlib.suppress(ServerFailed, subprocess.TimeoutExpired):
             self.ctl("stop", timeout_s=60)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            _kill_group(self.process, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        _reap(self.process, 30)
         self.process = None
 
 
@@ -172,11 +177,7 @@ class EmbeddedMongo:
         if self.process is None:
             return
         _kill_group(self.process, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _kill_group(self.process, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        _reap(self.process, 15)
         self.process = None
 
 

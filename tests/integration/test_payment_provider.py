@@ -238,3 +238,9 @@ async def test_the_ledger_is_read_page_by_page_and_per_key(provider):
     assert (first["total"], rest["offset"]) == (3, 2)
     assert [c["idempotency_key"] for c in one["items"]] == ["o-2"] and one["total"] == 1
     assert too_big.status_code == 422
+
+
+async def test_the_simulator_is_ready_once_its_ledger_answers(provider):
+    assert (await provider.get("/health")).json() == {"status": "ok"}
+    ready = await provider.get("/ready")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
