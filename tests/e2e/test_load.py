@@ -45,6 +45,13 @@ async def test_a_load_follows_every_accepted_order_to_its_end(
         edge = await serve_edge(**overrides, emporium_login_rate_limit=LOGIN_BUDGET)
 
         result = await run_load(str(edge.base_url), CONFIG, settings=settings)
+        # The checker compares payments with the provider's ledger: ask while the simulator runs.
+        report = await eventually(
+            lambda: check(settings.model_copy(update=overrides), grace=timedelta(seconds=5)),
+            until=lambda r: r.clean,
+            what="a clean invariant check",
+        )
+    assert report.orders >= CONFIG.orders
 
     summary = summarise(result)
     assert summary.rate_limited > 0, summary.answers  # ... and every customer got in all the same:
@@ -81,13 +88,6 @@ async def test_a_load_follows_every_accepted_order_to_its_end(
         delivered_units,
         result.stock,
     )
-
-    report = await eventually(
-        lambda: check(settings, grace=timedelta(seconds=5)),
-        until=lambda r: r.clean,
-        what="a clean invariant check",
-    )
-    assert report.orders >= CONFIG.orders
 
     paths = write_report(result, tmp_path / "load")
     assert paths.figure.name == FIGURE_NAME
