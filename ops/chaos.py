@@ -2,15 +2,16 @@
 per scenario, and then the books: what the edge accepted against what the system did with it.
 
 Every run has servers of its own (ops/servers.py: a RabbitMQ node and an embedded MongoDB on free
-ports), since faults restart and kill them. Each scenario gets a fresh vhost and database prefix on
-them and a fresh fleet: one process per actor, two replicas of orders and of inventory (competing
-consumers), the edge and the payment-provider simulator. A supervisor restarts any process that
-dies, as a container runtime would.
+ports), since faults restart and kill them, and one fleet on them: one process per actor, two
+replicas of orders and of inventory (competing consumers), the edge and the payment-provider
+simulator. A supervisor restarts any process that dies, as a container runtime would. The fleet
+lives through the scenarios one after the other, as a deployed system lives through its faults;
+each scenario places a load of its own (its own customers and SKUs) and injects one fault.
 
-After the load and the fault, the run waits for the system to drain (no message waiting anywhere,
-every accepted order ended) and then counts, per scenario: orders the edge accepted but the system
-lost, orders charged twice (on the provider's own ledger), oversold SKUs, orders shipped after
-their cancel, orders cancelled by timeout, the share confirmed, and dead letters left.
+After the load and the fault, the run waits for the system to drain (no message waiting anywhere)
+and then counts, per scenario: orders the edge accepted but the system lost, orders charged twice
+(on the provider's own ledger), oversold SKUs, orders shipped after their cancel, orders cancelled
+by timeout, the share confirmed, and what the checker finds that earlier scenarios had not.
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ class Run:
             (await http.put("/control", json={**current, **change})).raise_for_status()
 
 
-def scenario_settings(base: Settings, node: RabbitNode, mongo: EmbeddedMongo, vhost: str, tag: str) -> Settings:
+def run_settings(base: Settings, node: RabbitNode, mongo: EmbeddedMongo, vhost: str, tag: str) -> Settings:
     return base.model_copy(
         update={
             "rabbitmq_url": with_vhost(node.amqp_url, vhost),
@@ -328,7 +329,7 @@ def fleet_environment(settings: Settings, provider_port: int, *, deadline_ms: in
 
 
 @contextlib.asynccontextmanager
-async def scenario_vhost(node: RabbitNode, vhost: str) -> AsyncIterator[None]:
+async def run_vhost(node: RabbitNode, vhost: str) -> AsyncIterator[None]:
     settings = Settings(rabbitmq_management_url=node.management_url)
     async with management_client(settings) as management:
         (await management.put(f"/api/vhosts/{quote(vhost, safe='')}")).raise_for_status()
@@ -438,40 +439,49 @@ async def _views(settings: Settings, order_ids: Sequence[str]) -> dict[str, Orde
     return dict(zip(order_ids, found, strict=True))
 
 
-def book(
-    scenario: str, accepted: Sequence[str], views: dict[str, OrderView | None], report: Report,
-    depths: dict[str, int], faults: Counter[str],
-) -> Row:
-    """The scenario's row: the edge's ledger (accepted orders) against what the system holds, and the
-    checker's findings (the provider's ledger among them) in the columns they belong to."""
-    known = [view for view in views.values() if view is not None]
+@dataclass
+class Books:
+    """What earlier scenarios of the run already reported, so that each row counts only its own."""
 
-    def subjects(*invariants: str) -> set[str]:
-        return {v.subject for v in report.violations if v.invariant in invariants}
+    reported: set[tuple[str, str]] = field(default_factory=set)
+    dead_letters: int = 0
 
-    counted = {CAPTURED_TWICE, SHIPPED_AND_CANCELLED, NO_DEAD_LETTER, EVERY_ORDER_SETTLES, *STOCK_RULES}
-    return Row(
-        scenario=scenario,
-        accepted=len(accepted),
-        lost=sum(1 for view in views.values() if view is None or view.status not in {"delivered", "cancelled"}),
-        double_charged=len(subjects(CAPTURED_TWICE)),
-        oversold=len(subjects(*STOCK_RULES)),
-        shipped_after_cancel=len(
-            subjects(SHIPPED_AND_CANCELLED) | {view.order_id for view in known if shipped_and_cancelled(view)}
-        ),
-        timed_out=sum(1 for view in known if view.cancel_reason == "timeout"),
-        confirmed=sum(1 for view in known if any(step.status == "confirmed" for step in view.history)),
-        dead_letters=sum(n for name, n in depths.items() if name.endswith(".dlq")),
-        violations=tuple(
-            f"{v.invariant}: {v.subject}: {v.detail}" for v in report.violations if v.invariant not in counted
-        ),
-        faults=", ".join(f"{name} x{count}" for name, count in sorted(faults.items())),
-    )
+    def book(
+        self, scenario: str, accepted: Sequence[str], views: dict[str, OrderView | None], report: Report,
+        depths: dict[str, int], faults: Counter[str],
+    ) -> Row:
+        """The scenario's row: the edge's ledger (its accepted orders) against what the system holds,
+        and the checker's new findings (the provider's ledger among them) in the columns they belong to."""
+        fresh = [v for v in report.violations if (v.invariant, v.subject) not in self.reported]
+        self.reported |= {(v.invariant, v.subject) for v in fresh}
+        dead_letters = sum(n for name, n in depths.items() if name.endswith(".dlq"))
+        new_dead_letters, self.dead_letters = dead_letters - self.dead_letters, dead_letters
+        known = [view for view in views.values() if view is not None]
+
+        def subjects(*invariants: str) -> set[str]:
+            return {v.subject for v in fresh if v.invariant in invariants}
+
+        counted = {CAPTURED_TWICE, SHIPPED_AND_CANCELLED, NO_DEAD_LETTER, EVERY_ORDER_SETTLES, *STOCK_RULES}
+        return Row(
+            scenario=scenario,
+            accepted=len(accepted),
+            lost=sum(1 for view in views.values() if view is None or view.status not in {"delivered", "cancelled"}),
+            double_charged=len(subjects(CAPTURED_TWICE)),
+            oversold=len(subjects(*STOCK_RULES)),
+            shipped_after_cancel=len(
+                subjects(SHIPPED_AND_CANCELLED) | {view.order_id for view in known if shipped_and_cancelled(view)}
+            ),
+            timed_out=sum(1 for view in known if view.cancel_reason == "timeout"),
+            confirmed=sum(1 for view in known if any(step.status == "confirmed" for step in view.history)),
+            dead_letters=new_dead_letters,
+            violations=tuple(f"{v.invariant}: {v.subject}: {v.detail}" for v in fresh if v.invariant not in counted),
+            faults=", ".join(f"{name} x{count}" for name, count in sorted(faults.items())),
+        )
 
 
 # --- a run ---------------------------------------------------------------------------------------
 
-# Places the load through the edge at this URL (on the scenario's settings); the ids of the orders the
+# Places the load through the edge at this URL (on the run's settings); the ids of the orders the
 # edge accepted (answered 202).
 Drive = Callable[[str, Settings], Awaitable[Sequence[str]]]
 
@@ -483,41 +493,69 @@ class Timings:
     drain_timeout_s: float = 240.0
 
 
-async def run_scenario(
-    name: str, fault: Fault, *, node: RabbitNode, mongo: EmbeddedMongo, base: Settings, drive: Drive,
-    directory: Path, timings: Timings, seed: int,
-) -> Row:
+@dataclass
+class System:
+    """The run's system: servers, vhost, fleet and the settings to reach them."""
+
+    node: RabbitNode
+    mongo: EmbeddedMongo
+    vhost: str
+    settings: Settings  # the provider's URL is the fleet's simulator
+    fleet: Fleet
+    edge: Member
+    provider: Member
+
+
+@contextlib.asynccontextmanager
+async def started_system(base: Settings, directory: Path, timings: Timings) -> AsyncIterator[System]:
+    """Servers of the run's own and one fleet on them, which lives through every scenario's fault:
+    as a deployed system lives through one fault after the other."""
     tag = uuid.uuid4().hex[:8]
-    vhost = f"chaos-{name}-{tag}"
-    logs = directory / name
-    logs.mkdir(parents=True, exist_ok=True)
-    async with scenario_vhost(node, vhost):
-        settings = scenario_settings(base, node, mongo, vhost, tag).model_copy(
+    vhost = f"chaos-{tag}"
+    async with servers(directory) as (node, mongo), run_vhost(node, vhost):
+        settings = run_settings(base, node, mongo, vhost, tag).model_copy(
             update={"emporium_order_deadline_ms": timings.deadline_ms}
         )
+        logs = directory / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
         fleet, edge, provider = build_fleet({}, logs)
         fleet.environment.update(
             fleet_environment(settings, provider.port, deadline_ms=timings.deadline_ms,
                               carrier_step_ms=timings.carrier_step_ms)
         )
-        provider_settings = settings.model_copy(update={"emporium_payment_provider_url": provider.base_url})
+        settings = settings.model_copy(update={"emporium_payment_provider_url": provider.base_url})
         await fleet.start()
-        run = Run(name, node, mongo, fleet, edge, provider, settings.rabbitmq_url, random.Random(seed))
         try:
-            faulting = asyncio.create_task(fault(run))
-            try:
-                accepted = await drive(edge.base_url, settings)
-            finally:
-                run.load_done.set()
-                await faulting
-            await fleet.ready(edge)  # killed or not, the edge must come back
-            depths = await drain(settings, vhost, timeout_s=timings.drain_timeout_s)
-            views = await _views(settings, accepted)
-            report = await check(provider_settings, drained=True)
+            yield System(node, mongo, vhost, settings, fleet, edge, provider)
         finally:
             await fleet.stop()
-        restarts = Counter({f"restarted {m.name}": m.restarts for m in fleet.members if m.restarts})
-        return book(name, accepted, views, report, depths, run.counts + restarts)
+
+
+async def run_scenario(
+    name: str, fault: Fault, system: System, books: Books, *, drive: Drive, timings: Timings, seed: int
+) -> Row:
+    fleet = system.fleet
+    restarts_before = {m.name: m.restarts for m in fleet.members}
+    run = Run(
+        name, system.node, system.mongo, fleet, system.edge, system.provider, system.settings.rabbitmq_url,
+        random.Random(seed),
+    )
+    faulting = asyncio.create_task(fault(run))
+    try:
+        accepted = await drive(system.edge.base_url, system.settings)
+    finally:
+        run.load_done.set()
+        await faulting
+    # Killed or not, every member must be back before the books are read and the next fault comes.
+    await asyncio.gather(*(fleet.ready(member) for member in fleet.members))
+    depths = await drain(system.settings, system.vhost, timeout_s=timings.drain_timeout_s)
+    views = await _views(system.settings, accepted)
+    report = await check(system.settings, drained=True)
+    restarts = Counter(
+        {f"restarted {m.name}": m.restarts - restarts_before[m.name] for m in fleet.members
+         if m.restarts > restarts_before[m.name]}
+    )
+    return books.book(name, accepted, views, report, depths, run.counts + restarts)
 
 
 @contextlib.asynccontextmanager
@@ -537,12 +575,11 @@ async def run_chaos(
     scenarios: Sequence[str], *, base: Settings, drive: Drive, directory: Path, timings: Timings,
     seed: int = 1, on_row: Callable[[Row], None] = lambda row: None,
 ) -> list[Row]:
-    rows = []
-    async with servers(directory) as (node, mongo):
+    rows, books = [], Books()
+    async with started_system(base, directory, timings) as system:
         for number, name in enumerate(scenarios):
             row = await run_scenario(
-                name, SCENARIOS[name], node=node, mongo=mongo, base=base, drive=drive,
-                directory=directory, timings=timings, seed=seed + number,
+                name, SCENARIOS[name], system, books, drive=drive, timings=timings, seed=seed + number
             )
             on_row(row)
             rows.append(row)

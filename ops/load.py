@@ -46,6 +46,7 @@ import httpx
 from rich.progress import Progress
 
 from brokers.settings import Settings, get_settings
+from edge.problems import EMAIL_TAKEN
 from ops.accounts import Account, make_admin
 from ops.sse import ServerEvent, SseReader
 
@@ -495,9 +496,21 @@ async def _sign_up(edge: Edge, who: str, deadline: float) -> Customer:
     account = Account.new(who)
     registration = {"email": account.email, "name": who, "password": account.password}
     response = await edge.call("POST", "/auth/register", json=registration, deadline=deadline)
+    if _email_taken(response):
+        # The registration was sent again after a lost answer (an edge killed mid-request) and the
+        # first one went through: the account is this load's own if its password logs in.
+        headers, token_ends = await _log_in(edge, account, deadline)
+        me = await edge.call("GET", "/auth/me", headers=headers, deadline=deadline)
+        return Customer(_checked(me, f"reading {account.email}'s account", 200)["user_id"], headers, token_ends)
     user_id = _checked(response, f"registering {account.email}", 201, 202)["user_id"]
     headers, token_ends = await _log_in(edge, account, deadline)
     return Customer(user_id, headers, token_ends)
+
+
+def _email_taken(response: httpx.Response) -> bool:
+    return response.status_code == 409 and response.headers.get("content-type", "").startswith(
+        "application/problem+json"
+    ) and response.json().get("type") == EMAIL_TAKEN
 
 
 async def _sign_up_customers(edge: Edge, run_id: str, count: int, deadline: float) -> list[Customer]:
