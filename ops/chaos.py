@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -240,6 +241,7 @@ async def restart_mongodb(run: Run) -> None:
 
 async def flaky_provider(run: Run) -> None:
     await run.provider_control({"error_rate": 0.5})
+    run.counts["provider failing 50%"] += 1
     await run.load_done.wait()
     await run.provider_control({"error_rate": 0.0})
 
@@ -247,6 +249,7 @@ async def flaky_provider(run: Run) -> None:
 async def provider_down_for(run: Run, seconds: float = 10.0) -> None:
     await run.settled_in(1.0)
     await run.provider_control({"error_rate": 1.0})
+    run.counts[f"provider down {seconds:.0f}s"] += 1
     await asyncio.sleep(seconds)  # the outage itself lasts this long: it is the fault, not a wait
     await run.provider_control({"error_rate": 0.0})
     await run.load_done.wait()
@@ -387,6 +390,9 @@ class Row:
     dead_letters: int
     violations: tuple[str, ...]
     faults: str
+    # The orders behind a lost, timed-out or shipped-after-cancel count, with their histories.
+    unclean_orders: tuple[str, ...] = ()
+    took_s: float = 0.0  # the scenario from its first order to its books
 
     @property
     def confirmed_pct(self) -> float:
@@ -407,7 +413,7 @@ def shipped_and_cancelled(view: OrderView) -> bool:
 
 COLUMNS = (
     "scenario", "accepted", "lost", "double-charged", "oversold", "shipped after cancel", "timed out",
-    "confirmed %", "dead letters", "other violations", "faults injected",
+    "confirmed %", "dead letters", "other violations", "faults injected", "took s",
 )
 
 
@@ -415,7 +421,7 @@ def row_cells(row: Row) -> list[str]:
     return [
         row.scenario, str(row.accepted), str(row.lost), str(row.double_charged), str(row.oversold),
         str(row.shipped_after_cancel), str(row.timed_out), f"{row.confirmed_pct:.1f}", str(row.dead_letters),
-        str(len(row.violations)), row.faults or "-",
+        str(len(row.violations)), row.faults or "-", f"{row.took_s:.0f}",
     ]
 
 
@@ -462,6 +468,11 @@ class Books:
             return {v.subject for v in fresh if v.invariant in invariants}
 
         counted = {CAPTURED_TWICE, SHIPPED_AND_CANCELLED, NO_DEAD_LETTER, EVERY_ORDER_SETTLES, *STOCK_RULES}
+        unclean = [
+            story(order_id, view) for order_id, view in views.items()
+            if view is None or view.status not in {"delivered", "cancelled"} or view.cancel_reason == "timeout"
+            or shipped_and_cancelled(view)
+        ]
         return Row(
             scenario=scenario,
             accepted=len(accepted),
@@ -476,7 +487,19 @@ class Books:
             dead_letters=new_dead_letters,
             violations=tuple(f"{v.invariant}: {v.subject}: {v.detail}" for v in fresh if v.invariant not in counted),
             faults=", ".join(f"{name} x{count}" for name, count in sorted(faults.items())),
+            unclean_orders=tuple(unclean),
         )
+
+
+def story(order_id: str, view: OrderView | None) -> str:
+    """One order as the report tells it: what orders holds, step by step."""
+    if view is None:
+        return f"{order_id}: unknown to orders"
+    steps = ", ".join(
+        f"{step.status}{f' ({step.reason})' if step.reason else ''} {step.at.strftime('%H:%M:%S.%f')[:-3]}"
+        for step in view.history
+    )
+    return f"{order_id}: {view.status}; {steps}"
 
 
 # --- a run ---------------------------------------------------------------------------------------
@@ -534,7 +557,7 @@ async def started_system(base: Settings, directory: Path, timings: Timings) -> A
 async def run_scenario(
     name: str, fault: Fault, system: System, books: Books, *, drive: Drive, timings: Timings, seed: int
 ) -> Row:
-    fleet = system.fleet
+    fleet, began = system.fleet, time.monotonic()
     restarts_before = {m.name: m.restarts for m in fleet.members}
     run = Run(
         name, system.node, system.mongo, fleet, system.edge, system.provider, system.settings.rabbitmq_url,
@@ -555,7 +578,8 @@ async def run_scenario(
         {f"restarted {m.name}": m.restarts - restarts_before[m.name] for m in fleet.members
          if m.restarts > restarts_before[m.name]}
     )
-    return books.book(name, accepted, views, report, depths, run.counts + restarts)
+    row = books.book(name, accepted, views, report, depths, run.counts + restarts)
+    return dataclasses.replace(row, took_s=time.monotonic() - began)
 
 
 @contextlib.asynccontextmanager
@@ -614,4 +638,6 @@ def report_markdown(rows: Sequence[Row], *, commit: str, orders: int, started: d
     for row in rows:
         if row.violations:
             lines += [f"## {row.scenario}: other violations", ""] + [f"- {v}" for v in row.violations] + [""]
+        if row.unclean_orders:
+            lines += [f"## {row.scenario}: orders not cleanly ended", ""] + [f"- {o}" for o in row.unclean_orders] + [""]
     return "\n".join(lines)

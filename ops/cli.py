@@ -297,7 +297,7 @@ def chaos(
         raise typer.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if full:
         orders, concurrency = 1_000, 32
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
     configure_logging("WARNING")
     started = datetime.now(UTC)
     directory = out or Path(".data/chaos") / f"{started:%Y%m%d-%H%M%S}"
