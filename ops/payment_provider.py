@@ -6,6 +6,7 @@ It behaves like a card processor where it matters to emporium:
   never charges twice, even for requests arriving at the same moment (a unique index on the key
   decides, not a read before the write); the same key with another request is a 409;
 - a simulated outage (``error_rate``) answers 503 before anything happens, so a retry may succeed;
+  it takes lookups down too (GET /charges/by-key/{key}: what is held under a charge's key);
 - latency is added after the outcome is decided and recorded, so a caller that gives up waiting does
   not know whether it was charged: exactly the case idempotency keys exist for;
 - declines (``decline_rate``, or every charge of a customer in ``decline_customers``) are answers
@@ -30,6 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import httpx
 import uvicorn
@@ -75,7 +77,8 @@ class Control(Body):
 
 
 class Stats(BaseModel):
-    requests: int = 0  # charge and refund requests answered, whatever the answer
+    requests: int = 0  # charge, refund and lookup requests answered, whatever the answer
+    lookups: int = 0  # of which lookups by idempotency key
     charges: int = 0  # captures made
     refunds: int = 0  # refunds made
     declines: int = 0
@@ -250,7 +253,12 @@ class Ledger:
         return winner
 
     async def charge(self, charge_id: str) -> Charge | None:
-        doc = await self._charges.find_one({"_id": charge_id})
+        return await self._shown(await self._charges.find_one({"_id": charge_id}))
+
+    async def charge_of_key(self, key: str) -> Charge | None:
+        return await self._shown(await self.charge_under(key))
+
+    async def _shown(self, doc: dict[str, Any] | None) -> Charge | None:
         return None if doc is None else (await self._with_refunds([doc]))[0]
 
     async def page(self, *, offset: int, limit: int, key: str | None = None) -> LedgerPage:
@@ -309,6 +317,17 @@ class Provider:
                 self.stats.refunds += 1
                 self.stats.refunded_cents += request.amount_cents
         return self._refund_answer(request, kept)
+
+    async def lookup(self, key: str) -> Answer:
+        """The charge held under a key, refunds included; a read, yet down with the rest of the provider."""
+        self.stats.requests += 1
+        self.stats.lookups += 1
+        if self._outage():
+            return _OUTAGE
+        found = await self.ledger.charge_of_key(key)
+        if found is None:
+            return Answer(404, {"status": "not_found", "detail": f"no charge under key {key!r}"})
+        return Answer(200, found.model_dump(mode="json"))
 
     def _outage(self) -> bool:
         if self._random.random() < self.control.error_rate:
@@ -407,6 +426,10 @@ def create_app(settings: Settings | None = None, *, seed: int | None = None) -> 
     async def refund(request: RefundRequest, provider: Simulated) -> JSONResponse:
         return await answered(provider, await provider.refund(request))
 
+    @app.get("/charges/by-key/{idempotency_key}", response_model=Charge)
+    async def get_charge_of_key(idempotency_key: str, provider: Simulated) -> JSONResponse:
+        return await answered(provider, await provider.lookup(idempotency_key))
+
     @app.get("/charges/{charge_id}", response_model=Charge)
     async def get_charge(charge_id: str, provider: Simulated) -> Charge | JSONResponse:
         found = await provider.ledger.charge(charge_id)
@@ -458,12 +481,13 @@ class SimulatorControl:
         response.raise_for_status()
         return Stats.model_validate(response.json())
 
-    async def ledger(self) -> list[Charge]:
-        """Every charge of the ledger with its refunds, page by page."""
+    async def ledger(self, key: str | None = None) -> list[Charge]:
+        """Every charge of the ledger (or of one idempotency key) with its refunds, page by page."""
+        path = "/ledger" if key is None else f"/ledger/{quote(key, safe='')}"
         charges: list[Charge] = []
         while True:
             asked = {"offset": len(charges), "limit": LEDGER_PAGE_LIMIT}
-            response = await self._http.get("/ledger", params=asked)
+            response = await self._http.get(path, params=asked)
             response.raise_for_status()
             page = LedgerPage.model_validate(response.json())
             charges.extend(page.items)

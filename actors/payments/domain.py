@@ -5,9 +5,17 @@ is reserved and whether it was cancelled, and the payment once the provider has 
 
 - an order is charged once both its order.placed and its stock.reserved are in, whichever came
   first (they travel apart); once, for its total, with the order id as idempotency key;
+- a cancelled order is never charged, whatever comes after its cancel (a late reservation included);
 - the provider's first definite answer is final: a capture, or a decline (never retried);
-- a capture of a cancelled order is refunded, whichever of the two payments learns first;
-- a provider that stays unavailable through every retry of the charge fails it as "unavailable".
+- a provider that stays unavailable through every retry of the charge fails it as "unavailable";
+- a cancelled order whose charge may have been taken without payments knowing it (asked with no
+  answer recorded, or failed as unavailable) is looked up under its key, never charged again;
+- a capture of a cancelled order is refunded, whichever of the two payments learns first (a capture
+  found by a lookup included).
+
+Every handler of an order reads and writes its one account in its transaction, so these rules hold
+across replicas: a charge in flight when the cancel commits conflicts at its write, runs again on the
+cancelled account, looks up what its first run took and refunds it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from brokers.envelope import Event
 
 _PAYMENT_IDS = uuid.UUID("5d0c4f3e-6a59-4c1b-9a43-2f0f7f1b6a10")
 _DETAIL_LIMIT = 500
+_UNAVAILABLE = "unavailable: "  # how a payment failed for want of an answer begins
 
 
 class Status(StrEnum):
@@ -47,6 +56,11 @@ class Payment:
     provider_reference: str | None = None  # the provider's charge id
     refund_reference: str | None = None
     failure: str | None = None
+
+    @property
+    def unanswered(self) -> bool:
+        """Failed because the provider never answered: the charge may have been captured all the same."""
+        return self.status is Status.FAILED and (self.failure or "").startswith(_UNAVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -141,14 +155,36 @@ def cancelled(account: Account | None, order_id: str, at: datetime) -> Account:
 
 
 def charge_due(account: Account) -> ChargeRequest | None:
-    """What to ask the provider for: None until the order is placed and reserved, and once answered."""
+    """What to ask the provider for: None until the order is placed and reserved, once answered, and
+    once cancelled (a terminal order starts no new work)."""
     order = account.order
-    if order is None or not account.reserved or account.payment is not None:
+    if order is None or not account.reserved or account.payment is not None or account.cancelled:
         return None
     return ChargeRequest(
-        idempotency_key=order.order_id, amount_cents=order.total_cents, currency=order.currency,
+        idempotency_key=_charge_key(order), amount_cents=order.total_cents, currency=order.currency,
         customer_id=order.customer_id,
     )
+
+
+def lookup_due(account: Account) -> str | None:
+    """The idempotency key to ask the provider about, or None: what a cancelled order may have been
+    charged without payments knowing it.
+
+    That is a charge asked (the order known and reserved) with no definite answer: none recorded (a
+    handling that asked then conflicted with the cancel or failed, and now runs again), or a payment
+    failed as unavailable (a request that timed out may have been captured all the same). Charging
+    again to find out would charge orders that never were charged; a lookup takes nothing.
+    """
+    order, payment = account.order, account.payment
+    if not account.cancelled or order is None or not account.reserved:
+        return None
+    if payment is None or payment.unanswered:
+        return _charge_key(order)
+    return None
+
+
+def _charge_key(order: Order) -> str:
+    return order.order_id  # one charge per order: the order id is its idempotency key
 
 
 def charged(account: Account, outcome: ChargeOutcome, at: datetime) -> Change:
@@ -167,7 +203,7 @@ def charged(account: Account, outcome: ChargeOutcome, at: datetime) -> Change:
                 detail=reason[:_DETAIL_LIMIT],
             )
         case Unavailable(detail, attempts):
-            payment = Payment(Status.FAILED, attempts, failure=f"unavailable: {detail}"[:_DETAIL_LIMIT])
+            payment = Payment(Status.FAILED, attempts, failure=f"{_UNAVAILABLE}{detail}"[:_DETAIL_LIMIT])
             event = PaymentFailed(
                 order_id=order.order_id, customer_id=order.customer_id, reason="unavailable",
                 detail=detail[:_DETAIL_LIMIT],

@@ -8,8 +8,15 @@ calls it again with the same idempotency key and gets the same answer, so nobody
 A provider that is unavailable makes the handler raise, and the message waits in the runtime's delay
 queues; on its last retry the payment fails as "unavailable" instead (the order is then cancelled
 and its stock released). Counting tries rather than time since the event keeps a backlog in front
-of payments from using up a payment's patience before the provider was asked even once. Refunds never give up: a refund the provider
-keeps refusing ends in the dead-letter queue for an operator to replay.
+of payments from using up a payment's patience before the provider was asked even once.
+
+A cancelled order is never charged, whichever handler comes after the cancel. Where its charge may
+have been taken unbeknown to payments, the provider is asked what it holds under the order's key (a
+lookup, which takes nothing), and a capture found is recorded and refunded at once. Every handler of
+an order reads and writes its one account in its transaction, so across replicas too a charge in
+flight when the cancel commits conflicts, runs again on the cancelled account, looks up and refunds
+what it took. Lookups and refunds never give up: a provider unavailable for them makes the handler
+raise through every retry into the dead-letter queue, for an operator to replay.
 """
 
 from datetime import UTC, datetime
@@ -32,27 +39,30 @@ def _now() -> datetime:
 @payments.handles(OrderPlaced)
 async def remember_order(event: OrderPlaced, uow: Work) -> None:
     order = domain.Order(event.order_id, event.customer_id, event.total_cents, event.currency)
-    await _charge_if_due(uow, domain.placed(await uow.store.account(event.order_id), order, _now()))
+    await _charge_or_look_up(uow, domain.placed(await uow.store.account(event.order_id), order, _now()))
 
 
 @payments.handles(StockReserved)
 async def charge_reserved_order(event: StockReserved, uow: Work) -> None:
-    await _charge_if_due(uow, domain.reserved(await uow.store.account(event.order_id), event.order_id, _now()))
+    account = domain.reserved(await uow.store.account(event.order_id), event.order_id, _now())
+    await _charge_or_look_up(uow, account)
 
 
 @payments.handles(OrderCancelled)
 async def refund_cancelled_order(event: OrderCancelled, uow: Work) -> None:
-    # A reserved order without a known answer may have been charged by a call whose answer was lost
-    # (a timeout): asking again with the same key finds that capture, and _settle refunds it.
     account = domain.cancelled(await uow.store.account(event.order_id), event.order_id, _now())
-    await _charge_if_due(uow, account)
+    await _charge_or_look_up(uow, account)
 
 
-async def _charge_if_due(uow: Work, account: domain.Account) -> None:
-    charge = domain.charge_due(account)
+async def _charge_or_look_up(uow: Work, account: domain.Account) -> None:
+    """Charge what is due; for a cancelled order, look up instead what it may have been charged."""
     change = domain.Change(account)
-    if charge is not None:
+    if (charge := domain.charge_due(account)) is not None:
         change = domain.charged(account, await _charge(charge, uow), _now())
+    elif (key := domain.lookup_due(account)) is not None:
+        found = await provider.client_for(uow.settings).lookup(key)
+        if found is not None:  # nothing found: nothing was taken, nothing changes
+            change = domain.charged(account, found, _now())
     await _settle(uow, change)
 
 

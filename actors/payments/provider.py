@@ -1,13 +1,14 @@
 """The payment provider as payments calls it: HTTP (httpx), quick retries (tenacity), a circuit breaker.
 
-One call to ``charge`` or ``refund`` makes a few quick attempts with backoff on trouble (timeouts,
-connection errors, 5xx). Every attempt goes through a circuit breaker: after repeated trouble it
-opens, and while it is open no request reaches the provider; the call fails at once with
+One call to ``charge``, ``refund`` or ``lookup`` makes a few quick attempts with backoff on trouble
+(timeouts, connection errors, 5xx). Every attempt goes through a circuit breaker: after repeated
+trouble it opens, and while it is open no request reaches the provider; the call fails at once with
 ``ProviderUnavailable``, a transient error, so the message waits in the runtime's delay queues. After
 its reset time the breaker lets calls through again (half-open); one success closes it, one more
 failure opens it again.
 
-Answers are never retried here: a capture, a decline (402) or a refusal (other 4xx) is final. The
+Answers are never retried here: a capture, a decline (402), a lookup that finds nothing (404) or a
+refusal (other 4xx) is final. A lookup only reads what the provider holds under a charge's key. The
 idempotency keys (the order id for a charge, "refund-" + order id for a refund) make every retry and
 every re-run of a handler safe: the provider answers a repeated key with its first answer.
 
@@ -17,7 +18,8 @@ One client (one connection pool, one breaker) serves a payments actor's host: on
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker, CircuitBreakerError
@@ -93,6 +95,13 @@ class _RefundAnswer(BaseModel):
     refund_id: str = Field(min_length=1, max_length=128)
 
 
+class _LedgerAnswer(BaseModel):
+    """What the provider holds under a key: a capture (refunded in part, in whole, or not), or a decline."""
+
+    charge_id: str = Field(min_length=1, max_length=128)
+    status: Literal["captured", "refunded", "partially_refunded", "declined"]
+
+
 class ProviderClient:
     def __init__(self, settings: PaymentSettings) -> None:
         self.settings = settings
@@ -102,7 +111,7 @@ class ProviderClient:
             expected_exception=_Trouble,
             name=f"payment-provider {settings.provider_url}",
         )
-        self._post_through_breaker = self.breaker.decorate(self._post)
+        self._request_through_breaker = self.breaker.decorate(self._request)
         self._http: httpx.AsyncClient | None = None
         BREAKER_STATE.labels(settings.provider_url).set_function(self.breaker_code)
 
@@ -110,7 +119,7 @@ class ProviderClient:
         return _STATE_CODES[self.breaker.state]
 
     async def charge(self, request: ChargeRequest) -> Captured | Declined:
-        response, attempts = await self._send("charge", "/charges", asdict(request))
+        response, attempts = await self._send("charge", "POST", "/charges", asdict(request))
         if response.status_code == 201:
             return Captured(_read(_CaptureAnswer, response).charge_id, attempts)
         if response.status_code == 402:
@@ -119,18 +128,31 @@ class ProviderClient:
 
     async def refund(self, request: RefundRequest) -> str:
         """Refund a charge; the provider's refund id."""
-        response, _ = await self._send("refund", "/refunds", asdict(request))
+        response, _ = await self._send("refund", "POST", "/refunds", asdict(request))
         if response.status_code == 201:
             return _read(_RefundAnswer, response).refund_id
         raise _refused("refund", request.idempotency_key, response)
+
+    async def lookup(self, idempotency_key: str) -> Captured | None:
+        """The capture held under a charge's key, refunded or not; None for no charge or a decline."""
+        path = f"/charges/by-key/{quote(idempotency_key, safe='')}"
+        response, attempts = await self._send("lookup", "GET", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code == 200:
+            held = _read(_LedgerAnswer, response)
+            return None if held.status == "declined" else Captured(held.charge_id, attempts)
+        raise _refused("lookup", idempotency_key, response)
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
-    async def _send(self, operation: str, path: str, body: dict[str, Any]) -> tuple[httpx.Response, int]:
-        """POST with quick retries on trouble: the answer and the number of requests it took."""
+    async def _send(
+        self, operation: str, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[httpx.Response, int]:
+        """A request with quick retries on trouble: the answer and the number of requests it took."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.provider_attempts),
             wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
@@ -142,16 +164,18 @@ class ProviderClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    response = await self._post_through_breaker(operation, path, body)
+                    response = await self._request_through_breaker(operation, method, path, body)
         except CircuitBreakerError as exc:
             raise ProviderUnavailable(str(exc), attempts - 1) from exc
         except _Trouble as exc:
             raise ProviderUnavailable(f"{operation} failed {attempts} times, last: {exc}", attempts) from exc
         return response, attempts
 
-    async def _post(self, operation: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def _request(
+        self, operation: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> httpx.Response:
         try:
-            response = await self._client().post(path, json=body)
+            response = await self._client().request(method, path, json=body)
         except httpx.TransportError as exc:  # timeouts, refused or dropped connections
             PROVIDER_CALLS.labels(operation, "unreachable").inc()
             raise _Trouble(f"{type(exc).__name__}: {exc}") from exc

@@ -41,7 +41,7 @@ async def test_a_charge_is_captured_once_per_idempotency_key(provider):
     found = (await provider.get(f"/charges/{first.json()['charge_id']}")).json()
     assert (found["status"], found["amount_cents"], found["idempotency_key"]) == ("captured", 2_500, "order-1")
     assert await stats(provider) == {
-        "requests": 2, "charges": 1, "refunds": 0, "declines": 0, "errors": 0, "conflicts": 0,
+        "requests": 2, "lookups": 0, "charges": 1, "refunds": 0, "declines": 0, "errors": 0, "conflicts": 0,
         "captured_cents": 2_500, "refunded_cents": 0,
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import REGISTRY
@@ -220,7 +221,7 @@ async def test_a_cancel_after_the_capture_refunds_it_once(settings, broker, simu
     assert (await payment_of(settings, "o-6")).status == "refunded"
 
 
-async def test_a_capture_that_comes_after_the_cancel_is_refunded_at_once(
+async def test_a_reservation_that_comes_after_the_cancel_charges_nothing(
     settings, broker, simulator, start_payments
 ):
     await start_payments()
@@ -229,16 +230,76 @@ async def test_a_capture_that_comes_after_the_cancel_is_refunded_at_once(
     async with Tap(settings.rabbitmq_url) as tap:
         await send(broker, cancelled("o-7"), correlation_id="o-7")
         await applied(before + 1)
-        with pytest.raises(QueryFailed, match="cancelled before any payment"):
-            await payment_of(settings, "o-7")
         await send(broker, reserved("o-7"), correlation_id="o-7")
+        await applied(before + 2)
+
+    assert [m.type for m in tap.messages if m.type.startswith("payment.")] == []
+    assert await simulator.control.ledger("o-7") == []
+    with pytest.raises(QueryFailed, match="cancelled before any payment"):
+        await payment_of(settings, "o-7")
+
+
+async def capture_behind_payments_back(simulator: RunningSimulator, order: OrderPlaced) -> str:
+    """Charge the provider under the order's key as payments would, without payments hearing the
+    answer (a request that timed out, a handling that failed after it): the provider's charge id."""
+    request = {
+        "idempotency_key": order.order_id, "amount_cents": order.total_cents, "currency": order.currency,
+        "customer_id": order.customer_id,
+    }
+    async with httpx.AsyncClient(base_url=simulator.url) as http:
+        response = await http.post("/charges", json=request)
+    response.raise_for_status()
+    return response.json()["charge_id"]
+
+
+async def refunded_once(simulator: RunningSimulator, order_id: str, charge_id: str) -> None:
+    (charge,) = await simulator.control.ledger(order_id)
+    assert (charge.charge_id, charge.status, charge.refunded_cents) == (charge_id, "refunded", 4_200)
+    assert len(charge.refunds) == 1
+    assert (await simulator.control.stats()).charges == 1  # the capture made behind payments' back
+
+
+async def test_a_capture_whose_answer_was_lost_is_found_after_the_cancel_and_refunded(
+    settings, broker, simulator, start_payments
+):
+    await start_payments()
+    await place(broker, placed("o-11"))
+    charge_id = await capture_behind_payments_back(simulator, placed("o-11"))
+    before = await outcome_count("payments", "applied")
+    async with Tap(settings.rabbitmq_url) as tap:
+        await send(broker, cancelled("o-11"), correlation_id="o-11")
+        await applied(before + 1)
+        # The reservation whose charge lost its answer, handled again after the cancel.
+        await send(broker, reserved("o-11"), correlation_id="o-11")
         await tap.wait_for("payment.refunded")
 
     payment_events = [m.type for m in tap.messages if m.type.startswith("payment.")]
     assert payment_events == ["payment.captured", "payment.refunded"]
+    await refunded_once(simulator, "o-11", charge_id)
     stats = await simulator.control.stats()
-    assert (stats.charges, stats.refunds) == (1, 1)
-    assert (await payment_of(settings, "o-7")).status == "refunded"
+    # After the cancel payments only looked the charge up and refunded it: it asked for no charge.
+    assert (stats.requests, stats.lookups, stats.refunds) == (3, 1, 1)
+    assert (await payment_of(settings, "o-11")).status == "refunded"
+
+
+async def test_a_capture_that_landed_after_the_payment_failed_as_unavailable_is_found_on_cancel(
+    settings, broker, simulator, start_payments
+):
+    await start_payments(breaker_failures=100)
+    await simulator.control.behave(error_rate=1.0)
+    await place(broker, placed("o-12"))
+    async with Tap(settings.rabbitmq_url) as tap:
+        await send(broker, reserved("o-12"), correlation_id="o-12")
+        await tap.wait_for("payment.failed")
+        await simulator.control.behave()
+        charge_id = await capture_behind_payments_back(simulator, placed("o-12"))
+        await send(broker, cancelled("o-12"), correlation_id="o-12")
+        await tap.wait_for("payment.refunded")
+
+    payment_events = [m.type for m in tap.messages if m.type.startswith("payment.")]
+    assert payment_events == ["payment.failed", "payment.captured", "payment.refunded"]
+    await refunded_once(simulator, "o-12", charge_id)
+    assert (await payment_of(settings, "o-12")).status == "refunded"
 
 
 async def test_stock_reserved_before_its_order_is_remembered_and_charged_when_the_order_comes(

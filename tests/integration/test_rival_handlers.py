@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 
 from actors.orders.store import OrdersStore
+from actors.payments.domain import Status
+from actors.payments.store import PaymentsStore
 from actors.shipping.store import ShippingStore
 from brokers.contracts.common import Line
 from brokers.contracts.inventory import Restock, StockReleased, StockReserved
@@ -21,9 +23,11 @@ from brokers.contracts.orders import (
     OrderPlaced,
     PlaceOrder,
 )
-from brokers.contracts.payments import PaymentCaptured
+from brokers.contracts.payments import PaymentCaptured, PaymentRefunded
 from brokers.contracts.shipping import ShipmentScheduled, ShipmentStopped
+from ops.payment_provider import RunningSimulator, Stats, served
 from tests.integration.rivals import Rivals
+from tests.integration.test_payments import cancelled, placed, reserved
 from tests.integration.test_runtime_support import order_placed, product_created
 
 pytestmark = pytest.mark.integration
@@ -127,3 +131,39 @@ async def test_a_capture_and_a_customer_cancel_at_once_leave_one_line_of_history
     )
     view = await OrdersStore(rivals.db).view(order_id)
     assert view.status == stream[-1]["type"] and view.version == len(stream)
+
+
+async def charges_asked_since(simulator: RunningSimulator, before: Stats) -> int:
+    """Charge requests the provider answered since ``before``: all its requests but lookups and refunds."""
+    now = await simulator.control.stats()
+    others = (now.lookups - before.lookups) + (now.refunds - before.refunds)
+    return now.requests - before.requests - others
+
+
+async def test_a_charge_and_a_cancel_at_once_never_leave_the_order_charged(settings, mongo):
+    """The charge reads "not cancelled" and charges; the cancel reads "not reserved" and charges
+    nothing. Both write the order's one account: whichever runs again finds the other's fact and
+    gives back the capture (the charge, run again on the cancelled account, looks it up), so the
+    provider's ledger ends empty or with one capture refunded in full."""
+    async with served() as simulator:
+        charging = settings.model_copy(update={"emporium_payment_provider_url": simulator.url})
+        rivals = Rivals("payments", charging, mongo)
+        await rivals.prepare()
+        for n in range(5):
+            order_id = f"o-pay-{n}"
+            await rivals.apply(placed(order_id), order_id)
+            before = await simulator.control.stats()
+            messages = (reserved(order_id), cancelled(order_id))
+            rivalries = await rivals.at_once(*messages, correlation_id=order_id, writes={"save"})
+            await rivals.settle(rivalries, order_id)
+            assert any(r.lost for r in rivalries), "both wrote without conflicting"
+            assert await charges_asked_since(simulator, before) <= 1, "charged again after the cancel"
+
+            ledger = await simulator.control.ledger(order_id)
+            kept = [(c.status, c.refunded_cents, len(c.refunds)) for c in ledger]
+            assert kept in ([], [("refunded", 4_200, 1)]), (order_id, kept, rivalries)
+            account = await PaymentsStore(rivals.db).account(order_id)
+            assert account is not None and account.cancelled
+            assert account.payment is None or account.payment.status is Status.REFUNDED, account
+    captures, refunds = await rivals.outbox(PaymentCaptured.TYPE), await rivals.outbox(PaymentRefunded.TYPE)
+    assert len(captures) == len(refunds) <= 5

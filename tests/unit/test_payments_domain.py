@@ -1,4 +1,6 @@
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import permutations
 
 import pytest
 
@@ -50,6 +52,22 @@ def test_a_charge_is_due_when_both_facts_are_in_whichever_came_first():
     assert domain.charge_due(domain.placed(reserved_first, ORDER, T1)) == domain.charge_due(ready())
 
 
+FACTS: dict[str, Callable[[Account | None], Account]] = {
+    "placed": lambda account: domain.placed(account, ORDER, T0),
+    "reserved": lambda account: domain.reserved(account, "o1", T0),
+    "cancelled": lambda account: domain.cancelled(account, "o1", T0),
+}
+
+
+@pytest.mark.parametrize("facts", list(permutations(FACTS)), ids="-".join)
+def test_a_cancelled_order_is_never_charged_whichever_order_the_facts_came_in(facts):
+    account = None
+    for fact in facts:
+        account = FACTS[fact](account)
+
+    assert domain.charge_due(account) is None
+
+
 def test_a_second_stock_reserved_changes_nothing():
     once = ready()
 
@@ -95,6 +113,47 @@ def test_an_unavailable_provider_fails_the_payment_as_unavailable_with_a_bounded
     assert (event.reason, len(event.detail)) == ("unavailable", 500)
     assert change.account.payment.attempts == 3
     assert change.account.payment.failure.startswith("unavailable: xxx")
+
+
+def unavailable(account: Account | None = None) -> Account:
+    return domain.charged(account or ready(), Unavailable("down", attempts=3), T1).account
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        domain.cancelled(ready(), "o1", T1),  # a charge asked, its answer not recorded
+        domain.cancelled(unavailable(), "o1", T1),  # no answer: a capture may have landed late
+    ],
+    ids=["reserved-unanswered", "failed-unavailable"],
+)
+def test_a_cancelled_order_whose_charge_may_have_been_taken_is_looked_up_by_its_key(account):
+    assert domain.lookup_due(account) == "o1"
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        domain.cancelled(placed(), "o1", T1),
+        domain.cancelled(domain.reserved(None, "o1", T0), "o1", T1),
+        domain.cancelled(captured().account, "o1", T1),
+        domain.cancelled(domain.charged(ready(), Declined("card_declined", 1), T1).account, "o1", T1),
+        ready(),
+        unavailable(),
+    ],
+    ids=["not-reserved", "order-unknown", "captured", "declined", "not-cancelled", "unavailable-alive"],
+)
+def test_nothing_is_looked_up_unless_a_cancelled_charge_may_be_unknown(account):
+    assert domain.lookup_due(account) is None
+
+
+def test_a_capture_found_by_a_lookup_is_recorded_and_then_refunded():
+    account = domain.cancelled(unavailable(), "o1", T1)
+
+    change = domain.charged(account, Captured("ch_late", attempts=1), T1)
+
+    assert change.account.payment == domain.Payment(Status.CAPTURED, attempts=1, provider_reference="ch_late")
+    assert domain.refund_due(change.account) == domain.RefundRequest("refund-o1", "ch_late", 4_200)
 
 
 def test_a_capture_of_an_order_not_cancelled_is_kept():

@@ -160,3 +160,37 @@ async def test_a_refund_returns_the_providers_refund_id_and_is_made_once(simulat
 
     assert first == again
     assert (await simulator.control.stats()).refunds == 1
+
+
+async def test_a_lookup_finds_the_capture_under_a_key_refunded_or_not(simulator, client_for):
+    client = client_for(simulator.url)
+    captured = await client.charge(order())
+
+    found = await client.lookup("order-1")
+    await client.refund(RefundRequest("refund-order-1", captured.charge_id, 1_500))
+    found_refunded = await client.lookup("order-1")
+
+    assert found == found_refunded == Captured(captured.charge_id, attempts=1)
+    assert (await simulator.control.stats()).charges == 1  # a lookup charges nothing
+
+
+async def test_a_lookup_finds_nothing_under_an_unknown_key_or_a_decline(simulator, client_for):
+    client = client_for(simulator.url)
+    await simulator.control.behave(decline_customers=["c-poor"])
+    await client.charge(order("order-2", customer="c-poor"))
+
+    assert await client.lookup("order-unknown") is None
+    assert await client.lookup("order-2") is None
+    assert (await simulator.control.stats()).lookups == 2
+
+
+async def test_a_lookup_is_retried_then_reported_unavailable_during_an_outage(simulator, client_for):
+    client = client_for(simulator.url, provider_attempts=2, breaker_failures=100)
+    await client.charge(order())
+    await simulator.control.behave(error_rate=1.0)
+
+    with pytest.raises(ProviderUnavailable, match="lookup failed 2 times") as failed:
+        await client.lookup("order-1")
+
+    assert failed.value.attempts == 2
+    assert (await simulator.control.stats()).errors == 2
