@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,14 +38,16 @@ import httpx
 import structlog
 from rich.table import Table
 
+from actors.orders.handlers import NAME as ORDERS
 from actors.registry import ACTORS
 from brokers.settings import Settings
 from brokers.contracts.orders import GetOrder, OrderView
 from brokers.rpc import QueryFailed, requesting
-from brokers.topology import COMMANDS, EVENTS, MOVES, UNROUTED_EVENTS
+from brokers.topology import COMMANDS, EVENTS, MOVES, UNROUTED_EVENTS, delay_queue_name
 from ops.dlq import management_client, with_vhost
 from ops.invariants import (
-    CAPTURED_TWICE, EVERY_ORDER_SETTLES, NO_DEAD_LETTER, SHIPPED_AND_CANCELLED, STOCK_RULES, Report, check,
+    CAPTURED_TWICE, EVERY_ORDER_SETTLES, NO_DEAD_LETTER, SHIPPED_AND_CANCELLED, STOCK_RULES, TERMINAL, Report,
+    check,
 )
 from ops.load import LoadConfig, run_load
 from ops.servers import EmbeddedMongo, RabbitNode, free_port
@@ -56,7 +58,7 @@ REPLICAS = {"orders": 2, "inventory": 2}
 READY_TIMEOUT_S = 60.0
 RESTART_PAUSE_S = 0.5
 COPY_HEADER = "x-emporium-chaos-copy"
-QUIET_S = 6.0  # longer than the management API's refresh (5 s): nothing moved in between
+QUIET_S = 3.0  # three refreshes of the node's queue counts (ops/servers.py): nothing moved in between
 
 
 class ChaosError(RuntimeError):
@@ -354,22 +356,30 @@ def parked(name: str) -> bool:
     return name.endswith(".dlq") or name == UNROUTED_EVENTS.name
 
 
-async def drain(settings: Settings, vhost: str, *, timeout_s: float) -> dict[str, int]:
-    """Wait until no message waits for the system anywhere (parked ones aside) for a few readings in a
-    row; the depths at the end. The management API refreshes its counts every few seconds, hence
-    the quiet period rather than one empty reading."""
+async def drain(
+    settings: Settings, vhost: str, accepted: Sequence[str], *, timers: Collection[str], timeout_s: float
+) -> tuple[dict[str, int], dict[str, OrderView | None]]:
+    """Wait until no message waits for the system (parked ones aside) for a few readings in a row and
+    every accepted order has ended; the depths and the orders then. The management API refreshes its
+    counts every second or so, hence the quiet period rather than one empty reading.
+
+    The ``timers`` queues (orders' deadlines) keep one message per order until its deadline: once
+    every order has ended they wait for nothing. While one has not, the run waits on, its deadline
+    included, and after ``timeout_s`` the books count it lost."""
     deadline, quiet_since = time.monotonic() + timeout_s, None
     while True:
         depths = await queue_depths(settings, vhost)
-        busy = {name: n for name, n in depths.items() if n and not parked(name)}
+        busy = {name: n for name, n in depths.items() if n and not parked(name) and name not in timers}
         now = time.monotonic()
         if busy:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = now
-        elif now - quiet_since >= QUIET_S:
-            return depths
-        if now > deadline:
+        elif now - quiet_since >= QUIET_S or now > deadline:
+            views = await _views(settings, accepted)
+            if now > deadline or all(view is not None and view.status in TERMINAL for view in views.values()):
+                return depths, views
+        if now > deadline and busy:
             raise ChaosError(f"the system did not drain within {timeout_s:.0f}s: {busy}")
         await asyncio.sleep(0.5)
 
@@ -393,6 +403,7 @@ class Row:
     # The orders behind a lost, timed-out or shipped-after-cancel count, with their histories.
     unclean_orders: tuple[str, ...] = ()
     took_s: float = 0.0  # the scenario from its first order to its books
+    outcomes: tuple[tuple[str, int], ...] = ()  # how the accepted orders ended, most common first
 
     @property
     def confirmed_pct(self) -> float:
@@ -470,13 +481,13 @@ class Books:
         counted = {CAPTURED_TWICE, SHIPPED_AND_CANCELLED, NO_DEAD_LETTER, EVERY_ORDER_SETTLES, *STOCK_RULES}
         unclean = [
             story(order_id, view) for order_id, view in views.items()
-            if view is None or view.status not in {"delivered", "cancelled"} or view.cancel_reason == "timeout"
+            if view is None or view.status not in TERMINAL or view.cancel_reason == "timeout"
             or shipped_and_cancelled(view)
         ]
         return Row(
             scenario=scenario,
             accepted=len(accepted),
-            lost=sum(1 for view in views.values() if view is None or view.status not in {"delivered", "cancelled"}),
+            lost=sum(1 for view in views.values() if view is None or view.status not in TERMINAL),
             double_charged=len(subjects(CAPTURED_TWICE)),
             oversold=len(subjects(*STOCK_RULES)),
             shipped_after_cancel=len(
@@ -488,7 +499,14 @@ class Books:
             violations=tuple(f"{v.invariant}: {v.subject}: {v.detail}" for v in fresh if v.invariant not in counted),
             faults=", ".join(f"{name} x{count}" for name, count in sorted(faults.items())),
             unclean_orders=tuple(unclean),
+            outcomes=tuple(Counter(outcome(view) for view in views.values()).most_common()),
         )
+
+
+def outcome(view: OrderView | None) -> str:
+    if view is None:
+        return "unknown"
+    return f"{view.status}: {view.cancel_reason}" if view.cancel_reason else view.status
 
 
 def story(order_id: str, view: OrderView | None) -> str:
@@ -571,8 +589,10 @@ async def run_scenario(
         await faulting
     # Killed or not, every member must be back before the books are read and the next fault comes.
     await asyncio.gather(*(fleet.ready(member) for member in fleet.members))
-    depths = await drain(system.settings, system.vhost, timeout_s=timings.drain_timeout_s)
-    views = await _views(system.settings, accepted)
+    timers = {delay_queue_name(ORDERS, timings.deadline_ms)}
+    depths, views = await drain(
+        system.settings, system.vhost, accepted, timers=timers, timeout_s=timings.drain_timeout_s
+    )
     report = await check(system.settings, drained=True)
     restarts = Counter(
         {f"restarted {m.name}": m.restarts - restarts_before[m.name] for m in fleet.members
@@ -635,6 +655,9 @@ def report_markdown(rows: Sequence[Row], *, commit: str, orders: int, started: d
         f"Run {started:%Y-%m-%d %H:%M} UTC on commit `{commit}`, {orders} orders offered per scenario.", "",
         markdown_table(rows),
     ]
+    lines += ["## How the accepted orders ended", ""]
+    lines += [f"- {row.scenario}: " + ", ".join(f"{name} {count}" for name, count in row.outcomes) for row in rows]
+    lines.append("")
     for row in rows:
         if row.violations:
             lines += [f"## {row.scenario}: other violations", ""] + [f"- {v}" for v in row.violations] + [""]

@@ -82,3 +82,14 @@ def test_an_unclean_order_is_told_step_by_step_in_the_row():
         "o1: cancelled; placed 12:00:00.000, cancelled 12:00:00.000",
         "o2: unknown to orders",
     )
+
+
+def test_a_row_says_how_its_orders_ended():
+    views = {
+        "o1": order("o1", "placed", "delivered"), "o2": order("o2", "placed", "cancelled", reason="out_of_stock"),
+        "o3": order("o3", "placed", "cancelled", reason="out_of_stock"),
+    }
+
+    row = Books().book("s", list(views), views, report(), {}, Counter())
+
+    assert row.outcomes == (("cancelled: out_of_stock", 2), ("delivered", 1))
