@@ -568,7 +568,9 @@ async def _open_product(
 async def _declining(
     edge: Edge, admin: dict[str, str], customer_ids: list[str], deadline: float
 ) -> AsyncIterator[None]:
-    """The provider declines these customers' cards while the block runs; then behaves as before."""
+    """The provider declines these customers' cards while the block runs; then declines whom it did
+    before. Only the declines are put back: whatever else changed meanwhile (an outage a chaos run
+    started or ended) stays as it is now."""
     if not customer_ids:
         yield
         return
@@ -586,8 +588,12 @@ async def _declining(
         yield
     finally:
         restore_by = time.monotonic() + REQUEST_TIMEOUT_S
+        now = _checked(
+            await edge.call("GET", route, headers=admin, deadline=restore_by), "the provider's controls", 200
+        )
+        restored = {**now, "decline_customers": before.get("decline_customers", [])}
         _checked(
-            await edge.call("PUT", route, json=before, headers=admin, deadline=restore_by), "restoring", 200
+            await edge.call("PUT", route, json=restored, headers=admin, deadline=restore_by), "restoring", 200
         )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import time
 import re
 from collections import Counter
 
@@ -13,8 +15,10 @@ from edge.guard import IDEMPOTENCY_KEY_CHARS
 from ops.load import (
     Cancel,
     Cancels,
+    Edge,
     LoadConfig,
     LoadFailed,
+    _declining,
     SkuMix,
     apportion,
     plan_orders,
@@ -184,3 +188,22 @@ def test_the_sse_reader_completes_an_event_at_each_blank_line():
 )
 def test_only_admission_control_and_timeouts_are_asked_again(status, headers, wait):
     assert retry_after_s(httpx.Response(status, headers=headers)) == wait
+
+
+async def test_the_load_puts_back_only_its_declines_and_leaves_an_outage_begun_meanwhile():
+    # The provider's controls behind the edge's dev route; a chaos fault starts an outage mid-load.
+    controls = {"decline_rate": 0.0, "error_rate": 0.0, "latency_ms": 0, "decline_customers": ["x"]}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            controls.clear()
+            controls.update(json.loads(request.content))
+        return httpx.Response(200, json=controls)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://127.0.0.1") as http:
+        edge = Edge(http)
+        async with _declining(edge, {}, ["c1", "c2"], deadline=time.monotonic() + 5):
+            assert controls["decline_customers"] == ["c1", "c2", "x"]
+            controls["error_rate"] = 1.0  # the fault, set behind the load's back
+
+    assert controls == {"decline_rate": 0.0, "error_rate": 1.0, "latency_ms": 0, "decline_customers": ["x"]}
