@@ -16,8 +16,8 @@ from ops.load import LoadConfig
 from ops.servers import scratch_directory
 
 ORDERS = 16
-# A CI run of every scenario takes about RUN_S here; the timeout leaves room for a noisy machine.
-RUN_S = 360
+# A CI run of every scenario takes about RUN_S on 2 cores; the timeout leaves room for a noisy machine.
+RUN_S = 240
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3 * RUN_S)]
 
 
