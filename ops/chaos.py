@@ -228,15 +228,15 @@ def kill_actors_every(seconds: float) -> Fault:
 
 async def restart_rabbitmq(run: Run) -> None:
     await run.settled_in(2.0)
-    await asyncio.to_thread(run.node.restart_app)
+    await asyncio.to_thread(run.servers.node.restart_app)
     run.counts["rabbitmq restarts"] += 1
     await run.load_done.wait()
 
 
 async def restart_mongodb(run: Run) -> None:
     await run.settled_in(2.0)
-    await asyncio.to_thread(run.mongo.kill)
-    await asyncio.to_thread(run.mongo.start)
+    await asyncio.to_thread(run.servers.mongo.kill)
+    await asyncio.to_thread(run.servers.mongo.start)
     run.counts["mongodb restarts"] += 1
     await run.load_done.wait()
 
@@ -264,6 +264,26 @@ async def kill_the_edge(run: Run) -> None:
     await run.load_done.wait()
 
 
+async def kill_a_cluster_node(run: Run, down_s: float = 5.0) -> None:
+    """Two more nodes join the run's node (every quorum queue gets a replica on each, leaders spread
+    over the three), then one of them is killed (kill -9) under the load and started again: the
+    leaders it had move to the others, the queues keep serving, the clients (on the first node) go on."""
+    node = run.servers.node
+    peers = await run.servers.clustered()
+    await asyncio.to_thread(node.ctl, "rebalance", "quorum", tool="rabbitmq-queues")
+    await run.settled_in(2.0)
+    victim = run.random.choice(peers)
+    # Shown, not assumed: how many queues the kill takes a leader from, and that each has 3 replicas.
+    queues = await asyncio.to_thread(node.quorum_queues, run.vhost)
+    run.counts["quorum queues led by the killed node"] += sum(q.leader == victim.node for q in queues)
+    run.counts["quorum queues with fewer than 3 replicas"] += sum(len(q.members) < 3 for q in queues)
+    await asyncio.to_thread(victim.kill)
+    run.counts["cluster node kills"] += 1
+    await asyncio.sleep(down_s)  # the node stays down this long: it is the fault, not a wait
+    await asyncio.to_thread(victim.start)
+    await run.load_done.wait()
+
+
 SCENARIOS: dict[str, Fault] = {
     "baseline": no_fault,
     "duplicates": duplicate_every_message,
@@ -273,6 +293,8 @@ SCENARIOS: dict[str, Fault] = {
     "provider-flaky": flaky_provider,
     "provider-down-10s": provider_down_for,
     "edge-kill": kill_the_edge,
+    # Last: from here on the run's RabbitMQ is a cluster of three.
+    "rabbitmq-cluster-node-kill": kill_a_cluster_node,
 }
 
 
@@ -284,8 +306,8 @@ class Run:
     """What a fault sees of the scenario it runs in."""
 
     name: str
-    node: RabbitNode
-    mongo: EmbeddedMongo
+    servers: Servers
+    vhost: str
     fleet: Fleet
     edge: Member
     provider: Member
@@ -538,8 +560,7 @@ class Timings:
 class System:
     """The run's system: servers, vhost, fleet and the settings to reach them."""
 
-    node: RabbitNode
-    mongo: EmbeddedMongo
+    servers: Servers
     vhost: str
     settings: Settings  # the provider's URL is the fleet's simulator
     fleet: Fleet
@@ -553,8 +574,8 @@ async def started_system(base: Settings, directory: Path, timings: Timings) -> A
     as a deployed system lives through one fault after the other."""
     tag = uuid.uuid4().hex[:8]
     vhost = f"chaos-{tag}"
-    async with servers(directory) as (node, mongo), run_vhost(node, vhost):
-        settings = run_settings(base, node, mongo, vhost, tag).model_copy(
+    async with servers(directory) as started, run_vhost(started.node, vhost):
+        settings = run_settings(base, started.node, started.mongo, vhost, tag).model_copy(
             update={"emporium_order_deadline_ms": timings.deadline_ms}
         )
         logs = directory / "logs"
@@ -567,7 +588,7 @@ async def started_system(base: Settings, directory: Path, timings: Timings) -> A
         settings = settings.model_copy(update={"emporium_payment_provider_url": provider.base_url})
         await fleet.start()
         try:
-            yield System(node, mongo, vhost, settings, fleet, edge, provider)
+            yield System(started, vhost, settings, fleet, edge, provider)
         finally:
             await fleet.stop()
 
@@ -578,7 +599,7 @@ async def run_scenario(
     fleet, began = system.fleet, time.monotonic()
     restarts_before = {m.name: m.restarts for m in fleet.members}
     run = Run(
-        name, system.node, system.mongo, fleet, system.edge, system.provider, system.settings.rabbitmq_url,
+        name, system.servers, system.vhost, fleet, system.edge, system.provider, system.settings.rabbitmq_url,
         random.Random(seed),
     )
     faulting = asyncio.create_task(fault(run))
@@ -602,16 +623,40 @@ async def run_scenario(
     return dataclasses.replace(row, took_s=time.monotonic() - began)
 
 
+@dataclass
+class Servers:
+    """The run's own servers: a RabbitMQ node (the one every client uses), the peers that join it for
+    the cluster scenario, and the embedded MongoDB."""
+
+    directory: Path
+    node: RabbitNode
+    mongo: EmbeddedMongo
+    peers: list[RabbitNode] = field(default_factory=list)
+
+    async def clustered(self, size: int = 3) -> list[RabbitNode]:
+        """Make the node one of a cluster of ``size`` (once): each peer joins and takes a replica of
+        every quorum queue."""
+        while len(self.peers) < size - 1:
+            name = f"peer{len(self.peers) + 1}"
+            peer = RabbitNode(f"{self.node.name}-{name}", self.directory / f"rabbitmq-{name}")
+            self.peers.append(peer)
+            await asyncio.to_thread(peer.start)
+            await asyncio.to_thread(peer.join, self.node)
+        return self.peers
+
+
 @contextlib.asynccontextmanager
-async def servers(directory: Path) -> AsyncIterator[tuple[RabbitNode, EmbeddedMongo]]:
+async def servers(directory: Path) -> AsyncIterator[Servers]:
     node = RabbitNode(f"emporium-chaos-{uuid.uuid4().hex[:6]}", directory / "rabbitmq")
-    mongo = EmbeddedMongo(directory / "mongodb")
+    started = Servers(directory, node, EmbeddedMongo(directory / "mongodb"))
     try:
         await asyncio.to_thread(node.start)
-        await asyncio.to_thread(mongo.start)
-        yield node, mongo
+        await asyncio.to_thread(started.mongo.start)
+        yield started
     finally:
-        await asyncio.to_thread(mongo.stop)
+        await asyncio.to_thread(started.mongo.stop)
+        for peer in started.peers:
+            await asyncio.to_thread(peer.stop)
         await asyncio.to_thread(node.stop)
 
 

@@ -9,6 +9,7 @@ killed by PID (never by name).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -123,14 +124,37 @@ class RabbitNode:
         self.ctl("await_startup", timeout_s=START_TIMEOUT_S)
         _wait_for_port(self.management_port, START_TIMEOUT_S, f"RabbitMQ {self.node}'s management API")
 
-    def ctl(self, *arguments: str, timeout_s: float = 60.0) -> str:
+    def ctl(self, *arguments: str, timeout_s: float = 60.0, tool: str = "rabbitmqctl") -> str:
         done = subprocess.run(
-            ["rabbitmqctl", "-q", "-n", self.node, *arguments],
+            [tool, "-q", "-n", self.node, *arguments],
             capture_output=True, text=True, timeout=timeout_s, check=False,
         )
         if done.returncode != 0:
-            raise ServerFailed(f"rabbitmqctl {' '.join(arguments)} on {self.node}: {done.stderr.strip()[:500]}")
+            raise ServerFailed(f"{tool} {' '.join(arguments)} on {self.node}: {done.stderr.strip()[:500]}")
         return done.stdout
+
+    def join(self, seed: RabbitNode) -> None:
+        """Join the seed's cluster, and take a replica of every quorum queue it already has."""
+        self.ctl("stop_app")
+        self.ctl("join_cluster", seed.node)
+        self.ctl("start_app")
+        self.ctl("await_startup", timeout_s=START_TIMEOUT_S)
+        self.ctl("grow", self.node, "all", tool="rabbitmq-queues", timeout_s=START_TIMEOUT_S)
+
+    def quorum_queues(self, vhost: str) -> list[QuorumQueue]:
+        """The vhost's quorum queues, each with the node that leads it and the nodes that replicate it."""
+        listed = json.loads(self.ctl("list_queues", "-p", vhost, "name", "type", "leader", "members", "--formatter", "json"))
+        return [
+            QuorumQueue(queue["name"], queue["leader"], tuple(queue["members"]))
+            for queue in listed if queue["type"] == "quorum"
+        ]
+
+    def kill(self) -> None:
+        """kill -9 of the node: what a crash does; started again, it rejoins its cluster from its data."""
+        if self.process is not None:
+            _kill_group(self.process, signal.SIGKILL)
+            self.process.wait(timeout=30)
+            self.process = None
 
     def restart_app(self) -> None:
         """Stop and start the broker inside its node: every connection drops, queues stay."""
@@ -145,6 +169,13 @@ class RabbitNode:
             self.ctl("stop", timeout_s=60)
         _reap(self.process, 30)
         self.process = None
+
+
+@dataclass(frozen=True)
+class QuorumQueue:
+    name: str
+    leader: str
+    members: tuple[str, ...]
 
 
 @dataclass
