@@ -313,7 +313,10 @@ def chaos(
     except (ChaosError, ServerFailed) as exc:
         console.print(f"[red]chaos failed:[/red] {exc}")
         raise typer.Exit(1) from exc
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # "-dirty" when the run's code is not the commit's alone.
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True
+    ).stdout.strip()
     (directory / "chaos.md").write_text(report_markdown(rows, commit=commit or "unknown", orders=orders, started=started))
     console.print(rows_table(rows))
     console.print(f"report: {directory / 'chaos.md'}")
