@@ -9,6 +9,10 @@ makes the edge ask again (a rotation), but at most once per ``KEYSET_REFRESH_S``
 ids cannot turn into a flood of queries. The set is also asked for again once it is
 ``KEYSET_MAX_AGE_S`` old, so a key identity stopped publishing stops being trusted here too.
 
+Any token PyJWT finds invalid, whatever the part (a header with a ``kid`` that is not a string, a
+``crit`` member, a role that is a list), is a 401 saying why, never a 500. A token living longer
+than ``TOKEN_MAX_LIFETIME_S`` is refused although signed: identity issues none such.
+
 Tokens are short-lived and there is no refresh token: a client logs in again when its token expires.
 A deactivated user cannot log in again, but keeps a token already issued until it expires.
 """
@@ -31,6 +35,7 @@ from brokers.contracts.identity import (
     TOKEN_ALGORITHM,
     TOKEN_AUDIENCE,
     TOKEN_ISSUER,
+    TOKEN_MAX_LIFETIME_S,
     GetSigningKeys,
     Jwks,
     Role,
@@ -126,6 +131,8 @@ async def verify(token: str, keys: KeySet) -> Principal:
         header = jwt.get_unverified_header(token)
     except jwt.DecodeError as exc:
         raise Unauthenticated("the access token is not a JWT") from exc
+    except jwt.InvalidTokenError as exc:  # a header PyJWT refuses: a kid not a string, a crit member
+        raise Unauthenticated(f"the access token's header is not valid: {_reason(exc)}") from exc
     if header.get("alg") != TOKEN_ALGORITHM:
         raise Unauthenticated(f"the access token must be signed with {TOKEN_ALGORITHM}")
     kid = header.get("kid")
@@ -146,7 +153,18 @@ async def verify(token: str, keys: KeySet) -> Principal:
         raise Unauthenticated("the access token has expired: log in again") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthenticated(f"the access token is not valid: {_reason(exc)}") from exc
+    if _lifetime_s(claims) > TOKEN_MAX_LIFETIME_S:
+        # Identity issues none such: a token meant to outlive a deactivation or a key's rotation.
+        raise Unauthenticated(f"the access token lives longer than {TOKEN_MAX_LIFETIME_S} s: log in again")
     return _principal(claims)
+
+
+def _lifetime_s(claims: dict[str, Any]) -> float:
+    """From issue to expiry; infinite unless both are integers, as identity writes them."""
+    issued, expires = claims["iat"], claims["exp"]
+    if type(issued) is not int or type(expires) is not int:
+        return float("inf")
+    return expires - issued
 
 
 def _reason(exc: jwt.InvalidTokenError) -> str:
@@ -165,7 +183,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
         user_id = _USER_ID.validate_python(claims["sub"])
     except ValidationError as exc:
         raise Unauthenticated("the access token names no valid user") from exc
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise Unauthenticated("the access token names no valid role")
     return Principal(user_id=user_id, role=role)
 

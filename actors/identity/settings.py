@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from brokers.contracts.identity import TOKEN_MAX_LIFETIME_S
+
 
 class IdentitySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
@@ -18,7 +20,7 @@ class IdentitySettings(BaseSettings):
     # production; in any mode it is imported at start and becomes the signing key if it is new.
     emporium_identity_signing_key_file: Path | None = None
     # Lifetime of an access token: short, since a token cannot be revoked before it expires.
-    emporium_identity_token_ttl_s: int = Field(900, ge=60, le=3_600)
+    emporium_identity_token_ttl_s: int = Field(900, ge=60, le=TOKEN_MAX_LIFETIME_S)
 
 
 @lru_cache

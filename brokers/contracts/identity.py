@@ -29,6 +29,8 @@ Role = Literal["customer", "admin"]
 TOKEN_ISSUER = "emporium-identity"
 TOKEN_AUDIENCE = "emporium"
 TOKEN_ALGORITHM = "EdDSA"
+# The longest an access token may live (iat to exp): identity issues none longer, the edge accepts none.
+TOKEN_MAX_LIFETIME_S = 3_600
 
 PASSWORD_MIN_LENGTH = 12
 # A bound on the work one login can cost (argon2 hashes the whole input).

@@ -53,7 +53,36 @@ FORGED = {
     "alg none": lambda: MINT.unsigned(MINT.claims()),
     "HS256 with the public key": lambda: MINT.hmac_with_public_key(MINT.claims(role="admin")),
     "not a JWT": lambda: "not-a-token",
+    "role a list": lambda: MINT.signed(MINT.claims(role=["admin"])),
+    "role an object": lambda: MINT.signed(MINT.claims(role={"admin": True})),
+    "lives until 2100": lambda: MINT.signed(MINT.claims(exp=4_102_444_800)),
+    "expiry a string": lambda: MINT.signed(MINT.claims(exp="4102444800")),
+    "issued in the future": lambda: MINT.signed(MINT.claims(iat=4_102_444_000, exp=4_102_444_800)),
+    **{
+        f"kid {name}": lambda value=value: MINT.with_header(MINT.claims(), {"kid": value})
+        for name, value in {
+            "null": None, "a number": 5, "a float": 1.5, "true": True, "a list": [MINT.key.kid],
+            "an object": {"kid": MINT.key.kid}, "empty": "", "of 8,000 characters": "k" * 8_000,
+        }.items()
+    },
+    **{
+        f"crit {name}": lambda value=value: MINT.with_header(MINT.claims(), {"kid": MINT.key.kid, "crit": value})
+        for name, value in {"naming an extension": ["exp"], "empty": [], "a string": "b64", "null": None}.items()
+    },
+    "alg a list": lambda: MINT.with_header(MINT.claims(), {"kid": MINT.key.kid, "alg": ["EdDSA"]}),
+    "header an array": lambda: ".".join(["WzFd", MINT.token().split(".", 1)[1]]),
+    **{
+        f"{name} naming another key": lambda name=name: _with_key_elsewhere(name)
+        for name in ("jku", "x5u", "jwk")
+    },
 }
+
+
+def _with_key_elsewhere(parameter: str) -> str:
+    """Signed by an attacker's key that the header points to (jku/x5u) or carries (jwk); the mint's kid."""
+    attacker = SigningKey.generate()
+    where = attacker.jwk().model_dump() if parameter == "jwk" else "https://attacker.example/keys"
+    return MINT.signed(MINT.claims(role="admin"), key=attacker, kid=MINT.key.kid, **{parameter: where})
 
 
 def _flip_signature(token: str) -> str:
