@@ -3,6 +3,11 @@ the operators' tool): the same steps, whatever carries the messages.
 
 Registration is a command, so its outcome is learnt by asking identity for the user id the sender
 chose: the user (registered), a 409 problem (refused: the address is taken), or nothing yet.
+
+The user id comes from the sender's idempotency key, so a retry finds its user. Another request
+under the same key finds that user too: it is refused (IdReused) unless the user is what it asked
+for (address, name, role and, when the sender can check it, the password), so that nobody learns
+another person's account by reusing their key.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from brokers.rpc import QueryFailed
 T = TypeVar("T")
 Send = Callable[[Command], Awaitable[None]]
 Ask = Callable[[Query], Awaitable[UserView]]
+# Whether the user found under the registration's id has the registration's password.
+PasswordCheck = Callable[[RegisterUser | CreateAdmin], Awaitable[bool]]
 _POLL_S = 0.05
 
 
@@ -26,8 +33,17 @@ class RegistrationRefused(Exception):
     """Identity refused the registration; the message says why (never whose the address is)."""
 
 
+class IdReused(Exception):
+    """The registration's user id (its idempotency key) already names another registration's user."""
+
+
 async def register(
-    command: RegisterUser | CreateAdmin, *, send: Send, ask: Ask, timeout_s: float
+    command: RegisterUser | CreateAdmin,
+    *,
+    send: Send,
+    ask: Ask,
+    timeout_s: float,
+    password_is_set: PasswordCheck | None = None,
 ) -> UserView | None:
     """Send ``command`` and return the user once identity has it; None when not seen in time.
 
@@ -35,12 +51,25 @@ async def register(
     when the registration can succeed (a race with another registration is settled by identity).
     """
     existing = await poll(lambda: ask(GetUser(email=command.email)), timeout_s=0)
-    if existing is not None:
-        if existing.user_id == command.user_id:  # this very registration, retried
-            return existing
+    if existing is None:
+        await send(command)
+        user = await poll(lambda: ask(GetUser(user_id=command.user_id)), timeout_s=timeout_s)
+    elif existing.user_id == command.user_id:  # this very registration, retried
+        user = existing
+    else:
         raise RegistrationRefused("the email address is already registered")
-    await send(command)
-    return await poll(lambda: ask(GetUser(user_id=command.user_id)), timeout_s=timeout_s)
+    if user is not None and not await _is_registration_of(user, command, password_is_set):
+        raise IdReused(f"user id {command.user_id} already names another registration")
+    return user
+
+
+async def _is_registration_of(
+    user: UserView, command: RegisterUser | CreateAdmin, password_is_set: PasswordCheck | None
+) -> bool:
+    role = "admin" if isinstance(command, CreateAdmin) else "customer"
+    if (user.email, user.name, user.role) != (command.email, command.name, role):
+        return False
+    return password_is_set is None or await password_is_set(command)
 
 
 async def poll(

@@ -13,9 +13,11 @@ The acceptances live in this edge process only (see the README about several edg
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Literal
 
@@ -46,6 +48,22 @@ class PendingOrders:
         self._clock = clock
         # In acceptance order, so also in expiry order: each with the clock's time it expires at.
         self._pending: OrderedDict[str, tuple[PendingOrder, float]] = OrderedDict()
+        # Per order id being placed: its lock and how many requests hold or wait for it.
+        self._placing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def placing(self, order_id: str) -> AsyncIterator[None]:
+        """One request at a time places an order id in this edge: a second one (the same key sent
+        twice at once, with the same or another body) waits, then finds the first's acceptance."""
+        lock, users = self._placing.setdefault(order_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._placing[order_id]
 
     def accept(self, order: PendingOrder) -> None:
         self._forget_expired()

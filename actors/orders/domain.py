@@ -51,19 +51,21 @@ from brokers.contracts.orders import (
     OrderDelivered,
     OrderLine,
     OrderPlaced,
+    OrderQuote,
     OrderShipped,
     OrderStatus,
     OrderStep,
     OrderView,
     PlaceOrder,
 )
+from brokers.contracts.common import MAX_CENTS, Line
 from brokers.contracts.payments import FailureReason, PaymentCaptured
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
 from brokers.envelope import Event
 
 STAGES: tuple[OrderStatus, ...] = ("placed", "reserved", "confirmed", "cancelling", "shipped", "delivered")
-# The largest amount the contracts carry (brokers.contracts.common.Cents).
-MAX_TOTAL_CENTS = 100_000_000_00
+# The largest amount the contracts carry.
+MAX_TOTAL_CENTS = MAX_CENTS
 PAYMENT_FAILURES: dict[FailureReason, CancelReason] = {
     "declined": "payment_declined",
     "unavailable": "payment_unavailable",
@@ -184,39 +186,47 @@ def place(existing: Order | None, command: PlaceOrder, prices: Mapping[str, Pric
     """PlaceOrder: price every line from the catalog replica and start the stream.
 
     The same request again (same digest, a redelivery or a client retry under a new message id)
-    changes nothing; another request under a used order id is refused.
+    changes nothing, and so does another request under a used order id (the key's first write
+    stands, never a dead letter for what a customer sent).
     A SKU the replica does not know is refused rather than retried, and the dead letter names it:
     it is a bad request (the edge is expected to check SKUs against the catalog first). The one
     valid order this refuses is one sent before the product's product.created reached orders.
     """
     if existing is not None:
-        if existing.request_digest == command.request_digest:
-            return NOTHING
-        raise RuleViolation(f"order id {command.order_id} is already used for another request")
-    unknown = sorted({line.sku for line in command.lines} - prices.keys())
-    if unknown:
-        raise RuleViolation(f"unknown SKU(s) {', '.join(unknown)}: no product.created seen for them")
-    currencies = sorted({prices[line.sku].currency for line in command.lines})
-    if len(currencies) > 1:
-        raise RuleViolation(f"lines are priced in {', '.join(currencies)}: an order is paid in one currency")
-    lines = tuple(
-        OrderLine(sku=line.sku, quantity=line.quantity, unit_price_cents=prices[line.sku].cents)
-        for line in command.lines
-    )
-    total = sum(line.quantity * line.unit_price_cents for line in lines)
-    if total > MAX_TOTAL_CENTS:
-        raise RuleViolation(
-            f"order total {total} cents is above the largest payable amount {MAX_TOTAL_CENTS}"
-        )
+        # Another request under a used order id too: the first stands. The edge refuses such a
+        # request (409); only two edge replicas placing one key at the same moment let one through.
+        return NOTHING
+    quote = priced(command.lines, prices)
     return (
         Placed(
             customer_id=command.customer_id,
-            lines=lines,
-            total_cents=total,
-            currency=currencies[0],
+            lines=tuple(quote.lines),
+            total_cents=quote.total_cents,
+            currency=quote.currency,
             request_digest=command.request_digest,
         ),
     )
+
+
+def priced(lines: Sequence[Line], prices: Mapping[str, Price]) -> OrderQuote:
+    """The lines at today's prices, or RuleViolation saying why they cannot make an order.
+
+    The edge asks for this quote before it accepts an order, so a customer hears these refusals
+    as a 422 rather than the order ending in a dead letter.
+    """
+    unknown = sorted({line.sku for line in lines} - prices.keys())
+    if unknown:
+        raise RuleViolation(f"unknown SKU(s) {', '.join(unknown)}: no product.created seen for them")
+    currencies = sorted({prices[line.sku].currency for line in lines})
+    if len(currencies) > 1:
+        raise RuleViolation(f"lines are priced in {', '.join(currencies)}: an order is paid in one currency")
+    order_lines = [
+        OrderLine(sku=line.sku, quantity=line.quantity, unit_price_cents=prices[line.sku].cents) for line in lines
+    ]
+    total = sum(line.quantity * line.unit_price_cents for line in order_lines)
+    if total > MAX_TOTAL_CENTS:
+        raise RuleViolation(f"order total {total} cents is above the largest payable amount {MAX_TOTAL_CENTS}")
+    return OrderQuote(lines=order_lines, total_cents=total, currency=currencies[0])
 
 
 def reserve(order: Order) -> Decision:

@@ -23,8 +23,10 @@ from brokers.contracts.orders import (
     GetOrder,
     ListOrders,
     OrderPage,
+    OrderQuote,
     OrderView,
     PlaceOrder,
+    QuoteOrder,
 )
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched, ShipmentStopped
@@ -128,6 +130,11 @@ async def _record(uow: Work, order_id: str, order: domain.Order | None, events: 
 @orders.answers_to(GetOrder)
 async def get_order(query: GetOrder, store: OrdersStore) -> OrderView:
     return await store.view(query.order_id)
+
+
+@orders.answers_to(QuoteOrder)
+async def quote_order(query: QuoteOrder, store: OrdersStore) -> OrderQuote:
+    return domain.priced(query.lines, await store.prices(line.sku for line in query.lines))
 
 
 @orders.answers_to(ListOrders)

@@ -17,8 +17,10 @@ def _not_a_boolean(value: object) -> object:
     return value
 
 
-Cents = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=0, le=100_000_000_00)]
-Quantity = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=1, le=1_000_000)]
+MAX_CENTS = 100_000_000_00
+MAX_QUANTITY = 1_000_000
+Cents = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=0, le=MAX_CENTS)]
+Quantity = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=1, le=MAX_QUANTITY)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

@@ -1,9 +1,9 @@
 """Orders: placing and cancelling orders, and the order events the saga turns on."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from brokers.contracts.common import Cents, Currency, EntityId, Line, Quantity, Sku, Value
 from brokers.envelope import Command, Event, Query
@@ -23,10 +23,21 @@ class OrderLine(Value):
 # --- commands --------------------------------------------------------------------------------
 
 
+def _one_line_per_sku(lines: list[Line]) -> list[Line]:
+    # Two lines of one SKU could sum past what a Line carries only later, in inventory.
+    skus = [line.sku for line in lines]
+    if len(set(skus)) != len(skus):
+        raise ValueError("an order has one line per SKU (add the quantities up)")
+    return lines
+
+
+OrderLines = Annotated[list[Line], Field(min_length=1, max_length=100), AfterValidator(_one_line_per_sku)]
+
+
 class PlaceOrder(Command, type="orders.place_order"):
     order_id: EntityId
     customer_id: EntityId
-    lines: list[Line] = Field(min_length=1, max_length=100)
+    lines: OrderLines
     # A digest of the request that placed it, so a reused idempotency key with another body is told apart.
     request_digest: str = Field(min_length=1, max_length=128)
 
@@ -128,3 +139,16 @@ class ListOrders(Query, type="orders.list_orders"):
     customer_id: EntityId | None = None
     offset: int = Field(0, ge=0, le=1_000_000)
     limit: int = Field(20, ge=1, le=100)
+
+
+class QuoteOrder(Query, type="orders.quote_order"):
+    """What these lines would cost placed now, priced as placing them would be; a 409 says why
+    they could not be placed (an unknown SKU, two currencies, a total above the payable)."""
+
+    lines: OrderLines
+
+
+class OrderQuote(Value):
+    lines: list[OrderLine]
+    total_cents: Cents
+    currency: Currency

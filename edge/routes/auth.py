@@ -24,11 +24,12 @@ from brokers.contracts.identity import (
     RegisterUser,
     UserView,
 )
-from brokers.registration import RegistrationRefused, register
+from brokers.registration import IdReused, RegistrationRefused, register
 from brokers.rpc import QueryFailed
 from edge.auth import SignedIn, Unauthenticated
 from edge.guard import Write
-from edge.problems import EMAIL_TAKEN, Refused, problem_responses
+from edge.link import RabbitLink
+from edge.problems import EMAIL_TAKEN, IDEMPOTENCY_KEY_REUSED, Refused, problem_responses
 from edge.routes.shared import Accepted, Body, Link, RequestId, read_problems
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -87,9 +88,17 @@ async def register_customer(
             send=lambda c: link.send(c, write.envelope_for(c)),
             ask=lambda q: link.ask(q, UserView, correlation_id=write.correlation_id),
             timeout_s=REGISTRATION_WAIT_S,
+            password_is_set=lambda c: _password_is_set(link, c, write.correlation_id),
         )
     except RegistrationRefused as exc:
         raise Refused(409, str(exc), type_=EMAIL_TAKEN, title="The email address is taken") from exc
+    except IdReused as exc:
+        raise Refused(
+            409,
+            "this Idempotency-Key already registered another account; use a new key for a new registration",
+            type_=IDEMPOTENCY_KEY_REUSED,
+            title="The Idempotency-Key was used for another request",
+        ) from exc
     if user is None:
         accepted = RegistrationAccepted(
             message_id=write.message_id, correlation_id=write.correlation_id, user_id=command.user_id
@@ -97,6 +106,19 @@ async def register_customer(
         return JSONResponse(accepted.model_dump(), status_code=202)
     response.headers["Location"] = "/auth/me"
     return user
+
+
+async def _password_is_set(link: RabbitLink, command: RegisterUser, correlation_id: str) -> bool:
+    """Whether the account has this registration's password (identity checks it as for a login)."""
+    try:
+        await link.ask(
+            AuthenticateUser(email=command.email, password=command.password), AccessToken, correlation_id=correlation_id
+        )
+    except QueryFailed as exc:
+        if exc.problem.status == 404:
+            return False
+        raise
+    return True
 
 
 @router.post(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,9 +23,9 @@ import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from brokers.contracts.common import EntityId, Line
+from brokers.contracts.common import MAX_QUANTITY, EntityId, Line
 from brokers.contracts.inventory import GetStock, StockView
 from brokers.contracts.orders import (
     CancelOrder,
@@ -32,9 +33,11 @@ from brokers.contracts.orders import (
     ListOrders,
     OrderPage,
     OrderPlaced,
+    OrderQuote,
     OrderStatus,
     OrderView,
     PlaceOrder,
+    QuoteOrder,
 )
 from brokers.rpc import QueryFailed
 from brokers.settings import Settings
@@ -81,8 +84,22 @@ SomeOrder = Annotated[OrderView | PendingOrder, Field(discriminator="status")]
 
 class NewOrder(Body):
     lines: list[Line] = Field(
-        min_length=1, max_length=100, examples=[[{"sku": "MUG-BLUE-350", "quantity": 2}]]
+        min_length=1,
+        max_length=100,
+        description="Lines of one SKU are added up into one line.",
+        examples=[[{"sku": "MUG-BLUE-350", "quantity": 2}]],
     )
+
+    @field_validator("lines")
+    @classmethod
+    def _one_line_per_sku(cls, lines: list[Line]) -> list[Line]:
+        totals: Counter[str] = Counter()
+        for line in lines:
+            totals[line.sku] += line.quantity
+        if too_many := {sku: quantity for sku, quantity in totals.items() if quantity > MAX_QUANTITY}:
+            sku, quantity = next(iter(too_many.items()))
+            raise ValueError(f"the lines of SKU {sku} add up to {quantity}, above {MAX_QUANTITY} in one order")
+        return [Line(sku=sku, quantity=quantity) for sku, quantity in totals.items()]
 
     def digest(self) -> str:
         """The request's fingerprint: the same for the same lines, however the JSON was spelled."""
@@ -185,15 +202,39 @@ async def place_order(
     # While the orders actor is far behind: 503 with Retry-After rather than more backlog (a retry
     # with the same key is safe once it is over).
     await shed_orders_load(request)
-    order_id, digest = order_id_for(customer, key), body.digest()
-    # Same order, same lines: the same message, which the orders actor applies once.
-    message_id = idempotent_id(f"place order {order_id}", digest)
+    placement = Placement(order_id_for(customer, key), customer, key, body.lines, body.digest())
+    async with pending.placing(placement.order_id):
+        return await _place_once(
+            placement, link, pending, request_id, wait_s=_short_wait_s(settings), response=response
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A customer's request to place an order under an Idempotency-Key."""
+
+    order_id: str
+    customer_id: str
+    key: str
+    lines: list[Line]
+    digest: str
+
+    @property
+    def message_id(self) -> str:
+        # Same order, same lines: the same message, which the orders actor applies once.
+        return idempotent_id(f"place order {self.order_id}", self.digest)
+
+
+async def _place_once(
+    placement: Placement, link: RabbitLink, pending: PendingOrders, request_id: str, *, wait_s: float, response: Response
+) -> OrderAccepted:
+    order_id, customer, digest = placement.order_id, placement.customer_id, placement.digest
     # Known to orders, or accepted a moment ago and still on its way there.
     known = await _order_or_pending(link, pending, order_id, customer, request_id)
     if known is not None and known.request_digest != digest:
         raise Refused(
             409,
-            f"the Idempotency-Key {key!r} already placed order {order_id} with other lines; "
+            f"the Idempotency-Key {placement.key!r} already placed order {order_id} with other lines; "
             "use a new key for a new order",
             type_=IDEMPOTENCY_KEY_REUSED,
             title="The Idempotency-Key was used for another request",
@@ -201,16 +242,23 @@ async def place_order(
     if known is not None:  # a retry of an order already placed: nothing more to send
         links = OrderLinks.of(order_id)
         response.headers["Location"] = links.self
-        return OrderAccepted(message_id=message_id, correlation_id=order_id, order_id=order_id, links=links)
-    await _check_skus_known(link, body.lines, request_id, wait_s=_short_wait_s(settings))
-    command = PlaceOrder(order_id=order_id, customer_id=customer, lines=body.lines, request_digest=digest)
-    accepted = await _send(link, command, message_id, response)
+        return OrderAccepted(message_id=placement.message_id, correlation_id=order_id, order_id=order_id, links=links)
+    # Both asked at once; an unknown SKU is the refusal that names its line.
+    for refusal in await asyncio.gather(
+        _check_skus_known(link, placement.lines, request_id, wait_s=wait_s),
+        _check_payable(link, placement.lines, request_id, wait_s=wait_s),
+        return_exceptions=True,
+    ):
+        if isinstance(refusal, BaseException):
+            raise refusal
+    command = PlaceOrder(order_id=order_id, customer_id=customer, lines=placement.lines, request_digest=digest)
+    accepted = await _send(link, command, placement.message_id, response)
     pending.accept(
         PendingOrder(
             order_id=order_id,
             customer_id=customer,
             status="accepted",
-            lines=body.lines,
+            lines=placement.lines,
             request_digest=digest,
             accepted_at=datetime.now(UTC),
         )
@@ -248,6 +296,21 @@ async def _check_skus_known(link: RabbitLink, lines: list[Line], request_id: str
                 if line.sku in unknown
             ]
         )
+
+
+async def _check_payable(link: RabbitLink, lines: list[Line], request_id: str, *, wait_s: float) -> None:
+    """Refuse (422) lines the orders actor could not price into an order (two currencies, a total
+    above what can be paid): it would only dead-letter them. Unchecked, as for SKUs, when orders
+    does not answer within ``wait_s``."""
+    answer = await answer_of(
+        link.ask(QuoteOrder(lines=lines), OrderQuote, correlation_id=request_id, timeout_s=wait_s)
+    )
+    if isinstance(answer.failure, QueryFailed) and answer.failure.problem.status == 409:
+        raise RequestValidationError(
+            [{"type": "not_payable", "loc": ("body", "lines"), "msg": answer.failure.problem.detail}]
+        )
+    if answer.failure is not None:
+        log.warning("edge.order_unpriced", why=str(answer.failure))
 
 
 @router.get("", summary="My orders, newest first, a page at a time", responses=read_problems(401))

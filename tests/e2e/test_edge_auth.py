@@ -47,6 +47,30 @@ async def test_a_new_customer_registers_logs_in_and_is_known(identity, edge: htt
     assert again.status_code == 201 and again.json()["user_id"] == user["user_id"]
 
 
+async def test_another_registration_under_a_used_idempotency_key_is_refused_and_learns_nothing(
+    identity, edge: httpx.AsyncClient
+):
+    key = {"Idempotency-Key": "register-shared-key-01"}
+    first = await edge.post(
+        "/auth/register", json={"email": "first@example.com", "name": "First", "password": PASSWORD}, headers=key
+    )
+    assert first.status_code == 201, first.text
+
+    others = {
+        "another address": {"email": "second@example.com", "name": "Second", "password": "Second-pass-99"},
+        "another name": {"email": "first@example.com", "name": "Impostor", "password": PASSWORD},
+        "another password": {"email": "first@example.com", "name": "First", "password": "Guessed-pass-99"},
+    }
+    for what, body in others.items():
+        reused = await edge.post("/auth/register", json=body, headers=key)
+        problem = assert_problem(reused, 409)
+        assert problem["type"] == "urn:emporium:problem:idempotency-key-reused", what
+        assert "first@example.com" not in reused.text and first.json()["user_id"] not in reused.text, what
+    # The second person registers with a key of their own.
+    own = await edge.post("/auth/register", json=others["another address"], headers={"Idempotency-Key": "register-second-01"})
+    assert own.status_code == 201 and own.json()["email"] == "second@example.com"
+
+
 async def test_logging_in_again_gives_a_fresh_token_for_the_same_user(ann: User, edge: httpx.AsyncClient):
     """There is no refresh token: a client logs in again, and both tokens name the same user."""
     first = ann.headers["Authorization"].removeprefix("Bearer ")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 
 from actors.registry import ACTORS
 from actors.runtime.host import topology_of
+from brokers.contracts.common import MAX_CENTS
 from brokers.contracts.orders import CancelOrder, PlaceOrder
 from brokers.settings import Settings
 from brokers.topology import declare
@@ -103,6 +105,24 @@ async def test_the_same_key_with_other_lines_is_a_409_once_the_order_is_known(
     assert [m.message_id for m in sent] == [first.json()["message_id"], bobs.json()["message_id"]]
 
 
+async def test_one_key_sent_twice_at_once_with_two_bodies_places_one_order_and_refuses_the_other(
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
+) -> None:
+    await start_host(*SHOP)
+    sku = await priced_sku(edge, admin)
+    key = new_key()
+
+    answers = await asyncio.gather(
+        place(edge, ann, [{"sku": sku, "quantity": 1}], key), place(edge, ann, [{"sku": sku, "quantity": 2}], key)
+    )
+
+    assert sorted(answer.status_code for answer in answers) == [202, 409], [a.text for a in answers]
+    [accepted] = [answer for answer in answers if answer.status_code == 202]
+    marker = await place(edge, ann, [{"sku": sku, "quantity": 1}])
+    sent = await command_tap.wait_for(PlaceOrder.TYPE, count=2)
+    assert [m.message_id for m in sent] == [accepted.json()["message_id"], marker.json()["message_id"]]
+
+
 async def test_orders_without_a_key_customer_or_known_skus_are_refused_and_send_nothing(
     start_host, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
 ) -> None:
@@ -122,6 +142,36 @@ async def test_orders_without_a_key_customer_or_known_skus_are_refused_and_send_
     assert unknown == {"location": "body.lines.1.sku", "message": "no product has SKU NO-SUCH-SKU"}
     sent = await command_tap.wait_for(PlaceOrder.TYPE, count=1)
     assert [m.message_id for m in sent] == [marker.json()["message_id"]]
+
+
+async def test_an_order_the_orders_actor_could_not_price_is_refused_422_and_sends_nothing(
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User, command_tap: Tap
+) -> None:
+    await start_host(*SHOP)
+    dear = await priced_sku(edge, admin, price_cents=MAX_CENTS)
+
+    above = await place(edge, ann, [{"sku": dear, "quantity": 2}])
+    piled_up = await place(edge, ann, [{"sku": dear, "quantity": 600_000}] * 2)
+    marker = await place(edge, ann, [{"sku": dear, "quantity": 1}])  # the largest payable total: fine
+
+    [unpayable] = assert_problem(above, 422)["errors"]
+    assert unpayable["location"] == "body.lines" and "above the largest payable amount" in unpayable["message"]
+    assert "add up to 1200000" in assert_problem(piled_up, 422)["detail"]
+    sent = await command_tap.wait_for(PlaceOrder.TYPE, count=1)
+    assert [m.message_id for m in sent] == [marker.json()["message_id"]]
+
+
+async def test_lines_of_one_sku_are_placed_as_one_line(
+    start_host, edge: httpx.AsyncClient, admin: User, ann: User
+) -> None:
+    await start_host(*SHOP)
+    sku = await stocked_sku(edge, admin)
+
+    response = await place(edge, ann, [{"sku": sku, "quantity": 1}, {"sku": sku, "quantity": 2}])
+
+    assert response.status_code == 202, response.text
+    order = await wait_for_order(edge, ann, response.json()["order_id"])
+    assert [(line["sku"], line["quantity"]) for line in order["lines"]] == [(sku, 3)]
 
 
 async def test_an_order_is_placed_unchecked_when_inventory_cannot_tell_whether_its_skus_exist(

@@ -70,6 +70,7 @@ def test_other_lines_have_another_digest(lines: list[dict[str, Any]]) -> None:
         ({"lines": [{"sku": "MUG-1", "quantity": 1, "price_cents": 1}]}, ("lines", 0, "price_cents")),
         ({**LINES, "customer_id": "bob"}, ("customer_id",)),
         ({}, ("lines",)),
+        ({"lines": [{"sku": "MUG-1", "quantity": 600_000}] * 2}, ("lines",)),
     ],
 )
 def test_an_invalid_order_is_refused_naming_the_field(body: dict[str, Any], where: tuple[Any, ...]) -> None:
@@ -160,3 +161,16 @@ async def test_the_bearer_token_is_documented(edge: httpx.AsyncClient) -> None:
         "text/event-stream"
         in spec["paths"]["/orders/{order_id}/events"]["get"]["responses"]["200"]["content"]
     )
+
+
+def test_lines_of_one_sku_are_added_up_into_one() -> None:
+    order = NewOrder.model_validate(
+        {"lines": [{"sku": "MUG-1", "quantity": 2}, {"sku": "MUG-2", "quantity": 1}, {"sku": "MUG-1", "quantity": 3}]}
+    )
+
+    assert [(line.sku, line.quantity) for line in order.lines] == [("MUG-1", 5), ("MUG-2", 1)]
+
+
+def test_lines_adding_up_past_the_largest_quantity_are_refused_saying_so() -> None:
+    with pytest.raises(ValidationError, match="the lines of SKU MUG-1 add up to 1200000, above 1000000"):
+        NewOrder.model_validate({"lines": [{"sku": "MUG-1", "quantity": 600_000}] * 2})

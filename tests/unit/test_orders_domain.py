@@ -1,6 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from actors.orders import domain
 from actors.orders.domain import NOTHING, CorruptStream, NotYet, Order, Price
@@ -120,11 +121,10 @@ def test_placing_prices_every_line_from_the_replica_and_totals_them():
     )
 
 
-def test_the_same_request_again_places_nothing_and_another_under_the_same_id_is_refused():
+def test_the_same_request_again_or_another_under_the_same_id_places_nothing():
     order = placed()
     assert domain.place(order, place_command(("A", 2), ("B", 1)), PRICES) == NOTHING
-    with pytest.raises(RuleViolation, match="already used for another request"):
-        domain.place(order, place_command(("A", 3), digest="d2"), PRICES)
+    assert domain.place(order, place_command(("A", 3), digest="d2"), PRICES) == NOTHING
 
 
 def test_an_unknown_sku_is_refused_naming_it():
@@ -141,6 +141,19 @@ def test_a_total_above_the_largest_payable_amount_is_refused():
     dear = {"A": Price("A", 100_000_000_00, "EUR", T0)}
     with pytest.raises(RuleViolation, match="above the largest payable amount"):
         domain.place(None, place_command(("A", 2)), dear)
+
+
+def test_a_quote_prices_the_lines_as_placing_them_would():
+    quote = domain.priced(place_command(("A", 2), ("B", 1)).lines, PRICES)
+    (placed_event,) = domain.place(None, place_command(("A", 2), ("B", 1)), PRICES)
+
+    assert (quote.total_cents, quote.currency) == (placed_event.total_cents, placed_event.currency)
+    assert tuple(quote.lines) == placed_event.lines
+
+
+def test_a_place_order_has_one_line_per_sku():
+    with pytest.raises(ValidationError, match="one line per SKU"):
+        place_command(("A", 1), ("A", 2))
 
 
 def test_a_newer_price_replaces_an_older_one_and_a_late_older_one_does_not():
