@@ -12,7 +12,13 @@ from edge.guard import WriteIdentity, idempotent_id, write_identity
 from tests.unit.edge_tokens import Mint, offline_edge
 
 MINT = Mint()
-ADMIN = MINT.headers("root", "admin")
+
+
+def admin() -> dict[str, str]:
+    """Minted per test: a token lives 15 minutes, the whole suite longer."""
+    return MINT.headers("root", "admin")
+
+
 VALID_PRODUCT = {"sku": "MUG-1", "name": "Mug", "category": "kitchen", "price_cents": 100}
 
 
@@ -107,7 +113,7 @@ async def test_reads_need_no_token(edge: httpx.AsyncClient) -> None:
 
 
 async def test_an_admin_write_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -> None:
-    response = await edge.post("/products", json=VALID_PRODUCT, headers=ADMIN)
+    response = await edge.post("/products", json=VALID_PRODUCT, headers=admin())
 
     assert response.status_code == 503
     assert response.json()["type"] == "urn:emporium:problem:broker-unavailable"
@@ -125,7 +131,7 @@ async def test_an_admin_write_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -
 async def test_a_malformed_idempotency_key_is_an_invalid_request(
     edge: httpx.AsyncClient, key: str | bytes, complaint: str
 ) -> None:
-    response = await edge.post("/products", json=VALID_PRODUCT, headers={**ADMIN, "Idempotency-Key": key})
+    response = await edge.post("/products", json=VALID_PRODUCT, headers={**admin(), "Idempotency-Key": key})
 
     assert response.status_code == 422
     [error] = response.json()["errors"]

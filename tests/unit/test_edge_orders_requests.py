@@ -13,7 +13,13 @@ from edge.routes.orders import NewOrder, order_id_for
 from tests.unit.edge_tokens import Mint, offline_edge
 
 MINT = Mint()
-ANN = MINT.headers("ann", "customer")
+
+
+def ann() -> dict[str, str]:
+    """Minted per test: a token lives 15 minutes, the whole suite longer."""
+    return MINT.headers("ann", "customer")
+
+
 KEY = {"Idempotency-Key": "order-key-0001"}
 LINES = {"lines": [{"sku": "MUG-1", "quantity": 2}]}
 
@@ -100,7 +106,7 @@ async def test_an_order_without_a_valid_token_is_a_401_before_its_body_is_read(
 
 @pytest.mark.parametrize("key", [None, "short", "has spaces in it"])
 async def test_an_order_needs_a_well_formed_idempotency_key(edge: httpx.AsyncClient, key: str | None) -> None:
-    headers = ANN if key is None else {**ANN, "Idempotency-Key": key}
+    headers = ann() if key is None else {**ann(), "Idempotency-Key": key}
 
     response = await edge.post("/orders", json=LINES, headers=headers)
 
@@ -109,7 +115,7 @@ async def test_an_order_needs_a_well_formed_idempotency_key(edge: httpx.AsyncCli
 
 
 async def test_a_valid_order_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) -> None:
-    response = await edge.post("/orders", json=LINES, headers={**ANN, **KEY})
+    response = await edge.post("/orders", json=LINES, headers={**ann(), **KEY})
 
     assert response.status_code == 503
     assert response.json()["type"] == "urn:emporium:problem:broker-unavailable"
@@ -118,7 +124,7 @@ async def test_a_valid_order_gets_as_far_as_rabbitmq(edge: httpx.AsyncClient) ->
 @pytest.mark.parametrize("path", ["/orders", "/orders/o-1", "/orders/o-1/timeline", "/orders/o-1/events"])
 async def test_every_order_read_needs_a_customer(edge: httpx.AsyncClient, path: str) -> None:
     assert (await edge.get(path)).status_code == 401
-    assert (await edge.get(path, headers=ANN)).status_code == 503  # then it gets as far as RabbitMQ
+    assert (await edge.get(path, headers=ann())).status_code == 503  # then it gets as far as RabbitMQ
 
 
 @pytest.mark.parametrize(
@@ -132,7 +138,7 @@ async def test_every_order_read_needs_a_customer(edge: httpx.AsyncClient, path: 
 async def test_listing_my_orders_takes_only_a_page(
     edge: httpx.AsyncClient, params: dict[str, Any], where: str
 ) -> None:
-    response = await edge.get("/orders", params=params, headers=ANN)
+    response = await edge.get("/orders", params=params, headers=ann())
 
     assert response.status_code == 422
     assert [e["location"] for e in response.json()["errors"]] == [where]
@@ -145,7 +151,7 @@ async def test_admin_and_dev_routes_are_for_administrators(edge: httpx.AsyncClie
         ("POST", "/dev/shipments/o-1/advance"),
     ]:
         assert (await edge.request(method, path)).status_code == 401
-        assert (await edge.request(method, path, headers=ANN)).status_code == 403
+        assert (await edge.request(method, path, headers=ann())).status_code == 403
     assert (await edge.get("/admin/stats", headers=MINT.headers("root", "admin"))).status_code == 503
 
 
