@@ -287,8 +287,8 @@ def chaos(
 
     from brokers.logs import configure_logging
     from brokers.settings import get_settings
-    from ops.chaos import SCENARIOS, ChaosError, Timings, load_drive, report_markdown, rows_table, run_chaos
-    from ops.load import LoadConfig
+    from ops.chaos import SCENARIOS, ChaosError, Row, Timings, load_drive, report_markdown, rows_table, run_chaos
+    from ops.load import LoadConfig, LoadFailed
     from ops.servers import ServerFailed
 
     chosen = scenario or list(SCENARIOS)
@@ -303,21 +303,31 @@ def chaos(
     directory = out or Path(".data/chaos") / f"{started:%Y%m%d-%H%M%S}"
     directory.mkdir(parents=True, exist_ok=True)
     config = LoadConfig(orders=orders, concurrency=concurrency, seed=seed, duration_s=max(180.0, orders / 2))
-    try:
-        rows = asyncio.run(
-            run_chaos(
-                chosen, base=get_settings(), drive=load_drive(config), directory=directory,
-                timings=Timings(), seed=seed, on_row=lambda row: console.print(rows_table([row])),
-            )
-        )
-    except (ChaosError, ServerFailed) as exc:
-        console.print(f"[red]chaos failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
     # "-dirty" when the run's code is not the commit's alone.
     commit = subprocess.run(
         ["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True
     ).stdout.strip()
-    (directory / "chaos.md").write_text(report_markdown(rows, commit=commit or "unknown", orders=orders, started=started))
+    rows: list[Row] = []
+
+    def on_row(row: Row) -> None:
+        """Shown and written as each scenario ends: a run that stops later keeps what it found."""
+        rows.append(row)
+        console.print(rows_table([row]))
+        report = report_markdown(rows, commit=commit or "unknown", orders=orders, started=started)
+        (directory / "chaos.md").write_text(report)
+
+    try:
+        asyncio.run(
+            run_chaos(
+                chosen, base=get_settings(), drive=load_drive(config), directory=directory,
+                timings=Timings(), seed=seed, on_row=on_row,
+            )
+        )
+    except (ChaosError, ServerFailed, LoadFailed) as exc:
+        console.print(f"[red]chaos failed:[/red] {exc}")
+        if rows:
+            console.print(f"report of the scenarios before it: {directory / 'chaos.md'}")
+        raise typer.Exit(1) from exc
     console.print(rows_table(rows))
     console.print(f"report: {directory / 'chaos.md'}")
     if not all(row.clean for row in rows):

@@ -178,6 +178,13 @@ class QuorumQueue:
     members: tuple[str, ...]
 
 
+# A commit is on disk before the client hears of it. Without this SecantusDB leaves its journal in
+# the process's buffers for a moment, and kill -9 then loses transactions it acknowledged (7 to 18 of
+# 200 killed right after their commits, measured here); fsync per commit cost little on this disk.
+# Production's MongoDB gets the same from writeConcern majority, which journals.
+DURABLE_COMMITS = ("--sync-on-commit",)
+
+
 @dataclass
 class EmbeddedMongo:
     """SecantusDB (the embedded MongoDB) of its own, on a free port."""
@@ -196,7 +203,7 @@ class EmbeddedMongo:
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
             [str(executable), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
-             str(self.directory / "data")],
+             str(self.directory / "data"), *DURABLE_COMMITS],
             stdout=log, stderr=log, start_new_session=True,
         )
         _wait_for_port(self.port, START_TIMEOUT_S, "the embedded MongoDB", self.process)

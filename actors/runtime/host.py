@@ -51,7 +51,9 @@ class ActorHost:
         self.actors = actors
         self.settings = settings
         self.broker = make_broker(settings, app_name=app_name)
-        self.client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True)
+        # A message is acked once its transaction commits: the commit must be journaled by then
+        # (majority journals on a replica set; the embedded one also runs with --sync-on-commit).
+        self.client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True, w="majority")
         self.topologies = {actor.name: topology_of(actor, settings) for actor in actors}
         self.relays: dict[str, OutboxRelay] = {}
         # Without permission to declare (production), the subscribers only check their queues exist.
