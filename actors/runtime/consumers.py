@@ -140,26 +140,35 @@ class WorkConsumer:
         self, envelope: Envelope, payload: Any, handler: Any, attempt: int = 1
     ) -> UnitOfWork[Any] | None:
         """Apply the message once: the work of the attempt that committed; None when it had been
-        applied before."""
+        applied before.
 
-        async def apply(session: AsyncClientSession) -> UnitOfWork[Any]:
-            await self.db["inbox"].insert_one(
-                {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
-            )
+        The inbox record is written last, and the handlers write after they read and ask: a process
+        killed inside a transaction leaves it open on the server until the server reaps it (60 s by
+        default), and every document it wrote stays locked till then, the redelivered message's own
+        inbox record included. Writing late keeps that window to the last few round trips."""
+        inbox = self.db["inbox"]
+
+        async def apply(session: AsyncClientSession) -> UnitOfWork[Any] | None:
+            if await inbox.find_one({"_id": envelope.message_id}, {"_id": 1}, session=session):
+                return None
             store = self.actor.store(self.db, session)
             work = UnitOfWork(store, envelope, self.topology, self.settings, attempt=attempt)
             await handler(payload, work)
             if work.outbox:
                 await self.db["outbox"].insert_many(work.outbox, session=session)
+            await inbox.insert_one(
+                {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
+            )
             return work
 
         async with self.client.start_session() as session:
             try:
                 # with_transaction retries the whole callback on transient transaction errors
-                # (write conflicts between concurrent handlers included).
+                # (write conflicts between concurrent handlers included): a copy of this message
+                # that committed meanwhile is then found in the inbox.
                 return await session.with_transaction(apply)
             except DuplicateKeyError:
-                if await self.db["inbox"].find_one({"_id": envelope.message_id}, {"_id": 1}):
+                if await inbox.find_one({"_id": envelope.message_id}, {"_id": 1}):
                     return None
                 raise
 

@@ -3,7 +3,9 @@
 - a message delivered twice is applied once, and its events are emitted once;
 - an event committed but not published (a crash in between) is published later, exactly once;
 - a transient failure is retried with growing delays, then dead-lettered with its reason;
-- an invalid message or a broken rule goes to the dead-letter queue at once and changes nothing.
+- an invalid message or a broken rule goes to the dead-letter queue at once and changes nothing;
+- a message whose first handling was abandoned inside its transaction (its process was killed) is
+  applied again at once, not once the server has reaped the abandoned transaction.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from brokers.envelope import Command, Envelope, Message
 from brokers.factory import publish
 from brokers.topology import COMMANDS, dlq_name
 from tests.helpers import Tap, eventually, send
+from tests.integration.rivals import Rivals
 from tests.integration.test_runtime_support import (
     amqp,
     dead_letter_headers,
     header,
     order_placed,
     outcome_count,
+    product_created,
     publish_raw,
     requester,
     running,
@@ -99,6 +103,36 @@ async def test_the_same_order_placed_twice_reserves_and_emits_once(start_host, b
     assert (reserved.headers or {}).get("causation_id") == envelope.message_id
     assert StockReserved.parse(reserved.body).order_id == "order-twice"
     assert (level.on_hand, level.reserved) == (1, 2)
+
+
+async def test_a_message_abandoned_inside_its_transaction_is_applied_again_at_once(mongo, settings):
+    """A process killed while its handler waits (on a provider, say) leaves its transaction open on
+    the server for 60 s. Before: it had written the message's inbox record first, so the redelivered
+    copy conflicted with it until then, and with_transaction kept retrying: an order stalled a minute."""
+    rivals = Rivals("inventory", settings, mongo)
+    await rivals.prepare()
+    await rivals.apply(product_created("SKU-ABANDONED"), "c-abandoned")
+    restock = Restock(sku="SKU-ABANDONED", quantity=3)
+    envelope = Envelope.first(restock, "c-abandoned")
+    consumer = rivals._consumer()
+    _, handler = consumer.actor.handlers[Restock.TYPE]
+    waiting = asyncio.Event()
+
+    async def dies_while_waiting(payload: Restock, uow: UnitOfWork[Any]) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # never answered: its transaction stays open, as a killed one's
+
+    abandoned = asyncio.create_task(consumer._transact(envelope, restock, dies_while_waiting))
+    try:
+        await asyncio.wait_for(waiting.wait(), 10)
+        # Well inside the 60 s the server keeps an abandoned transaction.
+        work = await asyncio.wait_for(consumer._transact(envelope, restock, handler), 15)
+    finally:
+        abandoned.cancel()
+        await asyncio.gather(abandoned, return_exceptions=True)
+
+    assert work is not None
+    assert await rivals.db["inbox"].count_documents({"_id": envelope.message_id}) == 1
 
 
 # --- 2. a crash between commit and publish loses no event ----------------------------------------
