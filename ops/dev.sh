@@ -283,8 +283,8 @@ setup_mongodb() {
   (
     trap - INT QUIT
     if command -v setsid >/dev/null 2>&1; then set -- setsid; else set --; fi
-    # --sync-on-commit: an acknowledged commit survives kill -9 (see DURABLE_COMMITS in ops/servers.py).
-    exec "$@" .venv/bin/secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$PWD/.data/mongo" --sync-on-commit
+    # Durable commits, abandoned transactions reaped in seconds: see ops/embedded_mongodb.py.
+    exec "$@" .venv/bin/python -m ops.embedded_mongodb --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$PWD/.data/mongo"
   ) </dev/null >.data/mongo.log 2>&1 3>&- &
   MONGO_PID=$!
   deadline=$(( $(now) + MONGO_START_TIMEOUT ))

@@ -178,13 +178,6 @@ class QuorumQueue:
     members: tuple[str, ...]
 
 
-# A commit is on disk before the client hears of it. Without this SecantusDB leaves its journal in
-# the process's buffers for a moment, and kill -9 then loses transactions it acknowledged (7 to 18 of
-# 200 killed right after their commits, measured here); fsync per commit cost little on this disk.
-# Production's MongoDB gets the same from writeConcern majority, which journals.
-DURABLE_COMMITS = ("--sync-on-commit",)
-
-
 @dataclass
 class EmbeddedMongo:
     """SecantusDB (the embedded MongoDB) of its own, on a free port."""
@@ -199,11 +192,11 @@ class EmbeddedMongo:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        executable = Path(sys.executable).with_name("secantusd-py")
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [str(executable), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
-             str(self.directory / "data"), *DURABLE_COMMITS],
+            # Durable commits, abandoned transactions reaped in seconds: see ops/embedded_mongodb.py.
+            [sys.executable, "-m", "ops.embedded_mongodb", "--host", "127.0.0.1", "--port", str(self.port),
+             "--storage-path", str(self.directory / "data")],
             stdout=log, stderr=log, start_new_session=True,
         )
         _wait_for_port(self.port, START_TIMEOUT_S, "the embedded MongoDB", self.process)
