@@ -35,7 +35,7 @@ async def user(user_id: UserId, link: Link, request_id: RequestId) -> UserView:
 @router.post(
     "/users/{user_id}/deactivate",
     status_code=202,
-    summary="Deactivate a user: no more logins (a token already issued lives until it expires)",
+    summary="Deactivate a user: no more logins, and the tokens already issued stop working",
     responses=problem_responses(401, 403, 422, 503),
 )
 async def deactivate_user(user_id: UserId, write: Write, link: Link, response: Response) -> Accepted:

@@ -1,11 +1,16 @@
 """Accounts through the real edge and the real identity actor: register, log in, log in again,
-roles, key rotation without logging anyone out, throttles, load shedding and dead-letter routes."""
+roles, key rotation without logging anyone out, tokens that outlive their user, throttles, load
+shedding and dead-letter routes."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import httpx
 import jwt
 
+from actors.identity.keys import issue_token
+from actors.identity.store import IdentityStore
 from actors.registry import ACTORS
 from actors.runtime.host import topology_of
 from brokers.contracts.common import Line
@@ -13,7 +18,15 @@ from brokers.contracts.inventory import Restock
 from brokers.contracts.orders import PlaceOrder
 from brokers.topology import declare
 from ops.identity_admin import rotate_signing_key
-from tests.e2e.support import PASSWORD, User, assert_problem, log_in, sign_up
+from tests.e2e.support import (
+    PASSWORD,
+    User,
+    assert_problem,
+    assert_unauthenticated,
+    log_in,
+    sign_in_admin,
+    sign_up,
+)
 from tests.helpers import eventually, send
 
 
@@ -237,3 +250,36 @@ async def test_an_admin_deactivates_a_customer_who_then_cannot_log_in(
     refused = await edge.post("/auth/login", json=credentials(ann))
     assert assert_problem(refused, 401)["detail"] == "email or password is wrong"
     assert_problem(await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=ann.headers), 403)
+
+
+async def test_a_deactivated_users_token_stops_working_within_moments_an_admins_included(
+    ann: User, admin: User, edge: httpx.AsyncClient, serve_edge, settings
+):
+    other_admin = await sign_in_admin(edge, settings)
+    replica = await serve_edge()  # another edge replica hears of the deactivation too
+    for user in (ann, other_admin):
+        for client in (edge, replica):  # seen active first: the edges hold the user's status
+            assert (await client.get("/auth/me", headers=user.headers)).status_code == 200
+
+        deactivated = await edge.post(f"/admin/users/{user.user_id}/deactivate", headers=admin.headers)
+        assert deactivated.status_code == 202, deactivated.text
+        for client in (edge, replica):
+            refused = await eventually(
+                lambda client=client, user=user: client.get("/.well-known/jwks.json", headers=user.headers),
+                until=lambda r: r.status_code == 401,
+                timeout=2.0,
+                what="the deactivated user's token to be refused",
+            )
+            assert "deactivated or does not exist" in assert_unauthenticated(refused)["detail"]
+    assert (await edge.get("/auth/me", headers=admin.headers)).status_code == 200
+
+
+async def test_a_token_for_a_user_identity_never_had_is_refused(
+    identity, edge: httpx.AsyncClient, settings, mongo
+):
+    # Signed with identity's own key, as a leaked key would allow: the subject must still exist.
+    key = await IdentityStore(mongo[settings.database_name("identity")]).signing_key()
+    for role in ("customer", "admin"):
+        token = issue_token("ghost", role, key, now=datetime.now(UTC), ttl_s=600).access_token
+        refused = await edge.get("/.well-known/jwks.json", headers={"Authorization": f"Bearer {token}"})
+        assert "deactivated or does not exist" in assert_unauthenticated(refused)["detail"]
