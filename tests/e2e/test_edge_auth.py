@@ -4,6 +4,7 @@ shedding and dead-letter routes."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import httpx
@@ -240,16 +241,39 @@ async def test_an_admin_deactivates_a_customer_who_then_cannot_log_in(
     ann: User, admin: User, edge: httpx.AsyncClient
 ):
     deactivated = await edge.post(f"/admin/users/{ann.user_id}/deactivate", headers=admin.headers)
-    assert deactivated.status_code == 202, deactivated.text
-    await eventually(
-        lambda: edge.get(deactivated.headers["location"], headers=admin.headers),
-        until=lambda r: r.status_code == 200 and r.json()["active"] is False,
-        what="ann to be deactivated",
-    )
+    assert deactivated.status_code == 200, deactivated.text  # identity applied it meanwhile
+    assert deactivated.json()["user_id"] == ann.user_id and deactivated.json()["deactivated_at"]
+    assert (await edge.get(deactivated.headers["location"], headers=admin.headers)).json()["active"] is False
 
     refused = await edge.post("/auth/login", json=credentials(ann))
     assert assert_problem(refused, 401)["detail"] == "email or password is wrong"
-    assert_problem(await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=ann.headers), 403)
+    # Her token ended with her account.
+    assert_unauthenticated(await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=ann.headers))
+
+
+async def test_an_administrator_cannot_deactivate_themselves(admin: User, edge: httpx.AsyncClient):
+    refused = await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=admin.headers)
+    problem = assert_problem(refused, 409)
+    assert problem["type"] == "urn:emporium:problem:deactivation-refused"
+    assert problem["detail"] == "an administrator cannot deactivate themselves"
+    assert (await edge.get(f"/admin/users/{admin.user_id}", headers=admin.headers)).json()["active"] is True
+
+
+async def test_two_administrators_deactivating_each_other_at_once_leave_one(
+    admin: User, edge: httpx.AsyncClient, settings
+):
+    other = await sign_in_admin(edge, settings)
+    answers = await asyncio.gather(
+        edge.post(f"/admin/users/{other.user_id}/deactivate", headers=admin.headers),
+        edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=other.headers),
+    )
+
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert "the last active administrator" in assert_problem(refused, 409)["detail"]
+    kept, gone = (admin, other) if answers[0].status_code == 200 else (other, admin)
+    assert (await edge.get(f"/admin/users/{gone.user_id}", headers=kept.headers)).json()["active"] is False
+    assert_unauthenticated(await edge.get("/auth/me", headers=gone.headers))
 
 
 async def test_a_deactivated_users_token_stops_working_within_moments_an_admins_included(
@@ -262,7 +286,7 @@ async def test_a_deactivated_users_token_stops_working_within_moments_an_admins_
             assert (await client.get("/auth/me", headers=user.headers)).status_code == 200
 
         deactivated = await edge.post(f"/admin/users/{user.user_id}/deactivate", headers=admin.headers)
-        assert deactivated.status_code == 202, deactivated.text
+        assert deactivated.status_code == 200, deactivated.text
         for client in (edge, replica):
             refused = await eventually(
                 lambda client=client, user=user: client.get("/.well-known/jwks.json", headers=user.headers),
