@@ -73,11 +73,16 @@ async def _is_registration_of(
 
 
 async def poll(
-    ask: Callable[[], Awaitable[T]], *, until: Callable[[T], bool] = lambda _: True, timeout_s: float
+    ask: Callable[[], Awaitable[T]],
+    *,
+    until: Callable[[T], bool] = lambda _: True,
+    timeout_s: float,
+    refused: type[Exception] = RegistrationRefused,
 ) -> T | None:
     """Ask until the answer is there and satisfies ``until``; None if it is not by the deadline.
 
-    A 404 counts as not there yet; a 409 is a refusal (RegistrationRefused); any other problem is raised.
+    A 404 counts as not there yet; a 409 is a refusal (``refused``, saying why); any other problem
+    is raised.
     """
     deadline = time.monotonic() + timeout_s
     pause = _POLL_S
@@ -88,7 +93,7 @@ async def poll(
                 return answer
         except QueryFailed as exc:
             if exc.problem.status == 409:
-                raise RegistrationRefused(exc.problem.detail) from exc
+                raise refused(exc.problem.detail) from exc
             if exc.problem.status != 404:
                 raise
         if time.monotonic() >= deadline:

@@ -24,6 +24,7 @@ from edge.limits import install_limits, limit_caller
 from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
 from edge.pending import PendingOrders
+from edge.subjects import subjects_of_link
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     app.state.link = link
     app.state.pending_orders = pending_orders
     app.state.keys = keyset_of_link(link)
+    app.state.subjects = subjects_of_link(link)
     install_problem_handlers(app)
     install_limits(app, settings)
     install_hardening(app, settings)

@@ -14,7 +14,8 @@ Any token PyJWT finds invalid, whatever the part (a header with a ``kid`` that i
 than ``TOKEN_MAX_LIFETIME_S`` is refused although signed: identity issues none such.
 
 Tokens are short-lived and there is no refresh token: a client logs in again when its token expires.
-A deactivated user cannot log in again, but keeps a token already issued until it expires.
+A verified token is refused too when its user is deactivated or unknown to identity (edge.subjects):
+a deactivation ends its user's tokens within moments.
 """
 
 from __future__ import annotations
@@ -201,7 +202,9 @@ async def optional_principal(request: Request) -> Principal | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the Authorization header must be: Bearer <access token>")
-    return await verify(token.strip(), request.app.state.keys)
+    principal = await verify(token.strip(), request.app.state.keys)
+    await request.app.state.subjects.require(principal)
+    return principal
 
 
 async def signed_in(

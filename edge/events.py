@@ -8,6 +8,10 @@ events waiting to be sent; one that falls further behind is dropped with a final
 rather than growing memory, and so is every listener when the subscription is interrupted (events
 may have been missed meanwhile).
 A dropped follower reconnects and starts again from the order's current status.
+
+The same queue carries the few other events the edge keeps a view of (``VIEW_EVENT_TYPES``: a
+deactivation, which ends its user's tokens, see edge.subjects), handed to the handler named for
+their type; whoever keeps such a view hears of every gap in the subscription (``on_gap``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi.sse import ServerSentEvent
 
 import brokers.contracts  # noqa: F401  (registers every contract: the saga's events are read from them)
+from brokers.contracts.identity import UserDeactivated
 from brokers.contracts.orders import OrderCancelled, OrderDelivered
 from brokers.envelope import REGISTRY, Kind
 from brokers.rpc import BrokerUnavailable
@@ -41,6 +46,10 @@ SAGA_EVENT_TYPES: tuple[str, ...] = tuple(
         if contract.KIND is Kind.EVENT and "order_id" in contract.model_fields
     )
 )
+# Not the saga's: events the edge keeps a view of, each handed to its handler (see ``on_event``).
+VIEW_EVENT_TYPES: tuple[str, ...] = (UserDeactivated.TYPE,)
+# Every routing key the edge's queue is bound with (what its RabbitMQ user may read: ops.production).
+BOUND_EVENT_TYPES: tuple[str, ...] = (*SAGA_EVENT_TYPES, *VIEW_EVENT_TYPES)
 LISTENER_BACKLOG = 256
 # How the subscription's connection shows in the RabbitMQ UI.
 CONNECTION_NAME = "emporium-edge saga events"
@@ -121,6 +130,18 @@ class SagaEvents:
         self._subscribed = False
         self._listeners: dict[str, set[Listener]] = {}
         self._observers: list[Callable[[str], None]] = []
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._gap_callbacks: list[Callable[[], None]] = []
+
+    def on_event(self, event_type: str, handler: Callable[[bytes], None]) -> None:
+        """Hand the body of every event of a ``VIEW_EVENT_TYPES`` type to ``handler``."""
+        if event_type not in VIEW_EVENT_TYPES:
+            raise ValueError(f"the edge's queue is not bound to {event_type}")
+        self._handlers[event_type] = handler
+
+    def on_gap(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when events may have been missed: the subscription went down, or came back."""
+        self._gap_callbacks.append(callback)
 
     def observe(self, observer: Callable[[str], None]) -> None:
         """Tell ``observer`` the order id of every saga event that comes, followed or not."""
@@ -140,7 +161,7 @@ class SagaEvents:
             queue = await channel.declare_queue(
                 sse_queue_name(), exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
             )
-            for event_type in SAGA_EVENT_TYPES:
+            for event_type in BOUND_EVENT_TYPES:
                 await queue.bind(EVENTS.name, routing_key=event_type)
             # No acks: losing this copy with the connection loses nothing that matters (see above).
             await queue.consume(self._deliver, no_ack=True)
@@ -183,6 +204,10 @@ class SagaEvents:
         return sum(len(followers) for followers in self._listeners.values())
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        handler = self._handlers.get(message.type or "")
+        if handler is not None:
+            handler(message.body)
+            return
         order_id = message.correlation_id or ""
         for observer in self._observers:
             observer(order_id)
@@ -202,15 +227,22 @@ class SagaEvents:
     def _resubscribed(self, _connection: Any) -> None:
         # aio-pika calls this once the channel, the queue, its bindings and the consumer are restored.
         self._subscribed = True
+        self._gap()
         log.info("edge.saga_events_resubscribed")
 
     def _interrupted(self, _connection: Any, exc: BaseException | None = None) -> None:
         self._subscribed = False
+        self._gap()
         if self.following:
             log.warning("edge.saga_events_interrupted", followers=self.following, error=str(exc or ""))
         for followers in self._listeners.values():
             for listener in followers:
                 listener.drop("interrupted", "the edge lost its subscription to the saga's events; reconnect")
+
+
+    def _gap(self) -> None:
+        for callback in self._gap_callbacks:
+            callback()
 
 
 async def stream(

@@ -32,6 +32,7 @@ QUERY_TIMEOUT = "urn:emporium:problem:query-timeout"
 IDEMPOTENCY_KEY_REUSED = "urn:emporium:problem:idempotency-key-reused"
 ORDER_NOT_CANCELLABLE = "urn:emporium:problem:order-not-cancellable"
 EMAIL_TAKEN = "urn:emporium:problem:email-taken"
+DEACTIVATION_REFUSED = "urn:emporium:problem:deactivation-refused"
 
 # How long a client should wait before retrying when RabbitMQ cannot take a request.
 RETRY_AFTER_S = 5

@@ -15,7 +15,8 @@ What each principal does over AMQP, and so what it is allowed:
   on exactly those names); answers queries over direct reply-to (write on ``amq.default``, which
   RabbitMQ checks for any publish to the default exchange). It declares nothing: configure on nothing.
 - the edge publishes commands and queries; consumes direct reply-to (no permission needed); declares
-  its own exclusive SSE queue (configure, write and read on ``edge.sse.<hex>``) and binds it to ``emporium.events`` for the saga's event types (read there, and topic read on
+  its own exclusive SSE queue (configure, write and read on ``edge.sse.<hex>``) and binds it to
+  ``emporium.events`` for the saga's event types and user.deactivated (read there, and topic read on
   those types); reads every dead-letter queue and replays dead letters into the actors' work queues
   through ``emporium.moves`` (topic permission on the work queues' names).
 """
@@ -46,7 +47,7 @@ from brokers.topology import (
     ActorTopology,
     QueueSpec,
 )
-from edge.events import SAGA_EVENT_TYPES, SSE_QUEUE_PREFIX
+from edge.events import BOUND_EVENT_TYPES, SSE_QUEUE_PREFIX
 
 VHOST = "emporium"
 EDGE = "edge"
@@ -129,7 +130,7 @@ def edge_grant(topologies: Iterable[ActorTopology], user: str) -> Grant:
         read=only(*names([EVENTS.name, *dead_letter_queues]), SSE_QUEUES),
         topics={
             # RabbitMQ checks a binding's routing key against the topic read permission.
-            EVENTS.name: Topic(read=only(*names(SAGA_EVENT_TYPES))),
+            EVENTS.name: Topic(read=only(*names(BOUND_EVENT_TYPES))),
             # Replays go back to the work queue a dead letter came from, and nowhere else.
             MOVES.name: Topic(write=only(*names(t.work.name for t in topologies))),
         },

@@ -1,4 +1,5 @@
-"""Identity rules: who may register, who may log in, what deactivation changes. Pure: no I/O."""
+"""Identity rules: who may register, who may log in, who may be deactivated and what that changes.
+Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Literal
 from actors.runtime.errors import NotFound, RuleViolation
 from brokers.contracts.identity import (
     CreateAdmin,
+    DeactivateUser,
     RegisterUser,
     Role,
     UserDeactivated,
@@ -93,8 +95,52 @@ def authenticated(user: User | None, *, password_matches: bool) -> User:
     return user
 
 
-def deactivate(user: User, *, now: datetime) -> tuple[User, UserDeactivated] | None:
-    """Deactivate an active user; None when there is nothing to change."""
+SELF_DEACTIVATION = "an administrator cannot deactivate themselves"
+LAST_ADMIN = "the last active administrator cannot be deactivated: make another administrator first"
+
+
+@dataclass(frozen=True)
+class Admins:
+    """The active administrators, and the version of the guard every departure of one writes.
+
+    Two administrators deactivating each other read two active administrators each; each would
+    leave one. Writing one guard document, version checked, makes the second conflict and decide
+    again on the first's outcome (rule 9: a write skew otherwise).
+    """
+
+    active: int
+    version: int  # 0: never written
+
+
+@dataclass(frozen=True)
+class Deactivation:
+    """The outcome of a DeactivateUser, and what to write for it."""
+
+    deactivation_id: str
+    user_id: str
+    refusal: str | None = None
+    deactivated_at: datetime | None = None
+    user: User | None = None  # the user, deactivated now (None: nothing changes)
+    event: UserDeactivated | None = None
+    guard_version: int | None = None  # the next version of the administrators' guard
+
+
+def deactivate(command: DeactivateUser, user: User, *, admins: Admins, now: datetime) -> Deactivation:
+    """Deactivate a user, unless that is the requesting administrator or the last active one."""
+    ids = {"deactivation_id": command.deactivation_id, "user_id": user.user_id}
+    if command.requested_by == user.user_id:
+        return Deactivation(**ids, refusal=SELF_DEACTIVATION)
     if not user.active:
-        return None
-    return replace(user, active=False, deactivated_at=now), UserDeactivated(user_id=user.user_id)
+        return Deactivation(**ids, deactivated_at=user.deactivated_at)
+    guard_version = None
+    if user.role == "admin":
+        if admins.active <= 1:
+            return Deactivation(**ids, refusal=LAST_ADMIN)
+        guard_version = admins.version + 1
+    return Deactivation(
+        **ids,
+        deactivated_at=now,
+        user=replace(user, active=False, deactivated_at=now),
+        event=UserDeactivated(user_id=user.user_id),
+        guard_version=guard_version,
+    )

@@ -3,7 +3,8 @@
 Registering is a command and logging in a query that only reads (see brokers.contracts.identity).
 A registration is applied once: the runtime's inbox skips a message seen before, and a copy sent
 again under another message id finds its user already there (same id, address and role). One for
-a taken address is recorded as refused, and asking for its user id answers why.
+a taken address is recorded as refused, and asking for its user id answers why. A deactivation's
+outcome, done or refused, is recorded under its id for ``GetDeactivation``.
 """
 
 from datetime import UTC, datetime
@@ -19,6 +20,8 @@ from brokers.contracts.identity import (
     AuthenticateUser,
     CreateAdmin,
     DeactivateUser,
+    Deactivation,
+    GetDeactivation,
     GetSigningKeys,
     GetUser,
     Jwks,
@@ -54,11 +57,11 @@ async def register(command: domain.Registration, uow: Work) -> None:
 
 @identity.handles(DeactivateUser)
 async def deactivate(command: DeactivateUser, uow: Work) -> None:
-    change = domain.deactivate(await uow.store.get(command.user_id), now=datetime.now(UTC))
-    if change is not None:
-        user, deactivated = change
-        await uow.store.save(user)
-        uow.emit(deactivated)
+    user, admins = await uow.store.get(command.user_id), await uow.store.admins()
+    deactivation = domain.deactivate(command, user, admins=admins, now=datetime.now(UTC))
+    await uow.store.record_deactivation(deactivation)
+    if deactivation.event is not None:
+        uow.emit(deactivation.event)
 
 
 @identity.handles(RotateSigningKey)
@@ -71,6 +74,11 @@ async def get_user(query: GetUser, store: IdentityStore) -> UserView:
     if query.user_id is not None:
         return (await store.get(query.user_id)).view()
     return (await store.get_by_email(query.email)).view()
+
+
+@identity.answers_to(GetDeactivation)
+async def get_deactivation(query: GetDeactivation, store: IdentityStore) -> Deactivation:
+    return await store.deactivation(query.deactivation_id)
 
 
 @identity.answers_to(AuthenticateUser)

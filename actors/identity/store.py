@@ -1,20 +1,25 @@
-"""Identity's data: users (email unique) and signing keys (activated in turn)."""
+"""Identity's data: users (email unique), signing keys (activated in turn), deactivations' outcomes,
+and the guard document every departure of an administrator writes."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
-from actors.identity.domain import RefusedRegistration, User
+from actors.identity.domain import Admins, Deactivation, RefusedRegistration, User
 from actors.identity.keys import SigningKey, configured_key, key_to_install
 from actors.identity.settings import identity_settings
-from actors.runtime.errors import NotFound, RuleViolation
+from actors.runtime.errors import ConcurrentUpdate, NotFound, RuleViolation
 from actors.runtime.store import Store
+from brokers.contracts.identity import Deactivation as DeactivationView
+
+ADMINS_GUARD = "admins"
 
 
 def _user(doc: dict[str, Any]) -> User:
@@ -40,6 +45,11 @@ class IdentityStore(Store):
     async def prepare(cls, db: AsyncDatabase) -> None:
         await db["users"].create_index("email", unique=True)
         await db["signing_keys"].create_index("generation", unique=True)
+        # Made now, not by a handler's first write: rivals creating one in their transactions wait.
+        existing = set(await db.list_collection_names())
+        for name in {"guards", "deactivations"} - existing:
+            with contextlib.suppress(CollectionInvalid):  # a replica starting at the same moment made it
+                await db.create_collection(name)
         # Read before anything is written: production without a configured key stops here.
         configured = configured_key(identity_settings())
         store = cls(db)
@@ -92,6 +102,53 @@ class IdentityStore(Store):
     async def record_refusal(self, refusal: RefusedRegistration, *, at: datetime) -> None:
         await self.db["refused_registrations"].replace_one(
             {"_id": refusal.user_id}, {"reason": refusal.reason, "at": at}, upsert=True, session=self.session
+        )
+
+    async def admins(self) -> Admins:
+        guard = await self.db["guards"].find_one({"_id": ADMINS_GUARD}, session=self.session)
+        active = await self._users.count_documents({"role": "admin", "active": True}, session=self.session)
+        return Admins(active=active, version=guard["version"] if guard else 0)
+
+    async def record_deactivation(self, deactivation: Deactivation) -> None:
+        if deactivation.guard_version is not None:
+            await self._advance_admins_guard(deactivation.guard_version)
+        if deactivation.user is not None:
+            await self.save(deactivation.user)
+        record = {
+            "user_id": deactivation.user_id,
+            "refusal": deactivation.refusal,
+            "deactivated_at": deactivation.deactivated_at,
+        }
+        # The first outcome under an id stands: a retry finds it.
+        await self.db["deactivations"].update_one(
+            {"_id": deactivation.deactivation_id},
+            {"$setOnInsert": record},
+            upsert=True,
+            session=self.session,
+        )
+
+    async def _advance_admins_guard(self, version: int) -> None:
+        """Write the guard from the version read (a rival that wrote it first makes this conflict)."""
+        if version == 1:  # never written: a rival inserting it too fails on the unique _id
+            await self.db["guards"].insert_one({"_id": ADMINS_GUARD, "version": 1}, session=self.session)
+            return
+        written = await self.db["guards"].update_one(
+            {"_id": ADMINS_GUARD, "version": version - 1},
+            {"$set": {"version": version}},
+            session=self.session,
+        )
+        if written.matched_count != 1:
+            raise ConcurrentUpdate("the administrators changed meanwhile: decide again")
+
+    async def deactivation(self, deactivation_id: str) -> DeactivationView:
+        """A deactivation done, or why it was refused (RuleViolation), or NotFound (not yet applied)."""
+        doc = await self.db["deactivations"].find_one({"_id": deactivation_id}, session=self.session)
+        if doc is None:
+            raise NotFound(f"deactivation {deactivation_id} is not known (yet)")
+        if doc["refusal"] is not None:
+            raise RuleViolation(doc["refusal"])
+        return DeactivationView(
+            deactivation_id=deactivation_id, user_id=doc["user_id"], deactivated_at=doc["deactivated_at"]
         )
 
     async def get_by_email(self, email: str) -> User:

@@ -107,8 +107,16 @@ class CreateAdmin(_Registration, type="identity.create_admin"):
     """Register an administrator: sent by ``ops.identity_admin`` only, never by the edge."""
 
 
-class DeactivateUser(Command, type="identity.deactivate_user"):
+class DeactivateUser(Command, type="identity.deactivate_user", version=2):
+    """Deactivate a user at an administrator's request; its outcome is ``GetDeactivation``'s answer.
+
+    Refused (the user stays active) when the administrator names themselves, or the user is the
+    last active administrator.
+    """
+
+    deactivation_id: EntityId = Field(description="Names this request's outcome; the same on a retry.")
     user_id: EntityId
+    requested_by: EntityId = Field(description="The administrator asking.")
 
 
 class RotateSigningKey(Command, type="identity.rotate_signing_key"):
@@ -138,6 +146,12 @@ class GetUser(Query, type="identity.get_user"):
         return self
 
 
+class GetDeactivation(Query, type="identity.get_deactivation"):
+    """The outcome of a DeactivateUser: done, a 409 problem saying why it was refused, or 404 (not yet)."""
+
+    deactivation_id: EntityId
+
+
 class AuthenticateUser(_WithPassword, Query, type="identity.authenticate_user"):
     email: Email
     password: Password
@@ -157,6 +171,14 @@ class UserView(Value):
     active: bool
     registered_at: datetime
     deactivated_at: datetime | None = None
+
+
+class Deactivation(Value):
+    """A deactivation done: the user is inactive (since ``deactivated_at``)."""
+
+    deactivation_id: EntityId
+    user_id: EntityId
+    deactivated_at: datetime
 
 
 class AccessToken(Value):

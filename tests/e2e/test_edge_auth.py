@@ -1,11 +1,17 @@
 """Accounts through the real edge and the real identity actor: register, log in, log in again,
-roles, key rotation without logging anyone out, throttles, load shedding and dead-letter routes."""
+roles, key rotation without logging anyone out, tokens that outlive their user, throttles, load
+shedding and dead-letter routes."""
 
 from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
 
 import httpx
 import jwt
 
+from actors.identity.keys import issue_token
+from actors.identity.store import IdentityStore
 from actors.registry import ACTORS
 from actors.runtime.host import topology_of
 from brokers.contracts.common import Line
@@ -13,7 +19,15 @@ from brokers.contracts.inventory import Restock
 from brokers.contracts.orders import PlaceOrder
 from brokers.topology import declare
 from ops.identity_admin import rotate_signing_key
-from tests.e2e.support import PASSWORD, User, assert_problem, log_in, sign_up
+from tests.e2e.support import (
+    PASSWORD,
+    User,
+    assert_problem,
+    assert_unauthenticated,
+    log_in,
+    sign_in_admin,
+    sign_up,
+)
 from tests.helpers import eventually, send
 
 
@@ -227,13 +241,69 @@ async def test_an_admin_deactivates_a_customer_who_then_cannot_log_in(
     ann: User, admin: User, edge: httpx.AsyncClient
 ):
     deactivated = await edge.post(f"/admin/users/{ann.user_id}/deactivate", headers=admin.headers)
-    assert deactivated.status_code == 202, deactivated.text
-    await eventually(
-        lambda: edge.get(deactivated.headers["location"], headers=admin.headers),
-        until=lambda r: r.status_code == 200 and r.json()["active"] is False,
-        what="ann to be deactivated",
-    )
+    assert deactivated.status_code == 200, deactivated.text  # identity applied it meanwhile
+    assert deactivated.json()["user_id"] == ann.user_id and deactivated.json()["deactivated_at"]
+    assert (await edge.get(deactivated.headers["location"], headers=admin.headers)).json()["active"] is False
 
     refused = await edge.post("/auth/login", json=credentials(ann))
     assert assert_problem(refused, 401)["detail"] == "email or password is wrong"
-    assert_problem(await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=ann.headers), 403)
+    # Her token ended with her account.
+    assert_unauthenticated(await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=ann.headers))
+
+
+async def test_an_administrator_cannot_deactivate_themselves(admin: User, edge: httpx.AsyncClient):
+    refused = await edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=admin.headers)
+    problem = assert_problem(refused, 409)
+    assert problem["type"] == "urn:emporium:problem:deactivation-refused"
+    assert problem["detail"] == "an administrator cannot deactivate themselves"
+    assert (await edge.get(f"/admin/users/{admin.user_id}", headers=admin.headers)).json()["active"] is True
+
+
+async def test_two_administrators_deactivating_each_other_at_once_leave_one(
+    admin: User, edge: httpx.AsyncClient, settings
+):
+    other = await sign_in_admin(edge, settings)
+    answers = await asyncio.gather(
+        edge.post(f"/admin/users/{other.user_id}/deactivate", headers=admin.headers),
+        edge.post(f"/admin/users/{admin.user_id}/deactivate", headers=other.headers),
+    )
+
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert "the last active administrator" in assert_problem(refused, 409)["detail"]
+    kept, gone = (admin, other) if answers[0].status_code == 200 else (other, admin)
+    assert (await edge.get(f"/admin/users/{gone.user_id}", headers=kept.headers)).json()["active"] is False
+    assert_unauthenticated(await edge.get("/auth/me", headers=gone.headers))
+
+
+async def test_a_deactivated_users_token_stops_working_within_moments_an_admins_included(
+    ann: User, admin: User, edge: httpx.AsyncClient, serve_edge, settings
+):
+    other_admin = await sign_in_admin(edge, settings)
+    replica = await serve_edge()  # another edge replica hears of the deactivation too
+    for user in (ann, other_admin):
+        for client in (edge, replica):  # seen active first: the edges hold the user's status
+            assert (await client.get("/auth/me", headers=user.headers)).status_code == 200
+
+        deactivated = await edge.post(f"/admin/users/{user.user_id}/deactivate", headers=admin.headers)
+        assert deactivated.status_code == 200, deactivated.text
+        for client in (edge, replica):
+            refused = await eventually(
+                lambda client=client, user=user: client.get("/.well-known/jwks.json", headers=user.headers),
+                until=lambda r: r.status_code == 401,
+                timeout=2.0,
+                what="the deactivated user's token to be refused",
+            )
+            assert "deactivated or does not exist" in assert_unauthenticated(refused)["detail"]
+    assert (await edge.get("/auth/me", headers=admin.headers)).status_code == 200
+
+
+async def test_a_token_for_a_user_identity_never_had_is_refused(
+    identity, edge: httpx.AsyncClient, settings, mongo
+):
+    # Signed with identity's own key, as a leaked key would allow: the subject must still exist.
+    key = await IdentityStore(mongo[settings.database_name("identity")]).signing_key()
+    for role in ("customer", "admin"):
+        token = issue_token("ghost", role, key, now=datetime.now(UTC), ttl_s=600).access_token
+        refused = await edge.get("/.well-known/jwks.json", headers={"Authorization": f"Bearer {token}"})
+        assert "deactivated or does not exist" in assert_unauthenticated(refused)["detail"]

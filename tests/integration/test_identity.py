@@ -190,8 +190,9 @@ async def test_wrong_password_unknown_address_and_deactivated_account_get_one_an
         unknown_address = await refusal(asker, "nobody@example.com", PASSWORD)
         await login(asker, "ada@example.com")  # the right password works while the account is active
 
-        await send(broker, DeactivateUser(user_id="u-1"))
-        await send(broker, DeactivateUser(user_id="u-1"))  # deactivating again changes nothing
+        await send(broker, DeactivateUser(deactivation_id="d-1", user_id="u-1", requested_by="root"))
+        # Deactivating again changes nothing.
+        await send(broker, DeactivateUser(deactivation_id="d-2", user_id="u-1", requested_by="root"))
         await eventually(
             lambda: asker.ask(GetUser(user_id="u-1"), UserView),
             until=lambda user: not user.active,

@@ -30,7 +30,13 @@ from brokers.contracts.catalog import (
     UpdateProduct,
 )
 from brokers.contracts.common import Line
-from brokers.contracts.identity import AuthenticateUser, DeactivateUser, GetUser, RegisterUser
+from brokers.contracts.identity import (
+    AuthenticateUser,
+    DeactivateUser,
+    GetDeactivation,
+    GetUser,
+    RegisterUser,
+)
 from brokers.contracts.inventory import GetStock, Restock, StockView
 from brokers.contracts.orders import CancelOrder, GetOrder, ListOrders, OrderPlaced, OrderView, PlaceOrder
 from brokers.deadletters import ATTEMPTS, ERROR, ORIGIN, REASON
@@ -54,6 +60,7 @@ pytestmark = pytest.mark.integration
 ACTORS = ("identity", "catalog", "inventory", "orders")
 PRODUCT_ID, SKU, CUSTOMER, ORDER_ID, USER_ID = "p-inj-1", "SKU-INJ-1", "customer-1", "order-inj-1", "u-inj-1"
 EMAIL, PASSWORD = "ada@example.com", "Correct-horse-42"
+DEACTIVATION = {"deactivation_id": "d-inj-1", "user_id": USER_ID, "requested_by": "root"}
 OPERATORS: tuple[Any, ...] = ({"$gt": ""}, {"$ne": None}, {"$where": "sleep(1000)"}, {"a.b": 1})
 _REPLY_TIMEOUT_S = 10.0
 
@@ -163,7 +170,8 @@ def hostile_messages() -> list[Hostile]:
             Hostile(ChangePrice, {"product_id": operator, "price_cents": 0}, ("catalog",)),
             Hostile(Restock, {"sku": operator, "quantity": 1}, ("inventory",)),
             Hostile(CancelOrder, {"order_id": operator, "customer_id": operator}, ("orders",)),
-            Hostile(DeactivateUser, {"user_id": operator}, ("identity",)),
+            Hostile(DeactivateUser, {**DEACTIVATION, "user_id": operator}, ("identity",)),
+            Hostile(DeactivateUser, {**DEACTIVATION, "requested_by": operator}, ("identity",)),
         )
     ]
     return [
@@ -185,7 +193,7 @@ def hostile_messages() -> list[Hostile]:
             ("orders",),
         ),
         Hostile(PlaceOrder, {**NEW_ORDER, "lines": ["$gt"]}, ("orders",)),
-        Hostile(DeactivateUser, {"user_id": USER_ID, "$set": {"role": "admin"}}, ("identity",)),
+        Hostile(DeactivateUser, {**DEACTIVATION, "$set": {"role": "admin"}}, ("identity",)),
         Hostile(
             RegisterUser,
             {"user_id": "u-new", "email": {"$gt": ""}, "name": "Eve", "password": PASSWORD},
@@ -196,7 +204,9 @@ def hostile_messages() -> list[Hostile]:
 
 async def publish_hostile(broker: RabbitBroker, hostile: Hostile) -> str:
     """Publish the body as it is, in a valid envelope of its contract's type; its message id."""
-    envelope = Envelope(correlation_id="hostile", type=hostile.contract.TYPE)
+    envelope = Envelope(
+        correlation_id="hostile", type=hostile.contract.TYPE, schema_version=hostile.contract.VERSION
+    )
     await publish_body(
         broker,
         json.dumps(hostile.body).encode(),
@@ -273,6 +283,7 @@ def hostile_queries() -> list[tuple[type[Message], dict[str, Any]]]:
             (ListOrders, "customer_id", {}),
             (GetUser, "user_id", {}),
             (GetUser, "email", {}),
+            (GetDeactivation, "deactivation_id", {}),
             (AuthenticateUser, "email", {"password": PASSWORD}),
             (AuthenticateUser, "password", {"email": EMAIL}),
         )

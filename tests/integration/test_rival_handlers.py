@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import pytest
 
+from actors.identity.domain import LAST_ADMIN
+from actors.identity.store import IdentityStore
 from actors.orders.store import OrdersStore
 from actors.payments.domain import Status
 from actors.payments.store import PaymentsStore
 from actors.shipping.store import ShippingStore
 from brokers.contracts.common import Line
+from brokers.contracts.identity import CreateAdmin, DeactivateUser, UserDeactivated
 from brokers.contracts.inventory import Restock, StockReleased, StockReserved
 from brokers.contracts.orders import (
     CancelOrder,
@@ -167,3 +170,26 @@ async def test_a_charge_and_a_cancel_at_once_never_leave_the_order_charged(setti
             assert account.payment is None or account.payment.status is Status.REFUNDED, account
     captures, refunds = await rivals.outbox(PaymentCaptured.TYPE), await rivals.outbox(PaymentRefunded.TYPE)
     assert len(captures) == len(refunds) <= 5
+
+
+async def test_two_administrators_deactivating_each_other_at_once_leave_one_active(settings, mongo):
+    """Each reads two active administrators and would leave one; both write the administrators'
+    guard, so the second decides again, finds the last one, and is refused."""
+    rivals = Rivals("identity", settings, mongo)
+    await rivals.prepare()
+    for name in ("ada", "bea"):
+        admin = CreateAdmin(user_id=name, email=f"{name}@example.com", name=name, password="Correct-horse-42")
+        await rivals.apply(admin, f"setup-{name}")
+    messages = (
+        DeactivateUser(deactivation_id="d-ada", user_id="ada", requested_by="bea"),
+        DeactivateUser(deactivation_id="d-bea", user_id="bea", requested_by="ada"),
+    )
+    rivalries = await rivals.at_once(*messages, correlation_id="admins", writes={"record_deactivation"})
+    await rivals.settle(rivalries, "admins")
+
+    assert any(r.lost for r in rivalries), "both wrote without conflicting"
+    store = IdentityStore(rivals.db)
+    assert [(await store.find(name)).active for name in ("ada", "bea")].count(True) == 1
+    refusals = [d["refusal"] for d in await rivals.db["deactivations"].find({}).to_list()]
+    assert sorted(refusals, key=str) == [None, LAST_ADMIN], refusals
+    assert len(await rivals.outbox(UserDeactivated.TYPE)) == 1

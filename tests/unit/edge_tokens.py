@@ -1,7 +1,8 @@
 """Access tokens for unit tests of the edge: a signing key of the test's own, served as identity's.
 
 The edge is the real one, never connected to RabbitMQ (its lifespan is not run); only its key set
-is given the test key, so tokens are verified without an identity actor.
+is given the test key, and its subjects the mint's users, so tokens are verified without an
+identity actor.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from fastapi import FastAPI
 
 from actors.identity.keys import SigningKey
-from brokers.contracts.identity import Jwks
+from brokers.contracts.identity import Jwks, Role, UserView
 from brokers.settings import Settings
 from edge.app import create_app
 from edge.auth import KeySet
+from edge.subjects import Subjects
 
 
 def b64url(data: bytes) -> str:
@@ -38,6 +40,15 @@ class Mint:
     def __init__(self) -> None:
         self.key = SigningKey.generate()
         self.fetches = 0
+        # The role of every user a token was made for by ``token``; others are customers.
+        self.roles: dict[str, Role] = {}
+
+    async def user(self, user_id: str) -> UserView:
+        """Identity's view of a user: every user a token names exists and is active."""
+        return UserView(
+            user_id=user_id, email=f"{user_id}@example.com", name=user_id,
+            role=self.roles.get(user_id, "customer"), active=True, registered_at=datetime.now(UTC),
+        )
 
     async def jwks(self) -> Jwks:
         self.fetches += 1
@@ -66,10 +77,11 @@ class Mint:
         signing_input = _joined({"alg": "EdDSA", "typ": "JWT", **header}, claims)
         return f"{signing_input}.{b64url(private.sign(signing_input.encode()))}"  # type: ignore[call-arg]
 
-    def token(self, user_id: str = "ann", role: str = "customer") -> str:
+    def token(self, user_id: str = "ann", role: Role = "customer") -> str:
+        self.roles[user_id] = role
         return self.signed(self.claims(sub=user_id, role=role))
 
-    def headers(self, user_id: str = "ann", role: str = "customer") -> dict[str, str]:
+    def headers(self, user_id: str = "ann", role: Role = "customer") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(user_id, role)}"}
 
     def unsigned(self, claims: dict[str, Any]) -> str:
@@ -88,4 +100,5 @@ class Mint:
 def offline_edge(mint: Mint, **settings: Any) -> FastAPI:
     app = create_app(Settings(**settings))
     app.state.keys = KeySet(mint.jwks)
+    app.state.subjects = Subjects(mint.user, subscribed=lambda: True)
     return app

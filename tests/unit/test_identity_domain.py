@@ -8,7 +8,13 @@ import pytest
 from actors.identity import domain
 from actors.identity.passwords import hash_password, verify_password
 from actors.runtime.errors import NotFound, RuleViolation
-from brokers.contracts.identity import CreateAdmin, RegisterUser, UserDeactivated, UserRegistered
+from brokers.contracts.identity import (
+    CreateAdmin,
+    DeactivateUser,
+    RegisterUser,
+    UserDeactivated,
+    UserRegistered,
+)
 
 NOW = datetime(2024, 5, 4, 12, 0, tzinfo=UTC)
 PASSWORD = "Correct-horse-42"
@@ -79,11 +85,36 @@ def test_an_active_user_with_the_right_password_logs_in():
     assert domain.authenticated(user(), password_matches=True) == user()
 
 
+def deactivation(user_id: str = "u-1", by: str = "root") -> DeactivateUser:
+    return DeactivateUser(deactivation_id="d-1", user_id=user_id, requested_by=by)
+
+
+TWO_ADMINS = domain.Admins(active=2, version=4)
+
+
 def test_deactivating_once_announces_it_and_again_changes_nothing():
-    deactivated, event = domain.deactivate(user(), now=NOW)
-    assert (deactivated.active, deactivated.deactivated_at) == (False, NOW)
-    assert event == UserDeactivated(user_id="u-1")
-    assert domain.deactivate(deactivated, now=NOW) is None
+    done = domain.deactivate(deactivation(), user(), admins=TWO_ADMINS, now=NOW)
+    assert (done.user.active, done.user.deactivated_at, done.deactivated_at) == (False, NOW, NOW)
+    assert done.event == UserDeactivated(user_id="u-1") and done.refusal is None
+    assert done.guard_version is None  # a customer leaving changes nothing about the administrators
+
+    again = domain.deactivate(deactivation(), done.user, admins=TWO_ADMINS, now=NOW)
+    assert (again.user, again.event, again.refusal, again.deactivated_at) == (None, None, None, NOW)
+
+
+def test_an_administrator_cannot_deactivate_themselves():
+    root = user(user_id="root", role="admin")
+    refused = domain.deactivate(deactivation("root", by="root"), root, admins=TWO_ADMINS, now=NOW)
+    assert (refused.refusal, refused.user, refused.event) == (domain.SELF_DEACTIVATION, None, None)
+
+
+def test_the_last_active_administrator_cannot_be_deactivated_and_another_one_writes_the_guard():
+    other = user(user_id="other", role="admin")
+    refused = domain.deactivate(deactivation("other"), other, admins=domain.Admins(1, 4), now=NOW)
+    assert (refused.refusal, refused.user, refused.guard_version) == (domain.LAST_ADMIN, None, None)
+
+    done = domain.deactivate(deactivation("other"), other, admins=TWO_ADMINS, now=NOW)
+    assert done.refusal is None and done.user.active is False and done.guard_version == 5
 
 
 async def test_a_password_verifies_against_its_argon2id_hash_only():

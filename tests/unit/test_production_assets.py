@@ -148,7 +148,7 @@ def test_topic_read_permissions_grant_nothing_to_actors() -> None:
 
 
 def test_the_edge_sends_commands_and_queries_reads_dead_letters_and_replays_into_work_queues() -> None:
-    from edge.events import SAGA_EVENT_TYPES
+    from edge.events import SAGA_EVENT_TYPES, VIEW_EVENT_TYPES
 
     edge = PERMISSIONS[EDGE]
     names = all_queue_names()
@@ -162,7 +162,7 @@ def test_the_edge_sends_commands_and_queries_reads_dead_letters_and_replays_into
     assert matching(edge["read"], names) == sse_queue | {f"{actor}.dlq" for actor in ACTORS}
     assert matching(TOPICS[EDGE, MOVES.name]["write"], names) == set(ACTORS)
     assert matching(TOPICS[EDGE, EVENTS.name]["write"], EVENT_TYPES) == set()
-    assert matching(TOPICS[EDGE, EVENTS.name]["read"], EVENT_TYPES) == set(SAGA_EVENT_TYPES)
+    assert matching(TOPICS[EDGE, EVENTS.name]["read"], EVENT_TYPES) == {*SAGA_EVENT_TYPES, *VIEW_EVENT_TYPES}
 
 
 def _constructed_events(module: object) -> set[type[Event]]:
