@@ -24,9 +24,9 @@ from edge.limits import install_limits, limit_caller
 from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
 from edge.pending import PendingOrders
-from edge.subjects import subjects_of_link
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
+from edge.subjects import subjects_of_link
 
 DESCRIPTION = f"""
 The HTTP edge of **emporium**, an e-commerce backend built as actors on RabbitMQ and MongoDB.

@@ -239,7 +239,6 @@ class SagaEvents:
             for listener in followers:
                 listener.drop("interrupted", "the edge lost its subscription to the saga's events; reconnect")
 
-
     def _gap(self) -> None:
         for callback in self._gap_callbacks:
             callback()

@@ -24,7 +24,6 @@ from pydantic import BaseModel, TypeAdapter
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError
 
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
@@ -143,14 +142,14 @@ class WorkConsumer:
         applied before.
 
         The inbox record is written last, and the handlers write after they read and ask: a process
-        killed inside a transaction leaves it open on the server until the server reaps it (60 s by
-        default), and every document it wrote stays locked till then, the redelivered message's own
-        inbox record included. Writing late keeps that window to the last few round trips."""
+        killed inside a transaction leaves it open on the server until the server reaps it, and every
+        document it wrote stays locked till then, the redelivered message's own inbox record included.
+        Writing late keeps that window to the last few round trips. A copy applied before is not
+        looked for first (a round trip on every message for a rare case): its transaction fails, on
+        the inbox's unique id at the latest, and aborts whole; the inbox is read only then."""
         inbox = self.db["inbox"]
 
-        async def apply(session: AsyncClientSession) -> UnitOfWork[Any] | None:
-            if await inbox.find_one({"_id": envelope.message_id}, {"_id": 1}, session=session):
-                return None
+        async def apply(session: AsyncClientSession) -> UnitOfWork[Any]:
             store = self.actor.store(self.db, session)
             work = UnitOfWork(store, envelope, self.topology, self.settings, attempt=attempt)
             await handler(payload, work)
@@ -164,10 +163,11 @@ class WorkConsumer:
         async with self.client.start_session() as session:
             try:
                 # with_transaction retries the whole callback on transient transaction errors
-                # (write conflicts between concurrent handlers included): a copy of this message
-                # that committed meanwhile is then found in the inbox.
+                # (write conflicts between concurrent handlers included).
                 return await session.with_transaction(apply)
-            except DuplicateKeyError:
+            except Exception:
+                # A copy applied before ends here: its inbox insert is a duplicate key, or its
+                # handler refused a fact already applied. Then there is nothing more to do.
                 if await inbox.find_one({"_id": envelope.message_id}, {"_id": 1}):
                     return None
                 raise
