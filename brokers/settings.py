@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -97,6 +97,21 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the edge (CORS); none by default. From the environment as JSON:
     # EMPORIUM_CORS_ORIGINS='["https://shop.example"]'.
     emporium_cors_origins: tuple[Annotated[str, AfterValidator(_web_origin)], ...] = ()
+    # Slow clients (edge/server.py): a request's head and body must arrive within this many seconds
+    # of its first byte (or of the connection's start), else the connection is closed with a 408.
+    emporium_request_read_timeout_s: float = Field(15.0, gt=0)
+    # Open connections one client address may hold at once (0: no cap). Behind a reverse proxy
+    # every connection comes from the proxy: set 0 there and let the proxy cap per client.
+    emporium_max_connections_per_client: int = Field(64, ge=0)
+    # Open connections the edge holds at once (SSE streams included); past it, new requests get 503.
+    emporium_max_connections: int = Field(2048, ge=1)
+
+    # --- /metrics (brokers/health.py) ---
+    # The bearer token /metrics asks for (Prometheus: authorization.credentials_file). Unset, anyone
+    # who reaches the port reads the metrics: refused in production.
+    emporium_metrics_token: SecretStr | None = Field(None, min_length=32)
+    # How long one rendering of /metrics is served again: scrapers cost one rendering per period.
+    emporium_metrics_max_age_s: float = Field(2.0, ge=0)
 
     # --- least privilege (ops/production.py, ops/rabbitmq/README.md) ---
     # Declaring the topology at start needs RabbitMQ's "configure" permission, which also allows
@@ -112,6 +127,10 @@ class Settings(BaseSettings):
         # used (``require_production_database``, the operators' tools), since the edge has neither.
         if "guest:guest@" in self.rabbitmq_url:
             raise ValueError("refusing to start in production: RABBITMQ_URL uses the guest account")
+        if self.emporium_metrics_token is None:
+            raise ValueError(
+                "refusing to start in production: EMPORIUM_METRICS_TOKEN is not set (/metrics would be public)"
+            )
         return self
 
     def require_production_database(self) -> None:

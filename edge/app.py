@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     # Last added, outermost: every answer, the hardening's refusals included, has a request id.
     app.add_middleware(ObserveRequests)
     trace_requests(app)
-    app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}))
+    app.include_router(probe_router({"rabbitmq": link.ready, **(extra_checks or {})}, settings))
     app.add_api_route(
         "/asyncapi.json",
         _asyncapi_document,

@@ -113,7 +113,7 @@ def actor(
     configure_tracing(f"emporium-{name}")
     actor_host = ActorHost([ACTORS[name]], settings, app_name=f"emporium-{name}")
     api = FastAPI(title=f"emporium {name}", docs_url=None, redoc_url=None)
-    api.include_router(probe_router(actor_host.checks))
+    api.include_router(probe_router(actor_host.checks, settings))
     _serve(_run_actors_with(api, actor_host), host, port)
 
 

@@ -5,6 +5,7 @@
 #   rabbitmq_url                the same account as an AMQP URL, read by every emporium process
 #                               (EMPORIUM_SECRETS_DIR: a file named after a setting holds its value)
 #   grafana_admin_password      Grafana's "admin" (GF_SECURITY_ADMIN_PASSWORD__FILE)
+#   emporium_metrics_token      the bearer token every emporium /metrics asks for, and Prometheus sends
 # Existing secrets are kept: RabbitMQ and Grafana read theirs only on their first start (empty
 # volumes), so new ones would lock everything out. To start over: `docker compose down --volumes`,
 # delete ops/compose/secrets, run this again.
@@ -17,13 +18,17 @@ random_hex() {
     od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
 }
 
+umask 077
+mkdir -p "$dir"
+# Read at every start, unlike the accounts below: written when missing, also into an older folder.
+[ -e "$dir/emporium_metrics_token" ] || random_hex > "$dir/emporium_metrics_token"
+chmod 0644 "$dir/emporium_metrics_token"
+
 if [ -e "$dir/rabbitmq_url" ] && [ -e "$dir/rabbitmq-default-user.conf" ] && [ -e "$dir/grafana_admin_password" ]; then
     echo "secrets already in $dir; kept"
     exit 0
 fi
 
-umask 077
-mkdir -p "$dir"
 rabbitmq_password="$(random_hex)"
 printf 'default_user = emporium\ndefault_pass = %s\n' "$rabbitmq_password" > "$dir/rabbitmq-default-user.conf"
 printf 'amqp://emporium:%s@rabbitmq:5672/\n' "$rabbitmq_password" > "$dir/rabbitmq_url"

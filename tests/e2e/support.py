@@ -58,8 +58,13 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
 
 
 def edge_settings(settings: Settings, **overrides: Any) -> Settings:
-    """The test's settings for an edge: generous rate limits, and any overrides."""
-    generous = {"emporium_rate_limit": GENEROUS_RATE_LIMIT, "emporium_login_rate_limit": GENEROUS_RATE_LIMIT}
+    """The test's settings for an edge: generous rate limits, /metrics rendered afresh, any overrides."""
+    generous = {
+        "emporium_rate_limit": GENEROUS_RATE_LIMIT,
+        "emporium_login_rate_limit": GENEROUS_RATE_LIMIT,
+        # Tests read a counter, act, and read it again: a page kept for 2 s would show the first.
+        "emporium_metrics_max_age_s": 0.0,
+    }
     return settings.model_copy(update={**generous, **overrides})
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from pydantic import SecretStr
+
 from brokers.settings import Settings
 from edge.app import create_app
 from tests.e2e.support import edge_settings, serving
@@ -29,6 +31,21 @@ async def test_extra_checks_join_readiness(settings: Settings) -> None:
 
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"rabbitmq": True, "actors_mongodb": False}
+
+
+async def test_an_edge_with_a_metrics_token_serves_metrics_only_to_its_bearer(settings: Settings) -> None:
+    token = "scraper-" + "k" * 32
+    app = create_app(edge_settings(settings, emporium_metrics_token=SecretStr(token)))
+    async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as edge:
+        anonymous = await edge.get("/metrics")
+        guessed = await edge.get("/metrics", headers={"Authorization": "Bearer " + "k" * 40})
+        scraper = await edge.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        health = await edge.get("/health")
+
+    assert (anonymous.status_code, guessed.status_code) == (401, 401)
+    assert anonymous.headers["content-type"] == "application/problem+json"
+    assert scraper.status_code == 200 and "emporium_edge_requests_total" in scraper.text
+    assert health.status_code == 200
 
 
 async def _requests_counted(edge: httpx.AsyncClient, **labels: str) -> float:

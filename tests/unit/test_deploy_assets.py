@@ -68,7 +68,7 @@ def _routes(api: FastAPI) -> set[str]:
 
 def _actor_routes() -> set[str]:
     api = FastAPI()
-    api.include_router(probe_router({}))
+    api.include_router(probe_router({}, Settings()))
     return _routes(api)
 
 
@@ -415,7 +415,7 @@ def test_every_process_takes_the_shared_settings_and_its_own_secret():
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert mounts["secrets"] == _configmap()[SECRETS_DIR_VARIABLE], name
         files = {Path(f).name for f in generated[secret]}
-        assert "rabbitmq_url" in files, name
+        assert {"rabbitmq_url", "emporium_metrics_token"} <= files, name
         # Every file is a setting, except identity's key, which its own setting names.
         named = {Path(v["value"]).name for v in container.get("env", []) if v["name"].endswith("_FILE")}
         assert files - named <= SECRET_FILE_SETTINGS, name
@@ -443,7 +443,8 @@ def test_the_kubernetes_settings_are_production_and_least_privilege():
         Settings.model_validate(
             {k.lower(): v for k, v in settings.items() if k.lower() in Settings.model_fields}
             | {"rabbitmq_url": f"amqp://{name}:secret@rabbitmq:5672/emporium",
-               "mongodb_url": settings.get("MONGODB_URL", "mongodb://u:p@mongo/?replicaSet=rs0")}
+               "mongodb_url": settings.get("MONGODB_URL", "mongodb://u:p@mongo/?replicaSet=rs0"),
+               "emporium_metrics_token": "t" * 32}
         )
 
 

@@ -341,6 +341,7 @@ def _production_secrets(folder: Path) -> None:
     (folder / "rabbitmq_url").write_text("amqp://catalog:from-a-file@rabbitmq:5672/emporium\n")
     (folder / "rabbitmq_management_url").write_text("http://ops:from-a-file@rabbitmq:15672")
     (folder / "mongodb_url").write_text("mongodb://catalog:from-a-file@mongo:27017/?authSource=admin")
+    (folder / "emporium_metrics_token").write_text("m" * 40 + "\n")
 
 
 def test_settings_read_secret_files_and_pass_the_production_checks(tmp_path: Path, monkeypatch) -> None:
@@ -356,6 +357,8 @@ def test_settings_read_secret_files_and_pass_the_production_checks(tmp_path: Pat
     settings = Settings()
     assert settings.rabbitmq_url == "amqp://catalog:from-a-file@rabbitmq:5672/emporium"  # stripped
     assert settings.mongodb_url == "mongodb://catalog:from-a-file@mongo:27017/?authSource=admin"
+    assert settings.emporium_metrics_token is not None
+    assert settings.emporium_metrics_token.get_secret_value() == "m" * 40
     with pytest.raises(ValidationError):
         settings.rabbitmq_url = "amqp://guest:guest@elsewhere/"  # still frozen
     # The environment wins over a file, and the production checks see the winner.

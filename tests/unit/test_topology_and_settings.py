@@ -26,7 +26,13 @@ def test_inventory_queues_bindings_and_retry_tiers():
 def test_production_refuses_dev_defaults():
     with pytest.raises(ValidationError, match="RABBITMQ_URL uses the guest account"):
         Settings(emporium_env="production")
-    edge = Settings(emporium_env="production", rabbitmq_url="amqp://edge:pw@rabbit:5672/emporium")
+    with pytest.raises(ValidationError, match="EMPORIUM_METRICS_TOKEN is not set"):
+        Settings(emporium_env="production", rabbitmq_url="amqp://edge:pw@rabbit:5672/emporium")
+    edge = Settings(
+        emporium_env="production",
+        rabbitmq_url="amqp://edge:pw@rabbit:5672/emporium",
+        emporium_metrics_token="t" * 32,
+    )
     assert edge.emporium_env == "production"  # no database and no management API: nothing else asked
     with pytest.raises(ValueError, match="MONGODB_URL is the development default"):
         edge.require_production_database()
