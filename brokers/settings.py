@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     emporium_request_read_timeout_s: float = Field(15.0, gt=0)
     # Open connections one client address may hold at once (0: no cap). Behind a reverse proxy
     # every connection comes from the proxy: set 0 there and let the proxy cap per client.
-    emporium_max_connections_per_client: int = Field(64, ge=0)
+    emporium_max_connections_per_client: int = Field(128, ge=0)
     # Open connections the edge holds at once (SSE streams included); past it, new requests get 503.
     emporium_max_connections: int = Field(2048, ge=1)
 

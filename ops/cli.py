@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 import typer
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.main import STARTUP_FAILURE
 
+from brokers.settings import Settings
 from ops import asyncapi, bench, dlq, identity_admin, production
 
 app = typer.Typer(help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True)
@@ -29,10 +31,18 @@ Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 _PR_SET_PDEATHSIG = 1
 
 
-def _serve(api: FastAPI, host: str, port: int) -> None:
+def _serve(api: FastAPI, settings: Settings, host: str, port: int) -> None:
+    from edge.server import server_config
+
     # uvicorn handles SIGINT/SIGTERM: the lifespan's shutdown runs, in-flight messages finish. Open
     # SSE streams would hold the shutdown for as long as their clients stay: they get 5 s.
-    uvicorn.run(api, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    config = server_config(
+        api, settings, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run does: the start-up failed
 
 
 def _die_with_parent() -> None:
@@ -89,7 +99,7 @@ def run(
     actor_host = ActorHost(list(ACTORS.values()), settings)
     api = create_app(settings, extra_checks={f"actors_{k}": v for k, v in actor_host.checks.items()})
     with _payment_provider_alongside(settings) if simulator else nullcontext():
-        _serve(_run_actors_with(api, actor_host), host, port)
+        _serve(_run_actors_with(api, actor_host), settings, host, port)
 
 
 @app.command()
@@ -114,7 +124,7 @@ def actor(
     actor_host = ActorHost([ACTORS[name]], settings, app_name=f"emporium-{name}")
     api = FastAPI(title=f"emporium {name}", docs_url=None, redoc_url=None)
     api.include_router(probe_router(actor_host.checks, settings))
-    _serve(_run_actors_with(api, actor_host), host, port)
+    _serve(_run_actors_with(api, actor_host), settings, host, port)
 
 
 @app.command()
@@ -345,7 +355,7 @@ def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
     settings = get_settings()
     configure_logging(settings.emporium_log_level)
     configure_tracing("emporium-edge")
-    _serve(create_app(settings), host, port)
+    _serve(create_app(settings), settings, host, port)
 
 
 def _run_actors_with(api: FastAPI, actor_host) -> FastAPI:

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 import brokers.contracts  # noqa: F401  (registers every contract, so the tap knows every command)
 from brokers.settings import Settings
+from edge.server import server_config
 from ops.identity_admin import create_admin
 from tests.helpers import eventually
 
@@ -30,9 +31,11 @@ _SHUTDOWN_S = 20.0
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on an ephemeral loopback port (lifespan included); yield its base URL."""
+    """Serve ``app`` as the edge command does, on an ephemeral loopback port; yield its base URL."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None, log_level="warning")
+        server_config(
+            app, app.state.settings, host="127.0.0.1", port=0, lifespan="on", log_config=None, log_level="warning"
+        )
     )
 
     async def serve() -> None:
