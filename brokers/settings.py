@@ -47,9 +47,32 @@ def _web_origin(value: str) -> str:
 RateLimit = Annotated[str, AfterValidator(_one_rate_limit)]
 
 
-class Settings(BaseSettings):
+class SecretFileSettings(BaseSettings):
+    """Settings from the environment and, with EMPORIUM_SECRETS_DIR set, from files named after them."""
+
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secrets from files as well: with EMPORIUM_SECRETS_DIR=/run/secrets, a file named after a
+        setting (rabbitmq_url, mongodb_url, ...) holds its value. The environment still wins."""
+        secrets_dir = os.environ.get(SECRETS_DIR_VARIABLE)
+        if not secrets_dir:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        if not Path(secrets_dir).is_dir():
+            # pydantic-settings would only warn; a deployment whose secrets are not mounted must not start.
+            raise SettingsError(f"{SECRETS_DIR_VARIABLE}={secrets_dir!r} is not a directory")
+        return init_settings, env_settings, dotenv_settings, SecretsSettingsSource(settings_cls, secrets_dir)
+
+
+class Settings(SecretFileSettings):
     emporium_env: Literal["development", "test", "production"] = "development"
     rabbitmq_url: str = _DEV_RABBITMQ_URL
     rabbitmq_management_url: str = "http://guest:guest@127.0.0.1:15672"
@@ -140,25 +163,6 @@ class Settings(BaseSettings):
 
     def database_name(self, actor: str) -> str:
         return f"{self.emporium_db_prefix}_{actor}"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Secrets from files as well: with EMPORIUM_SECRETS_DIR=/run/secrets, a file named after a
-        setting (rabbitmq_url, mongodb_url, ...) holds its value. The environment still wins."""
-        secrets_dir = os.environ.get(SECRETS_DIR_VARIABLE)
-        if not secrets_dir:
-            return init_settings, env_settings, dotenv_settings, file_secret_settings
-        if not Path(secrets_dir).is_dir():
-            # pydantic-settings would only warn; a deployment whose secrets are not mounted must not start.
-            raise SettingsError(f"{SECRETS_DIR_VARIABLE}={secrets_dir!r} is not a directory")
-        return init_settings, env_settings, dotenv_settings, SecretsSettingsSource(settings_cls, secrets_dir)
 
 
 @lru_cache

@@ -4,6 +4,10 @@ Keys are Ed25519 (JWS algorithm EdDSA). A key's id is its RFC 7638 thumbprint, s
 always has the same id: importing a configured key again changes nothing. Keys are activated in
 order (``generation``); the latest signs. A key that was replaced stays published for as long as
 tokens it signed can still be valid, so rotation logs nobody out.
+
+A key's private half is stored encrypted (``KeySeal``: Fernet, authenticated AES) under the keys
+``EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS`` names, which live outside the database: a copy of the
+database alone signs no token.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import jwt
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -36,6 +41,11 @@ CLOCK_SKEW = timedelta(seconds=60)
 
 class SigningKeyMissing(RuntimeError):
     """Production without a configured signing key: identity refuses to start."""
+
+
+class KeySealBroken(RuntimeError):
+    """The stored signing keys cannot be opened with the configured encryption keys, or production
+    has none: identity refuses to start rather than sign with nothing or store a key in clear."""
 
 
 def _b64url(data: bytes) -> str:
@@ -83,6 +93,69 @@ class SigningKey:
     def sign(self, claims: dict) -> str:
         private = load_pem_private_key(self.private_pem.encode(), password=None)
         return jwt.encode(claims, private, algorithm=TOKEN_ALGORITHM, headers={"kid": self.kid})
+
+
+class KeySeal:
+    """Encrypts signing keys' private halves for the database, and decrypts them.
+
+    A stored key is ``{"sealed_pem": <Fernet token>}`` under encryption keys, ``{"private_pem":
+    <PEM>}`` without (development only). ``stored`` and ``opened`` are each other's inverse;
+    ``needs_resealing`` says which stored keys to write again: kept in clear, or encrypted under a key
+    that is no longer the first.
+    """
+
+    def __init__(self, encryption_keys: list[str]) -> None:
+        try:
+            self._fernet = MultiFernet([Fernet(key) for key in encryption_keys]) if encryption_keys else None
+        except ValueError as exc:
+            raise KeySealBroken(
+                "EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS: each key must be 32 url-safe base64-encoded bytes "
+                "(Fernet.generate_key())"
+            ) from exc
+        self._first = Fernet(encryption_keys[0]) if encryption_keys else None
+
+    @classmethod
+    def of(cls, settings: IdentitySettings) -> KeySeal:
+        secret = settings.emporium_identity_key_encryption_keys
+        keys = [k.strip() for k in secret.get_secret_value().split(",") if k.strip()] if secret else []
+        if not keys and settings.emporium_env == "production":
+            raise KeySealBroken(
+                "refusing to start in production without EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS: the signing "
+                "keys would be stored in clear"
+            )
+        return cls(keys)
+
+    def stored(self, private_pem: str) -> dict[str, str]:
+        if self._fernet is None:
+            return {"private_pem": private_pem}
+        return {"sealed_pem": self._fernet.encrypt(private_pem.encode()).decode()}
+
+    def opened(self, doc: dict[str, str]) -> str:
+        if "private_pem" in doc:
+            return doc["private_pem"]
+        if self._fernet is None:
+            raise KeySealBroken(
+                "the signing keys are stored encrypted: set EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS to the keys "
+                "that encrypted them"
+            )
+        try:
+            return self._fernet.decrypt(doc["sealed_pem"].encode()).decode()
+        except InvalidToken as exc:
+            raise KeySealBroken(
+                "no key in EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS opens a stored signing key: keep the key "
+                "that encrypted it in the list (after the new one) until identity has started once"
+            ) from exc
+
+    def needs_resealing(self, doc: dict[str, str]) -> bool:
+        if self._first is None:
+            return False
+        if "private_pem" in doc:
+            return True
+        try:
+            self._first.decrypt(doc["sealed_pem"].encode())
+        except InvalidToken:
+            return True
+        return False
 
 
 def issue_token(user_id: EntityId, role: Role, key: SigningKey, *, now: datetime, ttl_s: int) -> AccessToken:

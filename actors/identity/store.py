@@ -13,7 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
 from actors.identity.domain import Admins, Deactivation, RefusedRegistration, User
-from actors.identity.keys import SigningKey, configured_key, key_to_install
+from actors.identity.keys import KeySeal, SigningKey, configured_key, key_to_install
 from actors.identity.settings import identity_settings
 from actors.runtime.errors import ConcurrentUpdate, NotFound, RuleViolation
 from actors.runtime.store import Store
@@ -27,9 +27,19 @@ def _user(doc: dict[str, Any]) -> User:
     return User(user_id=doc.pop("_id"), **doc)
 
 
+def _seal() -> KeySeal:
+    return KeySeal.of(identity_settings())
+
+
+def _private_half(doc: dict[str, Any]) -> dict[str, str]:
+    """How a stored key keeps its private half: in clear or sealed (see KeySeal)."""
+    return {k: doc[k] for k in ("private_pem", "sealed_pem") if k in doc}
+
+
 def _key(doc: dict[str, Any]) -> SigningKey:
-    doc = dict(doc)
-    return SigningKey(kid=doc.pop("_id"), **doc)
+    stored = _private_half(doc)
+    rest = {k: v for k, v in doc.items() if k not in stored and k != "_id"}
+    return SigningKey(kid=doc["_id"], private_pem=_seal().opened(stored), **rest)
 
 
 class IdentityStore(Store):
@@ -50,14 +60,31 @@ class IdentityStore(Store):
         for name in {"guards", "deactivations"} - existing:
             with contextlib.suppress(CollectionInvalid):  # a replica starting at the same moment made it
                 await db.create_collection(name)
-        # Read before anything is written: production without a configured key stops here.
+        # Read before anything is written: production without a configured key, or without the
+        # keys that encrypt it, stops here.
         configured = configured_key(identity_settings())
+        seal = _seal()
         store = cls(db)
+        await store.reseal_keys(seal)
         try:
             await store.install_signing_key(configured)
         except DuplicateKeyError:
             # A replica starting at the same moment installed a key first: decide again with it in view.
             await store.install_signing_key(configured)
+
+    async def reseal_keys(self, seal: KeySeal) -> None:
+        """Encrypt again, with the first encryption key, every stored key kept in clear or under an
+        older one; a key nothing configured opens stops the start (KeySealBroken)."""
+        async for doc in self._keys.find({}, session=self.session):
+            before = _private_half(doc)
+            private_pem = seal.opened(before)
+            if seal.needs_resealing(before):
+                after = seal.stored(private_pem)
+                change: dict[str, Any] = {"$set": after}
+                if gone := {k: "" for k in before if k not in after}:
+                    change["$unset"] = gone
+                # Filtered on what was read: a replica resealing at the same moment makes this a no-op.
+                await self._keys.update_one({"_id": doc["_id"], **before}, change, session=self.session)
 
     async def install_signing_key(self, configured: SigningKey | None) -> None:
         installed = set(await self._keys.distinct("_id", session=self.session))
@@ -71,6 +98,7 @@ class IdentityStore(Store):
             {}, {"generation": 1}, sort=[("generation", DESCENDING)], session=self.session
         )
         doc = asdict(key.activated((latest["generation"] if latest else 0) + 1, at))
+        doc |= _seal().stored(doc.pop("private_pem"))
         await self._keys.insert_one({"_id": doc.pop("kid"), **doc}, session=self.session)
 
     async def signing_key(self) -> SigningKey:

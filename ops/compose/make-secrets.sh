@@ -6,6 +6,7 @@
 #                               (EMPORIUM_SECRETS_DIR: a file named after a setting holds its value)
 #   grafana_admin_password      Grafana's "admin" (GF_SECURITY_ADMIN_PASSWORD__FILE)
 #   emporium_metrics_token      the bearer token every emporium /metrics asks for, and Prometheus sends
+#   emporium_identity_key_encryption_keys  the Fernet key identity encrypts its signing keys with
 # Existing secrets are kept: RabbitMQ and Grafana read theirs only on their first start (empty
 # volumes), so new ones would lock everything out. To start over: `docker compose down --volumes`,
 # delete ops/compose/secrets, run this again.
@@ -22,7 +23,10 @@ umask 077
 mkdir -p "$dir"
 # Read at every start, unlike the accounts below: written when missing, also into an older folder.
 [ -e "$dir/emporium_metrics_token" ] || random_hex > "$dir/emporium_metrics_token"
-chmod 0644 "$dir/emporium_metrics_token"
+# A Fernet key: 32 random bytes, url-safe base64. Replacing it needs the rotation in the README.
+[ -e "$dir/emporium_identity_key_encryption_keys" ] \
+    || head -c 32 /dev/urandom | base64 | tr '+/' '-_' > "$dir/emporium_identity_key_encryption_keys"
+chmod 0644 "$dir/emporium_metrics_token" "$dir/emporium_identity_key_encryption_keys"
 
 if [ -e "$dir/rabbitmq_url" ] && [ -e "$dir/rabbitmq-default-user.conf" ] && [ -e "$dir/grafana_admin_password" ]; then
     echo "secrets already in $dir; kept"

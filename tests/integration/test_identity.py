@@ -11,9 +11,10 @@ from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.fernet import Fernet
 
 from actors.identity import identity
-from actors.identity.keys import SigningKey, SigningKeyMissing
+from actors.identity.keys import KeySealBroken, SigningKey, SigningKeyMissing
 from actors.identity.settings import identity_settings
 from actors.identity.store import IdentityStore
 from actors.runtime.host import ActorHost
@@ -277,7 +278,11 @@ async def test_a_configured_key_is_imported_once_and_signs_from_then_on(
     (tmp_path / "first.pem").write_text(first.private_pem)
     (tmp_path / "second.pem").write_text(second.private_pem)
 
-    identity_env(emporium_env="production", emporium_identity_signing_key_file=str(tmp_path / "first.pem"))
+    identity_env(
+        emporium_env="production",
+        emporium_identity_signing_key_file=str(tmp_path / "first.pem"),
+        emporium_identity_key_encryption_keys=Fernet.generate_key().decode(),
+    )
     await IdentityStore.prepare(db)
     await IdentityStore.prepare(db)  # a restart, or a second replica: nothing new
     assert (await IdentityStore(db).signing_key()).kid == first.kid
@@ -287,3 +292,71 @@ async def test_a_configured_key_is_imported_once_and_signs_from_then_on(
     keys = sorted(await IdentityStore(db).keys(), key=lambda key: key.generation)
     assert [(key.kid, key.generation) for key in keys] == [(first.kid, 1), (second.kid, 2)]
     assert (await IdentityStore(db).signing_key()).kid == second.kid
+
+
+# --- the signing keys at rest -------------------------------------------------------------------
+
+
+async def test_the_stored_signing_keys_show_nothing_of_their_private_half_and_still_sign(
+    identity_env, mongo, settings
+):
+    identity_env(emporium_identity_key_encryption_keys=Fernet.generate_key().decode())
+    db = mongo[settings.database_name("identity")]
+    await IdentityStore.prepare(db)
+
+    stored = await db["signing_keys"].find_one({})
+    key = await IdentityStore(db).signing_key()
+    assert "private_pem" not in stored and "sealed_pem" in stored
+    assert "PRIVATE KEY" not in json.dumps(stored, default=str)
+    assert "".join(key.private_pem.splitlines()[1:-1]) not in json.dumps(stored, default=str)
+    token = key.sign({"sub": "u-1"})
+    assert jwt.decode(token, options={"verify_signature": False})["sub"] == "u-1"
+
+
+async def test_keys_kept_in_clear_or_under_a_replaced_encryption_key_are_sealed_again_at_start(
+    identity_env, mongo, settings
+):
+    db = mongo[settings.database_name("identity")]
+    await IdentityStore.prepare(db)  # development, no encryption key: in clear
+    in_clear = await IdentityStore(db).signing_key()
+    first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    identity_env(emporium_identity_key_encryption_keys=first)
+    await IdentityStore.prepare(db)
+    under_first = await db["signing_keys"].find_one({})
+    identity_env(emporium_identity_key_encryption_keys=f"{second},{first}")  # rotation: the new one first
+    await IdentityStore.prepare(db)
+    under_second = await db["signing_keys"].find_one({})
+
+    assert "private_pem" not in under_first
+    assert Fernet(first).decrypt(under_first["sealed_pem"].encode()).decode() == in_clear.private_pem
+    assert Fernet(second).decrypt(under_second["sealed_pem"].encode()).decode() == in_clear.private_pem
+    identity_env(emporium_identity_key_encryption_keys=second)  # the replaced key is no longer needed
+    assert (await IdentityStore(db).signing_key()) == in_clear
+
+
+@pytest.mark.parametrize("configured", ["none", "another"])
+async def test_identity_refuses_to_start_when_nothing_configured_opens_its_keys(
+    identity_env, mongo, settings, configured
+):
+    db = mongo[settings.database_name("identity")]
+    identity_env(emporium_identity_key_encryption_keys=Fernet.generate_key().decode())
+    await IdentityStore.prepare(db)
+    identity_env(emporium_identity_key_encryption_keys="" if configured == "none" else Fernet.generate_key().decode())
+    host = ActorHost([identity], settings)
+    with pytest.raises(KeySealBroken, match="EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS"):
+        async with running(host):
+            pass
+    assert await db["signing_keys"].count_documents({}) == 1  # nothing written over it
+
+
+async def test_production_refuses_to_start_without_keys_to_encrypt_its_signing_key(
+    identity_env, mongo, settings, tmp_path: Path
+):
+    (tmp_path / "key.pem").write_text(SigningKey.generate().private_pem)
+    identity_env(emporium_env="production", emporium_identity_signing_key_file=str(tmp_path / "key.pem"))
+    host = ActorHost([identity], settings)
+    with pytest.raises(KeySealBroken, match="refusing to start in production"):
+        async with running(host):
+            pass
+    assert await mongo[settings.database_name("identity")]["signing_keys"].count_documents({}) == 0

@@ -57,8 +57,8 @@ KNOWN_VARIABLES = (
     | _env_names(PaymentSettings, "emporium_payment_")
     | {SECRETS_DIR_VARIABLE}
 )
-# Settings read from files in EMPORIUM_SECRETS_DIR: named after a field of brokers.settings.Settings.
-SECRET_FILE_SETTINGS = set(Settings.model_fields)
+# Settings read from files in EMPORIUM_SECRETS_DIR: named after a field of Settings or IdentitySettings.
+SECRET_FILE_SETTINGS = set(Settings.model_fields) | set(IdentitySettings.model_fields)
 
 
 def _routes(api: FastAPI) -> set[str]:

@@ -9,8 +9,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from cryptography.fernet import Fernet
+
 from actors.identity.keys import (
     CLOCK_SKEW,
+    KeySeal,
+    KeySealBroken,
     SigningKey,
     SigningKeyMissing,
     configured_key,
@@ -175,3 +179,63 @@ def test_a_missing_or_unusable_key_file_is_a_clear_refusal(tmp_path: Path, conte
         path.write_bytes(content)
     with pytest.raises(SigningKeyMissing, match=f"cannot use the signing key in {path}"):
         configured_key(IdentitySettings(emporium_identity_signing_key_file=path))
+
+
+# --- the private halves at rest -----------------------------------------------------------------
+
+
+def _seal(*keys: str, env: str = "development") -> KeySeal:
+    return KeySeal.of(IdentitySettings(emporium_env=env, emporium_identity_key_encryption_keys=",".join(keys)))
+
+
+def test_a_sealed_private_half_shows_nothing_of_the_key_and_opens_again():
+    key = SigningKey.generate()
+    seal = _seal(Fernet.generate_key().decode())
+    stored = seal.stored(key.private_pem)
+    assert set(stored) == {"sealed_pem"}
+    body = "".join(key.private_pem.splitlines()[1:-1])
+    assert "PRIVATE KEY" not in stored["sealed_pem"] and body not in stored["sealed_pem"]
+    assert seal.opened(stored) == key.private_pem
+    assert not seal.needs_resealing(stored)
+
+
+def test_without_encryption_keys_development_keeps_the_private_half_in_clear():
+    seal = KeySeal.of(IdentitySettings(emporium_env="development"))
+    pem = SigningKey.generate().private_pem
+    assert seal.stored(pem) == {"private_pem": pem}
+    assert seal.opened({"private_pem": pem}) == pem
+
+
+def test_production_without_encryption_keys_refuses_to_start():
+    for keys in (None, "", " , "):
+        with pytest.raises(KeySealBroken, match="refusing to start in production"):
+            KeySeal.of(IdentitySettings(emporium_env="production", emporium_identity_key_encryption_keys=keys))
+
+
+def test_after_a_rotation_keys_sealed_before_open_and_need_resealing():
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    pem = SigningKey.generate().private_pem
+    under_old = _seal(old).stored(pem)
+    rotated = _seal(new, old)
+    assert rotated.opened(under_old) == pem
+    assert rotated.needs_resealing(under_old)
+    assert rotated.needs_resealing({"private_pem": pem})  # kept in clear before keys were configured
+    assert not rotated.needs_resealing(rotated.stored(pem))
+
+
+def test_a_sealed_key_nothing_configured_opens_is_a_clear_refusal():
+    key = Fernet.generate_key().decode()
+    sealed = _seal(key).stored(SigningKey.generate().private_pem)
+    with pytest.raises(KeySealBroken, match="no key in EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS opens"):
+        _seal(Fernet.generate_key().decode()).opened(sealed)
+    with pytest.raises(KeySealBroken, match="stored encrypted: set EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS"):
+        KeySeal.of(IdentitySettings()).opened(sealed)
+    tampered = {"sealed_pem": sealed["sealed_pem"][:-8] + "AAAAAAAA"}
+    with pytest.raises(KeySealBroken):  # authenticated: a changed byte opens nothing
+        _seal(key).opened(tampered)
+
+
+@pytest.mark.parametrize("bad", ["short", "x" * 44, Fernet.generate_key().decode()[:-2], "é" * 44])
+def test_a_malformed_encryption_key_is_a_clear_refusal(bad: str):
+    with pytest.raises(KeySealBroken, match="32 url-safe base64-encoded bytes"):
+        _seal(bad)
