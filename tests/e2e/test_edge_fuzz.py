@@ -8,7 +8,8 @@ its ``status`` the answer's) with no stack trace in it.
 
 Customers' routes (orders, ``/auth/me``) are called as a customer, everything else as an
 administrator; then every operation gets a few valid requests from callers it must refuse as
-documented: a customer (403 on administrators' routes) and a forged token (401). Valid requests to an operation with path parameters also name things that exist (a
+documented: a customer (403 on administrators' routes) and forged tokens of every kind (401). Valid
+requests to an operation with path parameters also name things that exist (a
 product, its SKU, an order, a user, a dead-letter queue), so that answers with data are checked,
 not only refusals. The generation is derandomized: every run sends the same requests.
 
@@ -23,8 +24,9 @@ of its own (test_edge_sse.py).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -44,10 +46,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from actors.identity.store import IdentityStore
 from brokers.settings import Settings
 from ops.payment_provider import served
 from tests.e2e.orders_support import placed_order, stocked_sku
 from tests.e2e.support import User, create_product, sign_in_admin, sign_up
+from tests.unit.edge_tokens import Mint, forged_tokens
 
 # Examples per operation and generation mode: ~30 operations, the whole file in about 30 s here.
 EXAMPLES = 25
@@ -94,6 +98,12 @@ class FuzzedShop:
     admin: User
     customer: User
     known: dict[str, str]
+    # Forged and unfit tokens (tests/unit/edge_tokens.py), made with identity's own key and naming
+    # the customer, so that each is wrong in one way only; handed out in turn.
+    forged: Iterator[str]
+
+    def forged_caller(self, _: APIOperation) -> dict[str, str]:
+        return {"Authorization": f"Bearer {next(self.forged)}"}
 
     def right_caller(self, operation: APIOperation) -> dict[str, str]:
         """A customer for customers' routes, an administrator for everything else."""
@@ -118,7 +128,8 @@ class Campaign:
 RIGHT_CALLERS = Campaign(FuzzedShop.right_caller, EXAMPLES, invalid_data=True)
 # A few valid requests are enough to see what a caller who may not ask is answered.
 A_CUSTOMER = Campaign(lambda shop, _: shop.customer.headers, 3, invalid_data=False)
-A_FORGED_TOKEN = Campaign(lambda *_: {"Authorization": "Bearer not-a-token"}, 3, invalid_data=False)
+# Each operation gets the next few of the forged tokens: every one is sent to several operations.
+A_FORGED_TOKEN = Campaign(FuzzedShop.forged_caller, 3, invalid_data=False)
 
 
 @dataclass
@@ -147,7 +158,7 @@ class Findings:
 
 
 @pytest.fixture
-async def shop(settings: Settings, start_host, serve_edge) -> AsyncIterator[FuzzedShop]:
+async def shop(settings: Settings, mongo, start_host, serve_edge) -> AsyncIterator[FuzzedShop]:
     """Every actor, the provider simulator and an edge; a product, a stocked SKU, an order, users."""
     async with AsyncExitStack() as stack:
         provider = await stack.enter_async_context(served())
@@ -166,7 +177,9 @@ async def shop(settings: Settings, start_host, serve_edge) -> AsyncIterator[Fuzz
             "user_id": bystander.user_id,
             "queue": "orders.dlq",
         }
-        yield FuzzedShop(str(edge.base_url).rstrip("/"), admin, customer, known)
+        identity_key = await IdentityStore(mongo[settings.database_name("identity")]).signing_key()
+        forged = [forge() for forge in forged_tokens(Mint(identity_key, customer.user_id)).values()]
+        yield FuzzedShop(str(edge.base_url).rstrip("/"), admin, customer, known, itertools.cycle(forged))
 
 
 def _modes(operation: APIOperation, campaign: Campaign) -> list[GenerationMode]:
@@ -255,8 +268,9 @@ async def test_a_customer_gets_documented_answers_from_every_operation(shop: Fuz
     assert set(findings.statuses["POST /products"]) == {403}, findings.summary()
 
 
-# Every route but the probes and the AsyncAPI document checks a token it is sent (edge/app.py, `limited`: limit_caller), public
-# ones included, and answers a documented 401 to a forged one.
+# Every route but the probes and the AsyncAPI document checks a token it is sent (edge/app.py, `limited`:
+# limit_caller), public ones included, and answers a documented 401 to a forged one: of every kind
+# (a kid or crit of every JSON type, jku/x5u/jwk naming another key, 8,000-character headers, ...).
 async def test_a_forged_token_gets_a_documented_401_from_every_operation(shop: FuzzedShop):
     findings = await asyncio.to_thread(fuzz, shop, A_FORGED_TOKEN)
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -37,8 +38,9 @@ def _joined(header: dict[str, Any], claims: dict[str, Any]) -> str:
 class Mint:
     """Makes tokens the way identity does, and bad ones the way attackers would."""
 
-    def __init__(self) -> None:
-        self.key = SigningKey.generate()
+    def __init__(self, key: SigningKey | None = None, subject: str = "ann") -> None:
+        self.key = key or SigningKey.generate()
+        self.subject = subject
         self.fetches = 0
         # The role of every user a token was made for by ``token``; others are customers.
         self.roles: dict[str, Role] = {}
@@ -54,12 +56,11 @@ class Mint:
         self.fetches += 1
         return Jwks(keys=[self.key.jwk()])
 
-    @staticmethod
-    def claims(**changes: Any) -> dict[str, Any]:
-        """Identity's claims for customer "ann"; a change to None leaves that claim out."""
+    def claims(self, **changes: Any) -> dict[str, Any]:
+        """Identity's claims for the mint's customer; a change to None leaves that claim out."""
         now = int(datetime.now(UTC).timestamp())
         base = {
-            "iss": "emporium-identity", "aud": "emporium", "sub": "ann", "role": "customer",
+            "iss": "emporium-identity", "aud": "emporium", "sub": self.subject, "role": "customer",
             "iat": now, "exp": now + 900,
         }
         return {k: v for k, v in {**base, **changes}.items() if v is not None}
@@ -77,11 +78,12 @@ class Mint:
         signing_input = _joined({"alg": "EdDSA", "typ": "JWT", **header}, claims)
         return f"{signing_input}.{b64url(private.sign(signing_input.encode()))}"  # type: ignore[call-arg]
 
-    def token(self, user_id: str = "ann", role: Role = "customer") -> str:
+    def token(self, user_id: str | None = None, role: Role = "customer") -> str:
+        user_id = user_id or self.subject
         self.roles[user_id] = role
         return self.signed(self.claims(sub=user_id, role=role))
 
-    def headers(self, user_id: str = "ann", role: Role = "customer") -> dict[str, str]:
+    def headers(self, user_id: str | None = None, role: Role = "customer") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(user_id, role)}"}
 
     def unsigned(self, claims: dict[str, Any]) -> str:
@@ -102,3 +104,65 @@ def offline_edge(mint: Mint, **settings: Any) -> FastAPI:
     app.state.keys = KeySet(mint.jwks)
     app.state.subjects = Subjects(mint.user, subscribed=lambda: True)
     return app
+
+
+def forged_tokens(mint: Mint) -> dict[str, Callable[[], str]]:
+    """Every way of forging a token, or making one unfit, that the edge must answer 401, by name."""
+    return {
+        "tampered signature": lambda: _flip_signature(mint.token()),
+        "tampered claims": lambda: _swap_claims(mint, mint.token(), mint.claims(role="admin")),
+        "another key, same kid": lambda: mint.signed(mint.claims(), key=SigningKey.generate(), kid=mint.key.kid),
+        "unknown kid": lambda: mint.signed(mint.claims(), key=SigningKey.generate()),
+        "no kid": lambda: mint.signed(mint.claims(), kid=None),
+        "expired": lambda: mint.signed(mint.claims(iat=1_000, exp=2_000)),
+        "wrong audience": lambda: mint.signed(mint.claims(aud="another-service")),
+        "wrong issuer": lambda: mint.signed(mint.claims(iss="someone-else")),
+        "no expiry": lambda: mint.signed(mint.claims(exp=None)),
+        "no subject": lambda: mint.signed(mint.claims(sub=None)),
+        "bad subject": lambda: mint.signed(mint.claims(sub={"$gt": ""})),
+        "unknown role": lambda: mint.signed(mint.claims(role="superuser")),
+        "alg none": lambda: mint.unsigned(mint.claims()),
+        "HS256 with the public key": lambda: mint.hmac_with_public_key(mint.claims(role="admin")),
+        "not a JWT": lambda: "not-a-token",
+        "role a list": lambda: mint.signed(mint.claims(role=["admin"])),
+        "role an object": lambda: mint.signed(mint.claims(role={"admin": True})),
+        "lives until 2100": lambda: mint.signed(mint.claims(exp=4_102_444_800)),
+        "expiry a string": lambda: mint.signed(mint.claims(exp="4102444800")),
+        "issued in the future": lambda: mint.signed(mint.claims(iat=4_102_444_000, exp=4_102_444_800)),
+        **{
+            f"kid {name}": lambda value=value: mint.with_header(mint.claims(), {"kid": value})
+            for name, value in {
+                "null": None, "a number": 5, "a float": 1.5, "true": True, "a list": [mint.key.kid],
+                "an object": {"kid": mint.key.kid}, "empty": "", "of 8,000 characters": "k" * 8_000,
+            }.items()
+        },
+        **{
+            f"crit {name}": lambda value=value: mint.with_header(mint.claims(), {"kid": mint.key.kid, "crit": value})
+            for name, value in {"naming an extension": ["exp"], "empty": [], "a string": "b64", "null": None}.items()
+        },
+        "alg a list": lambda: mint.with_header(mint.claims(), {"kid": mint.key.kid, "alg": ["EdDSA"]}),
+        "header an array": lambda: ".".join(["WzFd", mint.token().split(".", 1)[1]]),
+        **{
+            f"{name} naming another key": lambda name=name: _with_key_elsewhere(mint, name)
+            for name in ("jku", "x5u", "jwk")
+        },
+    }
+
+
+def _with_key_elsewhere(mint: Mint, parameter: str) -> str:
+    """Signed by an attacker's key that the header points to (jku/x5u) or carries (jwk); the mint's kid."""
+    attacker = SigningKey.generate()
+    where = attacker.jwk().model_dump() if parameter == "jwk" else "https://attacker.example/keys"
+    return mint.signed(mint.claims(role="admin"), key=attacker, kid=mint.key.kid, **{parameter: where})
+
+
+def _flip_signature(token: str) -> str:
+    signing_input, _, signature = token.rpartition(".")
+    middle = len(signature) // 2
+    flipped = "A" if signature[middle] != "A" else "B"
+    return f"{signing_input}.{signature[:middle]}{flipped}{signature[middle + 1:]}"
+
+
+def _swap_claims(mint: Mint, token: str, claims: dict) -> str:
+    header, _, signature = token.split(".")
+    return ".".join([header, mint.unsigned(claims).split(".")[1], signature])

@@ -13,7 +13,7 @@ import pytest
 from actors.identity.keys import SigningKey
 from brokers.rpc import QueryTimeout
 from edge.auth import KEYSET_MAX_AGE_S, KEYSET_REFRESH_S, KeySet, KeysUnavailable
-from tests.unit.edge_tokens import Mint, offline_edge
+from tests.unit.edge_tokens import Mint, forged_tokens, offline_edge
 
 MINT = Mint()
 ME = "/auth/me"
@@ -37,64 +37,7 @@ async def test_a_token_of_identity_gets_past_the_door(edge):
     assert response.status_code == 503
 
 
-FORGED = {
-    "tampered signature": lambda: _flip_signature(MINT.token()),
-    "tampered claims": lambda: _swap_claims(MINT.token(), MINT.claims(role="admin")),
-    "another key, same kid": lambda: MINT.signed(MINT.claims(), key=SigningKey.generate(), kid=MINT.key.kid),
-    "unknown kid": lambda: MINT.signed(MINT.claims(), key=SigningKey.generate()),
-    "no kid": lambda: MINT.signed(MINT.claims(), kid=None),
-    "expired": lambda: MINT.signed(MINT.claims(iat=1_000, exp=2_000)),
-    "wrong audience": lambda: MINT.signed(MINT.claims(aud="another-service")),
-    "wrong issuer": lambda: MINT.signed(MINT.claims(iss="someone-else")),
-    "no expiry": lambda: MINT.signed(MINT.claims(exp=None)),
-    "no subject": lambda: MINT.signed(MINT.claims(sub=None)),
-    "bad subject": lambda: MINT.signed(MINT.claims(sub={"$gt": ""})),
-    "unknown role": lambda: MINT.signed(MINT.claims(role="superuser")),
-    "alg none": lambda: MINT.unsigned(MINT.claims()),
-    "HS256 with the public key": lambda: MINT.hmac_with_public_key(MINT.claims(role="admin")),
-    "not a JWT": lambda: "not-a-token",
-    "role a list": lambda: MINT.signed(MINT.claims(role=["admin"])),
-    "role an object": lambda: MINT.signed(MINT.claims(role={"admin": True})),
-    "lives until 2100": lambda: MINT.signed(MINT.claims(exp=4_102_444_800)),
-    "expiry a string": lambda: MINT.signed(MINT.claims(exp="4102444800")),
-    "issued in the future": lambda: MINT.signed(MINT.claims(iat=4_102_444_000, exp=4_102_444_800)),
-    **{
-        f"kid {name}": lambda value=value: MINT.with_header(MINT.claims(), {"kid": value})
-        for name, value in {
-            "null": None, "a number": 5, "a float": 1.5, "true": True, "a list": [MINT.key.kid],
-            "an object": {"kid": MINT.key.kid}, "empty": "", "of 8,000 characters": "k" * 8_000,
-        }.items()
-    },
-    **{
-        f"crit {name}": lambda value=value: MINT.with_header(MINT.claims(), {"kid": MINT.key.kid, "crit": value})
-        for name, value in {"naming an extension": ["exp"], "empty": [], "a string": "b64", "null": None}.items()
-    },
-    "alg a list": lambda: MINT.with_header(MINT.claims(), {"kid": MINT.key.kid, "alg": ["EdDSA"]}),
-    "header an array": lambda: ".".join(["WzFd", MINT.token().split(".", 1)[1]]),
-    **{
-        f"{name} naming another key": lambda name=name: _with_key_elsewhere(name)
-        for name in ("jku", "x5u", "jwk")
-    },
-}
-
-
-def _with_key_elsewhere(parameter: str) -> str:
-    """Signed by an attacker's key that the header points to (jku/x5u) or carries (jwk); the mint's kid."""
-    attacker = SigningKey.generate()
-    where = attacker.jwk().model_dump() if parameter == "jwk" else "https://attacker.example/keys"
-    return MINT.signed(MINT.claims(role="admin"), key=attacker, kid=MINT.key.kid, **{parameter: where})
-
-
-def _flip_signature(token: str) -> str:
-    signing_input, _, signature = token.rpartition(".")
-    middle = len(signature) // 2
-    flipped = "A" if signature[middle] != "A" else "B"
-    return f"{signing_input}.{signature[:middle]}{flipped}{signature[middle + 1:]}"
-
-
-def _swap_claims(token: str, claims: dict) -> str:
-    header, _, signature = token.split(".")
-    return ".".join([header, MINT.unsigned(claims).split(".")[1], signature])
+FORGED = forged_tokens(MINT)
 
 
 @pytest.mark.parametrize("forge", FORGED.values(), ids=FORGED.keys())
