@@ -104,8 +104,13 @@ class Settings(SecretFileSettings):
     # --- edge limits and HTTP hardening (edge/limits.py, edge/hardening.py) ---
     # Requests per caller (a verified user, else a client address), in the `limits` notation.
     emporium_rate_limit: RateLimit = "300/minute"
-    # Login attempts per client address, and separately per email address.
+    # Login and registration attempts per client address.
     emporium_login_rate_limit: RateLimit = "10/minute"
+    # Failed logins for one email from one client address before that pair is refused (429)...
+    emporium_login_failure_limit: RateLimit = "5/15 minutes"
+    # ...and for one email from all addresses before every login for it is paused (never refused).
+    emporium_account_failure_limit: RateLimit = "50/15 minutes"
+    emporium_login_slowdown_s: float = Field(2.0, ge=0, le=30)
     # Where rate-limit counters live. memory:// counts per edge process; several edge replicas share
     # one budget through a shared store, e.g. redis://redis:6379 (needs the limits[async-redis] extra).
     emporium_rate_limit_storage: Annotated[str, AfterValidator(_rate_limit_storage)] = "memory://"

@@ -202,8 +202,13 @@ async def optional_principal(request: Request) -> Principal | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the Authorization header must be: Bearer <access token>")
-    principal = await verify(token.strip(), request.app.state.keys)
-    await request.app.state.subjects.require(principal)
+    try:
+        principal = await verify(token.strip(), request.app.state.keys)
+        await request.app.state.subjects.require(principal)
+    except Unauthenticated:
+        # A refused token spends its client address's budget (429 once spent): forging is not free.
+        await request.app.state.rate_limits.spend_caller(request, None)
+        raise
     return principal
 
 

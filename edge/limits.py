@@ -1,8 +1,14 @@
 """What one caller may ask of the edge, and how much work the edge lets pile up behind it.
 
 Rate limits count requests in a moving window (the `limits` library): every request spends one unit
-of its caller's budget, and a login one unit of its client address's budget and one of its email
-address's. A spent budget is answered 429 with ``Retry-After``. Admission control refuses new orders
+of its caller's budget, and a login or registration one unit of its client address's login budget.
+A spent budget is answered 429 with ``Retry-After``.
+
+Failed logins are counted per (email, client address) and per email. The first budget stops one
+address guessing one account's password (429 for that pair only, so nobody can lock an owner out
+from elsewhere); the second, larger one notices guessing spread over many addresses and then
+slows every attempt for that account down (a pause before its password is checked) instead of
+refusing the owner. A successful login clears its address's failures for that email. Admission control refuses new orders
 (503) while the saga's backlog is larger than it can clear well inside an order's deadline: an
 order accepted then would be cancelled for timeout, charged or not. The backlog is the deepest of
 the work queues an order passes before it is confirmed (orders, inventory, payments), so a slow
@@ -20,7 +26,7 @@ import asyncio
 import hashlib
 import math
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 from fastapi import Depends, FastAPI, Request
 from limits import RateLimitItem, parse
@@ -43,10 +49,13 @@ ORDERS_WORK_QUEUE = SAGA_WORK_QUEUES[0]
 # How long one reading of a queue's depth answers for: a burst of requests shares one declaration.
 DEPTH_MAX_AGE_S = 1.0
 
-Budget = Literal["caller", "login"]
+Budget = Literal["caller", "login", "login-failures", "account-failures"]
 
 RATE_LIMITED_TOTAL = Counter(
     "emporium_edge_rate_limited_total", "Requests refused because a rate-limit budget was spent", ["budget"]
+)
+SLOWED_LOGINS_TOTAL = Counter(
+    "emporium_edge_slowed_logins_total", "Logins paused because their account's failed-login budget was spent"
 )
 
 
@@ -54,6 +63,15 @@ def client_address(request: Request) -> str:
     # No client (a server that does not tell, such as one on a unix socket): all such requests
     # share one budget rather than escape the limit.
     return request.client.host if request.client else "unknown"
+
+
+def _address_key(request: Request) -> str:
+    return f"address:{client_address(request)}"
+
+
+def _email_key(email: str) -> str:
+    # Hashed: with a shared store, the counters' keys should not list the users' email addresses.
+    return "email:" + hashlib.sha256(email.encode()).hexdigest()
 
 
 class RateLimits:
@@ -66,25 +84,46 @@ class RateLimits:
         self._limiter = MovingWindowRateLimiter(storage)
         self._per_caller = parse(settings.emporium_rate_limit)
         self._per_login = parse(settings.emporium_login_rate_limit)
+        self._failures_per_pair = parse(settings.emporium_login_failure_limit)
+        self._failures_per_account = parse(settings.emporium_account_failure_limit)
+        self._slowdown_s = settings.emporium_login_slowdown_s
 
     async def spend_caller(self, request: Request, principal: Principal | None) -> None:
         """One request of its caller's budget: the verified user's, else the client address's."""
         key = f"user:{principal.user_id}" if principal else f"address:{client_address(request)}"
         await self._spend(self._per_caller, "caller", key, "too many requests from this caller")
 
+    async def throttle_registration(self, request: Request) -> None:
+        """One attempt from the client address's login budget (an email is not counted: see above)."""
+        await self._spend(self._per_login, "login", _address_key(request), "too many attempts from this address")
+
     async def throttle_login(self, request: Request, email: str) -> None:
-        """One login attempt from the client address and one for ``email`` (already normalised)."""
-        address = f"address:{client_address(request)}"
-        await self._spend(self._per_login, "login", address, "too many login attempts from this address")
-        # Hashed: with a shared store, the counters' keys should not list the users' email addresses.
-        account = "email:" + hashlib.sha256(email.encode()).hexdigest()
-        await self._spend(self._per_login, "login", account, "too many login attempts for this account")
+        """Before a login for ``email`` (normalised) is checked: spend, refuse or slow it down."""
+        address = _address_key(request)
+        await self._spend(self._per_login, "login", address, "too many attempts from this address")
+        pair = (_email_key(email), address)
+        if not await self._limiter.test(self._failures_per_pair, "login-failures", *pair):
+            await self._refuse(
+                self._failures_per_pair, "login-failures", pair, "too many failed logins for this account from here"
+            )
+        if not await self._limiter.test(self._failures_per_account, "account-failures", _email_key(email)):
+            SLOWED_LOGINS_TOTAL.inc()
+            await asyncio.sleep(self._slowdown_s)
+
+    async def login_failed(self, request: Request, email: str) -> None:
+        await self._limiter.hit(self._failures_per_pair, "login-failures", _email_key(email), _address_key(request))
+        await self._limiter.hit(self._failures_per_account, "account-failures", _email_key(email))
+
+    async def login_succeeded(self, request: Request, email: str) -> None:
+        await self._limiter.clear(self._failures_per_pair, "login-failures", _email_key(email), _address_key(request))
 
     async def _spend(self, item: RateLimitItem, budget: Budget, key: str, what: str) -> None:
-        if await self._limiter.hit(item, budget, key):
-            return
+        if not await self._limiter.hit(item, budget, key):
+            await self._refuse(item, budget, (key,), what)
+
+    async def _refuse(self, item: RateLimitItem, budget: Budget, keys: tuple[str, ...], what: str) -> NoReturn:
         RATE_LIMITED_TOTAL.labels(budget).inc()
-        stats = await self._limiter.get_window_stats(item, budget, key)
+        stats = await self._limiter.get_window_stats(item, budget, *keys)
         retry_after_s = max(1, math.ceil(stats.reset_time - time.time()))
         raise Refused(
             429,

@@ -7,6 +7,7 @@ unreachable, and, last, anything unexpected (a generic 500, logged, with no stac
 
 from __future__ import annotations
 
+import sys
 from http import HTTPStatus
 from typing import Any
 
@@ -146,16 +147,27 @@ def validation_detail(errors: list[FieldError]) -> str:
     return f"{len(errors)} invalid field{'s' if len(errors) != 1 else ''}: {listed}"
 
 
-# FastAPI answers 400 to a JSON body that is not UTF-8 but 422 to one that is not JSON; to a client
-# both are a body that is not JSON, answered alike (an invalid request).
-_NOT_UTF8_JSON = RequestValidationError(
-    [{"type": "json_invalid", "loc": ("body",), "msg": "the body is not JSON encoded in UTF-8"}]
-)
+# FastAPI answers 422 to a body that is not JSON but 400 to JSON Python's parser cannot read: not
+# UTF-8, an integer of more digits than Python converts, nesting deeper than its recursion limit. To
+# a client all are an invalid body, answered alike (422) with what is wrong.
+def _unreadable_json(exc: HTTPException) -> RequestValidationError | None:
+    cause = exc.__cause__
+    if exc.status_code != 400 or not isinstance(cause, ValueError | RecursionError):
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        message = "the body is not JSON encoded in UTF-8"
+    elif isinstance(cause, RecursionError):
+        message = "the body's JSON nests arrays or objects too deeply"
+    elif "digits" in str(cause):
+        message = f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits"
+    else:
+        message = "the body's JSON cannot be read"
+    return RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": message}])
 
 
 async def _http_error(request: Request, exc: HTTPException) -> ProblemResponse:
-    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-        return await _invalid_request(request, _NOT_UTF8_JSON)
+    if (invalid := _unreadable_json(exc)) is not None:
+        return await _invalid_request(request, invalid)
     phrase = HTTPStatus(exc.status_code).phrase
     # Starlette's own 404/405 carry only the phrase; say what was asked instead.
     detail = (

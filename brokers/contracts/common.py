@@ -29,6 +29,9 @@ class Value(BaseModel):
 
 
 class Line(Value):
+    # Strict: an order's line comes from a client's body, where "2" or 2.0 is a mistake to refuse.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
     sku: Sku
     quantity: Quantity
 

@@ -15,10 +15,12 @@ tool) learns about a weak password when it builds the command, not from a dead l
 Passwords travel in message bodies: they are kept out of ``repr`` and out of validation errors.
 """
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from confusable_homoglyphs import categories, confusables
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
 from brokers.contracts.common import EntityId, Name, Value
 from brokers.envelope import Command, Event, Query
@@ -42,8 +44,33 @@ def normalise_email(address: str) -> str:
     return address.strip().lower()
 
 
+def _compatibility_folded(address: object) -> object:
+    # NFKC: full-width, ligature and other compatibility forms become the letters they stand for, so
+    # "ａｄａ@example.com" is ada@example.com and cannot be a second account beside it.
+    return unicodedata.normalize("NFKC", address) if isinstance(address, str) else address
+
+
+def _one_script_per_part(address: str) -> str:
+    """Refuse a local part or domain label mixing scripts (a Cyrillic "а" among Latin letters).
+
+    Such a mix is how a look-alike of someone's address is made; an address wholly in one script
+    (Latin, Cyrillic, Greek, Han, ...) is accepted. Digits and punctuation belong to every script.
+    """
+    local, _, domain = address.rpartition("@")
+    for part in (local, *domain.split(".")):
+        if confusables.is_mixed_script(part):
+            scripts = " and ".join(sorted(categories.unique_aliases(part) - {"COMMON"}))
+            raise ValueError(f"the email address mixes scripts ({scripts}) in {part!r}: type it in one script")
+    return address
+
+
 # email-validator already lower-cases the domain; the local part is lower-cased too (see above).
-Email = Annotated[EmailStr, AfterValidator(normalise_email)]
+Email = Annotated[
+    EmailStr,
+    BeforeValidator(_compatibility_folded),
+    AfterValidator(_one_script_per_part),
+    AfterValidator(normalise_email),
+]
 # Passwords are taken as typed: no stripping of surrounding spaces.
 Password = Annotated[
     str,

@@ -2,7 +2,8 @@
 
 There is no refresh token: an access token lives minutes (``expires_in``), and a client logs in
 again when it has expired. Registering and logging in spend the stricter login budget of the
-client's address and of the email address, against credential stuffing.
+client's address; failed logins are counted per email and address (edge.limits), against
+password guessing that could otherwise lock an account's owner out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from brokers.registration import IdReused, RegistrationRefused, register
 from brokers.rpc import QueryFailed
 from edge.auth import SignedIn, Unauthenticated
 from edge.guard import Write
+from edge.limits import RateLimits
 from edge.link import RabbitLink
 from edge.problems import EMAIL_TAKEN, IDEMPOTENCY_KEY_REUSED, Refused, problem_responses
 from edge.routes.shared import Accepted, Body, Link, RequestId, read_problems
@@ -77,7 +79,7 @@ def _as_invalid_request(exc: ValidationError) -> RequestValidationError:
 async def register_customer(
     request: Request, body: Registration, write: Write, link: Link, response: Response
 ) -> UserView | JSONResponse:
-    await request.app.state.rate_limits.throttle_login(request, body.email)
+    await request.app.state.rate_limits.throttle_registration(request)
     try:
         command = RegisterUser(user_id=write.new_entity_id("user"), **body.model_dump())
     except ValidationError as exc:
@@ -127,14 +129,18 @@ async def _password_is_set(link: RabbitLink, command: RegisterUser, correlation_
     responses=problem_responses(401, 422, 429, 503, 504),
 )
 async def login(request: Request, body: Credentials, link: Link, request_id: RequestId) -> AccessToken:
-    await request.app.state.rate_limits.throttle_login(request, body.email)
+    rate_limits: RateLimits = request.app.state.rate_limits
+    await rate_limits.throttle_login(request, body.email)
     query = AuthenticateUser(email=body.email, password=body.password)
     try:
-        return await link.ask(query, AccessToken, correlation_id=request_id)
+        token = await link.ask(query, AccessToken, correlation_id=request_id)
     except QueryFailed as exc:
         if exc.problem.status == 404:
+            await rate_limits.login_failed(request, body.email)
             raise Unauthenticated(exc.problem.detail, invalid_token=False) from exc
         raise
+    await rate_limits.login_succeeded(request, body.email)
+    return token
 
 
 @router.get("/me", summary="The signed-in user", responses=read_problems(401, 404))

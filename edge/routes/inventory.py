@@ -10,6 +10,7 @@ from pydantic import Field
 from brokers.contracts.common import Quantity, Sku
 from brokers.contracts.inventory import GetStock, Restock, StockView
 from edge.guard import Write
+from edge.problems import problem_responses
 from edge.routes.shared import WRITE, Accepted, Body, Link, RequestId, dispatch, read_problems
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
@@ -32,11 +33,14 @@ async def get_stock(sku: SkuPath, link: Link, request_id: RequestId) -> StockVie
 @router.post(
     "/{sku}/restock",
     summary="Receive stock for a SKU (its product must exist: the SKU is known from product.created)",
-    **WRITE,
+    **{**WRITE, "responses": problem_responses(401, 403, 404, 422, 503, 504)},
 )
 async def restock(
     sku: SkuPath, body: RestockRequest, write: Write, link: Link, response: Response
 ) -> RestockAccepted:
+    # Asked first, so a SKU inventory does not know is a 404 now rather than a dead letter later
+    # (a product created a moment ago may not have reached inventory yet: retry then).
+    await link.ask(GetStock(sku=sku), StockView, correlation_id=write.correlation_id)
     command = Restock(sku=sku, quantity=body.quantity)
     envelope = await dispatch(link, command, write, response, location=f"{router.prefix}/{sku}")
     return RestockAccepted.of(envelope, sku=sku)

@@ -54,7 +54,7 @@ from edge.problems import (
     Refused,
     problem_responses,
 )
-from edge.routes.shared import Accepted, Body, Link, RequestId, dispatch, read_problems
+from edge.routes.shared import Accepted, Body, Link, QueryParameters, RequestId, dispatch, read_problems
 from edge.timeline import Timeline, answer_of, gather_timeline
 
 log = structlog.get_logger()
@@ -107,7 +107,7 @@ class NewOrder(Body):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class OrderListing(Body):
+class OrderListing(QueryParameters):
     offset: int = Field(0, ge=0, le=1_000_000)
     limit: int = Field(20, ge=1, le=100)
 

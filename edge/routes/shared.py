@@ -28,9 +28,19 @@ def read_problems(*more: int) -> dict[int | str, dict[str, Any]]:
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused, like in the contracts the edge turns it into."""
+    """A request body: unknown fields are refused, like in the contracts the edge turns it into.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    Strict: a value must have its field's JSON type ("5" or 5.0 for an integer is refused, not
+    converted), as the API documents.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
+
+
+class QueryParameters(BaseModel):
+    """A route's query parameters as one model: unknown ones refused, text converted (it is all text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Accepted(BaseModel):

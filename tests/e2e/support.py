@@ -83,6 +83,13 @@ class User:
         return {**self.headers, **more}
 
 
+def from_address(edge: httpx.AsyncClient, address: str) -> httpx.AsyncClient:
+    """A client of the same edge whose connections come from another loopback ``address`` (127.x.y.z):
+    another client address to the edge's limits. The caller closes it."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=edge.base_url, transport=transport, timeout=edge.timeout)
+
+
 async def log_in(edge: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, str]:
     response = await edge.post("/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.text

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import httpx
 import jwt
+from prometheus_client import REGISTRY
 
 from actors.identity.keys import issue_token
 from actors.identity.store import IdentityStore
@@ -24,6 +25,7 @@ from tests.e2e.support import (
     User,
     assert_problem,
     assert_unauthenticated,
+    from_address,
     log_in,
     sign_in_admin,
     sign_up,
@@ -161,6 +163,61 @@ async def test_the_login_budget_stops_credential_stuffing(identity, serve_edge):
     problem = assert_problem(attempts[-1], 429)
     assert problem["type"] == "urn:emporium:problem:rate-limited"
     assert 1 <= int(attempts[-1].headers["retry-after"]) <= 60
+
+
+async def test_wrong_passwords_for_someone_elses_email_do_not_lock_its_owner_out(identity, serve_edge):
+    edge = await serve_edge(emporium_login_rate_limit="100/minute")  # the failure budgets as shipped
+    ann = await sign_up(edge, "ann")
+    wrong = credentials(ann, "Wrong-password-1")
+    async with from_address(edge, "127.0.0.2") as guesser, from_address(edge, "127.0.0.3") as stranger:
+        guesses = [(await guesser.post("/auth/login", json=wrong)).status_code for _ in range(10)]
+        # Registering under her email is no weapon either (was: ten of either locked her out everywhere).
+        taken = [
+            (await stranger.post("/auth/register", json={**wrong, "name": "Not Ann"})).status_code for _ in range(10)
+        ]
+        refused = await guesser.post("/auth/login", json=credentials(ann))
+
+    assert guesses == [401] * 5 + [429] * 5
+    assert taken == [409] * 10
+    problem = assert_problem(refused, 429)  # the guesser, even with her password, from its address
+    assert ann.email not in problem["detail"] and 60 < int(refused.headers["retry-after"]) <= 900
+    assert (await edge.post("/auth/login", json=credentials(ann))).status_code == 200
+
+
+async def test_guessing_from_many_addresses_slows_an_accounts_logins_but_lets_its_owner_in(identity, serve_edge):
+    edge = await serve_edge(emporium_account_failure_limit="3/15 minutes", emporium_login_slowdown_s=0.5)
+    ann = await sign_up(edge, "ann")
+    for n in range(3):
+        async with from_address(edge, f"127.0.1.{n + 1}") as guesser:
+            assert (await guesser.post("/auth/login", json=credentials(ann, "Wrong-password-1"))).status_code == 401
+    slowed = REGISTRY.get_sample_value("emporium_edge_slowed_logins_total") or 0.0
+
+    assert (await edge.post("/auth/login", json=credentials(ann))).status_code == 200
+    assert REGISTRY.get_sample_value("emporium_edge_slowed_logins_total") == slowed + 1
+
+
+async def test_registrations_of_taken_emails_spend_the_address_budget(identity, serve_edge):
+    # Registering tells whether an email has an account (409; see README, "Accounts"): the address's
+    # login budget bounds how many one client can learn.
+    edge = await serve_edge(emporium_login_rate_limit="3/minute")
+    ann = await sign_up(edge, "ann")  # 1 registration, 1 login
+    answers = [
+        await edge.post("/auth/register", json={"email": ann.email, "name": "X", "password": "Another-pass-99"})
+        for _ in range(2)
+    ]
+
+    assert [a.status_code for a in answers] == [409, 429]
+
+
+async def test_refused_tokens_spend_their_addresses_request_budget(ann: User, serve_edge):
+    strict = await serve_edge(emporium_rate_limit="3/minute")
+    header, payload, signature = ann.headers["Authorization"].split()[1].split(".")
+    forged = {"Authorization": f"Bearer {header}.{payload}.{signature[::-1]}"}
+
+    answers = [(await strict.get("/products", headers=forged)).status_code for _ in range(4)]
+
+    assert answers == [401, 401, 401, 429]  # was: 401 for ever, 320 in 1.6 s
+    assert (await strict.get("/products")).status_code == 429  # the address's budget, spent
 
 
 async def test_each_caller_has_its_own_request_budget(identity, edge: httpx.AsyncClient, serve_edge, start_host):

@@ -314,3 +314,77 @@ async def test_strings_that_look_like_operators_are_plain_text(shop: Shop, edge:
     wrong_password = await edge.post("/auth/login", json={"email": email, "password": WHERE})
     assert_problem(wrong_password, 401)
     assert "access_token" not in wrong_password.text
+
+
+def _fullwidth(text: str) -> str:
+    """The text in full-width forms (ＡＢＣ＠...), which NFKC folds back to ASCII."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+async def test_values_of_another_json_type_are_refused_not_converted(
+    shop: Shop, edge: httpx.AsyncClient, command_tap: Tap
+):
+    order = shop.customer.with_headers(**{"Idempotency-Key": f"strict-{uuid.uuid4().hex}"})
+    attempts = [
+        Attempt("POST", "/orders", shop.customer, "body.lines.0.quantity", {"lines": [{"sku": shop.sku, "quantity": q}]})
+        for q in ("2", 2.0, True)
+    ] + [
+        Attempt("POST", f"/inventory/{shop.sku}/restock", shop.admin, "body.quantity", {"quantity": q})
+        for q in ("5", 5.0)
+    ] + [
+        Attempt("PATCH", f"/products/{shop.product_id}/price", shop.admin, "body.price_cents", {"price_cents": p})
+        for p in ("1299", 1299.0)
+    ] + [Attempt("POST", "/auth/login", shop.customer, "body.password", {"email": shop.customer.email, "password": 42})]
+
+    faults = {}
+    for attempt in attempts:
+        headers = order if attempt.path == "/orders" else {}
+        response = await edge.request(
+            attempt.method, attempt.path, json=attempt.json, headers={**attempt.who.headers, **headers}
+        )
+        if (fault := refusal_fault(attempt, response)) is not None:  # was: 202, the value converted
+            faults[f"{attempt.path} {attempt.json}"] = fault
+
+    assert not faults, faults
+    restock = await edge.post(f"/inventory/{shop.sku}/restock", json={"quantity": 1}, headers=shop.admin.headers)
+    [first] = await command_tap.wait_for()
+    assert first.message_id == restock.json()["message_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"quantity": ' + b"9" * 5_000 + b"}", "more than 4300 digits"),
+        (b'{"quantity": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nests arrays or objects too deeply"),
+    ],
+    ids=["a 5,000-digit integer", "5,000 nested arrays"],
+)
+async def test_json_pythons_parser_cannot_read_is_an_invalid_request(shop: Shop, edge: httpx.AsyncClient, body, says):
+    response = await edge.post(
+        f"/inventory/{shop.sku}/restock",
+        content=body,
+        headers=shop.admin.with_headers(**{"Content-Type": "application/json"}),
+    )
+
+    problem = assert_problem(response, 422)  # was: 400
+    assert [error["location"] for error in problem["errors"]] == ["body"]
+    assert says in problem["detail"]
+
+
+async def test_look_alike_emails_are_refused_and_full_width_ones_are_the_same_address(
+    shop: Shop, edge: httpx.AsyncClient
+):
+    ann = shop.customer
+    cyrillic_a = "\u0430"
+    for look_alike in (f"p{cyrillic_a}ypal-{uuid.uuid4().hex[:6]}@example.com", f"x@ex{cyrillic_a}mple.com"):
+        response = await edge.post(
+            "/auth/register", json={"email": look_alike, "name": "Mallory", "password": PASSWORD}
+        )
+        problem = assert_problem(response, 422)  # was: 201, a second "paypal" beside the real one
+        assert "mixes scripts (CYRILLIC and LATIN)" in problem["detail"]
+        assert [error["location"] for error in problem["errors"]] == ["body.email"]
+
+    full_width = _fullwidth(ann.email)
+    again = await edge.post("/auth/register", json={"email": full_width, "name": "Ann", "password": PASSWORD})
+    assert assert_problem(again, 409)["type"] == "urn:emporium:problem:email-taken"
+    assert (await edge.post("/auth/login", json={"email": full_width, "password": PASSWORD})).status_code == 200

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ValidationError
 
@@ -28,11 +28,15 @@ from edge.problems import PROBLEM_JSON, install_problem_handlers
 
 CALLER_BUDGET = 3
 LOGIN_BUDGET = 2
+FAILURES_PER_PAIR = 2
+FAILURES_PER_ACCOUNT = 3
 ALICE = "alice@example.com"
+RIGHT = "right"
 
 
 class Login(BaseModel):
     email: str
+    password: str = RIGHT
 
 
 async def _test_principal(x_test_user: Annotated[str | None, Header()] = None) -> Principal | None:
@@ -58,10 +62,13 @@ class FakeLink:
         return self.depths.get(queue, self.depth if queue == "orders" else 0)
 
 
-def _app(depth: int = 0, bound: int = 10, **depths: int) -> FastAPI:
+def _app(depth: int = 0, bound: int = 10, login_budget: int = LOGIN_BUDGET, **depths: int) -> FastAPI:
     settings = Settings(
         emporium_rate_limit=f"{CALLER_BUDGET}/minute",
-        emporium_login_rate_limit=f"{LOGIN_BUDGET}/minute",
+        emporium_login_rate_limit=f"{login_budget}/minute",
+        emporium_login_failure_limit=f"{FAILURES_PER_PAIR}/15 minutes",
+        emporium_account_failure_limit=f"{FAILURES_PER_ACCOUNT}/15 minutes",
+        emporium_login_slowdown_s=0.01,
         emporium_saga_backlog_bound=bound,
     )
     app = FastAPI()
@@ -78,7 +85,18 @@ def _app(depth: int = 0, bound: int = 10, **depths: int) -> FastAPI:
 
     @app.post("/auth/login")
     async def login(request: Request, body: Login) -> dict[str, str]:
-        await request.app.state.rate_limits.throttle_login(request, body.email)
+        # As edge.routes.auth.login does, with a password check standing in for identity's.
+        rate_limits = request.app.state.rate_limits
+        await rate_limits.throttle_login(request, body.email)
+        if body.password != RIGHT:
+            await rate_limits.login_failed(request, body.email)
+            raise HTTPException(401, "wrong email or password")
+        await rate_limits.login_succeeded(request, body.email)
+        return {"ok": "yes"}
+
+    @app.post("/auth/register")
+    async def register(request: Request, body: Login) -> dict[str, str]:
+        await request.app.state.rate_limits.throttle_registration(request)
         return {"ok": "yes"}
 
     @app.post("/orders", status_code=202, dependencies=[Depends(shed_orders_load)])
@@ -156,31 +174,67 @@ async def test_a_signed_in_caller_is_counted_by_user_and_an_anonymous_one_by_add
 # --- logins -----------------------------------------------------------------------------------
 
 
-async def _login(client: httpx.AsyncClient, email: str) -> httpx.Response:
-    return await client.post("/auth/login", json={"email": email})
+async def _login(client: httpx.AsyncClient, email: str, password: str = RIGHT) -> httpx.Response:
+    return await client.post("/auth/login", json={"email": email, "password": password})
 
 
-async def test_logins_are_throttled_per_client_address(app, client):
+def _slowed() -> float:
+    return REGISTRY.get_sample_value("emporium_edge_slowed_logins_total") or 0.0
+
+
+async def test_logins_and_registrations_are_throttled_per_client_address(app, client):
     before = _refusals("login")
-    for n in range(LOGIN_BUDGET):
-        assert (await _login(client, f"user{n}@example.com")).status_code == 200
+    assert (await _login(client, "ann@example.com")).status_code == 200
+    assert (await client.post("/auth/register", json={"email": "bob@example.com"})).status_code == 200
     problem, retry_after = _refused(await _login(client, "someone-else@example.com"), 429, RATE_LIMITED)
-    assert "too many login attempts from this address" in problem["detail"]
+    assert "too many attempts from this address" in problem["detail"]
     assert retry_after >= 1
     assert _refusals("login") == before + 1
     async with _client(app, address="10.0.0.2") as elsewhere:
         assert (await _login(elsewhere, "someone-else@example.com")).status_code == 200
 
 
-async def test_logins_are_throttled_per_email_whatever_the_address(app):
-    for n in range(LOGIN_BUDGET):
-        async with _client(app, address=f"10.0.1.{n}") as client:
-            assert (await _login(client, ALICE)).status_code == 200
-    async with _client(app, address="10.0.2.1") as client:
-        problem, _ = _refused(await _login(client, ALICE), 429, RATE_LIMITED)
-        assert "too many login attempts for this account" in problem["detail"]
+async def test_wrong_passwords_from_one_address_refuse_that_address_for_that_account_only():
+    app = _app(login_budget=100)
+    async with _client(app) as guesser:
+        assert [(await _login(guesser, ALICE, "guess")).status_code for _ in range(FAILURES_PER_PAIR)] == [401, 401]
+        problem, retry_after = _refused(await _login(guesser, ALICE), 429, RATE_LIMITED)
+        assert "too many failed logins for this account from here" in problem["detail"]
         assert ALICE not in problem["detail"]
-        assert (await _login(client, "bob@example.com")).status_code == 200
+        assert 60 < retry_after <= 15 * 60
+        # The guesser's other logins go on, and so do the owner's from anywhere else.
+        assert (await _login(guesser, "bob@example.com")).status_code == 200
+    async with _client(app, address="10.0.0.9") as owner:
+        assert (await _login(owner, ALICE)).status_code == 200
+
+
+async def test_registrations_for_someone_elses_email_do_not_lock_its_owner_out():
+    app = _app(login_budget=100)
+    async with _client(app) as stranger:
+        for _ in range(20):
+            assert (await stranger.post("/auth/register", json={"email": ALICE})).status_code == 200
+        assert (await _login(stranger, ALICE)).status_code == 200
+
+
+async def test_a_successful_login_forgets_its_addresses_earlier_failures():
+    async with _client(_app(login_budget=100)) as owner:
+        for _ in range(3):
+            assert (await _login(owner, ALICE, "typo")).status_code == 401
+            assert (await _login(owner, ALICE)).status_code == 200
+
+
+async def test_guessing_spread_over_many_addresses_slows_the_account_down_without_locking_its_owner_out():
+    app = _app()
+    for n in range(FAILURES_PER_ACCOUNT):
+        async with _client(app, address=f"10.0.1.{n}") as guesser:
+            assert (await _login(guesser, ALICE, "guess")).status_code == 401
+    slowed = _slowed()
+    async with _client(app, address="10.0.2.1") as owner:
+        assert (await _login(owner, ALICE)).status_code == 200
+        assert _slowed() == slowed + 1
+        # Other accounts are not slowed.
+        assert (await _login(owner, "bob@example.com")).status_code == 200
+        assert _slowed() == slowed + 1
 
 
 @pytest.mark.parametrize(
@@ -188,6 +242,8 @@ async def test_logins_are_throttled_per_email_whatever_the_address(app):
     [
         ("emporium_rate_limit", "lots"),
         ("emporium_login_rate_limit", "10/fortnight"),
+        ("emporium_login_failure_limit", "five"),
+        ("emporium_account_failure_limit", "-1/minute"),
         ("emporium_rate_limit", "1/second; 100/minute"),
         ("emporium_rate_limit_storage", "postgres://db"),
     ],
