@@ -80,8 +80,16 @@ class Settings(SecretFileSettings):
     # Every actor database is named "<prefix>_<actor>"; tests use their own prefix.
     emporium_db_prefix: str = Field("emporium", pattern=r"^[a-z][a-z0-9_]{0,30}$")
 
-    # Unacked messages a consumer may hold: the concurrency of one actor process.
-    emporium_prefetch: int = Field(32, ge=1, le=1000)
+    # Unacked messages a consumer may hold. Twice the batch size lets the next batch gather while
+    # one commits.
+    emporium_prefetch: int = Field(64, ge=1, le=1000)
+    # Group commit (actors.runtime.batches): at most this many messages share one transaction, and a
+    # batch waits this long for more once its first message is in (0: take only what is waiting).
+    emporium_batch_size: int = Field(32, ge=1, le=1000)
+    emporium_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    # How long the inbox remembers an applied message id: longer than any copy of a message can take
+    # to come again (redeliveries, retries, the outbox sweeper's republishing); 7 days.
+    emporium_inbox_retention_s: int = Field(7 * 24 * 3600, ge=3600)
     # Delays of the retry tiers; a message is dead-lettered after the last one.
     # Each delay has its own queue ("<actor>.delay.<ms>ms"), so changing them adds queues
     # instead of silently changing the arguments of existing ones.

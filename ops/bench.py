@@ -50,7 +50,7 @@ from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from prometheus_client import REGISTRY
-from pymongo import monitoring
+from pymongo import UpdateOne, monitoring
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 from rich.console import Console
 from rich.progress import Progress
@@ -154,32 +154,47 @@ class HopFigures:
 
 
 @dataclass(frozen=True)
-class DatabaseShare:
-    """How much of a runtime hop the database takes, seen two ways.
+class DatabaseCeiling:
+    """What the database alone allows, measured in the same run: the work of one message (an inbox
+    insert, a state update, an outbox insert) one transaction after another, one message per
+    transaction and then ``batch`` per transaction (insert_many, one bulk_write)."""
 
-    By difference: the runtime hop against the FastStream hop (the runtime's own Python work is in
-    that difference too, but is small next to the transaction). Directly: the transaction time the
-    runtime measures for each message, against the hop's mean latency.
-    """
-
-    of_time_per_message: float  # a share of 1 / throughput
-    of_p50: float
-    transaction_of_mean_latency: float
-
-    @classmethod
-    def of(cls, without_db: HopFigures, with_db: HopFigures) -> DatabaseShare:
-        if with_db.transaction_ms is None:
-            raise ValueError(f"the {with_db.name} hop has no transaction time")
-        with_time, without_time = 1 / with_db.per_second, 1 / without_db.per_second
-        return cls(
-            (with_time - without_time) / with_time,
-            (with_db.p50_ms - without_db.p50_ms) / with_db.p50_ms,
-            with_db.transaction_ms / with_db.mean_ms,
-        )
+    single_per_s: float
+    batched_per_s: float
+    batch: int
 
 
-def figures_table(hops: Sequence[HopFigures], *, concurrency: int, prefetch: int) -> Table:
-    """The hops side by side; ratios are against the first one (the raw baseline)."""
+async def database_ceiling(settings: Settings, *, batch: int, seconds: float = 2.0) -> DatabaseCeiling:
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url)
+    db = client[f"bench{uuid.uuid4().hex[:8]}_ceiling"]
+    states = [f"state-{n}" for n in range(batch)]
+
+    async def messages_per_second(size: int) -> float:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            async with client.start_session() as session, await session.start_transaction():
+                await db["inbox"].insert_many([{"_id": new_id()} for _ in range(size)], session=session)
+                updates = [UpdateOne({"_id": state}, {"$inc": {"n": 1}}, upsert=True) for state in states[:size]]
+                await db["state"].bulk_write(updates, session=session)
+                await db["outbox"].insert_many([{"_id": new_id(), "body": b"{}"} for _ in range(size)], session=session)
+            done += size
+        return done / (time.perf_counter() - started)
+
+    try:
+        await db["inbox"].insert_one({"_id": "first"})  # collections exist before any transaction
+        await db["outbox"].insert_one({"_id": "first"})
+        await db["state"].insert_one({"_id": "first"})
+        return DatabaseCeiling(await messages_per_second(1), await messages_per_second(batch), batch)
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
+def figures_table(
+    hops: Sequence[HopFigures], ceiling: DatabaseCeiling, *, concurrency: int, prefetch: int
+) -> Table:
+    """The hops side by side, then the database's own ceilings; ratios are against the first hop
+    (the raw baseline)."""
     baseline = hops[0]
     table = Table(title=f"{baseline.messages} messages per hop, {concurrency} in flight, prefetch {prefetch}")
     table.add_column("hop", no_wrap=True)
@@ -195,21 +210,33 @@ def figures_table(hops: Sequence[HopFigures], *, concurrency: int, prefetch: int
             f"{hop.per_second / baseline.per_second:.2f}x",
             f"{hop.p50_ms / baseline.p50_ms:.2f}x",
         )
+    for name, per_second in (
+        ("MongoDB alone, 1 per transaction", ceiling.single_per_s),
+        (f"MongoDB alone, {ceiling.batch} per transaction", ceiling.batched_per_s),
+    ):
+        table.add_row(name, f"{per_second:,.0f}", "-", "-", "-", f"{per_second / baseline.per_second:.2f}x", "-")
     return table
 
 
-def summary(raw: HopFigures, faststream: HopFigures, runtime: HopFigures) -> str:
-    share = DatabaseShare.of(faststream, runtime)
+def summary(
+    raw: HopFigures, faststream: HopFigures, single: HopFigures, grouped: HopFigures, ceiling: DatabaseCeiling
+) -> str:
+    def ratio(hop: HopFigures, per_second: float) -> str:
+        return f"{hop.per_second / per_second:.2f}x"
+
     return (
-        f"throughput vs raw aio-pika: FastStream {faststream.per_second / raw.per_second:.2f}x, "
-        f"actor runtime {runtime.per_second / raw.per_second:.2f}x\n"
-        f"runtime hop vs FastStream hop: what the runtime adds (envelope checks, the MongoDB transaction) is "
-        f"{share.of_time_per_message:.0%} of its time per message and {share.of_p50:.0%} of its p50 latency\n"
-        f"measured directly: the transaction (inbox insert + commit) takes {runtime.transaction_ms:.2f} ms "
-        f"per message, {share.transaction_of_mean_latency:.0%} of the runtime hop's mean latency "
-        f"({runtime.mean_ms:.2f} ms)\n"
+        f"throughput vs raw aio-pika: FastStream {ratio(faststream, raw.per_second)}, actor runtime "
+        f"{ratio(single, raw.per_second)} with 1 message per transaction, {ratio(grouped, raw.per_second)} "
+        "with group commit\n"
+        f"vs the database alone (same run): 1 per transaction reaches {ratio(single, ceiling.single_per_s)} "
+        f"of {ceiling.single_per_s:,.0f} transactions/s; group commit reaches "
+        f"{ratio(grouped, ceiling.batched_per_s)} of {ceiling.batched_per_s:,.0f} messages/s in transactions "
+        f"of {ceiling.batch}\n"
+        f"group commit vs 1 per transaction: {ratio(grouped, single.per_second)} the throughput, p50 "
+        f"{grouped.p50_ms / single.p50_ms:.2f}x\n"
         "latency: from just before the publish call to just after the consumer's ack "
-        "(runtime hop: after its commit and ack); tx ms: mean transaction time per message"
+        "(runtime hops: after the commit, the outbox's confirms and the ack); tx ms: transaction time "
+        "per message applied"
     )
 
 
@@ -405,7 +432,11 @@ async def faststream_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publ
 
 
 @asynccontextmanager
-async def runtime_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publish]:
+async def runtime_hop(settings: Settings, meter: Meter, *, batch_size: int | None = None) -> AsyncIterator[Publish]:
+    """The actor runtime: inbox, handler and outbox in one transaction, published with confirms
+    before the ack; ``batch_size`` messages at most per transaction (default: the settings')."""
+    if batch_size is not None:
+        settings = settings.model_copy(update={"emporium_batch_size": batch_size})
     host = ActorHost([bench_actor], settings, app_name="emporium-bench")
     host.broker.add_middleware(partial(_Finished, meter=meter))
     await host.start()
@@ -420,11 +451,13 @@ async def runtime_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publish
         await host.stop()
 
 
-HOPS: tuple[tuple[str, Hop], ...] = (
-    ("raw aio-pika", raw_hop),
-    ("FastStream", faststream_hop),
-    ("actor runtime", runtime_hop),
-)
+def hops(settings: Settings) -> tuple[tuple[str, Hop], ...]:
+    return (
+        ("raw aio-pika", raw_hop),
+        ("FastStream", faststream_hop),
+        ("actor runtime, 1 per transaction", partial(runtime_hop, batch_size=1)),
+        (f"actor runtime, group commit ({settings.emporium_batch_size})", runtime_hop),
+    )
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -462,10 +495,10 @@ async def _scratch_database(settings: Settings, actors: Iterable[str]) -> AsyncI
 
 
 def _transactions() -> tuple[float, float]:
-    """Seconds spent in the bench actor's transactions so far, and how many there were."""
-    labels = {"actor": bench_actor.name, "type": BenchPing.TYPE}
-    spent = REGISTRY.get_sample_value("emporium_handler_duration_seconds_sum", labels) or 0.0
-    count = REGISTRY.get_sample_value("emporium_handler_duration_seconds_count", labels) or 0.0
+    """Seconds spent in the bench actor's committed transactions so far, and the messages they applied."""
+    labels = {"actor": bench_actor.name}
+    spent = REGISTRY.get_sample_value("emporium_transaction_duration_seconds_sum", labels) or 0.0
+    count = REGISTRY.get_sample_value("emporium_batch_messages_sum", labels) or 0.0
     return spent, count
 
 
@@ -489,7 +522,7 @@ async def run_hops(
         _scratch_database(on_vhost, [bench_actor.name]) as scratch,
     ):
         await _declare_baseline_queues(scratch)
-        for name, hop in HOPS:
+        for name, hop in hops(scratch):
             task = progress.add_task(name, total=warmup + messages)
             meter = Meter(concurrency, tick=partial(progress.advance, task))
             async with hop(scratch, meter) as publish_one:
@@ -509,20 +542,24 @@ def hop_command(
         int, typer.Option(min=0, help="Messages sent through each hop before measuring.")
     ] = 200,
 ) -> None:
-    """Throughput and p50/p99 latency of a raw aio-pika hop, a FastStream hop and an actor-runtime hop."""
+    """Throughput and p50/p99 latency of a raw aio-pika hop, a FastStream hop and the actor runtime's
+    (one message per transaction, then group commit), beside the database's own ceilings."""
     settings = get_settings()
     configure_logging("WARNING")  # the runtime's INFO lines would cost time and garble the progress bars
     in_flight = concurrency or settings.emporium_prefetch
+
+    async def run(progress: Progress) -> tuple[list[HopFigures], DatabaseCeiling]:
+        figures = await run_hops(settings, messages=messages, concurrency=in_flight, warmup=warmup, progress=progress)
+        return figures, await database_ceiling(settings, batch=settings.emporium_batch_size)
+
     with Progress(console=console) as progress:
         try:
-            hops = asyncio.run(
-                run_hops(settings, messages=messages, concurrency=in_flight, warmup=warmup, progress=progress)
-            )
+            figures, ceiling = asyncio.run(run(progress))
         except BenchmarkError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
-    console.print(figures_table(hops, concurrency=in_flight, prefetch=settings.emporium_prefetch))
-    console.print(summary(*hops))
+    console.print(figures_table(figures, ceiling, concurrency=in_flight, prefetch=settings.emporium_prefetch))
+    console.print(summary(*figures, ceiling))
 
 
 # === emporium bench saga ==========================================================================
@@ -1179,27 +1216,6 @@ async def drain_hot_sku(settings: Settings, *, orders: int, units: int, prefetch
     return DrainFigures(prefetch, orders, seconds, stock["reserved"] if stock else 0, seen["retried"])
 
 
-async def single_transactions_per_second(settings: Settings, *, seconds: float = 2.0) -> float:
-    """The database's own ceiling beside the drain: one small transaction after another (inbox insert
-    and a stock update, as a reservation makes), one in flight."""
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url)
-    db = client[f"bench{uuid.uuid4().hex[:8]}_ceiling"]
-    try:
-        await db["stock"].insert_one({"_id": HOT_SKU, "on_hand": 0})
-        await db["inbox"].insert_one({"_id": "first"})
-        done, deadline = 0, time.perf_counter() + seconds
-        started = time.perf_counter()
-        while time.perf_counter() < deadline:
-            async with client.start_session() as session, await session.start_transaction():
-                await db["inbox"].insert_one({"_id": new_id()}, session=session)
-                await db["stock"].update_one({"_id": HOT_SKU}, {"$inc": {"on_hand": 1}}, session=session)
-            done += 1
-        return done / (time.perf_counter() - started)
-    finally:
-        await client.drop_database(db.name)
-        await client.close()
-
-
 def hot_sku_table(single: DrainFigures, many: DrainFigures, ceiling: float, units: int) -> Table:
     table = Table(title=f"a burst of reservations for one SKU ({units} units on hand)")
     for column in ("messages in flight", "orders", "drained/s", "vs 1 in flight", "reserved", "retried"):
@@ -1230,7 +1246,7 @@ def hot_sku_command(
     async def run(progress: Progress) -> tuple[DrainFigures, DrainFigures, float]:
         single = await drain_hot_sku(settings, orders=orders, units=units, prefetch=1, progress=progress)
         concurrent = await drain_hot_sku(settings, orders=orders, units=units, prefetch=many, progress=progress)
-        return single, concurrent, await single_transactions_per_second(settings)
+        return single, concurrent, (await database_ceiling(settings, batch=1)).single_per_s
 
     with Progress(console=console) as progress:
         try:

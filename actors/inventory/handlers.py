@@ -13,33 +13,19 @@ inventory = Actor("inventory", InventoryStore)
 Work = UnitOfWork[InventoryStore]
 
 
-# The stock documents each message changes: a hot SKU's messages queue for it instead of aborting
-# each other (actors.runtime.serial).
-async def _sku_of(message: ProductCreated | Restock, store: InventoryStore) -> list[str]:
-    return [message.sku]
-
-
-async def _skus_ordered(event: OrderPlaced, store: InventoryStore) -> list[str]:
-    return [line.sku for line in event.lines]
-
-
-async def _skus_reserved(event: OrderCancelled | ShipmentDispatched, store: InventoryStore) -> list[str]:
-    return await store.reserved_skus(event.order_id)
-
-
-@inventory.handles(ProductCreated, keys=_sku_of)
+@inventory.handles(ProductCreated)
 async def add_sku(event: ProductCreated, uow: Work) -> None:
     await uow.store.add_sku(event.sku, event.product_id)
 
 
-@inventory.handles(Restock, keys=_sku_of)
+@inventory.handles(Restock)
 async def restock(command: Restock, uow: Work) -> None:
     levels = await uow.store.levels([command.sku])
     restocked = domain.restock(levels.get(command.sku), command.sku, command.quantity)
     await uow.store.save_levels(levels, {command.sku: restocked})
 
 
-@inventory.handles(OrderPlaced, keys=_skus_ordered)
+@inventory.handles(OrderPlaced)
 async def reserve_stock(event: OrderPlaced, uow: Work) -> None:
     lines = domain.combine(Line(sku=line.sku, quantity=line.quantity) for line in event.lines)
     levels = await uow.store.levels(line.sku for line in lines)
@@ -47,14 +33,14 @@ async def reserve_stock(event: OrderPlaced, uow: Work) -> None:
     await _apply(uow, levels, domain.reserve(event.order_id, lines, levels, existing))
 
 
-@inventory.handles(OrderCancelled, keys=_skus_reserved)
+@inventory.handles(OrderCancelled)
 async def release_stock(event: OrderCancelled, uow: Work) -> None:
     existing = await uow.store.reservation(event.order_id)
     levels = await uow.store.levels(line.sku for line in existing.lines) if existing else {}
     await _apply(uow, levels, domain.release(event.order_id, existing, levels))
 
 
-@inventory.handles(ShipmentDispatched, keys=_skus_reserved)
+@inventory.handles(ShipmentDispatched)
 async def commit_stock(event: ShipmentDispatched, uow: Work) -> None:
     existing = await uow.store.reservation(event.order_id)
     levels = await uow.store.levels(line.sku for line in existing.lines) if existing else {}

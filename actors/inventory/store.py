@@ -55,11 +55,6 @@ class InventoryStore(Store):
             return None
         return Reservation(doc["_id"], tuple(Line(**line) for line in doc["lines"]), Status(doc["status"]))
 
-    async def reserved_skus(self, order_id: str) -> list[str]:
-        """The SKUs of an order's reservation (none if it has none); its lines never change once written."""
-        doc = await self._reservations.find_one({"_id": order_id}, {"lines": 1}, session=self.session)
-        return [line["sku"] for line in doc["lines"]] if doc else []
-
     async def save_levels(self, before: dict[str, StockLevel], after: dict[str, StockLevel]) -> None:
         """Write new levels, each only if the level is still what the decision was based on."""
         for sku in sorted(after):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -60,9 +60,6 @@ class UnitOfWork(Generic[S]):
 
 
 Handler = Callable[[Any, UnitOfWork[Any]], Awaitable[None]]
-# The entities a message decides about besides its conversation (a reservation's SKUs, say); it may
-# read the store (outside any transaction) to find them.
-Keys = Callable[[Any, Any], Awaitable[Iterable[str]]]
 Answer = Callable[[Any, Any], Awaitable[BaseModel | list[BaseModel] | dict[str, Any]]]
 # Sees an event the actor emitted, its envelope, and the actor's store (reading outside any transaction).
 Observer = Callable[[Any, Envelope, Any], Awaitable[None]]
@@ -77,16 +74,12 @@ class Actor(Generic[S]):
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
     observers: dict[str, list[Observer]] = field(default_factory=dict)
-    keys: dict[str, Keys] = field(default_factory=dict)
 
-    def handles(
-        self, message: type[M], *, keys: Callable[[M, S], Awaitable[Iterable[str]]] | None = None
-    ) -> Callable[[Callable[[M, UnitOfWork[S]], Awaitable[None]]], Any]:
+    def handles(self, message: type[M]) -> Callable[[Callable[[M, UnitOfWork[S]], Awaitable[None]]], Any]:
         """Register the handler of a command or event (one per message type).
 
-        In one process, messages of one conversation (correlation id: the order, for the saga) are
-        handled one at a time; ``keys`` names further entities the handler decides about, which
-        are serialised the same way (see ``actors.runtime.serial``).
+        One process applies an actor's messages one batch at a time, each batch in delivery order
+        (see ``actors.runtime.batches``): handlers never run beside each other there.
         """
         if message.KIND is Kind.QUERY:
             raise TypeError(f"{message.TYPE} is a query: register it with answers()")
@@ -95,16 +88,9 @@ class Actor(Generic[S]):
             if message.TYPE in self.handlers:
                 raise TypeError(f"{self.name} already handles {message.TYPE}")
             self.handlers[message.TYPE] = (message, handler)
-            if keys is not None:
-                self.keys[message.TYPE] = keys
             return handler
 
         return register
-
-    async def entity_keys(self, envelope: Envelope, payload: Message, store: S) -> Iterable[str]:
-        """The entities besides its conversation that a message must not decide about beside another."""
-        keys = self.keys.get(envelope.type)
-        return await keys(payload, store) if keys else ()
 
     def answers_to(self, query: type[Q]) -> Callable[[Callable[[Q, S], Awaitable[Any]]], Any]:
         """Register the handler of a query; it reads through the store and returns a reply model."""

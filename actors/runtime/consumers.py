@@ -1,9 +1,9 @@
 """What happens around every handler: the part of the runtime each message goes through.
 
-Work (commands and events): envelope and body are validated, then in ONE transaction the inbox
-records the message id (a message seen before is acked and skipped), the handler changes state and
-its events go to the outbox. Only after commit is the message acked; the outbox is then published.
-Failures are sorted: permanent ones go to the dead-letter queue at once, anything else is retried
+Work (commands and events): envelope and body are validated, then the message is applied with the
+others waiting (actors.runtime.batches): in ONE transaction the handler changes state, its events go
+to the outbox and the inbox records the message id (a message seen before is acked and skipped).
+Only once that has committed and the outbox is published is the message acked. Failures are sorted: permanent ones go to the dead-letter queue at once, anything else is retried
 through the delay queues and dead-lettered when the retries are spent.
 
 Queries: read through the store, answered on the reply-to address; a problem is an answer too.
@@ -12,7 +12,6 @@ Queries: read through the store, answered on the reply-to address; a problem is 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -21,15 +20,14 @@ from faststream.rabbit import RabbitBroker
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from pydantic import BaseModel, TypeAdapter
-from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.batches import Delivery, GroupCommit
 from actors.runtime.errors import PERMANENT, NotFound, RuleViolation
 from actors.runtime.outbox import OutboxRelay
-from actors.runtime.serial import KeyedLocks
 from brokers import tracing
 from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
 from brokers.envelope import Envelope, Event, InvalidMessage
@@ -58,12 +56,11 @@ class WorkConsumer:
         broker: RabbitBroker,
         client: AsyncMongoClient,
         db: AsyncDatabase,
-        relay: OutboxRelay,
+        relay: OutboxRelay | None,
         settings: Settings,
     ) -> None:
-        self.actor, self.topology, self.broker = actor, topology, broker
-        self.client, self.db, self.relay, self.settings = client, db, relay, settings
-        self.serial, self.entity_serial = KeyedLocks(), KeyedLocks()
+        self.actor, self.topology, self.broker, self.db = actor, topology, broker, db
+        self.commits = GroupCommit(actor, topology, client, db, relay, settings)
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         type_ = self._type_label(message)
@@ -86,7 +83,9 @@ class WorkConsumer:
             contract, handler = self.actor.handler_for(envelope)
             payload = contract.parse(message.body)
             started = time.perf_counter()
-            work = await self._serially(envelope, payload, handler, attempts_so_far(message) + 1)
+            delivery = Delivery(envelope, payload, handler, attempts_so_far(message) + 1, message)
+            work = await self.commits.apply(delivery)
+            # From delivery to commit and publish: the time in its batch included.
             metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(time.perf_counter() - started)
         except PERMANENT as exc:
             reason = Reason.INVALID_MESSAGE if isinstance(exc, InvalidMessage) else Reason.RULE_VIOLATION
@@ -97,14 +96,8 @@ class WorkConsumer:
             return
         await message.ack()
         self._count(envelope.type, "duplicate" if work is None else "applied")
-        if work is None:
-            return
-        if work.outbox:
-            try:
-                await self.relay.publish(work.outbox)
-            except Exception as exc:  # committed and recorded: the sweeper publishes them later
-                log.warning("outbox.publish_deferred", count=len(work.outbox), error=repr(exc))
-        await self._observe(work.emitted)
+        if work is not None:
+            await self._observe(work.emitted)
 
     async def _observe(self, emitted: list[tuple[Event, Envelope]]) -> None:
         """Count what the committed transaction emitted and show it to the actor's observers."""
@@ -124,53 +117,15 @@ class WorkConsumer:
             span.record_exception(error)
             span.set_status(StatusCode.ERROR, f"{outcome}: {type(error).__name__}")
 
-    async def _serially(
-        self, envelope: Envelope, payload: Any, handler: Any, attempt: int
-    ) -> UnitOfWork[Any] | None:
-        """Apply the message while no other message of its conversation (then: of its entities) is
-        being applied in this process. Conversations are locked before entities, each tier in sorted
-        order, so no two messages can wait for each other in a circle."""
-        async with self.serial.holding([envelope.correlation_id]):
-            entities = await self.actor.entity_keys(envelope, payload, self.actor.store(self.db))
-            async with self.entity_serial.holding(entities):
-                return await self._transact(envelope, payload, handler, attempt)
-
     async def _transact(
         self, envelope: Envelope, payload: Any, handler: Any, attempt: int = 1
     ) -> UnitOfWork[Any] | None:
-        """Apply the message once: the work of the attempt that committed; None when it had been
-        applied before.
-
-        The inbox record is written last, and the handlers write after they read and ask: a process
-        killed inside a transaction leaves it open on the server until the server reaps it, and every
-        document it wrote stays locked till then, the redelivered message's own inbox record included.
-        Writing late keeps that window to the last few round trips. A copy applied before is not
-        looked for first (a round trip on every message for a rare case): its transaction fails, on
-        the inbox's unique id at the latest, and aborts whole; the inbox is read only then."""
-        inbox = self.db["inbox"]
-
-        async def apply(session: AsyncClientSession) -> UnitOfWork[Any]:
-            store = self.actor.store(self.db, session)
-            work = UnitOfWork(store, envelope, self.topology, self.settings, attempt=attempt)
-            await handler(payload, work)
-            if work.outbox:
-                await self.db["outbox"].insert_many(work.outbox, session=session)
-            await inbox.insert_one(
-                {"_id": envelope.message_id, "type": envelope.type, "at": datetime.now(UTC)}, session=session
-            )
-            return work
-
-        async with self.client.start_session() as session:
-            try:
-                # with_transaction retries the whole callback on transient transaction errors
-                # (write conflicts between concurrent handlers included).
-                return await session.with_transaction(apply)
-            except Exception:
-                # A copy applied before ends here: its inbox insert is a duplicate key, or its
-                # handler refused a fact already applied. Then there is nothing more to do.
-                if await inbox.find_one({"_id": envelope.message_id}, {"_id": 1}):
-                    return None
-                raise
+        """Apply one message alone, in its own transaction, without publishing what it emitted (the
+        outbox keeps it): its committed work, or None when it had been applied before."""
+        [outcome] = await self.commits.commit([Delivery(envelope, payload, handler, attempt)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, envelope: Envelope | None, exc: Exception

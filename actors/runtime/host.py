@@ -11,6 +11,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime.actor import Actor
+from actors.runtime.batches import prepare_inbox
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
 from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
@@ -56,6 +57,7 @@ class ActorHost:
         self.client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True, w="majority")
         self.topologies = {actor.name: topology_of(actor, settings) for actor in actors}
         self.relays: dict[str, OutboxRelay] = {}
+        self.consumers: list[WorkConsumer] = []
         # Without permission to declare (production), the subscribers only check their queues exist.
         declares = settings.emporium_declare_topology
         for actor in actors:
@@ -65,11 +67,9 @@ class ActorHost:
             topology = self.topologies[actor.name]
             relay = OutboxRelay(actor.name, self.broker, db, sweep_s=settings.emporium_outbox_sweep_s)
             self.relays[actor.name] = relay
-            _subscribe(
-                self.broker,
-                topology.work.rabbit_queue(declare=declares),
-                WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings),
-            )
+            consumer = WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings)
+            self.consumers.append(consumer)
+            _subscribe(self.broker, topology.work.rabbit_queue(declare=declares), consumer)
             queries = topology.queries.rabbit_queue(declare=declares)
             _subscribe(self.broker, queries, QueryConsumer(actor, self.broker, db))
 
@@ -77,6 +77,7 @@ class ActorHost:
         for actor in self.actors:
             db = self.client[self.settings.database_name(actor.name)]
             await OutboxRelay.prepare(db)
+            await prepare_inbox(db, self.settings)
             await actor.store.prepare(db)
         await self.broker.connect()
         for topology in self.topologies.values():
@@ -90,8 +91,11 @@ class ActorHost:
     async def stop(self) -> None:
         for relay in self.relays.values():
             await relay.stop()
-        # Stopping the broker waits for in-flight handlers, so nothing is half done.
+        # Stopping the broker waits for in-flight handlers (their batches committed and published),
+        # so nothing is half done.
         await self.broker.stop()
+        for consumer in self.consumers:
+            await consumer.commits.stop()
         await self.client.close()
         log.info("actors.stopped", actors=[a.name for a in self.actors])
 

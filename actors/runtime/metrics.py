@@ -20,9 +20,27 @@ MESSAGES = Counter(
 )
 HANDLER_SECONDS = Histogram(
     "emporium_handler_duration_seconds",
-    "Time to run a handler and commit its transaction",
+    "Time from a message's delivery to its commit and publish, the rest of its batch included",
     ["actor", "type"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_MESSAGES = Histogram(
+    "emporium_batch_messages",
+    "Messages applied by one committed transaction (group commit)",
+    ["actor"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+TRANSACTION_SECONDS = Histogram(
+    "emporium_transaction_duration_seconds",
+    "Time of one committed transaction of a batch (its handlers, outbox and inbox writes, the commit)",
+    ["actor"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCHES_REDONE = Counter(
+    "emporium_batches_redone_total",
+    "Transactions aborted and applied again without the messages that could not be applied "
+    "(a copy applied before, a handler that raised)",
+    ["actor"],
 )
 QUERIES = Counter("emporium_queries_total", "Queries answered, by outcome", ["actor", "type", "outcome"])
 EVENTS_PUBLISHED = Counter(
@@ -48,6 +66,9 @@ def load_actor_metrics(actor_name: str) -> None:
 def start_at_zero(actor_name: str, message_types: Iterable[str]) -> None:
     """Create every outcome's series of an actor's messages at 0, so that a rate of retries or dead
     letters is 0 until one happens, rather than no data."""
+    BATCH_MESSAGES.labels(actor_name)
+    TRANSACTION_SECONDS.labels(actor_name)
+    BATCHES_REDONE.labels(actor_name)
     for message_type in message_types:
         for outcome in OUTCOMES:
             MESSAGES.labels(actor_name, message_type, outcome)

@@ -81,7 +81,9 @@ class OutboxRelay:
             raise OutboxNotPublished(f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3]))
 
     async def _publish_each(self, entries: list[dict[str, Any]], sent: list[str], failures: list[str]) -> None:
-        for entry in entries:
+        """Publish every entry at once: the confirms are awaited together, not one after another."""
+
+        async def publish(entry: dict[str, Any]) -> None:
             try:
                 # Entries written before traces were kept have none: they start a trace of their own.
                 with continued(entry.get("trace")):
@@ -92,10 +94,12 @@ class OutboxRelay:
                         routing_key=entry["routing_key"],
                         envelope=Envelope.model_validate(entry["envelope"]),
                     )
-            except Exception as exc:  # collected and raised below, after marking what did go out
+            except Exception as exc:  # collected and raised by publish, after marking what did go out
                 failures.append(f"{entry['routing_key']} {entry['_id']}: {exc!r}")
             else:
                 sent.append(entry["_id"])
+
+        await asyncio.gather(*(publish(entry) for entry in entries))
 
     async def sweep(self, older_than: timedelta) -> int:
         """Republish unsent entries created before now - older_than; returns how many."""

@@ -2,14 +2,14 @@
 
 Write skew needs a precise interleaving: both rivals read before either commits, then each writes.
 Waiting and hoping rarely produces it; here it is forced. Each rival runs in the runtime's own
-transaction (inbox, handler, outbox: ``WorkConsumer._transact``), and its first attempt stops at
+transaction (inbox, handler, outbox: ``WorkConsumer._transact``, a batch of one), and its first attempt stops at
 its first write (a store method named in ``writes``) until the other has got as far (or finished
 without writing). Then both go on. A design where rivals write the same document makes one of
 them conflict and decide again on the other's result; a design where they write different
 documents lets both commit, which the tests' invariants then catch.
 
-The in-process per-key locks (actors.runtime.serial) are bypassed on purpose: they do not reach
-across replicas, so the database design must be right without them.
+The runtime's batches, which keep one process's handlers from running side by side, are bypassed
+on purpose: they do not reach across replicas, so the database design must be right without them.
 """
 
 from __future__ import annotations

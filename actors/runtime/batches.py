@@ -1,0 +1,257 @@
+"""Group commit: the deliveries waiting for an actor applied in one MongoDB transaction.
+
+The embedded MongoDB's cost is per transaction and per round trip, not per document: a transaction
+that applies 32 messages (their handlers in delivery order, one insert_many for all their outbox
+entries, one for all their inbox records) commits in little more time than one that applies one.
+So a work consumer hands its deliveries to a ``GroupCommit``, which takes what is waiting (up to
+``EMPORIUM_BATCH_SIZE``, lingering ``EMPORIUM_BATCH_WAIT_MS`` for more), applies it in one
+transaction, publishes what it emitted (pipelined: every confirm awaited together) and only then
+lets the consumers ack.
+
+Batches run one at a time per consumer, so the handlers of one process never run side by side:
+messages about one entity are applied in the order they were delivered, and they cannot fight over
+its documents. Replicas still can; their conflicts are the database's to find (every decision about
+an entity writes its document), and per-key partitions keep them apart.
+
+One message never fails the others. The transaction aborts whole; a copy applied before (its inbox
+record exists) is then settled as a duplicate, a message whose handler raised leaves the batch to
+be retried or dead-lettered on its own, and the rest are applied again without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry import context as otel_context
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.asynchronous.mongo_client import AsyncMongoClient
+from pymongo.errors import OperationFailure
+
+from actors.runtime import metrics
+from actors.runtime.actor import Actor, Handler, UnitOfWork
+from actors.runtime.outbox import OutboxRelay
+from brokers.envelope import Envelope
+from brokers.settings import Settings
+from brokers.topology import ActorTopology
+
+log = structlog.get_logger()
+INBOX_EXPIRY = "expire_after_dedupe_window"
+# What applying one delivery came to: its work once committed, None for a copy applied before, or
+# the exception that took it out of the batch (the consumer retries or dead-letters it).
+Outcome = UnitOfWork[Any] | None | Exception
+
+
+@dataclass
+class Delivery:
+    """A message read and checked, waiting to be applied."""
+
+    envelope: Envelope
+    payload: Any
+    handler: Handler
+    attempt: int = 1
+    message: AbstractIncomingMessage | None = None
+    # The trace the message belongs to: what its handler emits continues it.
+    trace: otel_context.Context = field(default_factory=otel_context.get_current)
+    done: asyncio.Future[Outcome] | None = None
+
+
+async def prepare_inbox(db: AsyncDatabase, settings: Settings) -> None:
+    """The inbox forgets a message id once no copy of it can come any more (the dedupe window:
+    EMPORIUM_INBOX_RETENTION_S), so it does not grow for ever; the server's TTL monitor deletes the
+    records, about once a minute."""
+    inbox, window = db["inbox"], settings.emporium_inbox_retention_s
+    try:
+        await inbox.create_index("at", name=INBOX_EXPIRY, expireAfterSeconds=window)
+    except OperationFailure as exc:
+        if exc.code not in _INDEX_CONFLICTS:
+            raise
+        # The window was changed: the index is made again (collMod would need more than readWrite).
+        await inbox.drop_index(INBOX_EXPIRY)
+        await inbox.create_index("at", name=INBOX_EXPIRY, expireAfterSeconds=window)
+
+
+_INDEX_CONFLICTS = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+class GroupCommit:
+    def __init__(
+        self,
+        actor: Actor[Any],
+        topology: ActorTopology,
+        client: AsyncMongoClient,
+        db: AsyncDatabase,
+        relay: OutboxRelay | None,
+        settings: Settings,
+    ) -> None:
+        self.actor, self.topology, self.client, self.db = actor, topology, client, db
+        self.relay, self.settings = relay, settings
+        self._waiting: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def apply(self, delivery: Delivery) -> UnitOfWork[Any] | None:
+        """Apply a delivery with whatever else is waiting; its work once committed and published,
+        None for a copy applied before. Raises what took it out of its batch."""
+        delivery.done = asyncio.get_running_loop().create_future()
+        self._waiting.put_nowait(delivery)
+        if self._worker is None or self._worker.done():
+            # A context of its own: the worker must not run inside the first message's trace.
+            self._worker = asyncio.create_task(
+                self._apply_forever(), name=f"{self.actor.name}-group-commit", context=contextvars.Context()
+            )
+        outcome = await delivery.done
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def _apply_forever(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                outcomes = await self.commit(batch)
+                await self._publish([o for o in outcomes if isinstance(o, UnitOfWork)])
+            except Exception as exc:  # nothing committed that is not recorded: each message is retried
+                log.warning("batch.failed", size=len(batch), error=repr(exc))
+                outcomes = [exc] * len(batch)
+            for delivery, outcome in zip(batch, outcomes, strict=True):
+                if delivery.done is not None and not delivery.done.done():
+                    delivery.done.set_result(outcome)
+
+    async def _next_batch(self) -> list[Delivery]:
+        batch = [await self._waiting.get()]
+        size, linger = self.settings.emporium_batch_size, self.settings.emporium_batch_wait_ms / 1000
+        deadline = asyncio.get_running_loop().time() + linger
+        while len(batch) < size:
+            if not self._waiting.empty():
+                batch.append(self._waiting.get_nowait())
+                continue
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._waiting.get(), left))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _publish(self, works: list[UnitOfWork[Any]]) -> None:
+        entries = [entry for work in works for entry in work.outbox]
+        if not entries or self.relay is None:
+            return
+        try:
+            await self.relay.publish(entries)
+        except Exception as exc:  # committed and recorded: the sweeper publishes them later
+            log.warning("outbox.publish_deferred", count=len(entries), error=repr(exc))
+
+    async def commit(self, deliveries: list[Delivery]) -> list[Outcome]:
+        """Apply the deliveries in one transaction, taking out those that cannot be applied (each
+        with its outcome) and applying the rest again, until what is left commits."""
+        outcomes: dict[int, Outcome] = {}
+        pending, ids = [], set()
+        for i, delivery in enumerate(deliveries):
+            if delivery.envelope.message_id in ids:  # two copies in one batch: the first one counts
+                outcomes[i] = None
+            else:
+                ids.add(delivery.envelope.message_id)
+                pending.append(i)
+        while pending:
+            failed: list[int] = []
+            started = time.perf_counter()
+            try:
+                works = await self._transact([deliveries[i] for i in pending], failed)
+            except Exception as exc:
+                pending = await self._sort_out(deliveries, pending, failed, exc, outcomes)
+                if pending:
+                    metrics.BATCHES_REDONE.labels(self.actor.name).inc()
+                continue
+            metrics.TRANSACTION_SECONDS.labels(self.actor.name).observe(time.perf_counter() - started)
+            metrics.BATCH_MESSAGES.labels(self.actor.name).observe(len(works))
+            outcomes.update(zip(pending, works, strict=True))
+            pending = []
+        return [outcomes[i] for i in range(len(deliveries))]
+
+    async def _sort_out(
+        self, deliveries: list[Delivery], pending: list[int], failed: list[int], exc: Exception,
+        outcomes: dict[int, Outcome],
+    ) -> list[int]:
+        """After an aborted transaction: which deliveries leave the batch, and with what outcome."""
+        ids = [deliveries[i].envelope.message_id for i in pending]
+        applied = {row["_id"] for row in await self.db["inbox"].find({"_id": {"$in": ids}}, {"_id": 1}).to_list()}
+        # A copy applied before fails on its inbox record at the latest, or its handler refuses a
+        # fact already applied: it is a duplicate, and says nothing about the others.
+        duplicates = [i for i in pending if deliveries[i].envelope.message_id in applied]
+        if duplicates:
+            culprits = duplicates
+        elif failed:
+            culprits = [pending[failed[-1]]]
+        else:  # not one message's doing (the database away, say): all of them wait
+            culprits = pending
+        for i in culprits:
+            outcomes[i] = None if i in duplicates else exc
+        return [i for i in pending if i not in culprits]
+
+    async def _transact(self, deliveries: list[Delivery], failed: list[int]) -> list[UnitOfWork[Any]]:
+        """One transaction: every handler in delivery order, then the outbox entries, then the inbox
+        records. ``failed`` gets the position of a handler that raised.
+
+        The inbox records are written last, and handlers write after they read and ask: a process
+        killed inside a transaction leaves it open on the server until the server reaps it, and
+        every document it wrote stays locked till then, the redelivered messages' inbox records
+        included. Writing late keeps that window to the last few round trips. Copies applied
+        before are not looked for first (a round trip for a rare case): their transaction fails,
+        on the inbox's unique id at the latest, and the inbox is read only then."""
+
+        async def apply(session: AsyncClientSession) -> list[UnitOfWork[Any]]:
+            failed.clear()
+            works = []
+            for position, delivery in enumerate(deliveries):
+                work = UnitOfWork(
+                    self.actor.store(self.db, session), delivery.envelope, self.topology, self.settings,
+                    attempt=delivery.attempt,
+                )
+                try:
+                    await _in_context_of(delivery, lambda: delivery.handler(delivery.payload, work))
+                except Exception:
+                    failed.append(position)
+                    raise
+                works.append(work)
+            if outbox := [entry for work in works for entry in work.outbox]:
+                await self.db["outbox"].insert_many(outbox, session=session)
+            now = datetime.now(UTC)
+            await self.db["inbox"].insert_many(
+                [{"_id": d.envelope.message_id, "type": d.envelope.type, "at": now} for d in deliveries],
+                session=session,
+            )
+            return works
+
+        async with self.client.start_session() as session:
+            # with_transaction runs the whole callback again on transient transaction errors
+            # (write conflicts with another replica's transaction included).
+            return await session.with_transaction(apply)
+
+
+async def _in_context_of(delivery: Delivery, call: Callable[[], Any]) -> None:
+    """Run a handler in its message's trace and with its ids bound to the log lines it writes."""
+    token = otel_context.attach(delivery.trace)
+    try:
+        envelope = delivery.envelope
+        with structlog.contextvars.bound_contextvars(
+            type=envelope.type, message_id=envelope.message_id, correlation_id=envelope.correlation_id
+        ):
+            await call()
+    finally:
+        otel_context.detach(token)

@@ -1,0 +1,203 @@
+"""Group commit (actors.runtime.batches) on the real RabbitMQ and MongoDB.
+
+Many messages share one transaction, and one of them must never fail, block, lose or double-apply
+the others: a message whose handler raises leaves the batch (to be retried or dead-lettered on its
+own) and the rest are applied again without it; copies of a message applied before are recognised
+by the inbox; messages about one entity are applied in the order they came.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from actors.inventory import inventory
+from actors.runtime import metrics
+from actors.runtime.actor import UnitOfWork
+from actors.runtime.batches import INBOX_EXPIRY, Delivery, GroupCommit, prepare_inbox
+from actors.runtime.errors import RuleViolation
+from actors.runtime.host import ActorHost, topology_of
+from actors.runtime.outbox import OutboxRelay
+from brokers.contracts.inventory import GetStock, Restock, StockReserved, StockView
+from brokers.contracts.shipping import ShipmentDispatched
+from brokers.deadletters import ATTEMPTS, ORIGIN, REASON
+from brokers.envelope import Envelope, Message
+from brokers.factory import publish
+from brokers.settings import Settings
+from brokers.topology import dlq_name
+from tests.helpers import Tap, eventually, send
+from tests.integration.test_runtime_support import (
+    amqp,
+    dead_letter_headers,
+    order_placed,
+    outcome_count,
+    product_created,
+    requester,
+    running,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Inventory:
+    """Inventory's group commit on the test's database, without a broker: nothing is published."""
+
+    def __init__(self, mongo: Any, settings: Settings) -> None:
+        self.db = mongo[settings.database_name("inventory")]
+        self.commits = GroupCommit(inventory, topology_of(inventory, settings), mongo, self.db, None, settings)
+        self.runs: dict[str, int] = {}
+
+    async def prepare(self) -> None:
+        await OutboxRelay.prepare(self.db)
+        await inventory.store.prepare(self.db)
+
+    def delivery(self, message: Message, envelope: Envelope | None = None, *, handler: Any = None) -> Delivery:
+        """A delivery of the message, its handler counting how often it runs."""
+        envelope = envelope or Envelope.first(message, "c-batch")
+        applies = handler or inventory.handlers[message.TYPE][1]
+
+        async def counted(payload: Any, work: UnitOfWork[Any]) -> None:
+            self.runs[envelope.message_id] = self.runs.get(envelope.message_id, 0) + 1
+            await applies(payload, work)
+
+        return Delivery(envelope, message, counted)
+
+    async def level(self, sku: str) -> dict[str, Any]:
+        return await self.db["stock"].find_one({"_id": sku}, {"_id": 0, "on_hand": 1, "reserved": 1})
+
+
+@pytest.fixture
+async def stocked(mongo, settings) -> Inventory:
+    inv = Inventory(mongo, settings)
+    await inv.prepare()
+    await inv.commits.commit([inv.delivery(product_created("SKU-G")), inv.delivery(Restock(sku="SKU-G", quantity=10))])
+    return inv
+
+
+async def poison(payload: Any, work: UnitOfWork[Any]) -> None:
+    await work.store.add_sku("SKU-POISON", "p-poison")  # written, then rolled back with the rest
+    raise RuleViolation("this message breaks a rule")
+
+
+async def test_a_poison_message_leaves_its_batch_and_the_others_commit_once(stocked):
+    first, second, third = (stocked.delivery(Restock(sku="SKU-G", quantity=q)) for q in (1, 2, 4))
+    bad = stocked.delivery(Restock(sku="SKU-G", quantity=100), handler=poison)
+    redone_before = metrics.BATCHES_REDONE.labels("inventory")._value.get()
+
+    outcomes = await stocked.commits.commit([first, second, bad, third])
+
+    assert [type(o).__name__ for o in outcomes] == ["UnitOfWork", "UnitOfWork", "RuleViolation", "UnitOfWork"]
+    # The first two ran in the aborted attempt too, yet count once; the poison's write is gone.
+    assert stocked.runs[first.envelope.message_id] == 2 and stocked.runs[third.envelope.message_id] == 1
+    assert await stocked.level("SKU-G") == {"on_hand": 10 + 1 + 2 + 4, "reserved": 0}
+    assert await stocked.db["stock"].find_one({"_id": "SKU-POISON"}) is None
+    inbox = {row["_id"] for row in await stocked.db["inbox"].find().to_list()}
+    assert {d.envelope.message_id for d in (first, second, third)} <= inbox
+    assert bad.envelope.message_id not in inbox
+    assert metrics.BATCHES_REDONE.labels("inventory")._value.get() == redone_before + 1
+
+
+async def test_messages_about_one_sku_are_applied_in_the_order_they_came(mongo, settings):
+    inv = Inventory(mongo, settings)
+    await inv.prepare()
+    # Reserving before the restock would find no stock: the order is only served in this order.
+    outcomes = await inv.commits.commit([
+        inv.delivery(product_created("SKU-O")),
+        inv.delivery(Restock(sku="SKU-O", quantity=3)),
+        inv.delivery(order_placed("order-in-order", ("SKU-O", 3))),
+    ])
+
+    placed = outcomes[2]
+    assert isinstance(placed, UnitOfWork)
+    assert [type(event) for event, _ in placed.emitted] == [StockReserved]
+    assert await inv.level("SKU-O") == {"on_hand": 0, "reserved": 3}
+
+
+async def test_copies_of_a_message_in_one_batch_or_applied_before_apply_once(stocked):
+    restock = Restock(sku="SKU-G", quantity=5)
+    envelope = Envelope.first(restock, "c-copies")
+    [applied] = await stocked.commits.commit([stocked.delivery(restock, envelope)])
+
+    # A redelivery of it beside a new message and two copies of another, in one batch.
+    other = Envelope.first(Restock(sku="SKU-G", quantity=7), "c-copies")
+    outcomes = await stocked.commits.commit([
+        stocked.delivery(restock, envelope),
+        stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
+        stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
+    ])
+
+    assert isinstance(applied, UnitOfWork)
+    assert outcomes[0] is None and isinstance(outcomes[1], UnitOfWork) and outcomes[2] is None
+    assert await stocked.level("SKU-G") == {"on_hand": 10 + 5 + 7, "reserved": 0}
+
+
+async def test_a_batch_committed_but_not_acked_is_deduped_on_redelivery_and_published_once(
+    stocked, broker, settings, start_host
+):
+    """The process dies after its commit, before publishing and acking: the messages come again."""
+    placed = [order_placed(f"order-crash-{n}", ("SKU-G", 1)) for n in range(3)]
+    envelopes = [Envelope.first(event, event.order_id) for event in placed]
+    committed = await stocked.commits.commit([stocked.delivery(e, v) for e, v in zip(placed, envelopes, strict=True)])
+    assert all(isinstance(outcome, UnitOfWork) for outcome in committed)
+
+    async with Tap(settings.rabbitmq_url) as watcher:
+        duplicates_before = await outcome_count("inventory", "duplicate")
+        await start_host("inventory")  # its outbox sweep at start publishes what was committed
+        for event, envelope in zip(placed, envelopes, strict=True):
+            await publish(broker, event, envelope)  # the redeliveries
+        await eventually(
+            lambda: outcome_count("inventory", "duplicate"),
+            until=lambda count: count == duplicates_before + 3,
+            what="the three redeliveries recognised as copies",
+        )
+        reserved = await watcher.wait_for(StockReserved.TYPE, count=3)
+
+    assert sorted(StockReserved.parse(m.body).order_id for m in reserved) == [e.order_id for e in placed]
+    assert len([m for m in watcher.messages if m.type == StockReserved.TYPE]) == 3
+    assert await stocked.level("SKU-G") == {"on_hand": 7, "reserved": 3}
+
+
+async def test_a_rule_breaker_in_a_waiting_batch_is_dead_lettered_and_the_rest_applied(
+    broker, mongo, settings
+):
+    """Everything is waiting in the queue when the host starts, so it is taken in one batch."""
+    gathering = settings.model_copy(update={"emporium_batch_wait_ms": 500.0})
+    async with running(ActorHost([inventory], gathering)):
+        pass  # declares the queues
+    await send(broker, product_created("SKU-W"))
+    restocks = [await send(broker, Restock(sku="SKU-W", quantity=q)) for q in (1, 2, 3)]
+    # Dispatched without a reservation: inventory refuses that (a broken rule, dead-lettered at once).
+    breaker = await send(broker, ShipmentDispatched(
+        order_id="order-never-reserved", shipment_id="s-1", carrier="post", tracking_number="T-1"
+    ))
+    restocks += [await send(broker, Restock(sku="SKU-W", quantity=q)) for q in (4, 5)]
+    redone_before = metrics.BATCHES_REDONE.labels("inventory")._value.get()
+
+    async with running(ActorHost([inventory], gathering)), amqp(settings) as rabbit, requester(settings) as asker:
+        [dead] = await rabbit.take(dlq_name("inventory"), 1)
+        level = await eventually(
+            lambda: asker.ask(GetStock(sku="SKU-W"), StockView),
+            until=lambda view: view.on_hand == 15,
+            what="every restock applied",
+        )
+
+    assert dead.message_id == breaker.message_id
+    assert dead_letter_headers(dead) == {ORIGIN: "inventory", REASON: "rule-violation", ATTEMPTS: 1}
+    assert level.received == 15
+    inbox = mongo[settings.database_name("inventory")]["inbox"]
+    assert await inbox.count_documents({"_id": {"$in": [e.message_id for e in restocks]}}) == 5
+    assert metrics.BATCHES_REDONE.labels("inventory")._value.get() >= redone_before + 1
+
+
+async def test_the_inbox_forgets_message_ids_after_the_dedupe_window(stocked, settings):
+    """The server's TTL monitor deletes the records (seen on the embedded MongoDB within a minute of
+    expiry); here: the index it works from follows the setting, and every record has its date."""
+    await prepare_inbox(stocked.db, settings.model_copy(update={"emporium_inbox_retention_s": 3_600}))
+    await prepare_inbox(stocked.db, settings.model_copy(update={"emporium_inbox_retention_s": 7_200}))
+
+    index = (await stocked.db["inbox"].index_information())[INBOX_EXPIRY]
+    assert (index["key"], index["expireAfterSeconds"]) == ([("at", 1)], 7_200)
+    records = await stocked.db["inbox"].find().to_list()
+    assert len(records) == 2 and all(isinstance(record["at"], datetime) for record in records)
