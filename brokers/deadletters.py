@@ -31,6 +31,7 @@ _ERROR_LIMIT = 2_000
 class Reason(StrEnum):
     INVALID_MESSAGE = "invalid-message"
     RULE_VIOLATION = "rule-violation"
+    CORRUPT_DATA = "corrupt-data"
     RETRIES_EXHAUSTED = "retries-exhausted"
 
 

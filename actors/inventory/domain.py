@@ -11,13 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from actors.runtime.errors import RuleViolation
+from actors.runtime.errors import RuleViolation, Transient
 from brokers.contracts.common import Line, Shortage
 from brokers.contracts.inventory import StockCommitted, StockRejected, StockReleased, StockReserved, StockView
 from brokers.envelope import Event
 
 
-class UnknownSku(LookupError):
+class UnknownSku(Transient, LookupError):
     """The SKU is not (yet) in inventory's list: its product.created may still be on its way."""
 
 

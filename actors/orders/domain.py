@@ -42,7 +42,7 @@ from actors.orders.events import (
     Reserved,
     Shipped,
 )
-from actors.runtime.errors import RuleViolation
+from actors.runtime.errors import CorruptData, RuleViolation, Transient
 from brokers.contracts.orders import (
     CancelReason,
     OrderCancellationRequested,
@@ -75,12 +75,12 @@ Decision = tuple[OrderEvent, ...]
 NOTHING: Decision = ()
 
 
-class NotYet(Exception):
+class NotYet(Transient):
     """A fact arrived before the one it follows, which is still waiting in a retry. Transient: the
     runtime retries this one too, by when the other has been applied."""
 
 
-class CorruptStream(Exception):
+class CorruptStream(CorruptData):
     """A stream that no sequence of decisions can produce (a bug or a hand edit): not folded."""
 
 

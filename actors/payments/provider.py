@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from actors.payments.domain import Captured, ChargeRequest, Declined, RefundRequest
-from actors.runtime.errors import RuleViolation
+from actors.runtime.errors import RuleViolation, Transient
 from brokers.settings import Settings
 
 BREAKER_STATE = Gauge(
@@ -67,7 +67,7 @@ class PaymentSettings(BaseSettings):
         return cls(provider_url=settings.emporium_payment_provider_url)
 
 
-class ProviderUnavailable(Exception):
+class ProviderUnavailable(Transient):
     """The provider cannot be reached, keeps failing, or the breaker is open. Not a decline: transient."""
 
     def __init__(self, detail: str, attempts: int) -> None:

@@ -26,7 +26,7 @@ from pymongo.asynchronous.mongo_client import AsyncMongoClient
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, UnitOfWork
 from actors.runtime.batches import Delivery, GroupCommit
-from actors.runtime.errors import PERMANENT, NotFound, RuleViolation
+from actors.runtime.errors import PERMANENT, NotFound, RuleViolation, dead_letter_reason
 from actors.runtime.outbox import OutboxRelay
 from brokers import tracing
 from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_later
@@ -88,8 +88,7 @@ class WorkConsumer:
             # From delivery to commit and publish: the time in its batch included.
             metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(time.perf_counter() - started)
         except PERMANENT as exc:
-            reason = Reason.INVALID_MESSAGE if isinstance(exc, InvalidMessage) else Reason.RULE_VIOLATION
-            await self._dead_letter(message, envelope, reason, exc)
+            await self._dead_letter(message, envelope, dead_letter_reason(exc), exc)
             return
         except Exception as exc:  # not known to be permanent: retry it later, then dead-letter
             await self._retry_or_dead_letter(message, envelope, exc)

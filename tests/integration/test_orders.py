@@ -40,7 +40,7 @@ from brokers.contracts.orders import (
 )
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
-from brokers.deadletters import ERROR, REASON
+from brokers.deadletters import ATTEMPTS, ERROR, REASON
 from brokers.envelope import Envelope, Message
 from brokers.factory import publish
 from brokers.rpc import QueryFailed, Requester
@@ -266,6 +266,25 @@ async def test_refused_orders_are_dead_lettered_with_their_reason_and_a_reused_i
     with pytest.raises(QueryFailed) as refused:
         await shop.asker.ask(GetOrder(order_id="o-unknown"), OrderView)
     assert refused.value.problem.status == 404
+
+
+async def test_an_event_for_a_corrupt_stream_is_dead_lettered_at_once_not_retried(start_host, shop):
+    """A stream no decisions can produce is a bug or a hand edit: retrying reads it again."""
+    await start_host("orders")
+    await shop.knows("SKU-EUR", 100, "EUR")
+    await shop.place("o-corrupt", ("SKU-EUR", 1))
+    await shop.order("o-corrupt", "placed")
+    edited = await shop.db("orders")["order_events"].update_one(
+        {"order_id": "o-corrupt", "version": 1}, {"$set": {"version": 2}}  # a hand edit: no version 1
+    )
+    assert edited.modified_count == 1
+
+    reserved = await shop.reserved("o-corrupt", ("SKU-EUR", 1))
+    [dead] = await shop.dead_letters(1)
+
+    assert dead.message_id == reserved.message_id
+    assert (header(dead, REASON), header(dead, ATTEMPTS)) == ("corrupt-data", 1)
+    assert "version 2 cannot follow nothing" in header(dead, ERROR)
 
 
 # --- the saga, with inventory --------------------------------------------------------------------
