@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from actors.orders import domain
 from actors.orders.store import OrdersStore
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Timer, UnitOfWork
 from actors.runtime.errors import NotFound
 from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
 from brokers.contracts.inventory import StockRejected, StockReserved
@@ -32,7 +32,9 @@ from brokers.contracts.payments import PaymentCaptured, PaymentFailed
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched, ShipmentStopped
 
 NAME = "orders"
-orders = Actor(NAME, OrdersStore, timers=lambda settings: (settings.emporium_order_deadline_ms,))
+# An order not confirmed by then is cancelled ("timeout").
+DEADLINE = Timer("deadline", lambda settings: settings.emporium_order_deadline_ms)
+orders = Actor(NAME, OrdersStore, timers=(DEADLINE,))
 Work = UnitOfWork[OrdersStore]
 
 
@@ -41,7 +43,7 @@ async def place_order(command: PlaceOrder, uow: Work) -> None:
     existing = await uow.store.order(command.order_id)
     prices = await uow.store.prices(line.sku for line in command.lines)
     if await _record(uow, command.order_id, existing, domain.place(existing, command, prices)):
-        uow.schedule(ExpireOrder(order_id=command.order_id), delay_ms=uow.settings.emporium_order_deadline_ms)
+        uow.schedule(ExpireOrder(order_id=command.order_id), DEADLINE)
 
 
 @orders.handles(StockReserved)

@@ -20,6 +20,16 @@ Q = TypeVar("Q", bound=Query)
 E = TypeVar("E", bound=Event)
 
 
+@dataclass(frozen=True)
+class Timer:
+    """A delay an actor sends itself commands after (an order's deadline, a carrier's step),
+    declared once on the actor by name: its delay queue is declared from it, and handlers schedule
+    by it."""
+
+    name: str
+    delay_ms: Callable[[Settings], int]
+
+
 class UnitOfWork(Generic[S]):
     """What a handler works with: its store (inside the transaction) and the messages it sends.
 
@@ -52,11 +62,10 @@ class UnitOfWork(Generic[S]):
         self.outbox.append(outbox_entry(event, envelope))
         self.emitted.append((event, envelope))
 
-    def schedule(self, command: Command, *, delay_ms: int) -> None:
-        """Send a command to this actor itself after a delay (a timer, such as a deadline)."""
-        self.outbox.append(
-            outbox_entry(command, self.envelope.caused(command), routing_key=self._topology.delay_queue(delay_ms))
-        )
+    def schedule(self, command: Command, timer: Timer) -> None:
+        """Send a command to this actor itself once one of its timers has run out."""
+        delay_queue = self._topology.delay_queue(timer.delay_ms(self.settings))
+        self.outbox.append(outbox_entry(command, self.envelope.caused(command), routing_key=delay_queue))
 
 
 Handler = Callable[[Any, UnitOfWork[Any]], Awaitable[None]]
@@ -69,8 +78,8 @@ Observer = Callable[[Any, Envelope, Any], Awaitable[None]]
 class Actor(Generic[S]):
     name: str
     store: type[S]
-    # The delays (ms) of the timers the actor schedules, read from the settings.
-    timers: Callable[[Settings], tuple[int, ...]] = lambda settings: ()
+    # The timers the actor schedules commands to itself with.
+    timers: tuple[Timer, ...] = ()
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
     observers: dict[str, list[Observer]] = field(default_factory=dict)

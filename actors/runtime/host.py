@@ -29,7 +29,7 @@ def topology_of(actor: Actor[Any], settings: Settings) -> ActorTopology:
         answers=[contract for contract, _ in actor.answers.values()],
         retry_delays_ms=settings.emporium_retry_delays_ms,
         delivery_limit=settings.emporium_delivery_limit,
-        timer_delays_ms=actor.timers(settings),
+        timer_delays_ms=tuple(timer.delay_ms(settings) for timer in actor.timers),
     )
 
 

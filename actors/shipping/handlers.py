@@ -8,7 +8,7 @@ arrives second changes nothing (see ``domain``).
 
 from datetime import UTC, datetime
 
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Timer, UnitOfWork
 from actors.runtime.errors import NotFound
 from actors.shipping import domain
 from actors.shipping.store import ShippingStore
@@ -16,8 +16,9 @@ from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed
 from brokers.contracts.shipping import AdvanceShipment, GetShipment, ShipmentView
 
 NAME = "shipping"
-# The carrier simulation moves each shipment on after one step (a timer of this actor's own).
-shipping = Actor(NAME, ShippingStore, timers=lambda settings: (settings.emporium_carrier_step_ms,))
+# The carrier simulation moves each shipment on after one step.
+CARRIER_STEP = Timer("carrier step", lambda settings: settings.emporium_carrier_step_ms)
+shipping = Actor(NAME, ShippingStore, timers=(CARRIER_STEP,))
 Work = UnitOfWork[ShippingStore]
 
 
@@ -46,7 +47,7 @@ async def _apply(uow: Work, outcome: domain.Outcome) -> None:
         uow.emit(event)
     if outcome.next_step is not None:
         step = AdvanceShipment(order_id=outcome.shipment.order_id, to=outcome.next_step)
-        uow.schedule(step, delay_ms=uow.settings.emporium_carrier_step_ms)
+        uow.schedule(step, CARRIER_STEP)
 
 
 @shipping.answers_to(GetShipment)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Timer, UnitOfWork
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.store import Store
 from brokers.contracts.common import EntityId
@@ -13,6 +13,7 @@ from tests.helpers import eventually, send
 from tests.integration.test_runtime_support import running
 
 DELAY_MS = 300
+SOON = Timer("soon", lambda _settings: DELAY_MS)
 
 
 class StartTimer(Command, type="test.start_timer"):
@@ -26,12 +27,12 @@ class TimerFired(Command, type="test.timer_fired"):
 async def test_a_scheduled_command_arrives_after_its_delay_with_the_same_correlation(settings, broker, mongo):
     fired: dict[str, tuple[float, str, str | None]] = {}
     started: dict[str, float] = {}
-    timers = Actor("timers", Store, timers=lambda _settings: (DELAY_MS,))
+    timers = Actor("timers", Store, timers=(SOON,))
 
     @timers.handles(StartTimer)
     async def start_timer(command: StartTimer, uow: UnitOfWork[Store]) -> None:
         started[command.timer_id] = time.monotonic()
-        uow.schedule(TimerFired(timer_id=command.timer_id), delay_ms=DELAY_MS)
+        uow.schedule(TimerFired(timer_id=command.timer_id), SOON)
 
     @timers.handles(TimerFired)
     async def timer_fired(command: TimerFired, uow: UnitOfWork[Store]) -> None:
@@ -47,7 +48,7 @@ async def test_a_scheduled_command_arrives_after_its_delay_with_the_same_correla
 
 
 def test_scheduling_an_undeclared_delay_is_refused(settings):
-    timers = Actor("timers", Store, timers=lambda _settings: (DELAY_MS,))
+    timers = Actor("timers", Store, timers=(SOON,))
     topology = topology_of(timers, settings)
     with pytest.raises(ValueError, match="declares no 999 ms delay"):
         topology.delay_queue(999)

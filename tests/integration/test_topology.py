@@ -102,7 +102,7 @@ def required_queue_names(settings: Settings) -> set[str]:
     names = {"unrouted-events"}
     for name, actor in ACTORS.items():
         names |= {name, f"{name}.dlq", f"{name}.reads"}
-        delays = {*settings.emporium_retry_delays_ms, *actor.timers(settings)}
+        delays = {*settings.emporium_retry_delays_ms, *(timer.delay_ms(settings) for timer in actor.timers)}
         names |= {f"{name}.delay.{delay}ms" for delay in delays}
     return names
 
