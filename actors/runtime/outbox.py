@@ -19,7 +19,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from actors.runtime import metrics
-from brokers.envelope import Envelope, Message
+from brokers.envelope import Envelope, Message, new_id
 from brokers.factory import publish_body
 from brokers.topology import MOVES, exchange_for
 from brokers.tracing import continued, current_carrier
@@ -27,6 +27,8 @@ from brokers.tracing import continued, current_carrier
 log = structlog.get_logger()
 _SENT_RETENTION = timedelta(hours=24)
 _SWEEP_BATCH = 500
+# How long a sweeper's claim on entries keeps other sweepers off them (at least four sweeps).
+_CLAIM_LEASE = timedelta(seconds=30)
 
 
 def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | None = None) -> dict[str, Any]:
@@ -102,20 +104,40 @@ class OutboxRelay:
         await asyncio.gather(*(publish(entry) for entry in entries))
 
     async def sweep(self, older_than: timedelta) -> int:
-        """Republish unsent entries created before now - older_than; returns how many."""
+        """Republish unsent entries created before now - older_than; returns how many.
+
+        Replicas of an actor sweep the same outbox: each first claims what is due (one update of
+        every unclaimed entry, or one whose claim has lapsed because its sweeper died), then
+        publishes only what it claimed, so two sweepers never publish one entry side by side."""
         now = datetime.now(UTC)
         unsent = {"sent_at": None}
-        pending = await self._outbox.find(
-            {**unsent, "created_at": {"$lte": now - older_than}}, sort=[("created_at", ASCENDING)]
-        ).to_list(_SWEEP_BATCH)
-        pending = [entry for entry in pending if entry["_id"] not in self._in_flight]
-        await self.publish(pending)
+        claim = new_id()
+        claimed = await self._outbox.update_many(
+            {
+                **unsent,
+                "created_at": {"$lte": now - older_than},
+                "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}],
+                "_id": {"$nin": sorted(self._in_flight)},
+            },
+            {"$set": {"claim": claim, "claimed_until": now + max(_CLAIM_LEASE, 4 * timedelta(seconds=self._sweep_s))}},
+        )
+        republished = 0
+        if claimed.modified_count:
+            try:
+                while pending := await self._outbox.find(
+                    {**unsent, "claim": claim}, sort=[("created_at", ASCENDING)]
+                ).to_list(_SWEEP_BATCH):
+                    await self.publish(pending)
+                    republished += len(pending)
+            finally:
+                # What could not be published is free again for the next sweep, here or elsewhere.
+                await self._outbox.update_many({**unsent, "claim": claim}, {"$set": {"claimed_until": None}})
         await self._outbox.delete_many({"sent_at": {"$lt": now - _SENT_RETENTION}})
         oldest = await self._outbox.find_one(unsent, sort=[("created_at", ASCENDING)])
         metrics.OUTBOX_UNSENT.labels(self.actor).set(await self._outbox.count_documents(unsent))
         age = (now - oldest["created_at"].replace(tzinfo=UTC)).total_seconds() if oldest else 0.0
         metrics.OUTBOX_OLDEST_SECONDS.labels(self.actor).set(max(age, 0.0))
-        return len(pending)
+        return republished
 
     async def start(self) -> None:
         republished = await self.sweep(older_than=timedelta(0))
