@@ -58,7 +58,7 @@ from rich.table import Table
 
 from actors.registry import ACTORS
 from actors.runtime import metrics
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.store import Store
 from brokers.contracts.catalog import ProductCreated
@@ -103,7 +103,7 @@ bench_actor: Actor[Store] = Actor("bench", Store)
 
 
 @bench_actor.handles(BenchPing)
-async def _do_nothing(ping: BenchPing, work: UnitOfWork[Store]) -> None:
+async def _do_nothing(ping: BenchPing, work: Work[Store]) -> None:
     """The runtime's work around this handler (inbox, transaction, ack) is what is measured."""
 
 

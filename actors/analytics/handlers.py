@@ -7,13 +7,12 @@ documents however many orders there are.
 
 from actors.analytics import domain
 from actors.analytics.store import AnalyticsStore
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from brokers.contracts.analytics import GetStats, Stats
 from brokers.contracts.orders import OrderCancelled, OrderConfirmed, OrderDelivered, OrderPlaced, OrderShipped
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
 
 analytics = Actor("analytics", AnalyticsStore)
-Work = UnitOfWork[AnalyticsStore]
 Followed = (
     OrderPlaced | OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered
     | PaymentCaptured | PaymentRefunded | PaymentFailed
@@ -28,11 +27,11 @@ Followed = (
 @analytics.handles(PaymentCaptured)
 @analytics.handles(PaymentRefunded)
 @analytics.handles(PaymentFailed)
-async def follow(event: Followed, uow: Work) -> None:
-    before = await uow.store.facts(event.order_id)
-    after = domain.observe(event, before, uow.envelope.occurred_at)
+async def follow(event: Followed, work: Work[AnalyticsStore]) -> None:
+    before = await work.store.facts(event.order_id)
+    after = domain.observe(event, before, work.envelope.occurred_at)
     if after != before:
-        await uow.store.record(before, after, uow.envelope.occurred_at)
+        await work.store.record(before, after, work.envelope.occurred_at)
 
 
 @analytics.answers_to(GetStats)

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 from actors.catalog import domain
 from actors.catalog.store import CatalogStore
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from actors.runtime.errors import RuleViolation
 from brokers.contracts.catalog import (
     ChangePrice,
@@ -18,35 +18,34 @@ from brokers.contracts.catalog import (
 from brokers.envelope import Event
 
 catalog = Actor("catalog", CatalogStore)
-Work = UnitOfWork[CatalogStore]
 
 
 @catalog.handles(CreateProduct)
-async def create_product(command: CreateProduct, uow: Work) -> None:
-    if await uow.store.exists(command.product_id):
+async def create_product(command: CreateProduct, work: Work[CatalogStore]) -> None:
+    if await work.store.exists(command.product_id):
         raise RuleViolation(f"product {command.product_id} already exists")
-    owner = await uow.store.owner_of_sku(command.sku)
+    owner = await work.store.owner_of_sku(command.sku)
     product, created = domain.create_product(command, sku_taken_by=owner, now=datetime.now(UTC))
-    await uow.store.save(product)
-    uow.emit(created)
+    await work.store.save(product)
+    work.emit(created)
 
 
 @catalog.handles(UpdateProduct)
-async def update_product(command: UpdateProduct, uow: Work) -> None:
-    product = await uow.store.get(command.product_id)
-    await _save_if_changed(uow, *domain.update_product(product, command, now=datetime.now(UTC)))
+async def update_product(command: UpdateProduct, work: Work[CatalogStore]) -> None:
+    product = await work.store.get(command.product_id)
+    await _save_if_changed(work, *domain.update_product(product, command, now=datetime.now(UTC)))
 
 
 @catalog.handles(ChangePrice)
-async def change_price(command: ChangePrice, uow: Work) -> None:
-    product = await uow.store.get(command.product_id)
-    await _save_if_changed(uow, *domain.change_price(product, command, now=datetime.now(UTC)))
+async def change_price(command: ChangePrice, work: Work[CatalogStore]) -> None:
+    product = await work.store.get(command.product_id)
+    await _save_if_changed(work, *domain.change_price(product, command, now=datetime.now(UTC)))
 
 
-async def _save_if_changed(uow: Work, product: domain.Product, event: Event | None) -> None:
+async def _save_if_changed(work: Work[CatalogStore], product: domain.Product, event: Event | None) -> None:
     if event is not None:
-        await uow.store.save(product)
-        uow.emit(event)
+        await work.store.save(product)
+        work.emit(event)
 
 
 @catalog.answers_to(GetProduct)

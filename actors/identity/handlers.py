@@ -14,7 +14,7 @@ from actors.identity.keys import SigningKey, issue_token, published
 from actors.identity.passwords import hash_password, verify_password
 from actors.identity.settings import identity_settings
 from actors.identity.store import IdentityStore
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from brokers.contracts.identity import (
     AccessToken,
     AuthenticateUser,
@@ -31,19 +31,18 @@ from brokers.contracts.identity import (
 )
 
 identity = Actor("identity", IdentityStore)
-Work = UnitOfWork[IdentityStore]
 
 
 @identity.handles(RegisterUser)
 @identity.handles(CreateAdmin)
-async def register(command: domain.Registration, uow: Work) -> None:
+async def register(command: domain.Registration, work: Work[IdentityStore]) -> None:
     verdict = domain.judge_registration(
         command,
-        same_id=await uow.store.find(command.user_id),
-        same_email=await uow.store.find_by_email(command.email),
+        same_id=await work.store.find(command.user_id),
+        same_email=await work.store.find_by_email(command.email),
     )
     if isinstance(verdict, domain.RefusedRegistration):
-        await uow.store.record_refusal(verdict, at=datetime.now(UTC))
+        await work.store.record_refusal(verdict, at=datetime.now(UTC))
         return
     if verdict == "seen":
         return
@@ -51,22 +50,22 @@ async def register(command: domain.Registration, uow: Work) -> None:
     user, registered = domain.register(command, password_hash=password_hash, now=datetime.now(UTC))
     # The unique email index settles a race between two registrations of one address: the loser
     # is retried and then refused by the rule above.
-    await uow.store.insert(user)
-    uow.emit(registered)
+    await work.store.insert(user)
+    work.emit(registered)
 
 
 @identity.handles(DeactivateUser)
-async def deactivate(command: DeactivateUser, uow: Work) -> None:
-    user, admins = await uow.store.get(command.user_id), await uow.store.admins()
+async def deactivate(command: DeactivateUser, work: Work[IdentityStore]) -> None:
+    user, admins = await work.store.get(command.user_id), await work.store.admins()
     deactivation = domain.deactivate(command, user, admins=admins, now=datetime.now(UTC))
-    await uow.store.record_deactivation(deactivation)
+    await work.store.record_deactivation(deactivation)
     if deactivation.event is not None:
-        uow.emit(deactivation.event)
+        work.emit(deactivation.event)
 
 
 @identity.handles(RotateSigningKey)
-async def rotate_signing_key(command: RotateSigningKey, uow: Work) -> None:
-    await uow.store.activate_key(SigningKey.generate(), at=datetime.now(UTC))
+async def rotate_signing_key(command: RotateSigningKey, work: Work[IdentityStore]) -> None:
+    await work.store.activate_key(SigningKey.generate(), at=datetime.now(UTC))
 
 
 @identity.answers_to(GetUser)

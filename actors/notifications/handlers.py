@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from actors.notifications import domain
 from actors.notifications.channels import channel_for
 from actors.notifications.store import NotificationsStore
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from brokers.contracts.identity import UserRegistered
 from brokers.contracts.notifications import ListNotifications, NotificationPage
 from brokers.contracts.orders import OrderCancelled, OrderConfirmed, OrderDelivered, OrderShipped
@@ -21,33 +21,32 @@ from brokers.envelope import InvalidMessage
 
 NAME = "notifications"
 notifications = Actor(NAME, NotificationsStore)
-Work = UnitOfWork[NotificationsStore]
 OrderEvent = OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered
 
 
 @notifications.handles(UserRegistered)
-async def welcome(event: UserRegistered, uow: Work) -> None:
-    await uow.store.remember_email(event.user_id, str(event.email))
-    await _notify(uow, domain.compose(event))
+async def welcome(event: UserRegistered, work: Work[NotificationsStore]) -> None:
+    await work.store.remember_email(event.user_id, str(event.email))
+    await _notify(work, domain.compose(event))
 
 
 @notifications.handles(OrderConfirmed)
 @notifications.handles(OrderCancelled)
 @notifications.handles(OrderShipped)
 @notifications.handles(OrderDelivered)
-async def tell_about_order(event: OrderEvent, uow: Work) -> None:
-    await _notify(uow, domain.compose(event))
+async def tell_about_order(event: OrderEvent, work: Work[NotificationsStore]) -> None:
+    await _notify(work, domain.compose(event))
 
 
-async def _notify(uow: Work, notification: domain.Notification) -> None:
-    if await uow.store.exists(notification.notification_id):
+async def _notify(work: Work[NotificationsStore], notification: domain.Notification) -> None:
+    if await work.store.exists(notification.notification_id):
         return
-    address = await uow.store.email_of(notification.customer_id)
-    channel = channel_for(uow.settings, address)
+    address = await work.store.email_of(notification.customer_id)
+    channel = channel_for(work.settings, address)
     sent = domain.Sent(notification, channel.name, address, datetime.now(UTC))
-    await uow.store.save(sent)
+    await work.store.save(sent)
     await channel.send(sent)
-    uow.emit(sent.announcement())
+    work.emit(sent.announcement())
 
 
 @notifications.answers_to(ListNotifications)

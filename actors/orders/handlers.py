@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from actors.orders import domain
 from actors.orders.store import OrdersStore
-from actors.runtime.actor import Actor, Timer, UnitOfWork
+from actors.runtime.actor import Actor, Timer, Work
 from actors.runtime.errors import NotFound
 from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
 from brokers.contracts.inventory import StockRejected, StockReserved
@@ -35,97 +35,96 @@ NAME = "orders"
 # An order not confirmed by then is cancelled ("timeout").
 DEADLINE = Timer("deadline", lambda settings: settings.emporium_order_deadline_ms)
 orders = Actor(NAME, OrdersStore, timers=(DEADLINE,))
-Work = UnitOfWork[OrdersStore]
 
 
 @orders.handles(PlaceOrder)
-async def place_order(command: PlaceOrder, uow: Work) -> None:
-    existing = await uow.store.order(command.order_id)
-    prices = await uow.store.prices(line.sku for line in command.lines)
-    if await _record(uow, command.order_id, existing, domain.place(existing, command, prices)):
-        uow.schedule(ExpireOrder(order_id=command.order_id), DEADLINE)
+async def place_order(command: PlaceOrder, work: Work[OrdersStore]) -> None:
+    existing = await work.store.order(command.order_id)
+    prices = await work.store.prices(line.sku for line in command.lines)
+    if await _record(work, command.order_id, existing, domain.place(existing, command, prices)):
+        work.schedule(ExpireOrder(order_id=command.order_id), DEADLINE)
 
 
 @orders.handles(StockReserved)
-async def mark_reserved(event: StockReserved, uow: Work) -> None:
-    await _decide(uow, event.order_id, domain.reserve)
+async def mark_reserved(event: StockReserved, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, domain.reserve)
 
 
 @orders.handles(StockRejected)
-async def cancel_out_of_stock(event: StockRejected, uow: Work) -> None:
-    await _decide(uow, event.order_id, domain.reject_stock)
+async def cancel_out_of_stock(event: StockRejected, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, domain.reject_stock)
 
 
 @orders.handles(PaymentCaptured)
-async def confirm(event: PaymentCaptured, uow: Work) -> None:
-    await _decide(uow, event.order_id, lambda order: domain.confirm(order, event))
+async def confirm(event: PaymentCaptured, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, lambda order: domain.confirm(order, event))
 
 
 @orders.handles(PaymentFailed)
-async def cancel_unpaid(event: PaymentFailed, uow: Work) -> None:
-    await _decide(uow, event.order_id, lambda order: domain.fail_payment(order, event.reason))
+async def cancel_unpaid(event: PaymentFailed, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, lambda order: domain.fail_payment(order, event.reason))
 
 
 @orders.handles(ExpireOrder)
-async def expire(command: ExpireOrder, uow: Work) -> None:
-    await _decide(uow, command.order_id, domain.expire)
+async def expire(command: ExpireOrder, work: Work[OrdersStore]) -> None:
+    await _decide(work, command.order_id, domain.expire)
 
 
 @orders.handles(CancelOrder)
-async def cancel_for_customer(command: CancelOrder, uow: Work) -> None:
-    await _decide(uow, command.order_id, lambda order: domain.cancel_by_customer(order, command.customer_id))
+async def cancel_for_customer(command: CancelOrder, work: Work[OrdersStore]) -> None:
+    await _decide(work, command.order_id, lambda order: domain.cancel_by_customer(order, command.customer_id))
 
 
 @orders.handles(ShipmentStopped)
-async def cancel_stopped(event: ShipmentStopped, uow: Work) -> None:
-    await _decide(uow, event.order_id, domain.cancel_stopped)
+async def cancel_stopped(event: ShipmentStopped, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, domain.cancel_stopped)
 
 
 @orders.handles(ShipmentDispatched)
-async def mark_shipped(event: ShipmentDispatched, uow: Work) -> None:
-    await _decide(uow, event.order_id, lambda order: domain.ship(order, event))
+async def mark_shipped(event: ShipmentDispatched, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, lambda order: domain.ship(order, event))
 
 
 @orders.handles(ShipmentDelivered)
-async def mark_delivered(event: ShipmentDelivered, uow: Work) -> None:
-    await _decide(uow, event.order_id, lambda order: domain.deliver(order, event))
+async def mark_delivered(event: ShipmentDelivered, work: Work[OrdersStore]) -> None:
+    await _decide(work, event.order_id, lambda order: domain.deliver(order, event))
 
 
 @orders.handles(ProductCreated)
-async def learn_price(event: ProductCreated, uow: Work) -> None:
-    await _keep_price(uow, event)
+async def learn_price(event: ProductCreated, work: Work[OrdersStore]) -> None:
+    await _keep_price(work, event)
 
 
 @orders.handles(ProductPriceChanged)
-async def learn_new_price(event: ProductPriceChanged, uow: Work) -> None:
-    await _keep_price(uow, event)
+async def learn_new_price(event: ProductPriceChanged, work: Work[OrdersStore]) -> None:
+    await _keep_price(work, event)
 
 
-async def _keep_price(uow: Work, event: ProductCreated | ProductPriceChanged) -> None:
-    offered = domain.Price(event.sku, event.price_cents, event.currency, as_of=uow.envelope.occurred_at)
-    current = (await uow.store.prices([event.sku])).get(event.sku)
+async def _keep_price(work: Work[OrdersStore], event: ProductCreated | ProductPriceChanged) -> None:
+    offered = domain.Price(event.sku, event.price_cents, event.currency, as_of=work.envelope.occurred_at)
+    current = (await work.store.prices([event.sku])).get(event.sku)
     if domain.newer(offered, current):
-        await uow.store.save_price(offered)
+        await work.store.save_price(offered)
 
 
-async def _decide(uow: Work, order_id: str, decide: Callable[[domain.Order], domain.Decision]) -> None:
-    order = await uow.store.order(order_id)
+async def _decide(work: Work[OrdersStore], order_id: str, decide: Callable[[domain.Order], domain.Decision]) -> None:
+    order = await work.store.order(order_id)
     if order is None:
         # Transient in a handler: the order's placing may not have committed yet.
         raise NotFound(f"order {order_id} does not exist")
-    await _record(uow, order_id, order, decide(order))
+    await _record(work, order_id, order, decide(order))
 
 
-async def _record(uow: Work, order_id: str, order: domain.Order | None, events: domain.Decision) -> bool:
+async def _record(work: Work[OrdersStore], order_id: str, order: domain.Order | None, events: domain.Decision) -> bool:
     """Append what was decided, refresh the view, announce it; False when nothing was decided."""
     if not events:
         return False
     recorded, after = domain.record(order, order_id, events, at=datetime.now(UTC))
-    await uow.store.append(recorded, message_id=uow.envelope.message_id)
-    await uow.store.save_view(after.view())
+    await work.store.append(recorded, message_id=work.envelope.message_id)
+    await work.store.save_view(after.view())
     for entry in recorded:
         if (public := domain.announcement(after, entry.event)) is not None:
-            uow.emit(public)
+            work.emit(public)
     return True
 
 

@@ -23,13 +23,12 @@ from datetime import UTC, datetime
 
 from actors.payments import domain, provider
 from actors.payments.store import PaymentsStore
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from brokers.contracts.inventory import StockReserved
 from brokers.contracts.orders import OrderCancelled, OrderPlaced
 from brokers.contracts.payments import GetPayment, ListPayments, PaymentPage, PaymentView
 
 payments = Actor("payments", PaymentsStore)
-Work = UnitOfWork[PaymentsStore]
 
 
 def _now() -> datetime:
@@ -37,54 +36,54 @@ def _now() -> datetime:
 
 
 @payments.handles(OrderPlaced)
-async def remember_order(event: OrderPlaced, uow: Work) -> None:
+async def remember_order(event: OrderPlaced, work: Work[PaymentsStore]) -> None:
     order = domain.Order(event.order_id, event.customer_id, event.total_cents, event.currency)
-    await _charge_or_look_up(uow, domain.placed(await uow.store.account(event.order_id), order, _now()))
+    await _charge_or_look_up(work, domain.placed(await work.store.account(event.order_id), order, _now()))
 
 
 @payments.handles(StockReserved)
-async def charge_reserved_order(event: StockReserved, uow: Work) -> None:
-    account = domain.reserved(await uow.store.account(event.order_id), event.order_id, _now())
-    await _charge_or_look_up(uow, account)
+async def charge_reserved_order(event: StockReserved, work: Work[PaymentsStore]) -> None:
+    account = domain.reserved(await work.store.account(event.order_id), event.order_id, _now())
+    await _charge_or_look_up(work, account)
 
 
 @payments.handles(OrderCancelled)
-async def refund_cancelled_order(event: OrderCancelled, uow: Work) -> None:
-    account = domain.cancelled(await uow.store.account(event.order_id), event.order_id, _now())
-    await _charge_or_look_up(uow, account)
+async def refund_cancelled_order(event: OrderCancelled, work: Work[PaymentsStore]) -> None:
+    account = domain.cancelled(await work.store.account(event.order_id), event.order_id, _now())
+    await _charge_or_look_up(work, account)
 
 
-async def _charge_or_look_up(uow: Work, account: domain.Account) -> None:
+async def _charge_or_look_up(work: Work[PaymentsStore], account: domain.Account) -> None:
     """Charge what is due; for a cancelled order, look up instead what it may have been charged."""
     change = domain.Change(account)
     if (charge := domain.charge_due(account)) is not None:
-        change = domain.charged(account, await _charge(charge, uow), _now())
+        change = domain.charged(account, await _charge(charge, work), _now())
     elif (key := domain.lookup_due(account)) is not None:
-        found = await provider.client_for(uow.settings).lookup(key)
+        found = await provider.client_for(work.settings).lookup(key)
         if found is not None:  # nothing found: nothing was taken, nothing changes
             change = domain.charged(account, found, _now())
-    await _settle(uow, change)
+    await _settle(work, change)
 
 
-async def _charge(charge: domain.ChargeRequest, uow: Work) -> domain.ChargeOutcome:
-    client = provider.client_for(uow.settings)
+async def _charge(charge: domain.ChargeRequest, work: Work[PaymentsStore]) -> domain.ChargeOutcome:
+    client = provider.client_for(work.settings)
     try:
         return await client.charge(charge)
     except provider.ProviderUnavailable as exc:
-        if uow.retries_left:
+        if work.retries_left:
             raise
         return domain.Unavailable(str(exc), exc.attempts)
 
 
-async def _settle(uow: Work, change: domain.Change) -> None:
+async def _settle(work: Work[PaymentsStore], change: domain.Change) -> None:
     """Refund what a cancelled order was charged, then save the account and emit what happened."""
     refund = domain.refund_due(change.account)
     if refund is not None:
-        refund_id = await provider.client_for(uow.settings).refund(refund)
+        refund_id = await provider.client_for(work.settings).refund(refund)
         change = change.then(domain.refunded(change.account, refund_id, _now()))
-    await uow.store.save(change.account)
+    await work.store.save(change.account)
     for event in change.events:
-        uow.emit(event)
+        work.emit(event)
 
 
 @payments.answers_to(GetPayment)

@@ -30,11 +30,20 @@ class Timer:
     delay_ms: Callable[[Settings], int]
 
 
-class UnitOfWork(Generic[S]):
-    """What a handler works with: its store (inside the transaction) and the messages it sends.
+@dataclass(frozen=True)
+class Staged:
+    """A message a handler sent, with its envelope and its outbox entry."""
 
-    Emitted events and scheduled commands are written to the outbox in the same transaction as the
-    store's changes and published after commit by the runtime.
+    message: Message
+    envelope: Envelope
+    entry: dict[str, Any]
+
+
+class Work(Generic[S]):
+    """The staged effects of one message: what its handler reads and changes through the store
+    (bound to the runtime's transaction) and the messages it sends, staged here in the order it sent
+    them. The runtime writes the staged messages to the outbox in the same transaction and publishes
+    them once it has committed; the handler never commits or publishes anything itself.
     """
 
     def __init__(
@@ -46,9 +55,8 @@ class UnitOfWork(Generic[S]):
         self.attempt = attempt
         self.settings = settings
         self._topology = topology
-        self.outbox: list[dict[str, Any]] = []
-        # What the handler emitted, for the actor's observers once the transaction has committed.
-        self.emitted: list[tuple[Event, Envelope]] = []
+        # The messages sent (events emitted, commands scheduled), in the order they were sent.
+        self.staged: list[Staged] = []
 
     @property
     def retries_left(self) -> bool:
@@ -56,19 +64,29 @@ class UnitOfWork(Generic[S]):
         its last try a handler may settle for a definite outcome instead of failing again."""
         return self._topology.retry_queue(self.attempt) is not None
 
+    @property
+    def outbox(self) -> list[dict[str, Any]]:
+        return [staged.entry for staged in self.staged]
+
+    @property
+    def emitted(self) -> list[tuple[Event, Envelope]]:
+        """The events staged, with their envelopes (for the actor's observers, after commit)."""
+        return [(s.message, s.envelope) for s in self.staged if isinstance(s.message, Event)]
+
     def emit(self, event: Event) -> None:
-        """Publish an event once this handler's transaction commits."""
-        envelope = self.envelope.caused(event)
-        self.outbox.append(outbox_entry(event, envelope))
-        self.emitted.append((event, envelope))
+        """Publish an event once this message's transaction commits."""
+        self._stage(event)
 
     def schedule(self, command: Command, timer: Timer) -> None:
         """Send a command to this actor itself once one of its timers has run out."""
-        delay_queue = self._topology.delay_queue(timer.delay_ms(self.settings))
-        self.outbox.append(outbox_entry(command, self.envelope.caused(command), routing_key=delay_queue))
+        self._stage(command, routing_key=self._topology.delay_queue(timer.delay_ms(self.settings)))
+
+    def _stage(self, message: Message, *, routing_key: str | None = None) -> None:
+        envelope = self.envelope.caused(message)
+        self.staged.append(Staged(message, envelope, outbox_entry(message, envelope, routing_key=routing_key)))
 
 
-Handler = Callable[[Any, UnitOfWork[Any]], Awaitable[None]]
+Handler = Callable[[Any, Work[Any]], Awaitable[None]]
 Answer = Callable[[Any, Any], Awaitable[BaseModel | list[BaseModel] | dict[str, Any]]]
 # Sees an event the actor emitted, its envelope, and the actor's store (reading outside any transaction).
 Observer = Callable[[Any, Envelope, Any], Awaitable[None]]
@@ -84,7 +102,7 @@ class Actor(Generic[S]):
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
     observers: dict[str, list[Observer]] = field(default_factory=dict)
 
-    def handles(self, message: type[M]) -> Callable[[Callable[[M, UnitOfWork[S]], Awaitable[None]]], Any]:
+    def handles(self, message: type[M]) -> Callable[[Callable[[M, Work[S]], Awaitable[None]]], Any]:
         """Register the handler of a command or event (one per message type).
 
         One process applies an actor's messages one batch at a time, each batch in delivery order

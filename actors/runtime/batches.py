@@ -37,7 +37,7 @@ from pymongo.asynchronous.mongo_client import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from actors.runtime import metrics
-from actors.runtime.actor import Actor, Handler, UnitOfWork
+from actors.runtime.actor import Actor, Handler, Work
 from actors.runtime.outbox import OutboxRelay
 from brokers.envelope import Envelope
 from brokers.settings import Settings
@@ -47,7 +47,7 @@ log = structlog.get_logger()
 INBOX_EXPIRY = "expire_after_dedupe_window"
 # What applying one delivery came to: its work once committed, None for a copy applied before, or
 # the exception that took it out of the batch (the consumer retries or dead-letters it).
-Outcome = UnitOfWork[Any] | None | Exception
+Outcome = Work[Any] | None | Exception
 
 
 @dataclass
@@ -97,7 +97,7 @@ class GroupCommit:
         self._waiting: asyncio.Queue[Delivery] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
-    async def apply(self, delivery: Delivery) -> UnitOfWork[Any] | None:
+    async def apply(self, delivery: Delivery) -> Work[Any] | None:
         """Apply a delivery with whatever else is waiting; its work once committed and published,
         None for a copy applied before. Raises what took it out of its batch."""
         delivery.done = asyncio.get_running_loop().create_future()
@@ -123,7 +123,7 @@ class GroupCommit:
             batch = await self._next_batch()
             try:
                 outcomes = await self.commit(batch)
-                await self._publish([o for o in outcomes if isinstance(o, UnitOfWork)])
+                await self._publish([o for o in outcomes if isinstance(o, Work)])
             except Exception as exc:  # nothing committed that is not recorded: each message is retried
                 log.warning("batch.failed", size=len(batch), error=repr(exc))
                 outcomes = [exc] * len(batch)
@@ -148,7 +148,7 @@ class GroupCommit:
                 break
         return batch
 
-    async def _publish(self, works: list[UnitOfWork[Any]]) -> None:
+    async def _publish(self, works: list[Work[Any]]) -> None:
         entries = [entry for work in works for entry in work.outbox]
         if not entries or self.relay is None:
             return
@@ -204,7 +204,7 @@ class GroupCommit:
             outcomes[i] = None if i in duplicates else exc
         return [i for i in pending if i not in culprits]
 
-    async def _transact(self, deliveries: list[Delivery], failed: list[int]) -> list[UnitOfWork[Any]]:
+    async def _transact(self, deliveries: list[Delivery], failed: list[int]) -> list[Work[Any]]:
         """One transaction: every handler in delivery order, then the outbox entries, then the inbox
         records. ``failed`` gets the position of a handler that raised.
 
@@ -215,11 +215,11 @@ class GroupCommit:
         before are not looked for first (a round trip for a rare case): their transaction fails,
         on the inbox's unique id at the latest, and the inbox is read only then."""
 
-        async def apply(session: AsyncClientSession) -> list[UnitOfWork[Any]]:
+        async def apply(session: AsyncClientSession) -> list[Work[Any]]:
             failed.clear()
             works = []
             for position, delivery in enumerate(deliveries):
-                work = UnitOfWork(
+                work = Work(
                     self.actor.store(self.db, session), delivery.envelope, self.topology, self.settings,
                     attempt=delivery.attempt,
                 )

@@ -3,7 +3,8 @@
 Work (commands and events): envelope and body are validated, then the message is applied with the
 others waiting (actors.runtime.batches): in ONE transaction the handler changes state, its events go
 to the outbox and the inbox records the message id (a message seen before is acked and skipped).
-Only once that has committed and the outbox is published is the message acked. Failures are sorted: permanent ones go to the dead-letter queue at once, anything else is retried
+Only once that has committed and the outbox is published is the message acked. Failures are sorted
+(actors.runtime.errors): permanent ones go to the dead-letter queue at once, anything else is retried
 through the delay queues and dead-lettered when the retries are spent.
 
 Queries: read through the store, answered on the reply-to address; a problem is an answer too.
@@ -24,7 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime import metrics
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from actors.runtime.batches import Delivery, GroupCommit
 from actors.runtime.errors import PERMANENT, NotFound, RuleViolation, dead_letter_reason
 from actors.runtime.outbox import OutboxRelay
@@ -118,7 +119,7 @@ class WorkConsumer:
 
     async def _transact(
         self, envelope: Envelope, payload: Any, handler: Any, attempt: int = 1
-    ) -> UnitOfWork[Any] | None:
+    ) -> Work[Any] | None:
         """Apply one message alone, in its own transaction, without publishing what it emitted (the
         outbox keeps it): its committed work, or None when it had been applied before."""
         [outcome] = await self.commits.commit([Delivery(envelope, payload, handler, attempt)])

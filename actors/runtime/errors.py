@@ -58,4 +58,6 @@ PERMANENT: tuple[type[Exception], ...] = (InvalidMessage, Permanent)
 
 def dead_letter_reason(error: Exception) -> Reason:
     """Why a message that failed permanently is dead-lettered."""
-    return Reason.INVALID_MESSAGE if isinstance(error, InvalidMessage) else getattr(error, "reason", Reason.RULE_VIOLATION)
+    if isinstance(error, InvalidMessage):
+        return Reason.INVALID_MESSAGE
+    return error.reason if isinstance(error, Permanent) else Reason.RULE_VIOLATION

@@ -8,7 +8,7 @@ arrives second changes nothing (see ``domain``).
 
 from datetime import UTC, datetime
 
-from actors.runtime.actor import Actor, Timer, UnitOfWork
+from actors.runtime.actor import Actor, Timer, Work
 from actors.runtime.errors import NotFound
 from actors.shipping import domain
 from actors.shipping.store import ShippingStore
@@ -19,35 +19,34 @@ NAME = "shipping"
 # The carrier simulation moves each shipment on after one step.
 CARRIER_STEP = Timer("carrier step", lambda settings: settings.emporium_carrier_step_ms)
 shipping = Actor(NAME, ShippingStore, timers=(CARRIER_STEP,))
-Work = UnitOfWork[ShippingStore]
 
 
 @shipping.handles(OrderConfirmed)
-async def schedule_shipment(event: OrderConfirmed, uow: Work) -> None:
-    await _apply(uow, domain.schedule(await uow.store.find(event.order_id), event, now=datetime.now(UTC)))
+async def schedule_shipment(event: OrderConfirmed, work: Work[ShippingStore]) -> None:
+    await _apply(work, domain.schedule(await work.store.find(event.order_id), event, now=datetime.now(UTC)))
 
 
 @shipping.handles(AdvanceShipment)
-async def advance_shipment(command: AdvanceShipment, uow: Work) -> None:
+async def advance_shipment(command: AdvanceShipment, work: Work[ShippingStore]) -> None:
     # NotFound is transient here: the order.confirmed it follows may not have been handled yet.
-    shipment = await uow.store.get(command.order_id)
-    await _apply(uow, domain.advance(shipment, command.to, now=datetime.now(UTC)))
+    shipment = await work.store.get(command.order_id)
+    await _apply(work, domain.advance(shipment, command.to, now=datetime.now(UTC)))
 
 
 @shipping.handles(OrderCancellationRequested)
-async def stop_shipment(event: OrderCancellationRequested, uow: Work) -> None:
-    await _apply(uow, domain.stop(await uow.store.find(event.order_id), event, now=datetime.now(UTC)))
+async def stop_shipment(event: OrderCancellationRequested, work: Work[ShippingStore]) -> None:
+    await _apply(work, domain.stop(await work.store.find(event.order_id), event, now=datetime.now(UTC)))
 
 
-async def _apply(uow: Work, outcome: domain.Outcome) -> None:
+async def _apply(work: Work[ShippingStore], outcome: domain.Outcome) -> None:
     if outcome.shipment is None:
         return
-    await uow.store.save(outcome.shipment)
+    await work.store.save(outcome.shipment)
     for event in outcome.events:
-        uow.emit(event)
+        work.emit(event)
     if outcome.next_step is not None:
         step = AdvanceShipment(order_id=outcome.shipment.order_id, to=outcome.next_step)
-        uow.schedule(step, CARRIER_STEP)
+        work.schedule(step, CARRIER_STEP)
 
 
 @shipping.answers_to(GetShipment)

@@ -21,7 +21,7 @@ from typing import Any
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.registry import ACTORS
-from actors.runtime.actor import UnitOfWork
+from actors.runtime.actor import Work
 from actors.runtime.consumers import WorkConsumer
 from actors.runtime.host import topology_of
 from actors.runtime.outbox import OutboxRelay
@@ -97,7 +97,7 @@ class _GatedStore:
 @dataclass(frozen=True)
 class Rivalry:
     message: Message
-    outcome: UnitOfWork[Any] | Exception
+    outcome: Work[Any] | Exception
     # More than one: the transaction conflicted with the rival's and ran again on its result.
     attempts: int
 
@@ -137,7 +137,7 @@ class Rivals:
             if isinstance(rivalry.outcome, Exception):
                 await self.apply(rivalry.message, correlation_id)
 
-    async def apply(self, message: Message, correlation_id: str) -> UnitOfWork[Any] | None:
+    async def apply(self, message: Message, correlation_id: str) -> Work[Any] | None:
         """Apply one message alone (set-up)."""
         consumer = self._consumer()
         contract, handler = consumer.actor.handlers[message.TYPE]
@@ -154,12 +154,12 @@ class Rivals:
             _, handler = consumer.actor.handlers[message.TYPE]
             rival = _Rival(meeting, frozenset(writes))
 
-            async def gated(payload: Any, uow: UnitOfWork[Any]) -> None:
+            async def gated(payload: Any, work: Work[Any]) -> None:
                 rival.attempts += 1
                 first = rival.attempts == 1
-                uow.store = _GatedStore(uow.store, rival, gated=first)
+                work.store = _GatedStore(work.store, rival, gated=first)
                 try:
-                    await handler(payload, uow)
+                    await handler(payload, work)
                 finally:
                     rival.leave()
 

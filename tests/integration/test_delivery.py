@@ -22,7 +22,7 @@ import pytest
 from pydantic import Field
 
 from actors.catalog import catalog
-from actors.runtime.actor import Actor, UnitOfWork
+from actors.runtime.actor import Actor, Work
 from actors.runtime.host import ActorHost
 from actors.runtime.store import Store
 from brokers.contracts.catalog import CreateProduct
@@ -118,7 +118,7 @@ async def test_a_message_abandoned_inside_its_transaction_is_applied_again_at_on
     _, handler = consumer.actor.handlers[Restock.TYPE]
     waiting = asyncio.Event()
 
-    async def dies_while_waiting(payload: Restock, uow: UnitOfWork[Any]) -> None:
+    async def dies_while_waiting(payload: Restock, work: Work[Any]) -> None:
         waiting.set()
         await asyncio.Event().wait()  # never answered: its transaction stays open, as a killed one's
 
@@ -239,9 +239,9 @@ class Flaky:
         flaky: Actor[WriteLog] = Actor("flaky", WriteLog)
 
         @flaky.handles(FlakyCommand)
-        async def handle(command: FlakyCommand, uow: UnitOfWork[WriteLog]) -> None:
+        async def handle(command: FlakyCommand, work: Work[WriteLog]) -> None:
             self.attempts.append(time.monotonic())
-            await uow.store.write(command.key)
+            await work.store.write(command.key)
             if self.failures is None or len(self.attempts) <= self.failures:
                 raise ConnectionError(f"downstream unavailable at attempt {len(self.attempts)}")
 

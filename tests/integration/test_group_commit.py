@@ -15,7 +15,7 @@ import pytest
 
 from actors.inventory import inventory
 from actors.runtime import metrics
-from actors.runtime.actor import UnitOfWork
+from actors.runtime.actor import Work
 from actors.runtime.batches import INBOX_EXPIRY, Delivery, GroupCommit, prepare_inbox
 from actors.runtime.errors import RuleViolation
 from actors.runtime.host import ActorHost, topology_of
@@ -58,7 +58,7 @@ class Inventory:
         envelope = envelope or Envelope.first(message, "c-batch")
         applies = handler or inventory.handlers[message.TYPE][1]
 
-        async def counted(payload: Any, work: UnitOfWork[Any]) -> None:
+        async def counted(payload: Any, work: Work[Any]) -> None:
             self.runs[envelope.message_id] = self.runs.get(envelope.message_id, 0) + 1
             await applies(payload, work)
 
@@ -76,7 +76,7 @@ async def stocked(mongo, settings) -> Inventory:
     return inv
 
 
-async def poison(payload: Any, work: UnitOfWork[Any]) -> None:
+async def poison(payload: Any, work: Work[Any]) -> None:
     await work.store.add_sku("SKU-POISON", "p-poison")  # written, then rolled back with the rest
     raise RuleViolation("this message breaks a rule")
 
@@ -88,7 +88,7 @@ async def test_a_poison_message_leaves_its_batch_and_the_others_commit_once(stoc
 
     outcomes = await stocked.commits.commit([first, second, bad, third])
 
-    assert [type(o).__name__ for o in outcomes] == ["UnitOfWork", "UnitOfWork", "RuleViolation", "UnitOfWork"]
+    assert [type(o).__name__ for o in outcomes] == ["Work", "Work", "RuleViolation", "Work"]
     # The first two ran in the aborted attempt too, yet count once; the poison's write is gone.
     assert stocked.runs[first.envelope.message_id] == 2 and stocked.runs[third.envelope.message_id] == 1
     assert await stocked.level("SKU-G") == {"on_hand": 10 + 1 + 2 + 4, "reserved": 0}
@@ -110,7 +110,7 @@ async def test_messages_about_one_sku_are_applied_in_the_order_they_came(mongo, 
     ])
 
     placed = outcomes[2]
-    assert isinstance(placed, UnitOfWork)
+    assert isinstance(placed, Work)
     assert [type(event) for event, _ in placed.emitted] == [StockReserved]
     assert await inv.level("SKU-O") == {"on_hand": 0, "reserved": 3}
 
@@ -128,8 +128,8 @@ async def test_copies_of_a_message_in_one_batch_or_applied_before_apply_once(sto
         stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
     ])
 
-    assert isinstance(applied, UnitOfWork)
-    assert outcomes[0] is None and isinstance(outcomes[1], UnitOfWork) and outcomes[2] is None
+    assert isinstance(applied, Work)
+    assert outcomes[0] is None and isinstance(outcomes[1], Work) and outcomes[2] is None
     assert await stocked.level("SKU-G") == {"on_hand": 10 + 5 + 7, "reserved": 0}
 
 
@@ -140,7 +140,7 @@ async def test_a_batch_committed_but_not_acked_is_deduped_on_redelivery_and_publ
     placed = [order_placed(f"order-crash-{n}", ("SKU-G", 1)) for n in range(3)]
     envelopes = [Envelope.first(event, event.order_id) for event in placed]
     committed = await stocked.commits.commit([stocked.delivery(e, v) for e, v in zip(placed, envelopes, strict=True)])
-    assert all(isinstance(outcome, UnitOfWork) for outcome in committed)
+    assert all(isinstance(outcome, Work) for outcome in committed)
 
     async with Tap(settings.rabbitmq_url) as watcher:
         duplicates_before = await outcome_count("inventory", "duplicate")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from actors.runtime.actor import Actor, Timer, UnitOfWork
+from actors.runtime.actor import Actor, Timer, Work
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.store import Store
 from brokers.contracts.common import EntityId
@@ -30,13 +30,13 @@ async def test_a_scheduled_command_arrives_after_its_delay_with_the_same_correla
     timers = Actor("timers", Store, timers=(SOON,))
 
     @timers.handles(StartTimer)
-    async def start_timer(command: StartTimer, uow: UnitOfWork[Store]) -> None:
+    async def start_timer(command: StartTimer, work: Work[Store]) -> None:
         started[command.timer_id] = time.monotonic()
-        uow.schedule(TimerFired(timer_id=command.timer_id), SOON)
+        work.schedule(TimerFired(timer_id=command.timer_id), SOON)
 
     @timers.handles(TimerFired)
-    async def timer_fired(command: TimerFired, uow: UnitOfWork[Store]) -> None:
-        fired[command.timer_id] = (time.monotonic(), uow.envelope.correlation_id, uow.envelope.causation_id)
+    async def timer_fired(command: TimerFired, work: Work[Store]) -> None:
+        fired[command.timer_id] = (time.monotonic(), work.envelope.correlation_id, work.envelope.causation_id)
 
     async with running(ActorHost([timers], settings)):
         sent = await send(broker, StartTimer(timer_id="t1"), correlation_id="order-7")
