@@ -15,7 +15,7 @@ from rich.progress import Progress
 from brokers.contracts.common import Shortage
 from brokers.contracts.inventory import GetStock, StockRejected, StockReserved, StockView
 from brokers.topology import dlq_name
-from ops.bench import drain_hot_sku
+from ops.bench.hot_sku import drain_hot_sku
 from tests.helpers import Tap, eventually, send
 from tests.integration.test_runtime_support import amqp, order_placed, requester, stock
 

@@ -12,27 +12,19 @@ from rich.console import Console
 from brokers.contracts.orders import OrderLine, OrderStep, OrderView
 from brokers.envelope import REGISTRY, Kind
 from brokers.topology import exchange_for
-from ops.bench import (
-    BenchPing,
-    CommandCounter,
+from ops.bench.common import DatabaseCeiling, percentile, send_paced
+from ops.bench.hop import BenchPing, HopFigures, Meter, bench_actor, run_round, summary
+from ops.bench.saga import CommandCounter, EndWatch
+from ops.bench.saga_figures import (
     Counts,
-    DatabaseCeiling,
-    EndWatch,
-    HopFigures,
-    Meter,
     Quiet,
     SagaFigures,
-    bench_actor,
     breakdowns,
     cost_table,
     outcomes_line,
-    percentile,
-    run_round,
     saga_orders,
-    send_paced,
     step_seconds,
     stock_needed,
-    summary,
 )
 
 

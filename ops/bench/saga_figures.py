@@ -1,0 +1,268 @@
+"""`emporium bench saga`: what it places, and the figures and tables it prints (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from rich.table import Table
+
+from brokers.contracts.common import Line
+from brokers.contracts.orders import (
+    OrderCancelled,
+    OrderDelivered,
+    OrderStatus,
+    OrderView,
+    PlaceOrder,
+)
+from ops.bench.common import (
+    percentile,
+)
+
+K = TypeVar("K")
+SKUS = tuple(f"BENCH-{n:02d}" for n in range(20))
+PRICE_CENTS = 1_250
+ENDED = frozenset({OrderDelivered.TYPE, OrderCancelled.TYPE})
+# RabbitMQ's management plugin refreshes its counts every 5 s (collect_statistics_interval's default):
+# counts that stayed the same for longer than that have caught up with everything before.
+STATS_INTERVAL_S = 5.0
+DEFAULT_EXCHANGE = "(default)"
+
+
+def saga_orders(count: int, skus: Sequence[str] = SKUS) -> list[PlaceOrder]:
+    """``count`` orders of two lines (neighbouring SKUs, one unit each) from ten customers."""
+    if len(skus) < 2:
+        raise ValueError("orders of two lines need at least two SKUs")
+    return [
+        PlaceOrder(
+            order_id=f"bench-order-{n:06d}",
+            customer_id=f"bench-customer-{n % 10}",
+            lines=[Line(sku=skus[(n + k) % len(skus)], quantity=1) for k in range(2)],
+            request_digest="bench-saga",
+        )
+        for n in range(count)
+    ]
+
+
+def stock_needed(orders: Iterable[PlaceOrder]) -> dict[str, int]:
+    """The units of each SKU the orders ask for: with that much in stock, none is short."""
+    needed: Counter[str] = Counter()
+    for order in orders:
+        for line in order.lines:
+            needed[line.sku] += line.quantity
+    return dict(needed)
+
+
+def step_seconds(view: OrderView, start: OrderStatus, end: OrderStatus) -> float | None:
+    """Seconds from the order's first ``start`` step to its first ``end`` step; None if it lacks one."""
+    reached: dict[str, datetime] = {}
+    for step in view.history:
+        reached.setdefault(step.status, step.at)
+    if start not in reached or end not in reached:
+        return None
+    return (reached[end] - reached[start]).total_seconds()
+
+
+def _grown(later: Mapping[K, int], earlier: Mapping[K, int]) -> dict[K, int]:
+    """How much each count grew; counts that did not change are left out."""
+    return {key: value - earlier.get(key, 0) for key, value in later.items() if value != earlier.get(key, 0)}
+
+
+def _by(counts: Mapping[tuple[str, ...], int], position: int) -> Counter[str]:
+    """Counts keyed by tuples, added up by the tuple's element at ``position``."""
+    summed: Counter[str] = Counter()
+    for key, count in counts.items():
+        summed[key[position]] += count
+    return summed
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the run's counters say at one moment; ``since`` makes two readings the cost in between."""
+
+    published: int  # RabbitMQ: messages clients published into the vhost
+    delivered: int  # RabbitMQ: messages handed to consumers in the vhost
+    parked: int  # RabbitMQ: events no queue was bound for, kept in unrouted-events
+    published_to: Mapping[str, int]  # RabbitMQ: messages published, by exchange
+    taken: Mapping[tuple[str, str, str], int]  # the runtime: (actor, type, outcome) -> messages
+    # MongoDB commands started, by where they went (an actor, or "admin" for a transaction's end) and name
+    mongo_commands: Mapping[tuple[str, str], int]
+
+    def since(self, earlier: Counts) -> Counts:
+        return Counts(
+            self.published - earlier.published,
+            self.delivered - earlier.delivered,
+            self.parked - earlier.parked,
+            _grown(self.published_to, earlier.published_to),
+            _grown(self.taken, earlier.taken),
+            _grown(self.mongo_commands, earlier.mongo_commands),
+        )
+
+
+class Quiet:
+    """Says when a reading has stayed the same for ``for_s`` seconds."""
+
+    _NOTHING_YET = object()
+
+    def __init__(self, for_s: float) -> None:
+        self.for_s = for_s
+        self._last: object = self._NOTHING_YET
+        self._since = 0.0
+
+    def still(self, reading: object, now: float) -> bool:
+        if reading != self._last:
+            self._last, self._since = reading, now
+            return False
+        return now - self._since >= self.for_s
+
+
+@dataclass(frozen=True)
+class SagaFigures:
+    placed: int
+    delivered: int
+    cancelled: int
+    seconds: float  # from the first order sent to the last order's end seen
+    cost: Counts  # from just before the first order until everything was quiet again
+    to_confirmed_s: tuple[float, ...]
+    to_delivered_s: tuple[float, ...]
+
+    @classmethod
+    def of(cls, views: Sequence[OrderView], seconds: float, cost: Counts) -> SagaFigures:
+        statuses = Counter(view.status for view in views)
+
+        def spans(end: OrderStatus) -> tuple[float, ...]:
+            found = (step_seconds(view, "placed", end) for view in views)
+            return tuple(span for span in found if span is not None)
+
+        return cls(
+            len(views), statuses["delivered"], statuses["cancelled"], seconds, cost,
+            spans("confirmed"), spans("delivered"),
+        )
+
+    def per_order(self, count: int) -> float:
+        """A count shared out over the delivered orders."""
+        if not self.delivered:
+            raise ValueError("no order was delivered")
+        return count / self.delivered
+
+    @property
+    def transactions(self) -> int:
+        return _by(self.cost.mongo_commands, 1)["commitTransaction"]
+
+
+def _ms(seconds: Sequence[float]) -> str:
+    if not seconds:
+        return "-"
+    return f"p50 {percentile(seconds, 0.50) * 1000:,.0f} ms, p99 {percentile(seconds, 0.99) * 1000:,.0f} ms"
+
+
+def saga_table(figures: SagaFigures, *, concurrency: int, carrier_step_ms: int) -> Table:
+    """The run at a glance: orders, time, latencies."""
+    table = Table(
+        title=f"{figures.placed} orders, {concurrency} in flight, carrier step {carrier_step_ms} ms"
+    )
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right")
+    table.add_row("orders delivered / cancelled", f"{figures.delivered} / {figures.cancelled}")
+    table.add_row(
+        "wall time", f"{figures.seconds:.2f} s ({figures.delivered / figures.seconds:.1f} delivered orders/s)"
+    )
+    table.add_row("placed → confirmed", _ms(figures.to_confirmed_s))
+    table.add_row("placed → delivered", _ms(figures.to_delivered_s))
+    return table
+
+
+def cost_table(figures: SagaFigures) -> Table:
+    """What a delivered order cost the broker and the database, and who counted it."""
+    cost = figures.cost
+    table = Table(title="cost per delivered order")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("total", justify="right")
+    table.add_column("per order", justify="right")
+    table.add_column("counted by")
+    rows = (
+        ("messages published", cost.published, "RabbitMQ: vhost publish"),
+        ("messages delivered to actors", cost.delivered, "RabbitMQ: vhost deliver_get"),
+        ("events no actor takes", cost.parked, "RabbitMQ: unrouted-events publish"),
+        ("messages taken by actors", sum(cost.taken.values()), "runtime: emporium_messages_total"),
+        ("MongoDB commands (round trips)", sum(cost.mongo_commands.values()), "pymongo CommandListener"),
+        ("MongoDB transactions", figures.transactions, "commitTransaction commands"),
+    )
+    for measure, total, source in rows:
+        table.add_row(measure, f"{total:,}", f"{figures.per_order(total):.1f}", source)
+    return table
+
+
+def breakdown_table(
+    figures: SagaFigures, title: str, headers: Sequence[str], rows: Iterable[tuple[Sequence[str], int]]
+) -> Table:
+    """Counts by some key, biggest first, with their share per delivered order."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header == headers[0] else "right")
+    table.add_column("total", justify="right")
+    table.add_column("per order", justify="right")
+    for cells, count in sorted(rows, key=lambda row: (-row[1], row[0])):
+        table.add_row(*cells, f"{count:,}", f"{figures.per_order(count):.2f}")
+    return table
+
+
+def breakdowns(figures: SagaFigures, *, top_commands: int = 8) -> list[Table]:
+    """Messages published by exchange and taken by type; MongoDB commands by actor and by name."""
+    cost = figures.cost
+    takers: dict[str, set[str]] = {}
+    for actor, type_, _ in cost.taken:
+        takers.setdefault(type_, set()).add(actor)
+    taken_by_actor = _by(cost.taken, 0)
+    commands = _by(cost.mongo_commands, 1)
+
+    def actor_row(actor: str, count: int) -> tuple[Sequence[str], int]:
+        # "admin" gets the transactions' commits and aborts; no actor takes messages there.
+        taken = taken_by_actor[actor]
+        if not taken:
+            return (actor, "-", "-"), count
+        return (actor, f"{taken:,}", f"{count / taken:.1f}"), count
+
+    return [
+        breakdown_table(figures, "messages published, by exchange", ["exchange"],
+                        (((name,), count) for name, count in cost.published_to.items())),
+        breakdown_table(figures, "messages taken by actors, by type", ["type → actors"],
+                        (((f"{type_} → {', '.join(sorted(takers[type_]))}",), count)
+                         for type_, count in _by(cost.taken, 1).items())),
+        breakdown_table(figures, "MongoDB commands, by actor", ["actor", "messages taken", "per message"],
+                        (actor_row(actor, count) for actor, count in _by(cost.mongo_commands, 0).items())),
+        breakdown_table(figures, f"MongoDB commands, top {top_commands} by name", ["command"],
+                        (((name,), count) for name, count in commands.most_common(top_commands))),
+    ]
+
+
+def outcomes_line(taken: Mapping[tuple[str, str, str], int]) -> str:
+    """How the actors' messages ended, with the types of those not simply applied."""
+    parts = []
+    for outcome, count in sorted(_by(taken, 2).items()):
+        types = _by({key: n for key, n in taken.items() if key[2] == outcome}, 1)
+        detail = ", ".join(f"{type_} {n:,}" for type_, n in types.most_common())
+        parts.append(f"{outcome} {count:,}" if outcome == "applied" else f"{outcome} {count:,} ({detail})")
+    return "messages taken, by outcome: " + "; ".join(parts)
+
+
+def saga_notes(figures: SagaFigures) -> str:
+    return (
+        f"{outcomes_line(figures.cost.taken)}\n"
+        "published: every message a client put into the run's vhost: the bench's PlaceOrder (standing in "
+        "for the edge), the actors' events, timers and retries sent to delay queues, dead letters; an event "
+        "counts once however many actors subscribe. delivered / taken: once per consuming actor, and a timer "
+        "again when it comes back from its delay queue (the bench's own copies of the orders' ends are left "
+        "out of deliver_get). The (default) exchange takes the timers and retries sent to delay queues. "
+        "Events no actor subscribes to are parked in unrouted-events (kept a day).\n"
+        "MongoDB: every command the actors' client started (one round trip each; a transaction's commit or "
+        "abort is one, sent to the admin database), from just before the first order until the system was "
+        "quiet again (notifications and analytics included). An abort is a handler that failed (retried "
+        "later) or lost a write conflict to a concurrent one (run again at once).\n"
+        "not in these figures: each order's deadline timer coming back (the deadline is set past the run) "
+        "and the outbox sweeper's periodic reads (also set past the run: they depend on time, not orders).\n"
+        "latency: from each order's history in the orders read model (its steps' times)."
+    )
