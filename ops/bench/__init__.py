@@ -28,7 +28,7 @@ the actors made, and how long orders took from placed to confirmed and to delive
 Each run has a vhost and databases of its own, created for it and deleted afterwards.
 """
 
-from ops.bench import hop, hot_sku, saga  # noqa: E402,F401  (their commands register on app)
+from ops.bench import hop, hot_sku, report, saga  # noqa: E402,F401  (their commands register on app)
 from ops.bench.common import app  # noqa: E402
 
 __all__ = ["app"]

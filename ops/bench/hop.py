@@ -345,16 +345,23 @@ async def _measured_round(
 
 
 async def run_hops(
-    settings: Settings, *, messages: int, concurrency: int, warmup: int, progress: Progress
+    settings: Settings,
+    *,
+    messages: int,
+    concurrency: int,
+    warmup: int,
+    progress: Progress,
+    chosen: Sequence[tuple[str, Hop]] | None = None,
 ) -> list[HopFigures]:
-    """Every hop in turn, in a scratch vhost and database: a warm-up round, then the measured round."""
+    """Every hop in turn (by default: ``hops``), in a scratch vhost and database: a warm-up round,
+    then the measured round."""
     results = []
     async with (
         scratch_vhost(settings) as on_vhost,
         scratch_database(on_vhost, [bench_actor.name]) as scratch,
     ):
         await _declare_baseline_queues(scratch)
-        for name, hop in hops(scratch):
+        for name, hop in chosen or hops(scratch):
             task = progress.add_task(name, total=warmup + messages)
             meter = Meter(concurrency, tick=partial(progress.advance, task))
             async with hop(scratch, meter) as publish_one:

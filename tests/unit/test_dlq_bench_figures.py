@@ -14,6 +14,7 @@ from brokers.envelope import REGISTRY, Kind
 from brokers.topology import exchange_for
 from ops.bench.common import DatabaseCeiling, percentile, send_paced
 from ops.bench.hop import BenchPing, HopFigures, Meter, bench_actor, run_round, summary
+from ops.bench.report import Report, markdown, plot
 from ops.bench.saga import CommandCounter, EndWatch
 from ops.bench.saga_figures import (
     Counts,
@@ -326,3 +327,27 @@ def test_the_command_counter_counts_commands_started_by_database_and_name():
     counter.succeeded(SimpleNamespace(database_name="x_orders", command_name="find"))
 
     assert counter.counts == {("x_orders", "find"): 2, ("admin", "commitTransaction"): 1}
+
+
+# --- emporium bench report ------------------------------------------------------------------------
+
+
+def test_the_report_puts_hops_the_database_alone_and_the_saga_in_one_table_with_ratios(tmp_path):
+    cost = _counts(
+        published=120, taken={("orders", "order.placed", "applied"): 200},
+        mongo_commands={("orders", "find"): 300, ("admin", "commitTransaction"): 30},
+    )
+    saga = SagaFigures(10, 10, 0, 2.0, cost, to_confirmed_s=(0.1, 0.2), to_delivered_s=(0.3,))
+    ceilings = {1: DatabaseCeiling(500.0, 500.0, 1), 32: CEILING}
+    report = Report(64, [RAW, FASTSTREAM], {1: SINGLE, 32: GROUPED}, ceilings, saga, 32, 10)
+
+    rows = report.rows()
+    assert rows[3] == ("actor runtime, group commit (32)", "2,000 msg/s", "10.0", "20.0", "0.50x")
+    assert rows[5] == ("MongoDB alone, 32 per transaction", "2,500 msg/s", "-", "-", "0.62x")
+    # 2,500 messages/s at batch 32 ÷ 20 messages per order: at most 125 orders/s.
+    assert rows[-2][1:] == ("5.0 orders/s", "150", "199", "0.04x of the ceiling")
+    assert rows[-1][1] == "125.0 orders/s"
+    assert dict(report.costs())["MongoDB round trips per order"] == "33.0"
+    assert "| saga ceiling: MongoDB alone at batch 32 ÷ 20 messages per order |" in markdown(report)
+    plot(report, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
