@@ -15,7 +15,9 @@ an entity writes its document), and per-key partitions keep them apart.
 
 One message never fails the others. The transaction aborts whole; a copy applied before (its inbox
 record exists) is then settled as a duplicate, a message whose handler raised leaves the batch to
-be retried or dead-lettered on its own, and the rest are applied again without them.
+be retried or dead-lettered on its own, and the messages before it and after it are applied again
+as two batches, in that order (so many failures in one batch cost each good handler one re-run, not
+one per failure).
 """
 
 from __future__ import annotations
@@ -159,50 +161,58 @@ class GroupCommit:
 
     async def commit(self, deliveries: list[Delivery]) -> list[Outcome]:
         """Apply the deliveries in one transaction, taking out those that cannot be applied (each
-        with its outcome) and applying the rest again, until what is left commits."""
+        with its outcome) and applying the rest again, until what is left has committed.
+
+        When a handler raises, the messages before it had been applied in that attempt: they are
+        applied again as a batch of their own, and the messages after it as another, in that order.
+        So every handler runs at most twice more than its own failures, however many fail."""
         outcomes: dict[int, Outcome] = {}
-        pending, ids = [], set()
+        first, ids = [], set()
         for i, delivery in enumerate(deliveries):
             if delivery.envelope.message_id in ids:  # two copies in one batch: the first one counts
                 outcomes[i] = None
             else:
                 ids.add(delivery.envelope.message_id)
-                pending.append(i)
-        while pending:
+                first.append(i)
+        batches = [first] if first else []
+        while batches:
+            batch = batches.pop(0)
             failed: list[int] = []
             started = time.perf_counter()
             try:
-                works = await self._transact([deliveries[i] for i in pending], failed)
+                works = await self._transact([deliveries[i] for i in batch], failed)
             except Exception as exc:
-                pending = await self._sort_out(deliveries, pending, failed, exc, outcomes)
-                if pending:
+                again = await self._sort_out(deliveries, batch, failed, exc, outcomes)
+                if again:
                     metrics.BATCHES_REDONE.labels(self.actor.name).inc()
+                batches[:0] = again
                 continue
             metrics.TRANSACTION_SECONDS.labels(self.actor.name).observe(time.perf_counter() - started)
             metrics.BATCH_MESSAGES.labels(self.actor.name).observe(len(works))
-            outcomes.update(zip(pending, works, strict=True))
-            pending = []
+            outcomes.update(zip(batch, works, strict=True))
         return [outcomes[i] for i in range(len(deliveries))]
 
     async def _sort_out(
-        self, deliveries: list[Delivery], pending: list[int], failed: list[int], exc: Exception,
+        self, deliveries: list[Delivery], batch: list[int], failed: list[int], exc: Exception,
         outcomes: dict[int, Outcome],
-    ) -> list[int]:
-        """After an aborted transaction: which deliveries leave the batch, and with what outcome."""
-        ids = [deliveries[i].envelope.message_id for i in pending]
+    ) -> list[list[int]]:
+        """After an aborted transaction: the deliveries that leave the batch get their outcome, and
+        what is left is returned as the batches to apply next, in delivery order."""
+        ids = [deliveries[i].envelope.message_id for i in batch]
         applied = {row["_id"] for row in await self.db["inbox"].find({"_id": {"$in": ids}}, {"_id": 1}).to_list()}
         # A copy applied before fails on its inbox record at the latest, or its handler refuses a
         # fact already applied: it is a duplicate, and says nothing about the others.
-        duplicates = [i for i in pending if deliveries[i].envelope.message_id in applied]
-        if duplicates:
-            culprits = duplicates
-        elif failed:
-            culprits = [pending[failed[-1]]]
-        else:  # not one message's doing (the database away, say): all of them wait
-            culprits = pending
-        for i in culprits:
-            outcomes[i] = None if i in duplicates else exc
-        return [i for i in pending if i not in culprits]
+        if duplicates := [i for i in batch if deliveries[i].envelope.message_id in applied]:
+            outcomes.update(dict.fromkeys(duplicates))
+            rest = [i for i in batch if i not in duplicates]
+            return [rest] if rest else []
+        if failed:
+            position = failed[-1]
+            outcomes[batch[position]] = exc
+            return [part for part in (batch[:position], batch[position + 1:]) if part]
+        # Not one message's doing (the database away, say): all of them wait.
+        outcomes.update(dict.fromkeys(batch, exc))
+        return []
 
     async def _transact(self, deliveries: list[Delivery], failed: list[int]) -> list[Work[Any]]:
         """One transaction: every handler in delivery order, then the outbox entries, then the inbox

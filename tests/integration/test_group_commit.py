@@ -201,3 +201,38 @@ async def test_the_inbox_forgets_message_ids_after_the_dedupe_window(stocked, se
     assert (index["key"], index["expireAfterSeconds"]) == ([("at", 1)], 7_200)
     records = await stocked.db["inbox"].find().to_list()
     assert len(records) == 2 and all(isinstance(record["at"], datetime) for record in records)
+
+
+async def test_many_failures_in_a_batch_do_not_run_the_others_again_and_again(stocked):
+    """A provider that is down fails every charge of a batch: taking one failure out at a time and
+    applying all the others again would run the good handlers once per failure."""
+
+    async def unavailable(payload: Any, work: Work[Any]) -> None:
+        raise ConnectionError("the provider is down")
+
+    fine = [stocked.delivery(Restock(sku="SKU-G", quantity=1)) for _ in range(8)]
+    failing = [stocked.delivery(Restock(sku="SKU-G", quantity=1), handler=unavailable) for _ in range(8)]
+
+    outcomes = await stocked.commits.commit([*fine, *failing])
+
+    assert all(isinstance(outcome, Work) for outcome in outcomes[:8])
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes[8:])
+    # The fine ones: the attempt that met the first failure, then their own batch.
+    assert [stocked.runs[d.envelope.message_id] for d in fine] == [2] * 8
+    assert [stocked.runs[d.envelope.message_id] for d in failing] == [1] * 8
+    assert await stocked.level("SKU-G") == {"on_hand": 10 + 8, "reserved": 0}
+
+
+async def test_after_a_failure_the_messages_before_and_after_it_commit_in_order(stocked):
+    runs_before = dict(stocked.runs)
+    before = [stocked.delivery(Restock(sku="SKU-G", quantity=1)) for _ in range(3)]
+    bad = stocked.delivery(Restock(sku="SKU-G", quantity=100), handler=poison)
+    after = [stocked.delivery(Restock(sku="SKU-G", quantity=2)) for _ in range(3)]
+
+    outcomes = await stocked.commits.commit([*before, bad, *after])
+
+    assert [isinstance(o, Work) for o in outcomes] == [True] * 3 + [False] + [True] * 3
+    # Those before it ran in the failed attempt and in their own batch; those after it once.
+    runs = {k: v for k, v in stocked.runs.items() if k not in runs_before}
+    assert [runs[d.envelope.message_id] for d in (*before, bad, *after)] == [2, 2, 2, 1, 1, 1, 1]
+    assert await stocked.level("SKU-G") == {"on_hand": 10 + 3 + 6, "reserved": 0}
