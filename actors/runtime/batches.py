@@ -11,7 +11,9 @@ lets the consumers ack.
 Batches run one at a time per consumer, so the handlers of one process never run side by side:
 messages about one entity are applied in the order they were delivered, and they cannot fight over
 its documents. Replicas still can; their conflicts are the database's to find (every decision about
-an entity writes its document), and per-key partitions keep them apart.
+an entity writes its document). An actor whose handlers wait on something outside (payments on its
+provider) may ask for lanes: batches side by side, each conversation (correlation id) always in the
+same lane, so one order's messages still never run beside each other.
 
 One message never fails the others. The transaction aborts whole; a copy applied before (its inbox
 record exists) is then settled as a duplicate, a message whose handler raised leaves the batch to
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,18 +99,23 @@ class GroupCommit:
     ) -> None:
         self.actor, self.topology, self.client, self.db = actor, topology, client, db
         self.relay, self.settings = relay, settings
-        self._waiting: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        # One queue and one worker per lane; a conversation (correlation id) always takes the same lane.
+        self._lanes: list[asyncio.Queue[Delivery]] = [asyncio.Queue() for _ in range(actor.lanes)]
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._batch_size = min(settings.emporium_batch_size, actor.batch_size or settings.emporium_batch_size)
 
     async def apply(self, delivery: Delivery) -> Work[Any] | None:
-        """Apply a delivery with whatever else is waiting; its work once committed and published,
-        None for a copy applied before. Raises what took it out of its batch."""
+        """Apply a delivery with whatever else is waiting in its lane; its work once committed and
+        published, None for a copy applied before. Raises what took it out of its batch."""
         delivery.done = asyncio.get_running_loop().create_future()
-        self._waiting.put_nowait(delivery)
-        if self._worker is None or self._worker.done():
+        lane = zlib.crc32(delivery.envelope.correlation_id.encode()) % len(self._lanes)
+        self._lanes[lane].put_nowait(delivery)
+        worker = self._workers.get(lane)
+        if worker is None or worker.done():
             # A context of its own: the worker must not run inside the first message's trace.
-            self._worker = asyncio.create_task(
-                self._apply_forever(), name=f"{self.actor.name}-group-commit", context=contextvars.Context()
+            self._workers[lane] = asyncio.create_task(
+                self._apply_forever(self._lanes[lane]), name=f"{self.actor.name}-group-commit-{lane}",
+                context=contextvars.Context(),
             )
         outcome = await delivery.done
         if isinstance(outcome, Exception):
@@ -115,14 +123,14 @@ class GroupCommit:
         return outcome
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        for worker in self._workers.values():
+            worker.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self._workers.clear()
 
-    async def _apply_forever(self) -> None:
+    async def _apply_forever(self, waiting: asyncio.Queue[Delivery]) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = await self._next_batch(waiting)
             try:
                 outcomes = await self.commit(batch)
                 await self._publish([o for o in outcomes if isinstance(o, Work)])
@@ -133,19 +141,19 @@ class GroupCommit:
                 if delivery.done is not None and not delivery.done.done():
                     delivery.done.set_result(outcome)
 
-    async def _next_batch(self) -> list[Delivery]:
-        batch = [await self._waiting.get()]
-        size, linger = self.settings.emporium_batch_size, self.settings.emporium_batch_wait_ms / 1000
+    async def _next_batch(self, waiting: asyncio.Queue[Delivery]) -> list[Delivery]:
+        batch = [await waiting.get()]
+        linger = self.settings.emporium_batch_wait_ms / 1000
         deadline = asyncio.get_running_loop().time() + linger
-        while len(batch) < size:
-            if not self._waiting.empty():
-                batch.append(self._waiting.get_nowait())
+        while len(batch) < self._batch_size:
+            if not waiting.empty():
+                batch.append(waiting.get_nowait())
                 continue
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._waiting.get(), left))
+                batch.append(await asyncio.wait_for(waiting.get(), left))
             except TimeoutError:
                 break
         return batch

@@ -8,6 +8,8 @@ by the inbox; messages about one entity are applied in the order they came.
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -15,15 +17,17 @@ import pytest
 
 from actors.inventory import inventory
 from actors.runtime import metrics
-from actors.runtime.actor import Work
+from actors.runtime.actor import Actor, Work
 from actors.runtime.batches import INBOX_EXPIRY, Delivery, GroupCommit, prepare_inbox
 from actors.runtime.errors import RuleViolation
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.outbox import OutboxRelay
+from actors.runtime.store import Store
+from brokers.contracts.common import EntityId
 from brokers.contracts.inventory import GetStock, Restock, StockReserved, StockView
 from brokers.contracts.shipping import ShipmentDispatched
 from brokers.deadletters import ATTEMPTS, ORIGIN, REASON
-from brokers.envelope import Envelope, Message
+from brokers.envelope import Command, Envelope, Message
 from brokers.factory import publish
 from brokers.settings import Settings
 from brokers.topology import dlq_name
@@ -236,3 +240,44 @@ async def test_after_a_failure_the_messages_before_and_after_it_commit_in_order(
     runs = {k: v for k, v in stocked.runs.items() if k not in runs_before}
     assert [runs[d.envelope.message_id] for d in (*before, bad, *after)] == [2, 2, 2, 1, 1, 1, 1]
     assert await stocked.level("SKU-G") == {"on_hand": 10 + 3 + 6, "reserved": 0}
+
+
+class Wait(Command, type="test.lane_wait"):
+    key: EntityId
+
+
+def _in_lane(lane: int, lanes: int, prefix: str) -> str:
+    """A correlation id that takes the given lane."""
+    return next(f"{prefix}-{n}" for n in range(1_000) if zlib.crc32(f"{prefix}-{n}".encode()) % lanes == lane)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+async def test_lanes_let_other_conversations_go_on_while_one_waits(mongo, settings, lanes):
+    """Payments waits on its provider inside its handlers: with lanes, an order whose call hangs
+    does not hold up another order's (with one lane it does)."""
+    actor = Actor("lanes", Store, lanes=lanes)
+    other_went_on = asyncio.Event()
+
+    async def waits_for_the_other(command: Wait, work: Work[Store]) -> None:
+        if command.key == "slow":
+            await asyncio.wait_for(other_went_on.wait(), 2.0)  # TimeoutError: held up
+        else:
+            other_went_on.set()
+
+    db = mongo[settings.database_name("lanes")]
+    await OutboxRelay.prepare(db)
+    commits = GroupCommit(actor, topology_of(actor, settings), mongo, db, None, settings)
+    slow, quick = Wait(key="slow"), Wait(key="quick")
+    try:
+        outcomes = await asyncio.gather(
+            commits.apply(Delivery(Envelope.first(slow, _in_lane(0, 2, "order")), slow, waits_for_the_other)),
+            commits.apply(Delivery(Envelope.first(quick, _in_lane(1, 2, "order")), quick, waits_for_the_other)),
+            return_exceptions=True,
+        )
+    finally:
+        await commits.stop()
+
+    if lanes == 2:
+        assert all(isinstance(outcome, Work) for outcome in outcomes), outcomes
+    else:  # one lane: the quick order waited behind the slow one, which gave up
+        assert isinstance(outcomes[0], TimeoutError) and isinstance(outcomes[1], Work)
