@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
+from pymongo import UpdateOne
+
 from actors.inventory.domain import Outcome, Reservation, Status, StockLevel
 from actors.runtime.errors import ConcurrentUpdate, NotFound
 from actors.runtime.store import Store
@@ -56,14 +58,19 @@ class InventoryStore(Store):
         return Reservation(doc["_id"], tuple(Line(**line) for line in doc["lines"]), Status(doc["status"]))
 
     async def save_levels(self, before: dict[str, StockLevel], after: dict[str, StockLevel]) -> None:
-        """Write new levels, each only if the level is still what the decision was based on."""
+        """Write new levels, each only if the level is still what the decision was based on (one
+        round trip for all of them)."""
+        updates = []
         for sku in sorted(after):
             was, now = asdict(before[sku]), asdict(after[sku])
             was["_id"] = was.pop("sku")
             now.pop("sku")
-            result = await self._stock.update_one(was, {"$set": now}, session=self.session)
-            if result.matched_count != 1:
-                raise ConcurrentUpdate(f"stock of {sku} changed while it was being updated")
+            updates.append(UpdateOne(was, {"$set": now}))
+        if not updates:
+            return
+        result = await self._stock.bulk_write(updates, session=self.session)
+        if result.matched_count != len(updates):
+            raise ConcurrentUpdate(f"stock of {', '.join(sorted(after))} changed while it was being updated")
 
     async def apply(self, before: dict[str, StockLevel], outcome: Outcome) -> None:
         await self.save_levels(before, outcome.levels)

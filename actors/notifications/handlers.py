@@ -42,12 +42,11 @@ async def tell_about_order(event: OrderEvent, work: Work[NotificationsStore]) ->
 
 
 async def _notify(work: Work[NotificationsStore], notification: domain.Notification) -> None:
-    if await work.store.exists(notification.notification_id):
-        return
     address = await work.store.email_of(notification.customer_id)
     channel = channel_for(work.settings, address)
     sent = domain.Sent(notification, channel.name, address, datetime.now(UTC))
-    await work.store.save(sent)
+    if not await work.store.save_new(sent):  # told before (the same fact under another message id)
+        return
     await channel.send(sent)
     work.emit(sent.announcement())
 

@@ -35,20 +35,22 @@ class NotificationsStore(Store):
         await db["notifications"].create_index([("customer_id", ASCENDING), *ORDER])
         await db["notifications"].create_index([("order_id", ASCENDING), *ORDER])
 
-    async def exists(self, notification_id: str) -> bool:
-        found = await self._notifications.find_one({"_id": notification_id}, {"_id": 1}, session=self.session)
-        return found is not None
-
-    async def save(self, sent: Sent) -> None:
+    async def save_new(self, sent: Sent) -> bool:
+        """Record the notification unless it was recorded before (one round trip); whether it is new."""
         n = sent.notification
-        await self._notifications.insert_one(
+        result = await self._notifications.update_one(
+            {"_id": n.notification_id},
             {
-                "_id": n.notification_id, "customer_id": n.customer_id, "order_id": n.order_id,
-                "template": n.template, "subject": n.subject, "body": n.body,
-                "channel": sent.channel, "address": sent.address, "sent_at": sent.sent_at,
+                "$setOnInsert": {
+                    "customer_id": n.customer_id, "order_id": n.order_id,
+                    "template": n.template, "subject": n.subject, "body": n.body,
+                    "channel": sent.channel, "address": sent.address, "sent_at": sent.sent_at,
+                }
             },
+            upsert=True,
             session=self.session,
         )
+        return result.upserted_id is not None
 
     async def page(
         self, *, customer_id: str | None, order_id: str | None, offset: int, limit: int
