@@ -20,10 +20,13 @@ from brokers.contracts.orders import OrderCancelled, OrderConfirmed, OrderDelive
 from brokers.envelope import InvalidMessage
 
 NAME = "notifications"
-# With SMTP configured, a handler sends its email inside the transaction: batches of at most 4 keep a
-# slow server's transaction inside MongoDB's 60 s limit (4 x the 10 s SMTP timeout), 4 lanes keep
-# other customers' mail going meanwhile.
-notifications = Actor(NAME, NotificationsStore, lanes=4, batch_size=4)
+# With SMTP configured, a handler sends its email inside the transaction: then one message per
+# transaction keeps a slow server (10 s timeout) inside the transaction lifetime (15 s), and 4 lanes
+# keep other customers' mail going meanwhile. Without SMTP nothing waits: full batches.
+notifications = Actor(
+    NAME, NotificationsStore, lanes=4,
+    batch_size=lambda settings: 1 if settings.emporium_smtp_url else settings.emporium_batch_size,
+)
 OrderEvent = OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered
 
 

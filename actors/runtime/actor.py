@@ -99,9 +99,9 @@ class Actor(Generic[S]):
     # The timers the actor schedules commands to itself with.
     timers: tuple[Timer, ...] = ()
     # Group commit (actors.runtime.batches): batches applied side by side in one process (a
-    # conversation always in the same lane), and a cap on EMPORIUM_BATCH_SIZE for this actor.
+    # conversation always in the same lane), and this actor's batch size (default EMPORIUM_BATCH_SIZE).
     lanes: int = 1
-    batch_size: int | None = None
+    batch_size: Callable[[Settings], int] | None = None
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
     observers: dict[str, list[Observer]] = field(default_factory=dict)

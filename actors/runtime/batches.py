@@ -102,7 +102,7 @@ class GroupCommit:
         # One queue and one worker per lane; a conversation (correlation id) always takes the same lane.
         self._lanes: list[asyncio.Queue[Delivery]] = [asyncio.Queue() for _ in range(actor.lanes)]
         self._workers: dict[int, asyncio.Task[None]] = {}
-        self._batch_size = min(settings.emporium_batch_size, actor.batch_size or settings.emporium_batch_size)
+        self._batch_size = actor.batch_size(settings) if actor.batch_size else settings.emporium_batch_size
 
     async def apply(self, delivery: Delivery) -> Work[Any] | None:
         """Apply a delivery with whatever else is waiting in its lane; its work once committed and
