@@ -130,9 +130,18 @@ def document_problems(app: FastAPI) -> None:
             schema = ProblemDetails.model_json_schema(ref_template=_SCHEMAS + "{model}")
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             schemas.update({ProblemDetails.__name__: schema, **schema.pop("$defs", {})})
+            _document_body_limit(document)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_body_limit(document: dict[str, Any]) -> None:
+    """Every operation that takes a body may answer 413: the size limit runs before any route."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).update(problem_responses(413))
 
 
 def field_errors(exc: RequestValidationError) -> list[FieldError]:

@@ -176,6 +176,16 @@ async def test_the_bearer_token_is_documented(edge: httpx.AsyncClient) -> None:
     )
 
 
+async def test_every_route_that_takes_a_body_documents_the_size_limit(edge: httpx.AsyncClient) -> None:
+    spec = (await edge.get("/openapi.json")).json()
+
+    operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+    with_body = {(path, method) for path, method, op in operations if "requestBody" in op}
+    limited = {(path, method) for path, method, op in operations if "413" in op["responses"]}
+    assert ("/dev/payment-provider", "put") in with_body
+    assert limited == with_body
+
+
 def test_lines_of_one_sku_are_added_up_into_one() -> None:
     order = NewOrder.model_validate(
         {"lines": [{"sku": "MUG-1", "quantity": 2}, {"sku": "MUG-2", "quantity": 1}, {"sku": "MUG-1", "quantity": 3}]}
