@@ -92,7 +92,7 @@ async def test_the_api_is_documented(edge: httpx.AsyncClient) -> None:
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     create = spec["paths"]["/products"]["post"]
     assert create["security"] == [{"AccessToken": []}]
-    assert set(create["responses"]) == {"202", "401", "403", "422", "429", "503"}
+    assert set(create["responses"]) == {"202", "401", "403", "413", "422", "429", "503"}
     assert create["responses"]["422"]["content"] == {
         "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
     }
