@@ -64,9 +64,7 @@ async def _republish(
 
 
 def _without_bookkeeping(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return {
-        k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING and k != "x-death"
-    }
+    return {k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING and k != "x-death"}
 
 
 async def retry_later(

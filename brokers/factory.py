@@ -34,9 +34,7 @@ def _metrics(registry: CollectorRegistry, app_name: str) -> PrometheusMiddleware
     )
 
 
-def make_broker(
-    settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY
-) -> RabbitBroker:
+def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY) -> RabbitBroker:
     """A broker whose publishes are confirmed and fail loudly when nothing can route them."""
     return RabbitBroker(
         settings.rabbitmq_url,
@@ -72,5 +70,9 @@ async def publish_body(
 async def publish(broker: RabbitBroker, message: Message, envelope: Envelope) -> None:
     """Publish a contract to the exchange of its kind, routed by its type."""
     await publish_body(
-        broker, message.body(), exchange=exchange_for(message).name, routing_key=message.TYPE, envelope=envelope
+        broker,
+        message.body(),
+        exchange=exchange_for(message).name,
+        routing_key=message.TYPE,
+        envelope=envelope,
     )

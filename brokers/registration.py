@@ -100,4 +100,3 @@ async def poll(
             return None
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.5)
-

@@ -95,7 +95,9 @@ class RateLimits:
 
     async def throttle_registration(self, request: Request) -> None:
         """One attempt from the client address's login budget (an email is not counted: see above)."""
-        await self._spend(self._per_login, "login", _address_key(request), "too many attempts from this address")
+        await self._spend(
+            self._per_login, "login", _address_key(request), "too many attempts from this address"
+        )
 
     async def throttle_login(self, request: Request, email: str) -> None:
         """Before a login for ``email`` (normalised) is checked: spend, refuse or slow it down."""
@@ -104,24 +106,33 @@ class RateLimits:
         pair = (_email_key(email), address)
         if not await self._limiter.test(self._failures_per_pair, "login-failures", *pair):
             await self._refuse(
-                self._failures_per_pair, "login-failures", pair, "too many failed logins for this account from here"
+                self._failures_per_pair,
+                "login-failures",
+                pair,
+                "too many failed logins for this account from here",
             )
         if not await self._limiter.test(self._failures_per_account, "account-failures", _email_key(email)):
             SLOWED_LOGINS_TOTAL.inc()
             await asyncio.sleep(self._slowdown_s)
 
     async def login_failed(self, request: Request, email: str) -> None:
-        await self._limiter.hit(self._failures_per_pair, "login-failures", _email_key(email), _address_key(request))
+        await self._limiter.hit(
+            self._failures_per_pair, "login-failures", _email_key(email), _address_key(request)
+        )
         await self._limiter.hit(self._failures_per_account, "account-failures", _email_key(email))
 
     async def login_succeeded(self, request: Request, email: str) -> None:
-        await self._limiter.clear(self._failures_per_pair, "login-failures", _email_key(email), _address_key(request))
+        await self._limiter.clear(
+            self._failures_per_pair, "login-failures", _email_key(email), _address_key(request)
+        )
 
     async def _spend(self, item: RateLimitItem, budget: Budget, key: str, what: str) -> None:
         if not await self._limiter.hit(item, budget, key):
             await self._refuse(item, budget, (key,), what)
 
-    async def _refuse(self, item: RateLimitItem, budget: Budget, keys: tuple[str, ...], what: str) -> NoReturn:
+    async def _refuse(
+        self, item: RateLimitItem, budget: Budget, keys: tuple[str, ...], what: str
+    ) -> NoReturn:
         RATE_LIMITED_TOTAL.labels(budget).inc()
         stats = await self._limiter.get_window_stats(item, budget, *keys)
         retry_after_s = max(1, math.ceil(stats.reset_time - time.time()))
@@ -142,7 +153,9 @@ class RecentDepth:
     new orders are sent to.
     """
 
-    def __init__(self, queue: str, *, max_age_s: float = DEPTH_MAX_AGE_S, missing_is_empty: bool = False) -> None:
+    def __init__(
+        self, queue: str, *, max_age_s: float = DEPTH_MAX_AGE_S, missing_is_empty: bool = False
+    ) -> None:
         self.queue = queue
         self._missing_is_empty = missing_is_empty
         self._max_age_s = max_age_s

@@ -60,7 +60,10 @@ def _envelope_headers() -> dict[str, Any]:
         "properties": {
             "schema_version": {"type": "integer", "minimum": 1},
             "occurred_at": {"type": "string", "format": "date-time"},
-            "causation_id": {"type": "string", "description": "The message this one was sent in reaction to."},
+            "causation_id": {
+                "type": "string",
+                "description": "The message this one was sent in reaction to.",
+            },
         },
         "required": ["schema_version", "occurred_at"],
     }
@@ -159,7 +162,12 @@ def document() -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "servers": {
-            "rabbitmq": {"host": "localhost:5672", "pathname": "/", "protocol": "amqp", "protocolVersion": "0.9.1"}
+            "rabbitmq": {
+                "host": "localhost:5672",
+                "pathname": "/",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+            }
         },
         "channels": channels,
         "operations": operations,
@@ -176,7 +184,11 @@ def _reply_schema(data_type: Any, schemas: dict[str, Any]) -> dict[str, Any]:
             "data": data,
             "problem": {
                 "type": "object",
-                "properties": {"status": {"type": "integer"}, "title": {"type": "string"}, "detail": {"type": "string"}},
+                "properties": {
+                    "status": {"type": "integer"},
+                    "title": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
             },
         },
         "required": ["ok"],
@@ -196,7 +208,9 @@ def rendered() -> str:
 
 @app.command("write")
 def write_command(
-    check: Annotated[bool, typer.Option(help="Change nothing; exit 1 if the committed copy is stale.")] = False,
+    check: Annotated[
+        bool, typer.Option(help="Change nothing; exit 1 if the committed copy is stale.")
+    ] = False,
 ) -> None:
     """Write edge/asyncapi.json from the code (or check it is up to date)."""
     current = COMMITTED.read_text() if COMMITTED.exists() else ""
@@ -208,4 +222,3 @@ def write_command(
         raise typer.Exit(1)
     COMMITTED.write_text(rendered())
     typer.echo(f"wrote {COMMITTED}")
-

@@ -40,13 +40,19 @@ from rich.table import Table
 
 from actors.orders.handlers import NAME as ORDERS
 from actors.registry import ACTORS
-from brokers.settings import Settings
 from brokers.contracts.orders import GetOrder, OrderView
 from brokers.rpc import QueryFailed, requesting
+from brokers.settings import Settings
 from brokers.topology import COMMANDS, EVENTS, MOVES, UNROUTED_EVENTS, delay_queue_name
 from ops.dlq import management_client, with_vhost
 from ops.invariants import (
-    CAPTURED_TWICE, EVERY_ORDER_SETTLES, NO_DEAD_LETTER, SHIPPED_AND_CANCELLED, STOCK_RULES, TERMINAL, Report,
+    CAPTURED_TWICE,
+    EVERY_ORDER_SETTLES,
+    NO_DEAD_LETTER,
+    SHIPPED_AND_CANCELLED,
+    STOCK_RULES,
+    TERMINAL,
+    Report,
     check,
 )
 from ops.load import LoadConfig, run_load
@@ -104,7 +110,10 @@ class Fleet:
     async def _spawn(self, member: Member) -> None:
         log_file = (self.logs / f"{member.name}.log").open("ab")
         member.process = await asyncio.create_subprocess_exec(
-            *member.arguments, env={**os.environ, **self.environment}, stdout=log_file, stderr=log_file,
+            *member.arguments,
+            env={**os.environ, **self.environment},
+            stdout=log_file,
+            stderr=log_file,
             start_new_session=True,
         )
         log_file.close()  # the child holds its own copy
@@ -123,13 +132,19 @@ class Fleet:
                     if (await http.get(f"{member.base_url}/ready")).status_code == 200:
                         return
                 await asyncio.sleep(0.2)
-        raise ChaosError(f"{member.name} was not ready within {timeout_s:.0f}s (log: {self.logs / member.name}.log)")
+        raise ChaosError(
+            f"{member.name} was not ready within {timeout_s:.0f}s (log: {self.logs / member.name}.log)"
+        )
 
     async def _supervise(self) -> None:
         """Restart what died, as Kubernetes or compose would."""
         while not self._stopping:
             for member in self.members:
-                if member.process is not None and member.process.returncode is not None and not self._stopping:
+                if (
+                    member.process is not None
+                    and member.process.returncode is not None
+                    and not self._stopping
+                ):
                     log.info("chaos.restart", member=member.name, exit=member.process.returncode)
                     await asyncio.sleep(RESTART_PAUSE_S)
                     member.restarts += 1
@@ -191,7 +206,9 @@ async def duplicate_every_message(run: Run) -> None:
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        exchanges = {name: await channel.get_exchange(name) for name in (EVENTS.name, COMMANDS.name, MOVES.name)}
+        exchanges = {
+            name: await channel.get_exchange(name) for name in (EVENTS.name, COMMANDS.name, MOVES.name)
+        }
         for name in exchanges:
             await queue.bind(name, routing_key="#")
 
@@ -200,9 +217,13 @@ async def duplicate_every_message(run: Run) -> None:
                 if (message.headers or {}).get(COPY_HEADER) or message.exchange not in exchanges:
                     return
                 copied = aio_pika.Message(
-                    message.body, headers={**(message.headers or {}), COPY_HEADER: 1},
-                    content_type=message.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=message.message_id, correlation_id=message.correlation_id, type=message.type,
+                    message.body,
+                    headers={**(message.headers or {}), COPY_HEADER: 1},
+                    content_type=message.content_type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    type=message.type,
                     timestamp=message.timestamp,
                 )
                 await exchanges[message.exchange].publish(copied, routing_key=message.routing_key or "")
@@ -339,7 +360,9 @@ def run_settings(base: Settings, node: RabbitNode, mongo: EmbeddedMongo, vhost: 
     )
 
 
-def fleet_environment(settings: Settings, provider_port: int, *, deadline_ms: int, carrier_step_ms: int) -> dict[str, str]:
+def fleet_environment(
+    settings: Settings, provider_port: int, *, deadline_ms: int, carrier_step_ms: int
+) -> dict[str, str]:
     return {
         "RABBITMQ_URL": settings.rabbitmq_url,
         "RABBITMQ_MANAGEMENT_URL": settings.rabbitmq_management_url,
@@ -361,14 +384,18 @@ async def run_vhost(node: RabbitNode, vhost: str) -> AsyncIterator[None]:
     async with management_client(settings) as management:
         (await management.put(f"/api/vhosts/{quote(vhost, safe='')}")).raise_for_status()
         permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        (await management.put(f"/api/permissions/{quote(vhost, safe='')}/guest", json=permissions)).raise_for_status()
+        (
+            await management.put(f"/api/permissions/{quote(vhost, safe='')}/guest", json=permissions)
+        ).raise_for_status()
         yield
 
 
 async def queue_depths(settings: Settings, vhost: str) -> dict[str, int]:
     """Messages in every queue of the vhost (ready and unacknowledged)."""
     async with management_client(settings) as management:
-        response = await management.get(f"/api/queues/{quote(vhost, safe='')}", params={"columns": "name,messages"})
+        response = await management.get(
+            f"/api/queues/{quote(vhost, safe='')}", params={"columns": "name,messages"}
+        )
         response.raise_for_status()
         return {queue["name"]: queue.get("messages") or 0 for queue in response.json()}
 
@@ -434,8 +461,13 @@ class Row:
     @property
     def clean(self) -> bool:
         return not (
-            self.lost or self.double_charged or self.oversold or self.shipped_after_cancel or self.timed_out
-            or self.dead_letters or self.violations
+            self.lost
+            or self.double_charged
+            or self.oversold
+            or self.shipped_after_cancel
+            or self.timed_out
+            or self.dead_letters
+            or self.violations
         )
 
 
@@ -445,16 +477,35 @@ def shipped_and_cancelled(view: OrderView) -> bool:
 
 
 COLUMNS = (
-    "scenario", "accepted", "lost", "double-charged", "oversold", "shipped after cancel", "timed out",
-    "confirmed %", "dead letters", "other violations", "faults injected", "took s",
+    "scenario",
+    "accepted",
+    "lost",
+    "double-charged",
+    "oversold",
+    "shipped after cancel",
+    "timed out",
+    "confirmed %",
+    "dead letters",
+    "other violations",
+    "faults injected",
+    "took s",
 )
 
 
 def row_cells(row: Row) -> list[str]:
     return [
-        row.scenario, str(row.accepted), str(row.lost), str(row.double_charged), str(row.oversold),
-        str(row.shipped_after_cancel), str(row.timed_out), f"{row.confirmed_pct:.1f}", str(row.dead_letters),
-        str(len(row.violations)), row.faults or "-", f"{row.took_s:.0f}",
+        row.scenario,
+        str(row.accepted),
+        str(row.lost),
+        str(row.double_charged),
+        str(row.oversold),
+        str(row.shipped_after_cancel),
+        str(row.timed_out),
+        f"{row.confirmed_pct:.1f}",
+        str(row.dead_letters),
+        str(len(row.violations)),
+        row.faults or "-",
+        f"{row.took_s:.0f}",
     ]
 
 
@@ -466,6 +517,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 async def _views(settings: Settings, order_ids: Sequence[str]) -> dict[str, OrderView | None]:
     async with requesting(settings) as requester:
+
         async def view(order_id: str) -> OrderView | None:
             try:
                 return await requester.ask(GetOrder(order_id=order_id), OrderView)
@@ -486,8 +538,13 @@ class Books:
     dead_letters: int = 0
 
     def book(
-        self, scenario: str, accepted: Sequence[str], views: dict[str, OrderView | None], report: Report,
-        depths: dict[str, int], faults: Counter[str],
+        self,
+        scenario: str,
+        accepted: Sequence[str],
+        views: dict[str, OrderView | None],
+        report: Report,
+        depths: dict[str, int],
+        faults: Counter[str],
     ) -> Row:
         """The scenario's row: the edge's ledger (its accepted orders) against what the system holds,
         and the checker's new findings (the provider's ledger among them) in the columns they belong to."""
@@ -502,8 +559,11 @@ class Books:
 
         counted = {CAPTURED_TWICE, SHIPPED_AND_CANCELLED, NO_DEAD_LETTER, EVERY_ORDER_SETTLES, *STOCK_RULES}
         unclean = [
-            story(order_id, view) for order_id, view in views.items()
-            if view is None or view.status not in TERMINAL or view.cancel_reason == "timeout"
+            story(order_id, view)
+            for order_id, view in views.items()
+            if view is None
+            or view.status not in TERMINAL
+            or view.cancel_reason == "timeout"
             or shipped_and_cancelled(view)
         ]
         return Row(
@@ -513,12 +573,15 @@ class Books:
             double_charged=len(subjects(CAPTURED_TWICE)),
             oversold=len(subjects(*STOCK_RULES)),
             shipped_after_cancel=len(
-                subjects(SHIPPED_AND_CANCELLED) | {view.order_id for view in known if shipped_and_cancelled(view)}
+                subjects(SHIPPED_AND_CANCELLED)
+                | {view.order_id for view in known if shipped_and_cancelled(view)}
             ),
             timed_out=sum(1 for view in known if view.cancel_reason == "timeout"),
             confirmed=sum(1 for view in known if any(step.status == "confirmed" for step in view.history)),
             dead_letters=new_dead_letters,
-            violations=tuple(f"{v.invariant}: {v.subject}: {v.detail}" for v in fresh if v.invariant not in counted),
+            violations=tuple(
+                f"{v.invariant}: {v.subject}: {v.detail}" for v in fresh if v.invariant not in counted
+            ),
             faults=", ".join(f"{name} x{count}" for name, count in sorted(faults.items())),
             unclean_orders=tuple(unclean),
             outcomes=tuple(Counter(outcome(view) for view in views.values()).most_common()),
@@ -582,8 +645,12 @@ async def started_system(base: Settings, directory: Path, timings: Timings) -> A
         logs.mkdir(parents=True, exist_ok=True)
         fleet, edge, provider = build_fleet({}, logs)
         fleet.environment.update(
-            fleet_environment(settings, provider.port, deadline_ms=timings.deadline_ms,
-                              carrier_step_ms=timings.carrier_step_ms)
+            fleet_environment(
+                settings,
+                provider.port,
+                deadline_ms=timings.deadline_ms,
+                carrier_step_ms=timings.carrier_step_ms,
+            )
         )
         settings = settings.model_copy(update={"emporium_payment_provider_url": provider.base_url})
         await fleet.start()
@@ -599,7 +666,13 @@ async def run_scenario(
     fleet, began = system.fleet, time.monotonic()
     restarts_before = {m.name: m.restarts for m in fleet.members}
     run = Run(
-        name, system.servers, system.vhost, fleet, system.edge, system.provider, system.settings.rabbitmq_url,
+        name,
+        system.servers,
+        system.vhost,
+        fleet,
+        system.edge,
+        system.provider,
+        system.settings.rabbitmq_url,
         random.Random(seed),
     )
     faulting = asyncio.create_task(fault(run))
@@ -616,8 +689,11 @@ async def run_scenario(
     )
     report = await check(system.settings, drained=True)
     restarts = Counter(
-        {f"restarted {m.name}": m.restarts - restarts_before[m.name] for m in fleet.members
-         if m.restarts > restarts_before[m.name]}
+        {
+            f"restarted {m.name}": m.restarts - restarts_before[m.name]
+            for m in fleet.members
+            if m.restarts > restarts_before[m.name]
+        }
     )
     row = books.book(name, accepted, views, report, depths, run.counts + restarts)
     return dataclasses.replace(row, took_s=time.monotonic() - began)
@@ -661,8 +737,14 @@ async def servers(directory: Path) -> AsyncIterator[Servers]:
 
 
 async def run_chaos(
-    scenarios: Sequence[str], *, base: Settings, drive: Drive, directory: Path, timings: Timings,
-    seed: int = 1, on_row: Callable[[Row], None] = lambda row: None,
+    scenarios: Sequence[str],
+    *,
+    base: Settings,
+    drive: Drive,
+    directory: Path,
+    timings: Timings,
+    seed: int = 1,
+    on_row: Callable[[Row], None] = lambda row: None,
 ) -> list[Row]:
     rows, books = [], Books()
     async with started_system(base, directory, timings) as system:
@@ -680,7 +762,9 @@ def load_drive(config: LoadConfig) -> Drive:
 
     async def drive(edge_url: str, settings: Settings) -> list[str]:
         result = await run_load(edge_url, config, settings=settings)
-        return [record.order_id for record in result.orders if record.accepted_at is not None and record.order_id]
+        return [
+            record.order_id for record in result.orders if record.accepted_at is not None and record.order_id
+        ]
 
     return drive
 
@@ -696,16 +780,24 @@ def rows_table(rows: Sequence[Row]) -> Table:
 
 def report_markdown(rows: Sequence[Row], *, commit: str, orders: int, started: datetime) -> str:
     lines = [
-        "# emporium chaos report", "",
-        f"Run {started:%Y-%m-%d %H:%M} UTC on commit `{commit}`, {orders} orders offered per scenario.", "",
+        "# emporium chaos report",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} UTC on commit `{commit}`, {orders} orders offered per scenario.",
+        "",
         markdown_table(rows),
     ]
     lines += ["## How the accepted orders ended", ""]
-    lines += [f"- {row.scenario}: " + ", ".join(f"{name} {count}" for name, count in row.outcomes) for row in rows]
+    lines += [
+        f"- {row.scenario}: " + ", ".join(f"{name} {count}" for name, count in row.outcomes) for row in rows
+    ]
     lines.append("")
     for row in rows:
         if row.violations:
             lines += [f"## {row.scenario}: other violations", ""] + [f"- {v}" for v in row.violations] + [""]
         if row.unclean_orders:
-            lines += [f"## {row.scenario}: orders not cleanly ended", ""] + [f"- {o}" for o in row.unclean_orders] + [""]
+            lines += (
+                [f"## {row.scenario}: orders not cleanly ended", ""]
+                + [f"- {o}" for o in row.unclean_orders]
+                + [""]
+            )
     return "\n".join(lines)

@@ -20,7 +20,9 @@ from uvicorn.main import STARTUP_FAILURE
 from brokers.settings import Settings
 from ops import asyncapi, bench, dlq, identity_admin, production
 
-app = typer.Typer(help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True)
+app = typer.Typer(
+    help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True
+)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(bench.app, name="bench")
 app.add_typer(production.app, name="production")
@@ -55,8 +57,16 @@ def _payment_provider_alongside(settings) -> Iterator[None]:
     """Run the payment-provider simulator as a child process for as long as the block runs."""
     url = urlsplit(settings.emporium_payment_provider_url)
     child = subprocess.Popen(
-        [sys.executable, "-m", "ops", "payment-provider", "--host", url.hostname or "127.0.0.1",
-         "--port", str(url.port or 80)],
+        [
+            sys.executable,
+            "-m",
+            "ops",
+            "payment-provider",
+            "--host",
+            url.hostname or "127.0.0.1",
+            "--port",
+            str(url.port or 80),
+        ],
         # uvicorn re-raises SIGTERM after its shutdown, so the finally below may never run.
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
@@ -129,7 +139,9 @@ def actor(
 
 @app.command()
 def check(
-    grace_s: Annotated[float, typer.Option(help="Slack past an order's deadline before it counts as stuck.")] = 30.0,
+    grace_s: Annotated[
+        float, typer.Option(help="Slack past an order's deadline before it counts as stuck.")
+    ] = 30.0,
     drained: Annotated[
         bool,
         typer.Option(
@@ -252,15 +264,27 @@ def load(
     console = Console(stderr=as_json)  # with --json, stdout holds the JSON only
     try:
         config = LoadConfig(
-            orders=orders, concurrency=concurrency, rate_per_s=rate, duration_s=duration_s, settle_s=settle_s,
-            customers=customers, declined_customers=declined_customers, seed=seed, allow_remote=allow_remote,
+            orders=orders,
+            concurrency=concurrency,
+            rate_per_s=rate,
+            duration_s=duration_s,
+            settle_s=settle_s,
+            customers=customers,
+            declined_customers=declined_customers,
+            seed=seed,
+            allow_remote=allow_remote,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     out_dir = out or Path(".data/load") / datetime.now().strftime("%Y%m%d-%H%M%S")
     configure_logging("ERROR")  # the RabbitMQ client's chatter would garble the progress bars
-    columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[note]}"))
+    columns = (
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+    )
     try:
         with Progress(*columns, console=console, disable=as_json) as progress:
             result = asyncio.run(run_load(url, config, settings=get_settings(), progress=progress))
@@ -283,7 +307,9 @@ def chaos(
     ] = None,
     orders: Annotated[int, typer.Option(min=1, help="Orders offered per scenario.")] = 40,
     concurrency: Annotated[int, typer.Option(min=1, help="Orders in flight at once.")] = 8,
-    full: Annotated[bool, typer.Option(help="The full run: 1,000 orders per scenario, 32 in flight.")] = False,
+    full: Annotated[
+        bool, typer.Option(help="The full run: 1,000 orders per scenario, 32 in flight.")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Report directory (.data/chaos/<timestamp>).")] = None,
     seed: Annotated[int, typer.Option(help="Makes the plans and the faults' choices repeatable.")] = 1,
 ) -> None:
@@ -297,14 +323,25 @@ def chaos(
 
     from brokers.logs import configure_logging
     from brokers.settings import get_settings
-    from ops.chaos import SCENARIOS, ChaosError, Row, Timings, load_drive, report_markdown, rows_table, run_chaos
+    from ops.chaos import (
+        SCENARIOS,
+        ChaosError,
+        Row,
+        Timings,
+        load_drive,
+        report_markdown,
+        rows_table,
+        run_chaos,
+    )
     from ops.load import LoadConfig, LoadFailed
     from ops.servers import ServerFailed
 
     chosen = scenario or list(SCENARIOS)
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
-        raise typer.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        raise typer.BadParameter(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
     if full:
         orders, concurrency = 1_000, 32
     console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
@@ -329,8 +366,13 @@ def chaos(
     try:
         asyncio.run(
             run_chaos(
-                chosen, base=get_settings(), drive=load_drive(config), directory=directory,
-                timings=Timings(), seed=seed, on_row=on_row,
+                chosen,
+                base=get_settings(),
+                drive=load_drive(config),
+                directory=directory,
+                timings=Timings(),
+                seed=seed,
+                on_row=on_row,
             )
         )
     except (ChaosError, ServerFailed, LoadFailed) as exc:

@@ -121,7 +121,9 @@ async def dead_letter_queues(settings: Settings) -> list[QueueDepth]:
     if response.status_code == 404:
         raise DlqError(f"there is no vhost {vhost!r}")
     response.raise_for_status()
-    return await depths(settings, sorted(q["name"] for q in response.json() if q["name"].endswith(DLQ_SUFFIX)))
+    return await depths(
+        settings, sorted(q["name"] for q in response.json() if q["name"].endswith(DLQ_SUFFIX))
+    )
 
 
 async def depths(settings: Settings, queues: list[str]) -> list[QueueDepth]:

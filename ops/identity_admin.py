@@ -83,7 +83,9 @@ async def _send(settings: Settings, command: Command) -> None:
         await broker.stop()
 
 
-app = typer.Typer(help="Administrators and signing keys (talks to a running identity actor).", no_args_is_help=True)
+app = typer.Typer(
+    help="Administrators and signing keys (talks to a running identity actor).", no_args_is_help=True
+)
 console = Console()
 
 

@@ -140,7 +140,10 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "clean": self.clean, "drained": self.drained, "orders": self.orders, "in_flight": self.in_flight,
+            "clean": self.clean,
+            "drained": self.drained,
+            "orders": self.orders,
+            "in_flight": self.in_flight,
             "skus": self.skus,
             "invariants": [asdict(tally) for tally in self.tallies()],
             "violations": [asdict(violation) for violation in self.violations],
@@ -266,7 +269,9 @@ def _cancelled_refunded(fact: OrderFacts, when: When) -> str | None:
 CAPTURED_TWICE = "never captured twice for an order (provider's ledger)"
 SHIPPED_AND_CANCELLED = "no order is both shipped and cancelled"
 STOCK_RULES = (
-    "stock never goes negative", "on hand + reserved + shipped = received", "inventory agrees with the orders",
+    "stock never goes negative",
+    "on hand + reserved + shipped = received",
+    "inventory agrees with the orders",
 )
 NO_DEAD_LETTER = "no dead letter is left"
 EVERY_ORDER_SETTLES = "every order settles"
@@ -294,7 +299,9 @@ ORDER_RULES: tuple[Rule[OrderFacts], ...] = (
 def _never_negative(sku: SkuFacts, when: When) -> str | None:
     level = sku.level
     counts = {
-        "on hand": level.on_hand, "reserved": level.reserved, "shipped": level.shipped,
+        "on hand": level.on_hand,
+        "reserved": level.reserved,
+        "shipped": level.shipped,
         "received": level.received,
     }
     return ", ".join(f"{name} {count}" for name, count in counts.items() if count < 0) or None
@@ -349,7 +356,9 @@ def _apply(rules: Sequence[Rule[S]], subjects: Sequence[tuple[str, S]], when: Wh
 def evaluate(facts: Facts, when: When) -> Report:
     known = [f.order for f in facts.orders if f.order is not None]
     report = Report(
-        drained=when.drained, orders=len(known), in_flight=sum(o.status not in TERMINAL for o in known),
+        drained=when.drained,
+        orders=len(known),
+        in_flight=sum(o.status not in TERMINAL for o in known),
         skus=len(facts.skus),
     )
     _apply(ORDER_RULES, [(f"order {f.order_id}", f) for f in facts.orders], when, report)
@@ -408,7 +417,11 @@ def order_facts(
         shipment, notifications = followed.get(order_id, (None, ()))
         facts.append(
             OrderFacts(
-                order_id, views.get(order_id), paid.get(order_id), shipment, notifications,
+                order_id,
+                views.get(order_id),
+                paid.get(order_id),
+                shipment,
+                notifications,
                 tuple(charges.get(order_id, ())),
             )
         )

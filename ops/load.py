@@ -501,16 +501,20 @@ async def _sign_up(edge: Edge, who: str, deadline: float) -> Customer:
         # first one went through: the account is this load's own if its password logs in.
         headers, token_ends = await _log_in(edge, account, deadline)
         me = await edge.call("GET", "/auth/me", headers=headers, deadline=deadline)
-        return Customer(_checked(me, f"reading {account.email}'s account", 200)["user_id"], headers, token_ends)
+        return Customer(
+            _checked(me, f"reading {account.email}'s account", 200)["user_id"], headers, token_ends
+        )
     user_id = _checked(response, f"registering {account.email}", 201, 202)["user_id"]
     headers, token_ends = await _log_in(edge, account, deadline)
     return Customer(user_id, headers, token_ends)
 
 
 def _email_taken(response: httpx.Response) -> bool:
-    return response.status_code == 409 and response.headers.get("content-type", "").startswith(
-        "application/problem+json"
-    ) and response.json().get("type") == EMAIL_TAKEN
+    return (
+        response.status_code == 409
+        and response.headers.get("content-type", "").startswith("application/problem+json")
+        and response.json().get("type") == EMAIL_TAKEN
+    )
 
 
 async def _sign_up_customers(edge: Edge, run_id: str, count: int, deadline: float) -> list[Customer]:

@@ -154,9 +154,15 @@ def _charge(doc: dict[str, Any], refunds: list[Refund]) -> Charge:
         left = doc["refundable_cents"]
         status = "captured" if refunded == 0 else "refunded" if left == 0 else "partially_refunded"
     return Charge(
-        charge_id=doc["_id"], idempotency_key=doc["idempotency_key"], status=status,
-        amount_cents=doc["amount_cents"], currency=doc["currency"], customer_id=doc["customer_id"],
-        refunded_cents=refunded, at=doc["at"], refunds=refunds,
+        charge_id=doc["_id"],
+        idempotency_key=doc["idempotency_key"],
+        status=status,
+        amount_cents=doc["amount_cents"],
+        currency=doc["currency"],
+        customer_id=doc["customer_id"],
+        refunded_cents=refunded,
+        at=doc["at"],
+        refunds=refunds,
     )
 
 
@@ -185,9 +191,7 @@ class Ledger:
     async def opened(cls, settings: Settings) -> AsyncIterator[Ledger]:
         # retryWrites=false: the single writes here are outside transactions, and the embedded
         # MongoDB slows down 30x once it holds ~10k retryable-write records.
-        client: AsyncMongoClient = AsyncMongoClient(
-            settings.mongodb_url, retryWrites=False, tz_aware=True
-        )
+        client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, retryWrites=False, tz_aware=True)
         try:
             db = client[ledger_database(settings)]
             await db["charges"].create_index("idempotency_key", unique=True)
@@ -304,8 +308,11 @@ class Provider:
             if self._outage():
                 return _OUTAGE
             refund = {
-                "_id": _new_id("re"), "idempotency_key": request.idempotency_key,
-                "charge_id": request.charge_id, "amount_cents": request.amount_cents, "at": _now(),
+                "_id": _new_id("re"),
+                "idempotency_key": request.idempotency_key,
+                "charge_id": request.charge_id,
+                "amount_cents": request.amount_cents,
+                "at": _now(),
             }
             try:
                 kept, fresh = await self.ledger.record_refund(refund)
@@ -339,11 +346,14 @@ class Provider:
         declined_by_rate = self._random.random() < self.control.decline_rate
         declined = request.customer_id in self.control.decline_customers or declined_by_rate
         return {
-            "_id": _new_id("ch"), "idempotency_key": request.idempotency_key,
+            "_id": _new_id("ch"),
+            "idempotency_key": request.idempotency_key,
             "outcome": "declined" if declined else "captured",
             "amount_cents": request.amount_cents,
-            "refundable_cents": 0 if declined else request.amount_cents, "currency": request.currency,
-            "customer_id": request.customer_id, "at": _now(),
+            "refundable_cents": 0 if declined else request.amount_cents,
+            "currency": request.currency,
+            "customer_id": request.customer_id,
+            "at": _now(),
         }
 
     def _count_charge(self, doc: dict[str, Any]) -> None:
@@ -371,8 +381,12 @@ class Provider:
             return self._conflict(request.idempotency_key, "refund")
         return Answer(
             201,
-            {"refund_id": kept["_id"], "charge_id": kept["charge_id"], "amount_cents": kept["amount_cents"],
-             "status": "refunded"},
+            {
+                "refund_id": kept["_id"],
+                "charge_id": kept["charge_id"],
+                "amount_cents": kept["amount_cents"],
+                "status": "refunded",
+            },
         )
 
 
@@ -416,7 +430,9 @@ def create_app(settings: Settings | None = None, *, seed: int | None = None) -> 
         # Ready once its ledger answers: a charge it cannot record must not be taken.
         if await provider.ledger.reachable():
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready", "detail": "the ledger's MongoDB does not answer"}, status_code=503)
+        return JSONResponse(
+            {"status": "not ready", "detail": "the ledger's MongoDB does not answer"}, status_code=503
+        )
 
     @app.post("/charges")
     async def charge(request: ChargeRequest, provider: Simulated) -> JSONResponse:

@@ -89,8 +89,8 @@ class RabbitNode:
 
     def _environment(self) -> dict[str, str]:
         listeners = (
-            f"-rabbitmq_management tcp_config [{{ip,\"127.0.0.1\"}},{{port,{self.management_port}}}] "
-            f"-rabbitmq_prometheus tcp_config [{{ip,\"127.0.0.1\"}},{{port,{self.prometheus_port}}}] "
+            f'-rabbitmq_management tcp_config [{{ip,"127.0.0.1"}},{{port,{self.management_port}}}] '
+            f'-rabbitmq_prometheus tcp_config [{{ip,"127.0.0.1"}},{{port,{self.prometheus_port}}}] '
             # Queue counts in the management API refresh every second (default 5 s): a run that waits
             # for its queues to empty sees it sooner.
             f"-rabbit collect_statistics_interval {STATISTICS_INTERVAL_MS}"
@@ -117,7 +117,9 @@ class RabbitNode:
         assignments = " ".join(f"{key}='{value}'" for key, value in self._environment().items())
         command = f"cd {RABBIT_HOME} && exec env {assignments} /usr/lib/rabbitmq/bin/rabbitmq-server"
         log = (self.directory / "server.log").open("ab")
-        as_rabbitmq = ["su", "rabbitmq", "-s", "/bin/sh", "-c", command] if os.geteuid() == 0 else ["sh", "-c", command]
+        as_rabbitmq = (
+            ["su", "rabbitmq", "-s", "/bin/sh", "-c", command] if os.geteuid() == 0 else ["sh", "-c", command]
+        )
         self.process = subprocess.Popen(as_rabbitmq, stdout=log, stderr=log, start_new_session=True)
         # rabbitmqctl cannot reach a node that is not yet registered: the AMQP listener comes last.
         _wait_for_port(self.amqp_port, START_TIMEOUT_S, f"RabbitMQ {self.node}", self.process)
@@ -127,7 +129,10 @@ class RabbitNode:
     def ctl(self, *arguments: str, timeout_s: float = 60.0, tool: str = "rabbitmqctl") -> str:
         done = subprocess.run(
             [tool, "-q", "-n", self.node, *arguments],
-            capture_output=True, text=True, timeout=timeout_s, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
         if done.returncode != 0:
             raise ServerFailed(f"{tool} {' '.join(arguments)} on {self.node}: {done.stderr.strip()[:500]}")
@@ -143,10 +148,13 @@ class RabbitNode:
 
     def quorum_queues(self, vhost: str) -> list[QuorumQueue]:
         """The vhost's quorum queues, each with the node that leads it and the nodes that replicate it."""
-        listed = json.loads(self.ctl("list_queues", "-p", vhost, "name", "type", "leader", "members", "--formatter", "json"))
+        listed = json.loads(
+            self.ctl("list_queues", "-p", vhost, "name", "type", "leader", "members", "--formatter", "json")
+        )
         return [
             QuorumQueue(queue["name"], queue["leader"], tuple(queue["members"]))
-            for queue in listed if queue["type"] == "quorum"
+            for queue in listed
+            if queue["type"] == "quorum"
         ]
 
     def kill(self) -> None:
@@ -195,9 +203,20 @@ class EmbeddedMongo:
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
             # Durable commits, abandoned transactions reaped in seconds: see ops/embedded_mongodb.py.
-            [sys.executable, "-m", "ops.embedded_mongodb", "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", str(self.directory / "data")],
-            stdout=log, stderr=log, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "ops.embedded_mongodb",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.directory / "data"),
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         _wait_for_port(self.port, START_TIMEOUT_S, "the embedded MongoDB", self.process)
 

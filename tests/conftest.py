@@ -28,7 +28,9 @@ def _with_vhost(url: str, vhost: str) -> str:
 def management() -> httpx.Client:
     parts = urlsplit(BASE.rabbitmq_management_url)
     base = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-    with httpx.Client(base_url=base, auth=(parts.username or "guest", parts.password or "guest"), timeout=10) as client:
+    with httpx.Client(
+        base_url=base, auth=(parts.username or "guest", parts.password or "guest"), timeout=10
+    ) as client:
         yield client
 
 

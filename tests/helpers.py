@@ -19,7 +19,11 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool] = bool, timeout: float = 20.0, what: str = ""
+    probe: Callable[[], Awaitable[T]],
+    *,
+    until: Callable[[T], bool] = bool,
+    timeout: float = 20.0,
+    what: str = "",
 ) -> T:
     """Poll ``probe`` until ``until(result)`` holds; fail with the last result after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -38,7 +42,9 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
-async def send(broker, message: Message, *, message_id: str | None = None, correlation_id: str | None = None) -> Envelope:
+async def send(
+    broker, message: Message, *, message_id: str | None = None, correlation_id: str | None = None
+) -> Envelope:
     envelope = Envelope.first(message, correlation_id)
     if message_id is not None:
         envelope = envelope.model_copy(update={"message_id": message_id})
@@ -49,7 +55,9 @@ async def send(broker, message: Message, *, message_id: str | None = None, corre
 class Tap:
     """A copy of every message published to an exchange (by default: every event), in routing order."""
 
-    def __init__(self, url: str, exchange: RabbitExchange = EVENTS, routing_keys: Iterable[str] = ("#",)) -> None:
+    def __init__(
+        self, url: str, exchange: RabbitExchange = EVENTS, routing_keys: Iterable[str] = ("#",)
+    ) -> None:
         self._url = url
         self._exchange = exchange
         self._routing_keys = tuple(routing_keys)
@@ -63,7 +71,10 @@ class Tap:
         self._connection = await aio_pika.connect_robust(self._url)
         channel = await self._connection.channel()
         exchange = await channel.declare_exchange(
-            self._exchange.name, type=self._exchange.type.value, durable=True, arguments=self._exchange.arguments
+            self._exchange.name,
+            type=self._exchange.type.value,
+            durable=True,
+            arguments=self._exchange.arguments,
         )
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         for routing_key in self._routing_keys:
@@ -90,5 +101,8 @@ class Tap:
             return self.messages if type_ is None else self.of_type(type_)
 
         return await eventually(
-            seen, until=lambda found: len(found) >= count, timeout=timeout, what=f"{count}x {type_ or 'message'}"
+            seen,
+            until=lambda found: len(found) >= count,
+            timeout=timeout,
+            what=f"{count}x {type_ or 'message'}",
         )

@@ -44,7 +44,14 @@ PERCENTILES = (50, 90, 99)
 
 # Counters are named (kind, key): ("status", "confirmed"), ("units", "LAMP-1"), ("saga_ms", "2000"), ...
 STATUS, REASON, MONEY, SALES, FAILURE, UNITS, REVENUE, SAGA = (
-    "status", "reason", "money", "sales", "failure", "units", "revenue", "saga_ms",
+    "status",
+    "reason",
+    "money",
+    "sales",
+    "failure",
+    "units",
+    "revenue",
+    "saga_ms",
 )
 Key = tuple[str, str]
 

@@ -14,8 +14,14 @@ from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRe
 
 analytics = Actor("analytics", AnalyticsStore)
 Followed = (
-    OrderPlaced | OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered
-    | PaymentCaptured | PaymentRefunded | PaymentFailed
+    OrderPlaced
+    | OrderConfirmed
+    | OrderCancelled
+    | OrderShipped
+    | OrderDelivered
+    | PaymentCaptured
+    | PaymentRefunded
+    | PaymentFailed
 )
 
 

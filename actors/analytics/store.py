@@ -51,7 +51,9 @@ class AnalyticsStore(Store):
     async def prepare(cls, db) -> None:
         # Made up front, so that concurrent first events only ever update them.
         empty = {"$setOnInsert": {"as_of": None}}
-        await db["counters"].bulk_write([UpdateOne({"_id": n}, empty, upsert=True) for n in range(SHARDS)], ordered=False)
+        await db["counters"].bulk_write(
+            [UpdateOne({"_id": n}, empty, upsert=True) for n in range(SHARDS)], ordered=False
+        )
 
     async def facts(self, order_id: str) -> OrderFacts:
         doc = await self._orders.find_one({"_id": order_id}, session=self.session)

@@ -33,37 +33,59 @@ class Product:
         return ProductView(**self.__dict__)
 
 
-def create_product(command: CreateProduct, *, sku_taken_by: str | None, now: datetime) -> tuple[Product, ProductCreated]:
+def create_product(
+    command: CreateProduct, *, sku_taken_by: str | None, now: datetime
+) -> tuple[Product, ProductCreated]:
     if sku_taken_by is not None:
         raise RuleViolation(f"SKU {command.sku} already belongs to product {sku_taken_by}")
     product = Product(
-        product_id=command.product_id, sku=command.sku, name=command.name, description=command.description,
-        category=command.category, price_cents=command.price_cents, currency=command.currency,
-        created_at=now, updated_at=now,
+        product_id=command.product_id,
+        sku=command.sku,
+        name=command.name,
+        description=command.description,
+        category=command.category,
+        price_cents=command.price_cents,
+        currency=command.currency,
+        created_at=now,
+        updated_at=now,
     )
     return product, ProductCreated(
-        product_id=product.product_id, sku=product.sku, name=product.name, category=product.category,
-        price_cents=product.price_cents, currency=product.currency,
+        product_id=product.product_id,
+        sku=product.sku,
+        name=product.name,
+        category=product.category,
+        price_cents=product.price_cents,
+        currency=product.currency,
     )
 
 
-def update_product(product: Product, command: UpdateProduct, *, now: datetime) -> tuple[Product, ProductUpdated | None]:
+def update_product(
+    product: Product, command: UpdateProduct, *, now: datetime
+) -> tuple[Product, ProductUpdated | None]:
     changes = command.model_dump(exclude={"product_id"}, exclude_none=True)
     updated = replace(product, **changes)
     if updated == product:
         return product, None
     updated = replace(updated, updated_at=now)
     return updated, ProductUpdated(
-        product_id=updated.product_id, sku=updated.sku, name=updated.name,
-        description=updated.description, category=updated.category,
+        product_id=updated.product_id,
+        sku=updated.sku,
+        name=updated.name,
+        description=updated.description,
+        category=updated.category,
     )
 
 
-def change_price(product: Product, command: ChangePrice, *, now: datetime) -> tuple[Product, ProductPriceChanged | None]:
+def change_price(
+    product: Product, command: ChangePrice, *, now: datetime
+) -> tuple[Product, ProductPriceChanged | None]:
     if command.price_cents == product.price_cents:
         return product, None
     changed = replace(product, price_cents=command.price_cents, updated_at=now)
     return changed, ProductPriceChanged(
-        product_id=product.product_id, sku=product.sku, old_price_cents=product.price_cents,
-        price_cents=changed.price_cents, currency=product.currency,
+        product_id=product.product_id,
+        sku=product.sku,
+        old_price_cents=product.price_cents,
+        price_cents=changed.price_cents,
+        currency=product.currency,
     )

@@ -56,4 +56,6 @@ async def get_product(query: GetProduct, store: CatalogStore) -> ProductView:
 @catalog.answers_to(ListProducts)
 async def list_products(query: ListProducts, store: CatalogStore) -> ProductPage:
     products, total = await store.page(category=query.category, offset=query.offset, limit=query.limit)
-    return ProductPage(items=[p.view() for p in products], total=total, offset=query.offset, limit=query.limit)
+    return ProductPage(
+        items=[p.view() for p in products], total=total, offset=query.offset, limit=query.limit
+    )

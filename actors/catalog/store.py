@@ -34,7 +34,9 @@ class CatalogStore(Store):
         return _product(doc)
 
     async def exists(self, product_id: str) -> bool:
-        return await self._products.find_one({"_id": product_id}, {"_id": 1}, session=self.session) is not None
+        return (
+            await self._products.find_one({"_id": product_id}, {"_id": 1}, session=self.session) is not None
+        )
 
     async def owner_of_sku(self, sku: str) -> str | None:
         doc = await self._products.find_one({"sku": sku}, {"_id": 1}, session=self.session)
@@ -48,5 +50,11 @@ class CatalogStore(Store):
 
     async def page(self, *, category: str | None, offset: int, limit: int) -> tuple[list[Product], int]:
         where = {} if category is None else {"category": category}
-        docs = await self._products.find(where, session=self.session).sort("_id", ASCENDING).skip(offset).limit(limit).to_list()
+        docs = (
+            await self._products.find(where, session=self.session)
+            .sort("_id", ASCENDING)
+            .skip(offset)
+            .limit(limit)
+            .to_list()
+        )
         return [_product(d) for d in docs], await self._products.count_documents(where, session=self.session)

@@ -78,7 +78,11 @@ def reserve(
     if existing is not None:  # placed twice, or cancelled first: nothing more to do
         return NOTHING
     shortages = [
-        Shortage(sku=line.sku, requested=line.quantity, available=levels[line.sku].on_hand if line.sku in levels else 0)
+        Shortage(
+            sku=line.sku,
+            requested=line.quantity,
+            available=levels[line.sku].on_hand if line.sku in levels else 0,
+        )
         for line in lines
         if line.sku not in levels or levels[line.sku].on_hand < line.quantity
     ]

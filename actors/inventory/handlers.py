@@ -62,4 +62,6 @@ async def get_stock(query: GetStock, store: InventoryStore) -> StockView:
 @inventory.answers_to(ListStock)
 async def list_stock(query: ListStock, store: InventoryStore) -> StockPage:
     levels, total = await store.page(offset=query.offset, limit=query.limit)
-    return StockPage(items=[level.view() for level in levels], total=total, offset=query.offset, limit=query.limit)
+    return StockPage(
+        items=[level.view() for level in levels], total=total, offset=query.offset, limit=query.limit
+    )

@@ -16,7 +16,11 @@ from brokers.contracts.common import Line
 
 def _level(doc: dict[str, Any]) -> StockLevel:
     return StockLevel(
-        sku=doc["_id"], on_hand=doc["on_hand"], reserved=doc["reserved"], shipped=doc["shipped"], received=doc["received"]
+        sku=doc["_id"],
+        on_hand=doc["on_hand"],
+        reserved=doc["reserved"],
+        shipped=doc["shipped"],
+        received=doc["received"],
     )
 
 
@@ -32,7 +36,15 @@ class InventoryStore(Store):
     async def add_sku(self, sku: str, product_id: str) -> None:
         await self._stock.update_one(
             {"_id": sku},
-            {"$setOnInsert": {"product_id": product_id, "on_hand": 0, "reserved": 0, "shipped": 0, "received": 0}},
+            {
+                "$setOnInsert": {
+                    "product_id": product_id,
+                    "on_hand": 0,
+                    "reserved": 0,
+                    "shipped": 0,
+                    "received": 0,
+                }
+            },
             upsert=True,
             session=self.session,
         )
@@ -48,7 +60,13 @@ class InventoryStore(Store):
         return _level(doc)
 
     async def page(self, *, offset: int, limit: int) -> tuple[list[StockLevel], int]:
-        docs = await self._stock.find({}, session=self.session).sort("_id", 1).skip(offset).limit(limit).to_list()
+        docs = (
+            await self._stock.find({}, session=self.session)
+            .sort("_id", 1)
+            .skip(offset)
+            .limit(limit)
+            .to_list()
+        )
         return [_level(doc) for doc in docs], await self._stock.count_documents({}, session=self.session)
 
     async def reservation(self, order_id: str) -> Reservation | None:

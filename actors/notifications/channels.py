@@ -43,8 +43,12 @@ class LogChannel:
     async def send(self, sent: Sent) -> None:
         n = sent.notification
         log.info(
-            "notification.logged", notification_id=n.notification_id, customer_id=n.customer_id,
-            order_id=n.order_id, template=n.template, subject=n.subject,
+            "notification.logged",
+            notification_id=n.notification_id,
+            customer_id=n.customer_id,
+            order_id=n.order_id,
+            template=n.template,
+            subject=n.subject,
         )
 
 

@@ -55,15 +55,24 @@ class Sent:
     def view(self) -> NotificationView:
         n = self.notification
         return NotificationView(
-            notification_id=n.notification_id, customer_id=n.customer_id, order_id=n.order_id,
-            channel=self.channel, template=n.template, subject=n.subject, body=n.body, sent_at=self.sent_at,
+            notification_id=n.notification_id,
+            customer_id=n.customer_id,
+            order_id=n.order_id,
+            channel=self.channel,
+            template=n.template,
+            subject=n.subject,
+            body=n.body,
+            sent_at=self.sent_at,
         )
 
     def announcement(self) -> NotificationSent:
         n = self.notification
         return NotificationSent(
-            notification_id=n.notification_id, customer_id=n.customer_id, order_id=n.order_id,
-            channel=self.channel, template=n.template,
+            notification_id=n.notification_id,
+            customer_id=n.customer_id,
+            order_id=n.order_id,
+            channel=self.channel,
+            template=n.template,
         )
 
 
@@ -88,7 +97,10 @@ def compose(event: Event) -> Notification:
 def _(event: OrderConfirmed) -> Notification:
     units, total = sum(line.quantity for line in event.lines), money(event.total_cents, event.currency)
     return _about_order(
-        "order_confirmed", event.order_id, event.customer_id, f"Order {event.order_id} is confirmed",
+        "order_confirmed",
+        event.order_id,
+        event.customer_id,
+        f"Order {event.order_id} is confirmed",
         f"Thank you for your order {event.order_id}: {units} item(s) for {total}. "
         "We will let you know when it ships.",
     )
@@ -97,7 +109,10 @@ def _(event: OrderConfirmed) -> Notification:
 @compose.register
 def _(event: OrderCancelled) -> Notification:
     return _about_order(
-        "order_cancelled", event.order_id, event.customer_id, f"Order {event.order_id} is cancelled",
+        "order_cancelled",
+        event.order_id,
+        event.customer_id,
+        f"Order {event.order_id} is cancelled",
         f"Your order {event.order_id} was cancelled because {REASONS[event.reason]}. "
         "Any amount charged for it is refunded.",
     )
@@ -106,7 +121,10 @@ def _(event: OrderCancelled) -> Notification:
 @compose.register
 def _(event: OrderShipped) -> Notification:
     return _about_order(
-        "order_shipped", event.order_id, event.customer_id, f"Order {event.order_id} is on its way",
+        "order_shipped",
+        event.order_id,
+        event.customer_id,
+        f"Order {event.order_id} is on its way",
         f"Your order {event.order_id} left with {event.carrier}, tracking number {event.tracking_number}.",
     )
 
@@ -114,7 +132,10 @@ def _(event: OrderShipped) -> Notification:
 @compose.register
 def _(event: OrderDelivered) -> Notification:
     return _about_order(
-        "order_delivered", event.order_id, event.customer_id, f"Order {event.order_id} is delivered",
+        "order_delivered",
+        event.order_id,
+        event.customer_id,
+        f"Order {event.order_id} is delivered",
         f"Your order {event.order_id} has been delivered. Enjoy it!",
     )
 
@@ -123,6 +144,10 @@ def _(event: OrderDelivered) -> Notification:
 def _(event: UserRegistered) -> Notification:
     # The name stays out of the subject: it is free text, and a header must not carry line breaks.
     return Notification(
-        notification_id("welcome", event.user_id), event.user_id, None, "welcome", "Welcome to emporium",
+        notification_id("welcome", event.user_id),
+        event.user_id,
+        None,
+        "welcome",
+        "Welcome to emporium",
         f"Hello {event.name}, your account is ready. Happy shopping!",
     )

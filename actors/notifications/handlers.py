@@ -24,7 +24,9 @@ NAME = "notifications"
 # transaction keeps a slow server (10 s timeout) inside the transaction lifetime (15 s), and 4 lanes
 # keep other customers' mail going meanwhile. Without SMTP nothing waits: full batches.
 notifications = Actor(
-    NAME, NotificationsStore, lanes=4,
+    NAME,
+    NotificationsStore,
+    lanes=4,
     batch_size=lambda settings: 1 if settings.emporium_smtp_url else settings.emporium_batch_size,
 )
 OrderEvent = OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered

@@ -14,8 +14,12 @@ ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]
 
 def _sent(doc: dict[str, Any]) -> Sent:
     notification = Notification(
-        notification_id=doc["_id"], customer_id=doc["customer_id"], order_id=doc["order_id"],
-        template=doc["template"], subject=doc["subject"], body=doc["body"],
+        notification_id=doc["_id"],
+        customer_id=doc["customer_id"],
+        order_id=doc["order_id"],
+        template=doc["template"],
+        subject=doc["subject"],
+        body=doc["body"],
     )
     return Sent(notification, doc["channel"], doc["address"], doc["sent_at"])
 
@@ -42,9 +46,14 @@ class NotificationsStore(Store):
             {"_id": n.notification_id},
             {
                 "$setOnInsert": {
-                    "customer_id": n.customer_id, "order_id": n.order_id,
-                    "template": n.template, "subject": n.subject, "body": n.body,
-                    "channel": sent.channel, "address": sent.address, "sent_at": sent.sent_at,
+                    "customer_id": n.customer_id,
+                    "order_id": n.order_id,
+                    "template": n.template,
+                    "subject": n.subject,
+                    "body": n.body,
+                    "channel": sent.channel,
+                    "address": sent.address,
+                    "sent_at": sent.sent_at,
                 }
             },
             upsert=True,

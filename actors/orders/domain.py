@@ -43,6 +43,7 @@ from actors.orders.events import (
     Shipped,
 )
 from actors.runtime.errors import CorruptData, RuleViolation, Transient
+from brokers.contracts.common import MAX_CENTS, Line
 from brokers.contracts.orders import (
     CancelReason,
     OrderCancellationRequested,
@@ -58,7 +59,6 @@ from brokers.contracts.orders import (
     OrderView,
     PlaceOrder,
 )
-from brokers.contracts.common import MAX_CENTS, Line
 from brokers.contracts.payments import FailureReason, PaymentCaptured
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
 from brokers.envelope import Event
@@ -221,11 +221,14 @@ def priced(lines: Sequence[Line], prices: Mapping[str, Price]) -> OrderQuote:
     if len(currencies) > 1:
         raise RuleViolation(f"lines are priced in {', '.join(currencies)}: an order is paid in one currency")
     order_lines = [
-        OrderLine(sku=line.sku, quantity=line.quantity, unit_price_cents=prices[line.sku].cents) for line in lines
+        OrderLine(sku=line.sku, quantity=line.quantity, unit_price_cents=prices[line.sku].cents)
+        for line in lines
     ]
     total = sum(line.quantity * line.unit_price_cents for line in order_lines)
     if total > MAX_TOTAL_CENTS:
-        raise RuleViolation(f"order total {total} cents is above the largest payable amount {MAX_TOTAL_CENTS}")
+        raise RuleViolation(
+            f"order total {total} cents is above the largest payable amount {MAX_TOTAL_CENTS}"
+        )
     return OrderQuote(lines=order_lines, total_cents=total, currency=currencies[0])
 
 

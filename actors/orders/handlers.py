@@ -107,7 +107,9 @@ async def _keep_price(work: Work[OrdersStore], event: ProductCreated | ProductPr
         await work.store.save_price(offered)
 
 
-async def _decide(work: Work[OrdersStore], order_id: str, decide: Callable[[domain.Order], domain.Decision]) -> None:
+async def _decide(
+    work: Work[OrdersStore], order_id: str, decide: Callable[[domain.Order], domain.Decision]
+) -> None:
     order = await work.store.order(order_id)
     if order is None:
         # Transient in a handler: the order's placing may not have committed yet.
@@ -115,7 +117,9 @@ async def _decide(work: Work[OrdersStore], order_id: str, decide: Callable[[doma
     await _record(work, order_id, order, decide(order))
 
 
-async def _record(work: Work[OrdersStore], order_id: str, order: domain.Order | None, events: domain.Decision) -> bool:
+async def _record(
+    work: Work[OrdersStore], order_id: str, order: domain.Order | None, events: domain.Decision
+) -> bool:
     """Append what was decided, refresh the view, announce it; False when nothing was decided."""
     if not events:
         return False

@@ -24,7 +24,9 @@ from brokers.contracts.orders import (
 from brokers.envelope import Envelope
 
 PLACED = Counter("emporium_orders_placed_total", "Orders placed (accepted and priced)")
-CONFIRMED = Counter("emporium_orders_confirmed_total", "Orders confirmed (stock reserved and payment captured)")
+CONFIRMED = Counter(
+    "emporium_orders_confirmed_total", "Orders confirmed (stock reserved and payment captured)"
+)
 DELIVERED = Counter("emporium_orders_delivered_total", "Orders delivered to their customer")
 CANCELLED = Counter("emporium_orders_cancelled_total", "Orders cancelled, by reason", ["reason"])
 CONFIRMATION_SECONDS = Histogram(

@@ -106,7 +106,9 @@ class OrdersStore(Store):
             raise NotFound(f"order {order_id} does not exist")
         return _view(doc)
 
-    async def views_of(self, customer_id: str | None, *, offset: int, limit: int) -> tuple[list[OrderView], int]:
+    async def views_of(
+        self, customer_id: str | None, *, offset: int, limit: int
+    ) -> tuple[list[OrderView], int]:
         """A page of a customer's orders (everyone's when None), newest first, and how many in all."""
         mine = {} if customer_id is None else {"customer_id": customer_id}
         docs = self.db[VIEWS].find(mine, session=self.session).sort(_NEWEST_FIRST).skip(offset).limit(limit)

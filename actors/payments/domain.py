@@ -161,7 +161,9 @@ def charge_due(account: Account) -> ChargeRequest | None:
     if order is None or not account.reserved or account.payment is not None or account.cancelled:
         return None
     return ChargeRequest(
-        idempotency_key=_charge_key(order), amount_cents=order.total_cents, currency=order.currency,
+        idempotency_key=_charge_key(order),
+        amount_cents=order.total_cents,
+        currency=order.currency,
         customer_id=order.customer_id,
     )
 
@@ -193,19 +195,27 @@ def charged(account: Account, outcome: ChargeOutcome, at: datetime) -> Change:
         case Captured(charge_id, attempts):
             payment = Payment(Status.CAPTURED, attempts, provider_reference=charge_id)
             event: Event = PaymentCaptured(
-                payment_id=payment_id(order.order_id), order_id=order.order_id, customer_id=order.customer_id,
-                amount_cents=order.total_cents, currency=order.currency, provider_reference=charge_id,
+                payment_id=payment_id(order.order_id),
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                amount_cents=order.total_cents,
+                currency=order.currency,
+                provider_reference=charge_id,
             )
         case Declined(reason, attempts):
             payment = Payment(Status.FAILED, attempts, failure=f"declined: {reason}")
             event = PaymentFailed(
-                order_id=order.order_id, customer_id=order.customer_id, reason="declined",
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                reason="declined",
                 detail=reason[:_DETAIL_LIMIT],
             )
         case Unavailable(detail, attempts):
             payment = Payment(Status.FAILED, attempts, failure=f"{_UNAVAILABLE}{detail}"[:_DETAIL_LIMIT])
             event = PaymentFailed(
-                order_id=order.order_id, customer_id=order.customer_id, reason="unavailable",
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                reason="unavailable",
                 detail=detail[:_DETAIL_LIMIT],
             )
     return Change(replace(account, payment=payment, updated_at=at), (event,))
@@ -227,8 +237,11 @@ def refunded(account: Account, refund_id: str, at: datetime) -> Change:
     if payment is None:  # the callers check first: this is a bug
         raise ValueError(f"order {account.order_id} has no payment to refund")
     event = PaymentRefunded(
-        payment_id=payment_id(order.order_id), order_id=order.order_id, customer_id=order.customer_id,
-        amount_cents=order.total_cents, currency=order.currency,
+        payment_id=payment_id(order.order_id),
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        amount_cents=order.total_cents,
+        currency=order.currency,
     )
     payment = replace(payment, status=Status.REFUNDED, refund_reference=refund_id)
     return Change(replace(account, payment=payment, updated_at=at), (event,))
@@ -242,8 +255,14 @@ def view(order_id: str, account: Account | None) -> PaymentView:
         raise NotFound(f"order {order_id} was cancelled before any payment was taken")
     order, payment = account.order, account.payment or Payment(Status.PENDING, attempts=0)
     return PaymentView(
-        payment_id=payment_id(order_id), order_id=order_id, customer_id=order.customer_id,
+        payment_id=payment_id(order_id),
+        order_id=order_id,
+        customer_id=order.customer_id,
         status=payment.status,
-        amount_cents=order.total_cents, currency=order.currency, provider_reference=payment.provider_reference,
-        failure=payment.failure, attempts=payment.attempts, updated_at=account.updated_at,
+        amount_cents=order.total_cents,
+        currency=order.currency,
+        provider_reference=payment.provider_reference,
+        failure=payment.failure,
+        attempts=payment.attempts,
+        updated_at=account.updated_at,
     )

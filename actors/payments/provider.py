@@ -197,7 +197,9 @@ def _read(answer: type[BaseModel], response: httpx.Response) -> Any:
     try:
         return answer.model_validate_json(response.content)
     except ValidationError as exc:
-        raise ProviderRefused(f"the provider's HTTP {response.status_code} answer is malformed: {exc}") from exc
+        raise ProviderRefused(
+            f"the provider's HTTP {response.status_code} answer is malformed: {exc}"
+        ) from exc
 
 
 def _refused(operation: str, key: str, response: httpx.Response) -> ProviderRefused:

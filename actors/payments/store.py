@@ -34,8 +34,11 @@ def _document(account: Account) -> dict[str, Any]:
         order.pop("order_id")
     payment = {**asdict(account.payment), "status": str(account.payment.status)} if account.payment else None
     return {
-        "updated_at": account.updated_at, "reserved": account.reserved, "cancelled": account.cancelled,
-        "order": order, "payment": payment,
+        "updated_at": account.updated_at,
+        "reserved": account.reserved,
+        "cancelled": account.cancelled,
+        "order": order,
+        "payment": payment,
     }
 
 

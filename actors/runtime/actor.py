@@ -83,7 +83,9 @@ class Work(Generic[S]):
 
     def _stage(self, message: Message, *, routing_key: str | None = None) -> None:
         envelope = self.envelope.caused(message)
-        self.staged.append(Staged(message, envelope, outbox_entry(message, envelope, routing_key=routing_key)))
+        self.staged.append(
+            Staged(message, envelope, outbox_entry(message, envelope, routing_key=routing_key))
+        )
 
 
 Handler = Callable[[Any, Work[Any]], Awaitable[None]]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 import zlib
 from collections.abc import Callable
@@ -114,7 +115,8 @@ class GroupCommit:
         if worker is None or worker.done():
             # A context of its own: the worker must not run inside the first message's trace.
             self._workers[lane] = asyncio.create_task(
-                self._apply_forever(self._lanes[lane]), name=f"{self.actor.name}-group-commit-{lane}",
+                self._apply_forever(self._lanes[lane]),
+                name=f"{self.actor.name}-group-commit-{lane}",
                 context=contextvars.Context(),
             )
         outcome = await delivery.done
@@ -201,13 +203,19 @@ class GroupCommit:
         return [outcomes[i] for i in range(len(deliveries))]
 
     async def _sort_out(
-        self, deliveries: list[Delivery], batch: list[int], failed: list[int], exc: Exception,
+        self,
+        deliveries: list[Delivery],
+        batch: list[int],
+        failed: list[int],
+        exc: Exception,
         outcomes: dict[int, Outcome],
     ) -> list[list[int]]:
         """After an aborted transaction: the deliveries that leave the batch get their outcome, and
         what is left is returned as the batches to apply next, in delivery order."""
         ids = [deliveries[i].envelope.message_id for i in batch]
-        applied = {row["_id"] for row in await self.db["inbox"].find({"_id": {"$in": ids}}, {"_id": 1}).to_list()}
+        applied = {
+            row["_id"] for row in await self.db["inbox"].find({"_id": {"$in": ids}}, {"_id": 1}).to_list()
+        }
         # A copy applied before fails on its inbox record at the latest, or its handler refuses a
         # fact already applied: it is a duplicate, and says nothing about the others.
         if duplicates := [i for i in batch if deliveries[i].envelope.message_id in applied]:
@@ -217,7 +225,7 @@ class GroupCommit:
         if failed:
             position = failed[-1]
             outcomes[batch[position]] = exc
-            return [part for part in (batch[:position], batch[position + 1:]) if part]
+            return [part for part in (batch[:position], batch[position + 1 :]) if part]
         # Not one message's doing (the database away, say): all of them wait.
         outcomes.update(dict.fromkeys(batch, exc))
         return []
@@ -238,11 +246,16 @@ class GroupCommit:
             works = []
             for position, delivery in enumerate(deliveries):
                 work = Work(
-                    self.actor.store(self.db, session), delivery.envelope, self.topology, self.settings,
+                    self.actor.store(self.db, session),
+                    delivery.envelope,
+                    self.topology,
+                    self.settings,
                     attempt=delivery.attempt,
                 )
                 try:
-                    await _in_context_of(delivery, lambda: delivery.handler(delivery.payload, work))
+                    await _in_context_of(
+                        delivery, functools.partial(delivery.handler, delivery.payload, work)
+                    )
                 except Exception:
                     failed.append(position)
                     raise

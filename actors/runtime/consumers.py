@@ -67,12 +67,15 @@ class WorkConsumer:
         type_ = self._type_label(message)
         with (
             structlog.contextvars.bound_contextvars(
-                actor=self.actor.name, type=message.type, message_id=message.message_id,
+                actor=self.actor.name,
+                type=message.type,
+                message_id=message.message_id,
                 correlation_id=message.correlation_id,
             ),
             # One span per message handled, in the trace the message carried in (when tracing is on).
             tracing.TRACER.start_as_current_span(
-                f"{self.actor.name} handle {type_}", attributes=_span_attributes(self.actor.name, type_, message)
+                f"{self.actor.name} handle {type_}",
+                attributes=_span_attributes(self.actor.name, type_, message),
             ),
         ):
             await self._handle(message)
@@ -87,7 +90,9 @@ class WorkConsumer:
             delivery = Delivery(envelope, payload, handler, attempts_so_far(message) + 1, message)
             work = await self.commits.apply(delivery)
             # From delivery to commit and publish: the time in its batch included.
-            metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(time.perf_counter() - started)
+            metrics.HANDLER_SECONDS.labels(self.actor.name, envelope.type).observe(
+                time.perf_counter() - started
+            )
         except PERMANENT as exc:
             await self._dead_letter(message, envelope, dead_letter_reason(exc), exc)
             return
@@ -153,8 +158,13 @@ class WorkConsumer:
         await self._settle(
             message,
             dead_letter(
-                self.broker, message, origin_queue=origin, dlq=dlq_name(origin), reason=reason,
-                attempts=attempts, error=f"{type(exc).__name__}: {exc}",
+                self.broker,
+                message,
+                origin_queue=origin,
+                dlq=dlq_name(origin),
+                reason=reason,
+                attempts=attempts,
+                error=f"{type(exc).__name__}: {exc}",
             ),
         )
         self._count(self._type_label(message), "dead_lettered", exc)
@@ -180,7 +190,9 @@ class QueryConsumer:
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         with structlog.contextvars.bound_contextvars(
-            actor=self.actor.name, type=message.type, message_id=message.message_id,
+            actor=self.actor.name,
+            type=message.type,
+            message_id=message.message_id,
             correlation_id=message.correlation_id,
         ):
             await self._answer(message)

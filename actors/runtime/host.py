@@ -47,7 +47,9 @@ def _subscribe(broker: RabbitBroker, queue: Any, consumer: WorkConsumer | QueryC
 
 
 class ActorHost:
-    def __init__(self, actors: list[Actor[Any]], settings: Settings, *, app_name: str = "emporium-actors") -> None:
+    def __init__(
+        self, actors: list[Actor[Any]], settings: Settings, *, app_name: str = "emporium-actors"
+    ) -> None:
         settings.require_production_database()
         self.actors = actors
         self.settings = settings

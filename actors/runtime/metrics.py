@@ -49,9 +49,13 @@ EVENTS_PUBLISHED = Counter(
     ["actor", "type"],
 )
 OUTBOX_PUBLISHED = Counter("emporium_outbox_published_total", "Events published from the outbox", ["actor"])
-OUTBOX_UNSENT = Gauge("emporium_outbox_unsent", "Outbox entries not yet published (at the last sweep)", ["actor"])
+OUTBOX_UNSENT = Gauge(
+    "emporium_outbox_unsent", "Outbox entries not yet published (at the last sweep)", ["actor"]
+)
 OUTBOX_OLDEST_SECONDS = Gauge(
-    "emporium_outbox_oldest_unsent_age_seconds", "Age of the oldest unsent outbox entry (at the last sweep)", ["actor"]
+    "emporium_outbox_oldest_unsent_age_seconds",
+    "Age of the oldest unsent outbox entry (at the last sweep)",
+    ["actor"],
 )
 
 

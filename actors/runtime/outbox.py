@@ -80,9 +80,13 @@ class OutboxRelay:
             await self._outbox.update_many({"_id": {"$in": sent}}, {"$set": {"sent_at": datetime.now(UTC)}})
             metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(sent))
         if failures:
-            raise OutboxNotPublished(f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3]))
+            raise OutboxNotPublished(
+                f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3])
+            )
 
-    async def _publish_each(self, entries: list[dict[str, Any]], sent: list[str], failures: list[str]) -> None:
+    async def _publish_each(
+        self, entries: list[dict[str, Any]], sent: list[str], failures: list[str]
+    ) -> None:
         """Publish every entry at once: the confirms are awaited together, not one after another."""
 
         async def publish(entry: dict[str, Any]) -> None:
@@ -119,7 +123,12 @@ class OutboxRelay:
                 "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}],
                 "_id": {"$nin": sorted(self._in_flight)},
             },
-            {"$set": {"claim": claim, "claimed_until": now + max(_CLAIM_LEASE, 4 * timedelta(seconds=self._sweep_s))}},
+            {
+                "$set": {
+                    "claim": claim,
+                    "claimed_until": now + max(_CLAIM_LEASE, 4 * timedelta(seconds=self._sweep_s)),
+                }
+            },
         )
         republished = 0
         if claimed.modified_count:

@@ -83,8 +83,12 @@ class Shipment:
     def view(self) -> ShipmentView:
         assert self.status is not None, "a shipment stopped before scheduling has no view"
         return ShipmentView(
-            shipment_id=self.shipment_id, order_id=self.order_id, customer_id=self.customer_id,
-            status=self.status.value, carrier=self.carrier, tracking_number=self.tracking_number,
+            shipment_id=self.shipment_id,
+            order_id=self.order_id,
+            customer_id=self.customer_id,
+            status=self.status.value,
+            carrier=self.carrier,
+            tracking_number=self.tracking_number,
             history=[ShipmentStep(status=step.status.value, at=step.at) for step in self.history],
             cancelled_at=self.cancelled_at,
         )
@@ -117,11 +121,18 @@ def tracking_number_for(carrier: str, order_id: str) -> str:
     return carrier[:2].upper() + str(int(_digest(order_id)[24:40], 16) % 10**12).zfill(12)
 
 
-def _new(order_id: str, customer_id: str, history: tuple[Step, ...], cancelled_at: datetime | None) -> Shipment:
+def _new(
+    order_id: str, customer_id: str, history: tuple[Step, ...], cancelled_at: datetime | None
+) -> Shipment:
     carrier = carrier_for(order_id)
     return Shipment(
-        shipment_id=shipment_id_for(order_id), order_id=order_id, customer_id=customer_id, carrier=carrier,
-        tracking_number=tracking_number_for(carrier, order_id), history=history, cancelled_at=cancelled_at,
+        shipment_id=shipment_id_for(order_id),
+        order_id=order_id,
+        customer_id=customer_id,
+        carrier=carrier,
+        tracking_number=tracking_number_for(carrier, order_id),
+        history=history,
+        cancelled_at=cancelled_at,
         version=1,
     )
 
@@ -133,8 +144,11 @@ def schedule(existing: Shipment | None, order: OrderConfirmed, *, now: datetime)
         return NOTHING
     shipment = _new(order.order_id, order.customer_id, (Step(Status.SCHEDULED, now),), None)
     scheduled = ShipmentScheduled(
-        shipment_id=shipment.shipment_id, order_id=shipment.order_id, customer_id=shipment.customer_id,
-        carrier=shipment.carrier, tracking_number=shipment.tracking_number,
+        shipment_id=shipment.shipment_id,
+        order_id=shipment.order_id,
+        customer_id=shipment.customer_id,
+        carrier=shipment.carrier,
+        tracking_number=shipment.tracking_number,
     )
     return Outcome(shipment, (scheduled,), next_step="dispatched")
 
@@ -154,8 +168,10 @@ def advance(shipment: Shipment, to: Target, *, now: datetime) -> Outcome:
 def _announcement(shipment: Shipment, status: Status) -> Event:
     if status is Status.DISPATCHED:
         return ShipmentDispatched(
-            shipment_id=shipment.shipment_id, order_id=shipment.order_id,
-            carrier=shipment.carrier, tracking_number=shipment.tracking_number,
+            shipment_id=shipment.shipment_id,
+            order_id=shipment.order_id,
+            carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
         )
     return ShipmentDelivered(shipment_id=shipment.shipment_id, order_id=shipment.order_id)
 

@@ -8,28 +8,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.runtime.errors import ConcurrentUpdate, NotFound
 from pymongo.errors import DuplicateKeyError
 
+from actors.runtime.errors import ConcurrentUpdate, NotFound
 from actors.runtime.store import Store
 from actors.shipping.domain import Shipment, Status, Step
 
 
 def _shipment(doc: dict[str, Any]) -> Shipment:
     return Shipment(
-        shipment_id=doc["shipment_id"], order_id=doc["_id"], customer_id=doc["customer_id"],
-        carrier=doc["carrier"], tracking_number=doc["tracking_number"],
+        shipment_id=doc["shipment_id"],
+        order_id=doc["_id"],
+        customer_id=doc["customer_id"],
+        carrier=doc["carrier"],
+        tracking_number=doc["tracking_number"],
         history=tuple(Step(Status(step["status"]), step["at"]) for step in doc["history"]),
-        cancelled_at=doc.get("cancelled_at"), version=doc["version"],
+        cancelled_at=doc.get("cancelled_at"),
+        version=doc["version"],
     )
 
 
 def _document(shipment: Shipment) -> dict[str, Any]:
     return {
-        "shipment_id": shipment.shipment_id, "customer_id": shipment.customer_id, "carrier": shipment.carrier,
+        "shipment_id": shipment.shipment_id,
+        "customer_id": shipment.customer_id,
+        "carrier": shipment.carrier,
         "tracking_number": shipment.tracking_number,
         "history": [{"status": str(step.status), "at": step.at} for step in shipment.history],
-        "cancelled_at": shipment.cancelled_at, "version": shipment.version,
+        "cancelled_at": shipment.cancelled_at,
+        "version": shipment.version,
     }
 
 
@@ -59,7 +66,9 @@ class ShippingStore(Store):
             try:
                 await self._shipments.insert_one({"_id": shipment.order_id, **doc}, session=self.session)
             except DuplicateKeyError as exc:
-                raise ConcurrentUpdate(f"shipment of order {shipment.order_id} was created meanwhile") from exc
+                raise ConcurrentUpdate(
+                    f"shipment of order {shipment.order_id} was created meanwhile"
+                ) from exc
             return
         result = await self._shipments.update_one(
             {"_id": shipment.order_id, "version": shipment.version - 1}, {"$set": doc}, session=self.session

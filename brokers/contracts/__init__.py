@@ -23,12 +23,24 @@ def events_of(owner: str) -> tuple[str, ...]:
 
     module = f"brokers.contracts.{owner}"
     return tuple(
-        sorted(t for t, contract in REGISTRY.items() if contract.KIND is Kind.EVENT and contract.__module__ == module)
+        sorted(
+            t
+            for t, contract in REGISTRY.items()
+            if contract.KIND is Kind.EVENT and contract.__module__ == module
+        )
     )
 
 
 __all__ = [
     "OWNERS",
     "events_of",
-    "analytics", "catalog", "common", "identity", "inventory", "notifications", "orders", "payments", "shipping",
+    "analytics",
+    "catalog",
+    "common",
+    "identity",
+    "inventory",
+    "notifications",
+    "orders",
+    "payments",
+    "shipping",
 ]

@@ -20,7 +20,15 @@ from datetime import datetime
 from typing import Annotated, Literal, Self
 
 from confusable_homoglyphs import categories, confusables
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from brokers.contracts.common import EntityId, Name, Value
 from brokers.envelope import Command, Event, Query
@@ -60,7 +68,9 @@ def _one_script_per_part(address: str) -> str:
     for part in (local, *domain.split(".")):
         if confusables.is_mixed_script(part):
             scripts = " and ".join(sorted(categories.unique_aliases(part) - {"COMMON"}))
-            raise ValueError(f"the email address mixes scripts ({scripts}) in {part!r}: type it in one script")
+            raise ValueError(
+                f"the email address mixes scripts ({scripts}) in {part!r}: type it in one script"
+            )
     return address
 
 

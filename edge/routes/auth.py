@@ -114,7 +114,9 @@ async def _password_is_set(link: RabbitLink, command: RegisterUser, correlation_
     """Whether the account has this registration's password (identity checks it as for a login)."""
     try:
         await link.ask(
-            AuthenticateUser(email=command.email, password=command.password), AccessToken, correlation_id=correlation_id
+            AuthenticateUser(email=command.email, password=command.password),
+            AccessToken,
+            correlation_id=correlation_id,
         )
     except QueryFailed as exc:
         if exc.problem.status == 404:
@@ -155,4 +157,3 @@ async def me(principal: SignedIn, link: Link, request_id: RequestId) -> UserView
 )
 async def signing_keys(link: Link, request_id: RequestId) -> Jwks:
     return await link.ask(GetSigningKeys(), Jwks, correlation_id=request_id)
-

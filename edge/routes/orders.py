@@ -98,7 +98,9 @@ class NewOrder(Body):
             totals[line.sku] += line.quantity
         if too_many := {sku: quantity for sku, quantity in totals.items() if quantity > MAX_QUANTITY}:
             sku, quantity = next(iter(too_many.items()))
-            raise ValueError(f"the lines of SKU {sku} add up to {quantity}, above {MAX_QUANTITY} in one order")
+            raise ValueError(
+                f"the lines of SKU {sku} add up to {quantity}, above {MAX_QUANTITY} in one order"
+            )
         return [Line(sku=sku, quantity=quantity) for sku, quantity in totals.items()]
 
     def digest(self) -> str:
@@ -226,7 +228,13 @@ class Placement:
 
 
 async def _place_once(
-    placement: Placement, link: RabbitLink, pending: PendingOrders, request_id: str, *, wait_s: float, response: Response
+    placement: Placement,
+    link: RabbitLink,
+    pending: PendingOrders,
+    request_id: str,
+    *,
+    wait_s: float,
+    response: Response,
 ) -> OrderAccepted:
     order_id, customer, digest = placement.order_id, placement.customer_id, placement.digest
     # Known to orders, or accepted a moment ago and still on its way there.
@@ -242,7 +250,9 @@ async def _place_once(
     if known is not None:  # a retry of an order already placed: nothing more to send
         links = OrderLinks.of(order_id)
         response.headers["Location"] = links.self
-        return OrderAccepted(message_id=placement.message_id, correlation_id=order_id, order_id=order_id, links=links)
+        return OrderAccepted(
+            message_id=placement.message_id, correlation_id=order_id, order_id=order_id, links=links
+        )
     # Both asked at once; an unknown SKU is the refusal that names its line.
     for refusal in await asyncio.gather(
         _check_skus_known(link, placement.lines, request_id, wait_s=wait_s),
@@ -251,7 +261,9 @@ async def _place_once(
     ):
         if isinstance(refusal, BaseException):
             raise refusal
-    command = PlaceOrder(order_id=order_id, customer_id=customer, lines=placement.lines, request_digest=digest)
+    command = PlaceOrder(
+        order_id=order_id, customer_id=customer, lines=placement.lines, request_digest=digest
+    )
     accepted = await _send(link, command, placement.message_id, response)
     pending.accept(
         PendingOrder(

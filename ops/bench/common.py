@@ -33,7 +33,6 @@ class BenchmarkError(RuntimeError):
     """A hop stalled: its messages stopped coming through."""
 
 
-
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The value below which ``fraction`` of ``values`` lie, interpolating between neighbours."""
     if not values:
@@ -68,9 +67,13 @@ async def database_ceiling(settings: Settings, *, batch: int, seconds: float = 2
         while time.perf_counter() - started < seconds:
             async with client.start_session() as session, await session.start_transaction():
                 await db["inbox"].insert_many([{"_id": new_id()} for _ in range(size)], session=session)
-                updates = [UpdateOne({"_id": state}, {"$inc": {"n": 1}}, upsert=True) for state in states[:size]]
+                updates = [
+                    UpdateOne({"_id": state}, {"$inc": {"n": 1}}, upsert=True) for state in states[:size]
+                ]
                 await db["state"].bulk_write(updates, session=session)
-                await db["outbox"].insert_many([{"_id": new_id(), "body": b"{}"} for _ in range(size)], session=session)
+                await db["outbox"].insert_many(
+                    [{"_id": new_id(), "body": b"{}"} for _ in range(size)], session=session
+                )
             done += size
         return done / (time.perf_counter() - started)
 

@@ -113,7 +113,9 @@ def figures_table(
         ("MongoDB alone, 1 per transaction", ceiling.single_per_s),
         (f"MongoDB alone, {ceiling.batch} per transaction", ceiling.batched_per_s),
     ):
-        table.add_row(name, f"{per_second:,.0f}", "-", "-", "-", f"{per_second / baseline.per_second:.2f}x", "-")
+        table.add_row(
+            name, f"{per_second:,.0f}", "-", "-", "-", f"{per_second / baseline.per_second:.2f}x", "-"
+        )
     return table
 
 
@@ -186,7 +188,11 @@ async def run_round(
     timeout_s = 30 + messages / 50
     try:
         await send_paced(
-            range(messages), send, in_flight=meter.in_flight, concurrency=concurrency, until=meter.done,
+            range(messages),
+            send,
+            in_flight=meter.in_flight,
+            concurrency=concurrency,
+            until=meter.done,
             timeout_s=timeout_s,
         )
     except TimeoutError as exc:
@@ -295,7 +301,9 @@ async def faststream_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publ
 
 
 @asynccontextmanager
-async def runtime_hop(settings: Settings, meter: Meter, *, batch_size: int | None = None) -> AsyncIterator[Publish]:
+async def runtime_hop(
+    settings: Settings, meter: Meter, *, batch_size: int | None = None
+) -> AsyncIterator[Publish]:
     """The actor runtime: inbox, handler and outbox in one transaction, published with confirms
     before the ack; ``batch_size`` messages at most per transaction (default: the settings')."""
     if batch_size is not None:
@@ -388,7 +396,9 @@ def hop_command(
     in_flight = concurrency or settings.emporium_prefetch
 
     async def run(progress: Progress) -> tuple[list[HopFigures], DatabaseCeiling]:
-        figures = await run_hops(settings, messages=messages, concurrency=in_flight, warmup=warmup, progress=progress)
+        figures = await run_hops(
+            settings, messages=messages, concurrency=in_flight, warmup=warmup, progress=progress
+        )
         return figures, await database_ceiling(settings, batch=settings.emporium_batch_size)
 
     with Progress(console=console) as progress:
@@ -399,5 +409,3 @@ def hop_command(
             raise typer.Exit(1) from exc
     console.print(figures_table(figures, ceiling, concurrency=in_flight, prefetch=settings.emporium_prefetch))
     console.print(summary(*figures, ceiling))
-
-

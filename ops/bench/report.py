@@ -53,23 +53,44 @@ class Report:
         """(what, throughput, p50, p99, ÷ raw) for every line of the table."""
         raw = self.raw.per_second
         lines = [
-            (hop.name, f"{hop.per_second:,.0f} msg/s", f"{hop.p50_ms:.1f}", f"{hop.p99_ms:.1f}",
-             f"{hop.per_second / raw:.2f}x")
+            (
+                hop.name,
+                f"{hop.per_second:,.0f} msg/s",
+                f"{hop.p50_ms:.1f}",
+                f"{hop.p99_ms:.1f}",
+                f"{hop.per_second / raw:.2f}x",
+            )
             for hop in (*self.baseline, *self.by_batch.values())
         ]
         for batch, ceiling in self.ceilings.items():
             per_second = ceiling.batched_per_s if batch > 1 else ceiling.single_per_s
-            lines.append((f"MongoDB alone, {batch} per transaction", f"{per_second:,.0f} msg/s", "-", "-",
-                          f"{per_second / raw:.2f}x"))
+            lines.append(
+                (
+                    f"MongoDB alone, {batch} per transaction",
+                    f"{per_second:,.0f} msg/s",
+                    "-",
+                    "-",
+                    f"{per_second / raw:.2f}x",
+                )
+            )
         saga, per_order = self.saga, self.saga_messages_per_order()
         ceiling = self.ceilings[self.saga_batch].batched_per_s / per_order
         delivered_per_s = saga.delivered / saga.seconds
         lines += [
-            (f"saga, {self.saga_concurrency} orders in flight (batch {self.saga_batch})",
-             f"{delivered_per_s:.1f} orders/s", _ms(saga.to_confirmed_s, 0.5), _ms(saga.to_confirmed_s, 0.99),
-             f"{delivered_per_s / ceiling:.2f}x of the ceiling"),
-            (f"saga ceiling: MongoDB alone at batch {self.saga_batch} ÷ {per_order:.0f} messages per order",
-             f"{ceiling:.1f} orders/s", "-", "-", "-"),
+            (
+                f"saga, {self.saga_concurrency} orders in flight (batch {self.saga_batch})",
+                f"{delivered_per_s:.1f} orders/s",
+                _ms(saga.to_confirmed_s, 0.5),
+                _ms(saga.to_confirmed_s, 0.99),
+                f"{delivered_per_s / ceiling:.2f}x of the ceiling",
+            ),
+            (
+                f"saga ceiling: MongoDB alone at batch {self.saga_batch} ÷ {per_order:.0f} messages per order",
+                f"{ceiling:.1f} orders/s",
+                "-",
+                "-",
+                "-",
+            ),
         ]
         return lines
 
@@ -79,7 +100,10 @@ class Report:
             ("messages published per order", f"{saga.per_order(saga.cost.published):.1f}"),
             ("messages taken by actors per order", f"{self.saga_messages_per_order():.1f}"),
             ("events no actor takes per order", f"{saga.per_order(saga.cost.parked):.1f}"),
-            ("MongoDB round trips per order", f"{saga.per_order(sum(saga.cost.mongo_commands.values())):.1f}"),
+            (
+                "MongoDB round trips per order",
+                f"{saga.per_order(sum(saga.cost.mongo_commands.values())):.1f}",
+            ),
             ("MongoDB transactions per order", f"{saga.per_order(saga.transactions):.1f}"),
         ]
 
@@ -92,7 +116,9 @@ HEADER = ("", "throughput", "p50 ms", "p99 ms", "÷ raw aio-pika")
 
 
 def table(report: Report) -> Table:
-    out = Table(title=f"emporium bench report: hops with {report.concurrency} in flight; saga latency placed → confirmed")
+    out = Table(
+        title=f"emporium bench report: hops with {report.concurrency} in flight; saga latency placed → confirmed"
+    )
     for n, column in enumerate(HEADER):
         out.add_column(column, justify="left" if n == 0 else "right", no_wrap=n == 0)
     for row in report.rows():
@@ -106,25 +132,27 @@ def markdown(report: Report) -> str:
             "| " + " | ".join(row) + " |" for row in body
         ]
 
-    return "\n".join([
-        "# emporium bench report",
-        "",
-        f"Hops: {report.raw.messages} messages each, {report.concurrency} in flight. Saga: "
-        f"{report.saga.placed} orders, {report.saga_concurrency} in flight, group commit at batch "
-        f"{report.saga_batch}. Every figure from one run on one machine; ratios against the raw aio-pika hop.",
-        "",
-        *rows(HEADER, report.rows()),
-        "",
-        "## What an order costs",
-        "",
-        *rows(("per delivered order", ""), report.costs()),
-        "",
-        f"![Throughput and latency by batch size]({FIGURE_NAME})",
-        "",
-        f"`{FIGURE_NAME}`: above, the runtime hop's messages/s by batch size beside the database alone doing "
-        "the same writes; below, the runtime hop's p50 and p99 latency by batch size.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# emporium bench report",
+            "",
+            f"Hops: {report.raw.messages} messages each, {report.concurrency} in flight. Saga: "
+            f"{report.saga.placed} orders, {report.saga_concurrency} in flight, group commit at batch "
+            f"{report.saga_batch}. Every figure from one run on one machine; ratios against the raw aio-pika hop.",
+            "",
+            *rows(HEADER, report.rows()),
+            "",
+            "## What an order costs",
+            "",
+            *rows(("per delivered order", ""), report.costs()),
+            "",
+            f"![Throughput and latency by batch size]({FIGURE_NAME})",
+            "",
+            f"`{FIGURE_NAME}`: above, the runtime hop's messages/s by batch size beside the database alone doing "
+            "the same writes; below, the runtime hop's p50 and p99 latency by batch size.",
+            "",
+        ]
+    )
 
 
 def plot(report: Report, path: Path) -> None:
@@ -151,32 +179,56 @@ def plot(report: Report, path: Path) -> None:
 
 
 async def measure(
-    settings: Settings, *, batch_sizes: Sequence[int], messages: int, concurrency: int, orders: int,
-    saga_concurrency: int, progress: Progress,
+    settings: Settings,
+    *,
+    batch_sizes: Sequence[int],
+    messages: int,
+    concurrency: int,
+    orders: int,
+    saga_concurrency: int,
+    progress: Progress,
 ) -> Report:
     hops = [("raw aio-pika", raw_hop), ("FastStream", faststream_hop)] + [
         (f"actor runtime, batch {batch}", partial(runtime_hop, batch_size=batch)) for batch in batch_sizes
     ]
     hop_settings = settings.model_copy(update={"emporium_prefetch": concurrency})
     figures = await run_hops(
-        hop_settings, messages=messages, concurrency=concurrency, warmup=min(200, messages), progress=progress,
+        hop_settings,
+        messages=messages,
+        concurrency=concurrency,
+        warmup=min(200, messages),
+        progress=progress,
         chosen=hops,
     )
     ceilings = {batch: await database_ceiling(settings, batch=batch) for batch in batch_sizes}
     if settings.emporium_batch_size not in ceilings:
-        ceilings[settings.emporium_batch_size] = await database_ceiling(settings, batch=settings.emporium_batch_size)
+        ceilings[settings.emporium_batch_size] = await database_ceiling(
+            settings, batch=settings.emporium_batch_size
+        )
     saga = await run_saga(
-        settings, orders=orders, warmup=5, concurrency=saga_concurrency, carrier_step_ms=100, progress=progress
+        settings,
+        orders=orders,
+        warmup=5,
+        concurrency=saga_concurrency,
+        carrier_step_ms=100,
+        progress=progress,
     )
     return Report(
-        concurrency, figures[:2], dict(zip(batch_sizes, figures[2:], strict=True)), ceilings, saga,
-        settings.emporium_batch_size, saga_concurrency,
+        concurrency,
+        figures[:2],
+        dict(zip(batch_sizes, figures[2:], strict=True)),
+        ceilings,
+        saga,
+        settings.emporium_batch_size,
+        saga_concurrency,
     )
 
 
 @app.command("report")
 def report_command(
-    out: Annotated[Path, typer.Option(help="Directory the markdown and the PNG are written to.")] = Path("docs/bench"),
+    out: Annotated[Path, typer.Option(help="Directory the markdown and the PNG are written to.")] = Path(
+        "docs/bench"
+    ),
     batch_sizes: Annotated[
         str, typer.Option(help="Batch sizes of the runtime hop, comma-separated.")
     ] = "1,8,32,128",
@@ -189,17 +241,26 @@ def report_command(
     try:
         sizes = sorted({int(size) for size in batch_sizes.split(",")})
     except ValueError as exc:
-        raise typer.BadParameter(f"not a list of whole numbers: {batch_sizes!r}", param_hint="--batch-sizes") from exc
+        raise typer.BadParameter(
+            f"not a list of whole numbers: {batch_sizes!r}", param_hint="--batch-sizes"
+        ) from exc
     if not sizes or sizes[0] < 1:
         raise typer.BadParameter("batch sizes are 1 or more", param_hint="--batch-sizes")
     settings = get_settings()
     configure_logging("ERROR")
     with Progress(console=console) as progress:
         try:
-            report = asyncio.run(measure(
-                settings, batch_sizes=sizes, messages=messages, concurrency=concurrency, orders=orders,
-                saga_concurrency=saga_concurrency, progress=progress,
-            ))
+            report = asyncio.run(
+                measure(
+                    settings,
+                    batch_sizes=sizes,
+                    messages=messages,
+                    concurrency=concurrency,
+                    orders=orders,
+                    saga_concurrency=saga_concurrency,
+                    progress=progress,
+                )
+            )
         except BenchmarkError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc

@@ -154,8 +154,11 @@ async def _settled(read: Callable[[], Awaitable[Counts]], progress: Progress, wh
     quiet = Quiet(STATS_INTERVAL_S + 1.0)
     try:
         return await poll(
-            read, lambda counts: quiet.still(counts, time.monotonic()), what=f"{what} to go quiet",
-            timeout_s=120, every_s=0.5,
+            read,
+            lambda counts: quiet.still(counts, time.monotonic()),
+            what=f"{what} to go quiet",
+            timeout_s=120,
+            every_s=0.5,
         )
     finally:
         progress.remove_task(task)
@@ -229,7 +232,11 @@ async def _place_orders(
     started = time.perf_counter()
     try:
         await send_paced(
-            orders, place, in_flight=watch.in_flight, concurrency=concurrency, until=watch.all_ended,
+            orders,
+            place,
+            in_flight=watch.in_flight,
+            concurrency=concurrency,
+            until=watch.all_ended,
             timeout_s=timeout_s,
         )
     except TimeoutError as exc:
@@ -251,8 +258,11 @@ async def publish_and_see_applied(
 
     def applied() -> Counter[tuple[str, str]]:
         return Counter(
-            {(actor, type_): count for (actor, type_, outcome), count in taken_by_actors().items()
-             if outcome == "applied"}
+            {
+                (actor, type_): count
+                for (actor, type_, outcome), count in taken_by_actors().items()
+                if outcome == "applied"
+            }
         )
 
     before = applied()
@@ -263,8 +273,11 @@ async def publish_and_see_applied(
         return applied() - before
 
     await poll(
-        grown, lambda seen: all(seen[key] >= count for key, count in expected.items()),
-        what=f"{len(messages)} {messages[0].TYPE} to be applied", timeout_s=30, every_s=0.05,
+        grown,
+        lambda seen: all(seen[key] >= count for key, count in expected.items()),
+        what=f"{len(messages)} {messages[0].TYPE} to be applied",
+        timeout_s=30,
+        every_s=0.05,
     )
 
 
@@ -275,8 +288,12 @@ async def _stock_the_shop(
     needed = stock_needed(orders)
     products = [
         ProductCreated(
-            product_id=f"product-{sku.lower()}", sku=sku, name=f"bench item {sku}", category="bench",
-            price_cents=PRICE_CENTS, currency="EUR",
+            product_id=f"product-{sku.lower()}",
+            sku=sku,
+            name=f"bench item {sku}",
+            category="bench",
+            price_cents=PRICE_CENTS,
+            currency="EUR",
         )
         for sku in needed
     ]
@@ -377,8 +394,12 @@ def saga_command(
         try:
             figures = asyncio.run(
                 run_saga(
-                    settings, orders=orders, warmup=warmup, concurrency=concurrency,
-                    carrier_step_ms=carrier_step_ms, progress=progress,
+                    settings,
+                    orders=orders,
+                    warmup=warmup,
+                    concurrency=concurrency,
+                    carrier_step_ms=carrier_step_ms,
+                    progress=progress,
                 )
             )
         except BenchmarkError as exc:
@@ -389,5 +410,3 @@ def saga_command(
     for table in breakdowns(figures):
         console.print(table)
     console.print(saga_notes(figures))
-
-

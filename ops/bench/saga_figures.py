@@ -138,8 +138,13 @@ class SagaFigures:
             return tuple(span for span in found if span is not None)
 
         return cls(
-            len(views), statuses["delivered"], statuses["cancelled"], seconds, cost,
-            spans("confirmed"), spans("delivered"),
+            len(views),
+            statuses["delivered"],
+            statuses["cancelled"],
+            seconds,
+            cost,
+            spans("confirmed"),
+            spans("delivered"),
         )
 
     def per_order(self, count: int) -> float:
@@ -227,15 +232,33 @@ def breakdowns(figures: SagaFigures, *, top_commands: int = 8) -> list[Table]:
         return (actor, f"{taken:,}", f"{count / taken:.1f}"), count
 
     return [
-        breakdown_table(figures, "messages published, by exchange", ["exchange"],
-                        (((name,), count) for name, count in cost.published_to.items())),
-        breakdown_table(figures, "messages taken by actors, by type", ["type → actors"],
-                        (((f"{type_} → {', '.join(sorted(takers[type_]))}",), count)
-                         for type_, count in _by(cost.taken, 1).items())),
-        breakdown_table(figures, "MongoDB commands, by actor", ["actor", "messages taken", "per message"],
-                        (actor_row(actor, count) for actor, count in _by(cost.mongo_commands, 0).items())),
-        breakdown_table(figures, f"MongoDB commands, top {top_commands} by name", ["command"],
-                        (((name,), count) for name, count in commands.most_common(top_commands))),
+        breakdown_table(
+            figures,
+            "messages published, by exchange",
+            ["exchange"],
+            (((name,), count) for name, count in cost.published_to.items()),
+        ),
+        breakdown_table(
+            figures,
+            "messages taken by actors, by type",
+            ["type → actors"],
+            (
+                ((f"{type_} → {', '.join(sorted(takers[type_]))}",), count)
+                for type_, count in _by(cost.taken, 1).items()
+            ),
+        ),
+        breakdown_table(
+            figures,
+            "MongoDB commands, by actor",
+            ["actor", "messages taken", "per message"],
+            (actor_row(actor, count) for actor, count in _by(cost.mongo_commands, 0).items()),
+        ),
+        breakdown_table(
+            figures,
+            f"MongoDB commands, top {top_commands} by name",
+            ["command"],
+            (((name,), count) for name, count in commands.most_common(top_commands)),
+        ),
     ]
 
 

@@ -25,7 +25,11 @@ async def test_every_fault_leaves_nothing_lost_charged_twice_oversold_or_shipped
     config = LoadConfig(orders=ORDERS, concurrency=4, customers=8, seed=11, duration_s=120.0)
     with scratch_directory("emporium-chaos-test-") as directory:
         rows = await run_chaos(
-            list(SCENARIOS), base=Settings(), drive=load_drive(config), directory=directory, timings=Timings(),
+            list(SCENARIOS),
+            base=Settings(),
+            drive=load_drive(config),
+            directory=directory,
+            timings=Timings(),
             seed=11,
         )
     table = markdown_table(rows)

@@ -77,7 +77,9 @@ async def wait_for_order(
     def applied(response: httpx.Response) -> bool:
         return response.status_code == 200 and response.json()["status"] != "accepted"
 
-    response = await eventually(fetch, until=lambda r: applied(r) and until(r.json()), what=f"order {order_id}")
+    response = await eventually(
+        fetch, until=lambda r: applied(r) and until(r.json()), what=f"order {order_id}"
+    )
     return response.json()
 
 

@@ -34,7 +34,13 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
     """Serve ``app`` as the edge command does, on an ephemeral loopback port; yield its base URL."""
     server = uvicorn.Server(
         server_config(
-            app, app.state.settings, host="127.0.0.1", port=0, lifespan="on", log_config=None, log_level="warning"
+            app,
+            app.state.settings,
+            host="127.0.0.1",
+            port=0,
+            lifespan="on",
+            log_config=None,
+            log_level="warning",
         )
     )
 

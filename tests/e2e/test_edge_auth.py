@@ -68,7 +68,9 @@ async def test_another_registration_under_a_used_idempotency_key_is_refused_and_
 ):
     key = {"Idempotency-Key": "register-shared-key-01"}
     first = await edge.post(
-        "/auth/register", json={"email": "first@example.com", "name": "First", "password": PASSWORD}, headers=key
+        "/auth/register",
+        json={"email": "first@example.com", "name": "First", "password": PASSWORD},
+        headers=key,
     )
     assert first.status_code == 201, first.text
 
@@ -83,7 +85,9 @@ async def test_another_registration_under_a_used_idempotency_key_is_refused_and_
         assert problem["type"] == "urn:emporium:problem:idempotency-key-reused", what
         assert "first@example.com" not in reused.text and first.json()["user_id"] not in reused.text, what
     # The second person registers with a key of their own.
-    own = await edge.post("/auth/register", json=others["another address"], headers={"Idempotency-Key": "register-second-01"})
+    own = await edge.post(
+        "/auth/register", json=others["another address"], headers={"Idempotency-Key": "register-second-01"}
+    )
     assert own.status_code == 201 and own.json()["email"] == "second@example.com"
 
 
@@ -99,13 +103,17 @@ async def test_logging_in_again_gives_a_fresh_token_for_the_same_user(ann: User,
         assert (await edge.get("/auth/me", headers={"Authorization": f"Bearer {token}"})).status_code == 200
 
 
-async def test_a_taken_address_a_weak_password_and_unknown_fields_are_refused(ann: User, edge: httpx.AsyncClient):
+async def test_a_taken_address_a_weak_password_and_unknown_fields_are_refused(
+    ann: User, edge: httpx.AsyncClient
+):
     taken = await edge.post(
         "/auth/register", json={"email": ann.email.upper(), "name": "Other", "password": "Another-pass-99"}
     )
     assert assert_problem(taken, 409)["type"] == "urn:emporium:problem:email-taken"
 
-    weak = await edge.post("/auth/register", json={"email": "weak@example.com", "name": "W", "password": "password"})
+    weak = await edge.post(
+        "/auth/register", json={"email": "weak@example.com", "name": "W", "password": "password"}
+    )
     problem = assert_problem(weak, 422)
     assert "at least 12 characters" in problem["detail"] and "password" not in str(problem.get("input"))
     assert '"password"' not in weak.text.replace('"body.password"', "")
@@ -173,7 +181,8 @@ async def test_wrong_passwords_for_someone_elses_email_do_not_lock_its_owner_out
         guesses = [(await guesser.post("/auth/login", json=wrong)).status_code for _ in range(10)]
         # Registering under her email is no weapon either (was: ten of either locked her out everywhere).
         taken = [
-            (await stranger.post("/auth/register", json={**wrong, "name": "Not Ann"})).status_code for _ in range(10)
+            (await stranger.post("/auth/register", json={**wrong, "name": "Not Ann"})).status_code
+            for _ in range(10)
         ]
         refused = await guesser.post("/auth/login", json=credentials(ann))
 
@@ -184,12 +193,16 @@ async def test_wrong_passwords_for_someone_elses_email_do_not_lock_its_owner_out
     assert (await edge.post("/auth/login", json=credentials(ann))).status_code == 200
 
 
-async def test_guessing_from_many_addresses_slows_an_accounts_logins_but_lets_its_owner_in(identity, serve_edge):
+async def test_guessing_from_many_addresses_slows_an_accounts_logins_but_lets_its_owner_in(
+    identity, serve_edge
+):
     edge = await serve_edge(emporium_account_failure_limit="3/15 minutes", emporium_login_slowdown_s=0.5)
     ann = await sign_up(edge, "ann")
     for n in range(3):
         async with from_address(edge, f"127.0.1.{n + 1}") as guesser:
-            assert (await guesser.post("/auth/login", json=credentials(ann, "Wrong-password-1"))).status_code == 401
+            assert (
+                await guesser.post("/auth/login", json=credentials(ann, "Wrong-password-1"))
+            ).status_code == 401
     slowed = REGISTRY.get_sample_value("emporium_edge_slowed_logins_total") or 0.0
 
     assert (await edge.post("/auth/login", json=credentials(ann))).status_code == 200
@@ -202,7 +215,9 @@ async def test_registrations_of_taken_emails_spend_the_address_budget(identity, 
     edge = await serve_edge(emporium_login_rate_limit="3/minute")
     ann = await sign_up(edge, "ann")  # 1 registration, 1 login
     answers = [
-        await edge.post("/auth/register", json={"email": ann.email, "name": "X", "password": "Another-pass-99"})
+        await edge.post(
+            "/auth/register", json={"email": ann.email, "name": "X", "password": "Another-pass-99"}
+        )
         for _ in range(2)
     ]
 
@@ -220,7 +235,9 @@ async def test_refused_tokens_spend_their_addresses_request_budget(ann: User, se
     assert (await strict.get("/products")).status_code == 429  # the address's budget, spent
 
 
-async def test_each_caller_has_its_own_request_budget(identity, edge: httpx.AsyncClient, serve_edge, start_host):
+async def test_each_caller_has_its_own_request_budget(
+    identity, edge: httpx.AsyncClient, serve_edge, start_host
+):
     ann = await sign_up(edge, "ann")  # on the generous edge
     await start_host("catalog")
     strict = await serve_edge(emporium_rate_limit="3/minute")
@@ -239,7 +256,9 @@ async def test_orders_are_shed_while_the_orders_queue_is_over_its_bound(
     # No orders actor is running: its queue only fills.
     await declare(broker, topology_of(ACTORS["orders"], settings))
     for n in range(3):
-        order = PlaceOrder(order_id=f"o-{n}", customer_id="c", lines=[Line(sku="LAMP", quantity=1)], request_digest="d")
+        order = PlaceOrder(
+            order_id=f"o-{n}", customer_id="c", lines=[Line(sku="LAMP", quantity=1)], request_digest="d"
+        )
         await send(broker, order)
     edge = await serve_edge(emporium_saga_backlog_bound=2)
 
@@ -253,7 +272,10 @@ async def test_orders_are_shed_while_the_orders_queue_is_over_its_bound(
         what="the edge to see the queue over its bound",
     )
     problem = assert_problem(response, 503)
-    assert problem["type"] == "urn:emporium:problem:overloaded" and "above the saga's backlog bound 2" in problem["detail"]
+    assert (
+        problem["type"] == "urn:emporium:problem:overloaded"
+        and "above the saga's backlog bound 2" in problem["detail"]
+    )
     assert int(response.headers["retry-after"]) >= 1
 
 
@@ -272,10 +294,14 @@ async def test_an_admin_lists_shows_replays_and_purges_dead_letters(
     assert {d["queue"] for d in depths.json()} == {"identity.dlq", "inventory.dlq"}  # the actors running
 
     shown = (await edge.get("/admin/dead-letters/inventory.dlq?limit=1", headers=admin.headers)).json()
-    assert len(shown) == 1 and shown[0]["reason"] == "retries-exhausted" and '"sku": "GHOST-' in shown[0]["body"]
+    assert (
+        len(shown) == 1 and shown[0]["reason"] == "retries-exhausted" and '"sku": "GHOST-' in shown[0]["body"]
+    )
 
     replayed = await edge.post(
-        "/admin/dead-letters/inventory.dlq/replay", json={"message_id": shown[0]["message_id"]}, headers=admin.headers
+        "/admin/dead-letters/inventory.dlq/replay",
+        json={"message_id": shown[0]["message_id"]},
+        headers=admin.headers,
     )
     assert replayed.json() == {"replayed": [shown[0]["message_id"]]}
     missing = await edge.post(

@@ -14,7 +14,9 @@ from tests.e2e.support import (
 from tests.helpers import Tap, eventually
 
 
-async def test_a_created_product_can_be_read_and_is_listed(start_host, admin, edge: httpx.AsyncClient) -> None:
+async def test_a_created_product_can_be_read_and_is_listed(
+    start_host, admin, edge: httpx.AsyncClient
+) -> None:
     await start_host("catalog")
     body = new_product(name="Green teapot", category="tea", price_cents=2450)
 
@@ -51,7 +53,9 @@ async def test_price_and_details_changes_become_visible(start_host, admin, edge:
     assert changed["description"] == product["description"]  # not given, so not changed
 
 
-async def test_products_are_filtered_by_category_and_paged(start_host, admin, edge: httpx.AsyncClient) -> None:
+async def test_products_are_filtered_by_category_and_paged(
+    start_host, admin, edge: httpx.AsyncClient
+) -> None:
     await start_host("catalog")
     created = [
         (await edge.post("/products", json=new_product(category=category), headers=admin.headers)).json()[

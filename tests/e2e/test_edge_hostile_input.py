@@ -325,16 +325,41 @@ async def test_values_of_another_json_type_are_refused_not_converted(
     shop: Shop, edge: httpx.AsyncClient, command_tap: Tap
 ):
     order = shop.customer.with_headers(**{"Idempotency-Key": f"strict-{uuid.uuid4().hex}"})
-    attempts = [
-        Attempt("POST", "/orders", shop.customer, "body.lines.0.quantity", {"lines": [{"sku": shop.sku, "quantity": q}]})
-        for q in ("2", 2.0, True)
-    ] + [
-        Attempt("POST", f"/inventory/{shop.sku}/restock", shop.admin, "body.quantity", {"quantity": q})
-        for q in ("5", 5.0)
-    ] + [
-        Attempt("PATCH", f"/products/{shop.product_id}/price", shop.admin, "body.price_cents", {"price_cents": p})
-        for p in ("1299", 1299.0)
-    ] + [Attempt("POST", "/auth/login", shop.customer, "body.password", {"email": shop.customer.email, "password": 42})]
+    attempts = (
+        [
+            Attempt(
+                "POST",
+                "/orders",
+                shop.customer,
+                "body.lines.0.quantity",
+                {"lines": [{"sku": shop.sku, "quantity": q}]},
+            )
+            for q in ("2", 2.0, True)
+        ]
+        + [
+            Attempt("POST", f"/inventory/{shop.sku}/restock", shop.admin, "body.quantity", {"quantity": q})
+            for q in ("5", 5.0)
+        ]
+        + [
+            Attempt(
+                "PATCH",
+                f"/products/{shop.product_id}/price",
+                shop.admin,
+                "body.price_cents",
+                {"price_cents": p},
+            )
+            for p in ("1299", 1299.0)
+        ]
+        + [
+            Attempt(
+                "POST",
+                "/auth/login",
+                shop.customer,
+                "body.password",
+                {"email": shop.customer.email, "password": 42},
+            )
+        ]
+    )
 
     faults = {}
     for attempt in attempts:
@@ -346,7 +371,9 @@ async def test_values_of_another_json_type_are_refused_not_converted(
             faults[f"{attempt.path} {attempt.json}"] = fault
 
     assert not faults, faults
-    restock = await edge.post(f"/inventory/{shop.sku}/restock", json={"quantity": 1}, headers=shop.admin.headers)
+    restock = await edge.post(
+        f"/inventory/{shop.sku}/restock", json={"quantity": 1}, headers=shop.admin.headers
+    )
     [first] = await command_tap.wait_for()
     assert first.message_id == restock.json()["message_id"]
 
@@ -359,7 +386,9 @@ async def test_values_of_another_json_type_are_refused_not_converted(
     ],
     ids=["a 5,000-digit integer", "5,000 nested arrays"],
 )
-async def test_json_pythons_parser_cannot_read_is_an_invalid_request(shop: Shop, edge: httpx.AsyncClient, body, says):
+async def test_json_pythons_parser_cannot_read_is_an_invalid_request(
+    shop: Shop, edge: httpx.AsyncClient, body, says
+):
     response = await edge.post(
         f"/inventory/{shop.sku}/restock",
         content=body,
@@ -387,4 +416,6 @@ async def test_look_alike_emails_are_refused_and_full_width_ones_are_the_same_ad
     full_width = _fullwidth(ann.email)
     again = await edge.post("/auth/register", json={"email": full_width, "name": "Ann", "password": PASSWORD})
     assert assert_problem(again, 409)["type"] == "urn:emporium:problem:email-taken"
-    assert (await edge.post("/auth/login", json={"email": full_width, "password": PASSWORD})).status_code == 200
+    assert (
+        await edge.post("/auth/login", json={"email": full_width, "password": PASSWORD})
+    ).status_code == 200

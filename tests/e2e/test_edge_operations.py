@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-
 from pydantic import SecretStr
 
 from brokers.settings import Settings

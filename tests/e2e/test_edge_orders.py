@@ -113,7 +113,8 @@ async def test_one_key_sent_twice_at_once_with_two_bodies_places_one_order_and_r
     key = new_key()
 
     answers = await asyncio.gather(
-        place(edge, ann, [{"sku": sku, "quantity": 1}], key), place(edge, ann, [{"sku": sku, "quantity": 2}], key)
+        place(edge, ann, [{"sku": sku, "quantity": 1}], key),
+        place(edge, ann, [{"sku": sku, "quantity": 2}], key),
     )
 
     assert sorted(answer.status_code for answer in answers) == [202, 409], [a.text for a in answers]
@@ -155,7 +156,9 @@ async def test_an_order_the_orders_actor_could_not_price_is_refused_422_and_send
     marker = await place(edge, ann, [{"sku": dear, "quantity": 1}])  # the largest payable total: fine
 
     [unpayable] = assert_problem(above, 422)["errors"]
-    assert unpayable["location"] == "body.lines" and "above the largest payable amount" in unpayable["message"]
+    assert (
+        unpayable["location"] == "body.lines" and "above the largest payable amount" in unpayable["message"]
+    )
     assert "add up to 1200000" in assert_problem(piled_up, 422)["detail"]
     sent = await command_tap.wait_for(PlaceOrder.TYPE, count=1)
     assert [m.message_id for m in sent] == [marker.json()["message_id"]]

@@ -33,7 +33,9 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 async def edge_address(settings: Settings) -> AsyncIterator[Callable[..., object]]:
     @asynccontextmanager
     async def serve(**overrides: object) -> AsyncIterator[tuple[str, int]]:
-        app = create_app(edge_settings(settings, **{"emporium_request_read_timeout_s": READ_TIMEOUT_S, **overrides}))
+        app = create_app(
+            edge_settings(settings, **{"emporium_request_read_timeout_s": READ_TIMEOUT_S, **overrides})
+        )
         async with serving(app) as base_url:
             url = urlsplit(base_url)
             yield url.hostname or "127.0.0.1", url.port or 80
@@ -76,7 +78,9 @@ def _status_and_problem(answer: bytes) -> tuple[int, dict[str, object]]:
 
 async def test_a_client_sending_its_headers_a_byte_at_a_time_is_answered_408_and_cut_off(edge_address):
     async with edge_address() as address:
-        answer, took = await _dribble_until_cut_off(address, b"GET /health HTTP/1.1\r\nHost: edge\r\n", b"X-Slow: y\r\n")
+        answer, took = await _dribble_until_cut_off(
+            address, b"GET /health HTTP/1.1\r\nHost: edge\r\n", b"X-Slow: y\r\n"
+        )
         # The edge still serves everyone else.
         async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
             assert (await client.get("/health")).status_code == 200
@@ -118,7 +122,9 @@ async def test_a_kept_alive_connection_gets_a_fresh_deadline_for_each_request(ed
 
 
 async def test_a_client_address_holds_at_most_its_share_of_connections(edge_address):
-    async with edge_address(emporium_max_connections_per_client=4, emporium_request_read_timeout_s=30.0) as address:
+    async with edge_address(
+        emporium_max_connections_per_client=4, emporium_request_read_timeout_s=30.0
+    ) as address:
         held: list[Connection] = [await asyncio.open_connection(*address) for _ in range(4)]
         try:
             reader, writer = await asyncio.open_connection(*address)

@@ -75,7 +75,10 @@ async def test_every_emporium_and_faststream_metric_named_is_exported_after_a_sa
     wanted = named_with("emporium_", "faststream_")
     assert len(wanted) > 20
     async with served() as provider:
-        overrides = {"emporium_payment_provider_url": provider.url, "emporium_carrier_step_ms": CARRIER_WAITS_MS}
+        overrides = {
+            "emporium_payment_provider_url": provider.url,
+            "emporium_carrier_step_ms": CARRIER_WAITS_MS,
+        }
         await start_host(**overrides)
         edge = await serve_edge(**overrides)
         await deliver_one_and_cancel_one(edge, admin, ann)
@@ -145,4 +148,6 @@ async def test_every_rabbitmq_metric_named_is_served_by_its_plugin(
         return {queue for queue in ready_queues(exposition, vhost) if pattern.fullmatch(queue)}
 
     expected = {f"{actor}.dlq" for actor in actors}
-    await eventually(dead_letter_queues, until=lambda queues: queues == expected, timeout=20.0, what=str(expected))
+    await eventually(
+        dead_letter_queues, until=lambda queues: queues == expected, timeout=20.0, what=str(expected)
+    )

@@ -56,7 +56,10 @@ def recorded_spans() -> Iterator[InMemorySpanExporter]:
         provider = TracerProvider(sampler=SWITCH)
         provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
         tracing.install(provider)
-    if not isinstance(trace.get_tracer_provider(), TracerProvider) or trace.get_tracer_provider().sampler is not SWITCH:
+    if (
+        not isinstance(trace.get_tracer_provider(), TracerProvider)
+        or trace.get_tracer_provider().sampler is not SWITCH
+    ):
         pytest.skip("another tracer provider was installed in this process before this module's")
     EXPORTER.clear()
     SWITCH.on = True
@@ -82,12 +85,17 @@ BUSINESS = {
     "confirmations": ("emporium_order_confirmation_seconds_count", {}),
     "captured_cents": ("emporium_payments_captured_cents_total", {"currency": "EUR"}),
     "refunded_cents": ("emporium_payments_refunded_cents_total", {"currency": "EUR"}),
-    "order.placed published": ("emporium_events_published_total", {"actor": "orders", "type": "order.placed"}),
+    "order.placed published": (
+        "emporium_events_published_total",
+        {"actor": "orders", "type": "order.placed"},
+    ),
 }
 
 
 def business() -> dict[str, float]:
-    return {name: REGISTRY.get_sample_value(metric, labels) or 0.0 for name, (metric, labels) in BUSINESS.items()}
+    return {
+        name: REGISTRY.get_sample_value(metric, labels) or 0.0 for name, (metric, labels) in BUSINESS.items()
+    }
 
 
 def skipped_duplicates(actor: str, type_: str) -> float:
@@ -99,7 +107,9 @@ def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return {name: after[name] - before[name] for name in before}
 
 
-async def test_one_order_delivered_twice_over_counts_once(shop: httpx.AsyncClient, settings: Settings, admin: User, ann: User):
+async def test_one_order_delivered_twice_over_counts_once(
+    shop: httpx.AsyncClient, settings: Settings, admin: User, ann: User
+):
     sku = await stocked_sku(shop, admin, quantity=3)
     before = business()
     seconds_before = REGISTRY.get_sample_value("emporium_order_confirmation_seconds_sum") or 0.0
@@ -108,7 +118,9 @@ async def test_one_order_delivered_twice_over_counts_once(shop: httpx.AsyncClien
     async with Duplicator(settings.rabbitmq_url) as duplicator:
         response = await place(shop, ann, [{"sku": sku, "quantity": 2}])
         assert response.status_code == 202, response.text
-        order = await wait_for_order(shop, ann, response.json()["order_id"], until=lambda o: o["status"] == "delivered")
+        order = await wait_for_order(
+            shop, ann, response.json()["order_id"], until=lambda o: o["status"] == "delivered"
+        )
         # The second copy of the last message that moves the order has been skipped: every copy is in.
         await eventually(
             lambda: _async(skipped_duplicates("orders", "shipment.delivered")),
@@ -118,7 +130,9 @@ async def test_one_order_delivered_twice_over_counts_once(shop: httpx.AsyncClien
     assert duplicator.copies > 10
 
     after = await eventually(
-        lambda: _async(business()), until=lambda now: moved(before, now)["delivered"] == 1, what="delivered counted"
+        lambda: _async(business()),
+        until=lambda now: moved(before, now)["delivered"] == 1,
+        what="delivered counted",
     )
     assert moved(before, after) == {
         "placed": 1,
@@ -132,24 +146,35 @@ async def test_one_order_delivered_twice_over_counts_once(shop: httpx.AsyncClien
     }
     # Placed -> confirmed, by the order's own history.
     history = {step["status"]: step["at"] for step in order["history"]}
-    took = (datetime.fromisoformat(history["confirmed"]) - datetime.fromisoformat(order["placed_at"])).total_seconds()
+    took = (
+        datetime.fromisoformat(history["confirmed"]) - datetime.fromisoformat(order["placed_at"])
+    ).total_seconds()
     seconds = REGISTRY.get_sample_value("emporium_order_confirmation_seconds_sum") - seconds_before
     assert seconds == pytest.approx(took, abs=0.002)
 
 
 async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
-    shop: httpx.AsyncClient, recorded_spans: InMemorySpanExporter, settings: Settings, mongo: AsyncMongoClient,
-    admin: User, ann: User,
+    shop: httpx.AsyncClient,
+    recorded_spans: InMemorySpanExporter,
+    settings: Settings,
+    mongo: AsyncMongoClient,
+    admin: User,
+    ann: User,
 ):
     sku = await stocked_sku(shop, admin, quantity=3)
     response = await place(shop, ann, [{"sku": sku, "quantity": 1}])
     assert response.status_code == 202, response.text
     order_id = response.json()["order_id"]
-    await wait_for_order(shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"})
+    await wait_for_order(
+        shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"}
+    )
 
     wanted = {
-        "edge": lambda s: s.kind is trace.SpanKind.SERVER and s.attributes.get("http.route") == "/orders"
-        and s.attributes.get("http.request.method", s.attributes.get("http.method")) == "POST",
+        "edge": lambda s: (
+            s.kind is trace.SpanKind.SERVER
+            and s.attributes.get("http.route") == "/orders"
+            and s.attributes.get("http.request.method", s.attributes.get("http.method")) == "POST"
+        ),
         "orders": _handled("orders", "orders.place_order"),
         "inventory": _handled("inventory", "order.placed"),
         "payments": _handled("payments", "stock.reserved"),
@@ -168,7 +193,9 @@ async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
     # The outbox keeps the trace with each entry, for a republish after a crash to continue it.
     outbox = mongo[settings.database_name("orders")]["outbox"]
     entry = await outbox.find_one({"routing_key": "order.placed", "envelope.correlation_id": order_id})
-    assert entry["trace"]["traceparent"].split("-")[1] == trace.format_trace_id(found["edge"].context.trace_id)
+    assert entry["trace"]["traceparent"].split("-")[1] == trace.format_trace_id(
+        found["edge"].context.trace_id
+    )
 
 
 def _handled(actor: str, type_: str):
@@ -188,7 +215,9 @@ def _find(spans: Sequence[ReadableSpan], wanted: dict[str, Any], order_id: str) 
     found = {}
     for name, matches in wanted.items():
         for span in spans:
-            ours = name == "edge" or (span.attributes or {}).get("messaging.message.conversation_id") == order_id
+            ours = (
+                name == "edge" or (span.attributes or {}).get("messaging.message.conversation_id") == order_id
+            )
             if ours and matches(span):
                 found[name] = span
                 break
@@ -197,4 +226,3 @@ def _find(spans: Sequence[ReadableSpan], wanted: dict[str, Any], order_id: str) 
 
 async def _async(value: Any) -> Any:
     return value
-

@@ -223,7 +223,9 @@ async def test_while_the_provider_is_down_the_breaker_opens_and_orders_complete_
     open_shop, monkeypatch, admin: User, ann: User
 ):
     monkeypatch.setenv("EMPORIUM_PAYMENT_BREAKER_RESET_S", "1")
-    monkeypatch.setenv("EMPORIUM_PAYMENT_BREAKER_FAILURES", "5")  # one order: open it within its first retries
+    monkeypatch.setenv(
+        "EMPORIUM_PAYMENT_BREAKER_FAILURES", "5"
+    )  # one order: open it within its first retries
     # Retries long enough to outlast the outage (in production: 1 s, 5 s, 30 s).
     shop = await open_shop(emporium_retry_delays_ms=(300, 600, 1_200, 2_400, 4_800, 9_600))
     sku = await stocked_sku(shop.edge, admin, quantity=2)

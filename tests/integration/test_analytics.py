@@ -48,37 +48,61 @@ def confirmed(order: OrderPlaced) -> OrderConfirmed:
 
 def captured(order: OrderPlaced) -> PaymentCaptured:
     return PaymentCaptured(
-        payment_id=f"pay-{order.order_id}", order_id=order.order_id, customer_id="c-1",
-        amount_cents=order.total_cents, currency="EUR", provider_reference=f"ref-{order.order_id}",
+        payment_id=f"pay-{order.order_id}",
+        order_id=order.order_id,
+        customer_id="c-1",
+        amount_cents=order.total_cents,
+        currency="EUR",
+        provider_reference=f"ref-{order.order_id}",
     )
 
 
 def shipped(order_id: str) -> OrderShipped:
-    return OrderShipped(order_id=order_id, customer_id="c-1", shipment_id=f"s-{order_id}", carrier="x", tracking_number="t")
+    return OrderShipped(
+        order_id=order_id, customer_id="c-1", shipment_id=f"s-{order_id}", carrier="x", tracking_number="t"
+    )
 
 
 O1, O2, O3 = placed("o-1", A=2, B=1), placed("o-2", A=1), placed("o-3", B=3)
 O4, O5, O6, O7 = placed("o-4", C=1), placed("o-5", A=1, C=2), placed("o-6", B=2), placed("o-7", C=1)
-O5_REFUNDED = PaymentRefunded(payment_id="pay-o-5", order_id="o-5", customer_id="c-1", amount_cents=7_000, currency="EUR")
+O5_REFUNDED = PaymentRefunded(
+    payment_id="pay-o-5", order_id="o-5", customer_id="c-1", amount_cents=7_000, currency="EUR"
+)
 
 # (event, when it happened); o-7's confirmation comes before its placing.
 SCRIPT: list[tuple[Event, datetime]] = [
-    (O1, at(0)), (captured(O1), at(1)), (confirmed(O1), at(2)), (shipped("o-1"), at(5)),
+    (O1, at(0)),
+    (captured(O1), at(1)),
+    (confirmed(O1), at(2)),
+    (shipped("o-1"), at(5)),
     (OrderDelivered(order_id="o-1", customer_id="c-1"), at(8)),
-    (O2, at(0)), (captured(O2), at(3)), (confirmed(O2), at(4)), (shipped("o-2"), at(6)),
-    (O3, at(0)), (OrderCancelled(order_id="o-3", customer_id="c-1", reason="out_of_stock"), at(1)),
-    (O4, at(0)), (PaymentFailed(order_id="o-4", customer_id="c-1", reason="declined"), at(2)),
+    (O2, at(0)),
+    (captured(O2), at(3)),
+    (confirmed(O2), at(4)),
+    (shipped("o-2"), at(6)),
+    (O3, at(0)),
+    (OrderCancelled(order_id="o-3", customer_id="c-1", reason="out_of_stock"), at(1)),
+    (O4, at(0)),
+    (PaymentFailed(order_id="o-4", customer_id="c-1", reason="declined"), at(2)),
     (OrderCancelled(order_id="o-4", customer_id="c-1", reason="payment_declined"), at(3)),
-    (O5, at(0)), (captured(O5), at(9)), (confirmed(O5), at(10)),
+    (O5, at(0)),
+    (captured(O5), at(9)),
+    (confirmed(O5), at(10)),
     (OrderCancelled(order_id="o-5", customer_id="c-1", reason="customer"), at(12)),
     (O5_REFUNDED, at(20)),
     (O6, at(0)),
-    (confirmed(O7), at(1)), (captured(O7), at(1)), (O7, at(0)),
+    (confirmed(O7), at(1)),
+    (captured(O7), at(1)),
+    (O7, at(0)),
 ]
 # The same events published again under new message ids, some with other times: they change nothing.
 REPUBLISHED: list[tuple[Event, datetime]] = [
-    (O1, at(5)), (confirmed(O1), at(3)), (captured(O2), at(4)), (O3, at(0)),
-    (OrderCancelled(order_id="o-5", customer_id="c-1", reason="customer"), at(13)), (shipped("o-2"), at(7)),
+    (O1, at(5)),
+    (confirmed(O1), at(3)),
+    (captured(O2), at(4)),
+    (O3, at(0)),
+    (OrderCancelled(order_id="o-5", customer_id="c-1", reason="customer"), at(13)),
+    (shipped("o-2"), at(7)),
 ]
 
 
@@ -97,15 +121,27 @@ async def test_every_figure_follows_the_events_once(start_host, broker, mongo, s
     await publish(broker, O5_REFUNDED, await tell(broker, O5_REFUNDED, at(20)))  # the same message twice
     distinct = len(SCRIPT) + len(REPUBLISHED) + 1
     inbox = mongo[settings.database_name("analytics")]["inbox"]
-    await eventually(lambda: inbox.count_documents({}), until=lambda n: n == distinct, what="every distinct message")
+    await eventually(
+        lambda: inbox.count_documents({}), until=lambda n: n == distinct, what="every distinct message"
+    )
 
     async with requester(settings) as asker:
         stats = await asker.ask(GetStats(), Stats)
         top_two = await asker.ask(GetStats(top=2), Stats)
 
-    assert stats.orders_by_status == {"placed": 1, "confirmed": 1, "shipped": 1, "delivered": 1, "cancelled": 3}
+    assert stats.orders_by_status == {
+        "placed": 1,
+        "confirmed": 1,
+        "shipped": 1,
+        "delivered": 1,
+        "cancelled": 3,
+    }
     assert stats.cancellations_by_reason == {
-        "out_of_stock": 1, "payment_declined": 1, "payment_unavailable": 0, "timeout": 0, "customer": 1,
+        "out_of_stock": 1,
+        "payment_declined": 1,
+        "payment_unavailable": 0,
+        "timeout": 0,
+        "customer": 1,
     }
     assert stats.payment_failures_by_reason == {"declined": 1, "unavailable": 0}
     # Captured 2500 + 1000 + 7000 + 3000, of which o-5's 7000 refunded.
@@ -127,6 +163,8 @@ async def test_stats_before_any_event(start_host, settings):
     await start_host("analytics")
     async with requester(settings) as asker:
         stats = await asker.ask(GetStats(), Stats)
-    assert stats.orders_by_status == {s: 0 for s in ("placed", "confirmed", "shipped", "delivered", "cancelled")}
+    assert stats.orders_by_status == {
+        s: 0 for s in ("placed", "confirmed", "shipped", "delivered", "cancelled")
+    }
     assert (stats.revenue_cents, stats.average_order_value_cents, stats.top_products) == (0, None, [])
     assert stats.saga_seconds == Percentiles(count=0) and stats.as_of is None

@@ -104,7 +104,9 @@ async def test_orders_are_refused_while_inventory_lags_behind(settings, broker, 
     for _ in range(WAITING):  # commands only inventory takes: inventory is the slow actor
         await send(broker, Restock(sku="LAMP", quantity=1))
     await eventually(
-        lambda: link.queue_depth("inventory"), until=lambda depth: depth == WAITING, timeout=10,
+        lambda: link.queue_depth("inventory"),
+        until=lambda depth: depth == WAITING,
+        timeout=10,
         what=f"{WAITING} messages waiting for inventory",
     )
     response = await _place_order(_edge(settings, link, bound=WAITING - 1))
@@ -128,4 +130,3 @@ async def test_a_missing_queue_is_reported_and_leaves_the_link_working(settings,
     await link.send(command, Envelope.first(command, "req-1"))
     depth = await eventually(lambda: link.queue_depth(ORDERS_WORK_QUEUE), until=lambda d: d == 1, timeout=10)
     assert depth == 1
-

@@ -50,14 +50,18 @@ class Inventory:
 
     def __init__(self, mongo: Any, settings: Settings) -> None:
         self.db = mongo[settings.database_name("inventory")]
-        self.commits = GroupCommit(inventory, topology_of(inventory, settings), mongo, self.db, None, settings)
+        self.commits = GroupCommit(
+            inventory, topology_of(inventory, settings), mongo, self.db, None, settings
+        )
         self.runs: dict[str, int] = {}
 
     async def prepare(self) -> None:
         await OutboxRelay.prepare(self.db)
         await inventory.store.prepare(self.db)
 
-    def delivery(self, message: Message, envelope: Envelope | None = None, *, handler: Any = None) -> Delivery:
+    def delivery(
+        self, message: Message, envelope: Envelope | None = None, *, handler: Any = None
+    ) -> Delivery:
         """A delivery of the message, its handler counting how often it runs."""
         envelope = envelope or Envelope.first(message, "c-batch")
         applies = handler or inventory.handlers[message.TYPE][1]
@@ -76,7 +80,9 @@ class Inventory:
 async def stocked(mongo, settings) -> Inventory:
     inv = Inventory(mongo, settings)
     await inv.prepare()
-    await inv.commits.commit([inv.delivery(product_created("SKU-G")), inv.delivery(Restock(sku="SKU-G", quantity=10))])
+    await inv.commits.commit(
+        [inv.delivery(product_created("SKU-G")), inv.delivery(Restock(sku="SKU-G", quantity=10))]
+    )
     return inv
 
 
@@ -107,11 +113,13 @@ async def test_messages_about_one_sku_are_applied_in_the_order_they_came(mongo, 
     inv = Inventory(mongo, settings)
     await inv.prepare()
     # Reserving before the restock would find no stock: the order is only served in this order.
-    outcomes = await inv.commits.commit([
-        inv.delivery(product_created("SKU-O")),
-        inv.delivery(Restock(sku="SKU-O", quantity=3)),
-        inv.delivery(order_placed("order-in-order", ("SKU-O", 3))),
-    ])
+    outcomes = await inv.commits.commit(
+        [
+            inv.delivery(product_created("SKU-O")),
+            inv.delivery(Restock(sku="SKU-O", quantity=3)),
+            inv.delivery(order_placed("order-in-order", ("SKU-O", 3))),
+        ]
+    )
 
     placed = outcomes[2]
     assert isinstance(placed, Work)
@@ -126,11 +134,13 @@ async def test_copies_of_a_message_in_one_batch_or_applied_before_apply_once(sto
 
     # A redelivery of it beside a new message and two copies of another, in one batch.
     other = Envelope.first(Restock(sku="SKU-G", quantity=7), "c-copies")
-    outcomes = await stocked.commits.commit([
-        stocked.delivery(restock, envelope),
-        stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
-        stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
-    ])
+    outcomes = await stocked.commits.commit(
+        [
+            stocked.delivery(restock, envelope),
+            stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
+            stocked.delivery(Restock(sku="SKU-G", quantity=7), other),
+        ]
+    )
 
     assert isinstance(applied, Work)
     assert outcomes[0] is None and isinstance(outcomes[1], Work) and outcomes[2] is None
@@ -143,7 +153,9 @@ async def test_a_batch_committed_but_not_acked_is_deduped_on_redelivery_and_publ
     """The process dies after its commit, before publishing and acking: the messages come again."""
     placed = [order_placed(f"order-crash-{n}", ("SKU-G", 1)) for n in range(3)]
     envelopes = [Envelope.first(event, event.order_id) for event in placed]
-    committed = await stocked.commits.commit([stocked.delivery(e, v) for e, v in zip(placed, envelopes, strict=True)])
+    committed = await stocked.commits.commit(
+        [stocked.delivery(e, v) for e, v in zip(placed, envelopes, strict=True)]
+    )
     assert all(isinstance(outcome, Work) for outcome in committed)
 
     async with Tap(settings.rabbitmq_url) as watcher:
@@ -173,13 +185,20 @@ async def test_a_rule_breaker_in_a_waiting_batch_is_dead_lettered_and_the_rest_a
     await send(broker, product_created("SKU-W"))
     restocks = [await send(broker, Restock(sku="SKU-W", quantity=q)) for q in (1, 2, 3)]
     # Dispatched without a reservation: inventory refuses that (a broken rule, dead-lettered at once).
-    breaker = await send(broker, ShipmentDispatched(
-        order_id="order-never-reserved", shipment_id="s-1", carrier="post", tracking_number="T-1"
-    ))
+    breaker = await send(
+        broker,
+        ShipmentDispatched(
+            order_id="order-never-reserved", shipment_id="s-1", carrier="post", tracking_number="T-1"
+        ),
+    )
     restocks += [await send(broker, Restock(sku="SKU-W", quantity=q)) for q in (4, 5)]
     redone_before = metrics.BATCHES_REDONE.labels("inventory")._value.get()
 
-    async with running(ActorHost([inventory], gathering)), amqp(settings) as rabbit, requester(settings) as asker:
+    async with (
+        running(ActorHost([inventory], gathering)),
+        amqp(settings) as rabbit,
+        requester(settings) as asker,
+    ):
         [dead] = await rabbit.take(dlq_name("inventory"), 1)
         level = await eventually(
             lambda: asker.ask(GetStock(sku="SKU-W"), StockView),
@@ -271,7 +290,9 @@ async def test_lanes_let_other_conversations_go_on_while_one_waits(mongo, settin
     try:
         outcomes = await asyncio.gather(
             commits.apply(Delivery(Envelope.first(slow, _in_lane(0, 2, "order")), slow, waits_for_the_other)),
-            commits.apply(Delivery(Envelope.first(quick, _in_lane(1, 2, "order")), quick, waits_for_the_other)),
+            commits.apply(
+                Delivery(Envelope.first(quick, _in_lane(1, 2, "order")), quick, waits_for_the_other)
+            ),
             return_exceptions=True,
         )
     finally:

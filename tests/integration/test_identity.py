@@ -342,7 +342,9 @@ async def test_identity_refuses_to_start_when_nothing_configured_opens_its_keys(
     db = mongo[settings.database_name("identity")]
     identity_env(emporium_identity_key_encryption_keys=Fernet.generate_key().decode())
     await IdentityStore.prepare(db)
-    identity_env(emporium_identity_key_encryption_keys="" if configured == "none" else Fernet.generate_key().decode())
+    identity_env(
+        emporium_identity_key_encryption_keys="" if configured == "none" else Fernet.generate_key().decode()
+    )
     host = ActorHost([identity], settings)
     with pytest.raises(KeySealBroken, match="EMPORIUM_IDENTITY_KEY_ENCRYPTION_KEYS"):
         async with running(host):

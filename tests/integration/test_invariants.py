@@ -28,7 +28,7 @@ from actors.orders.store import OrdersStore
 from actors.payments.domain import Account, Order, Payment, Status
 from actors.payments.store import PaymentsStore
 from brokers.contracts.common import Line
-from brokers.contracts.inventory import Restock, StockView
+from brokers.contracts.inventory import Restock
 from brokers.contracts.orders import CancelOrder, GetOrder, OrderLine, OrderStep, OrderView, PlaceOrder
 from brokers.contracts.payments import GetPayment, PaymentView
 from brokers.contracts.shipping import AdvanceShipment, GetShipment, ShipmentView
@@ -140,10 +140,18 @@ def view(order_id: str, *steps: str, sku: str = "MUG-1", quantity: int = 1) -> O
     at = datetime.now(UTC)
     status = steps[-1]
     return OrderView(
-        order_id=order_id, customer_id="c1", status=status,
-        lines=[OrderLine(sku=sku, quantity=quantity, unit_price_cents=1_400)], total_cents=1_400 * quantity,
-        currency="EUR", cancel_reason="customer" if status == "cancelled" else None, request_digest="d",
-        placed_at=at, updated_at=at, history=[OrderStep(status=s, at=at) for s in steps], version=len(steps),
+        order_id=order_id,
+        customer_id="c1",
+        status=status,
+        lines=[OrderLine(sku=sku, quantity=quantity, unit_price_cents=1_400)],
+        total_cents=1_400 * quantity,
+        currency="EUR",
+        cancel_reason="customer" if status == "cancelled" else None,
+        request_digest="d",
+        placed_at=at,
+        updated_at=at,
+        history=[OrderStep(status=s, at=at) for s in steps],
+        version=len(steps),
     )
 
 
@@ -180,14 +188,23 @@ async def emporium_check(world: World, *args: str) -> tuple[int, str]:
     """`emporium check ARGS` in a process of its own, on the test's vhost, databases and simulator."""
     settings = world.settings
     environment = {
-        **os.environ, "COLUMNS": "200", "RABBITMQ_URL": settings.rabbitmq_url,
-        "RABBITMQ_MANAGEMENT_URL": settings.rabbitmq_management_url, "MONGODB_URL": settings.mongodb_url,
+        **os.environ,
+        "COLUMNS": "200",
+        "RABBITMQ_URL": settings.rabbitmq_url,
+        "RABBITMQ_MANAGEMENT_URL": settings.rabbitmq_management_url,
+        "MONGODB_URL": settings.mongodb_url,
         "EMPORIUM_DB_PREFIX": settings.emporium_db_prefix,
         "EMPORIUM_PAYMENT_PROVIDER_URL": settings.emporium_payment_provider_url,
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops", "check", *args, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "ops",
+        "check",
+        *args,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await process.communicate()
     return process.returncode, output.decode()
@@ -314,7 +331,10 @@ async def test_a_dead_letter_left_in_a_dlq_is_reported(world):
     assert (await world.check()).clean
     invalid = b'{"sku": "not a sku", "quantity": 1}'  # parked at once: no retry makes it valid
     await publish_body(
-        world.broker, invalid, exchange=COMMANDS.name, routing_key=Restock.TYPE,
+        world.broker,
+        invalid,
+        exchange=COMMANDS.name,
+        routing_key=Restock.TYPE,
         envelope=Envelope(correlation_id="c-bad", type=Restock.TYPE),
     )
 

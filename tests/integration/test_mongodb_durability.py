@@ -74,7 +74,9 @@ async def test_a_transaction_its_client_abandoned_stops_locking_its_document_wit
         # (no commit, no abort, no endSessions), as a process killed there.
         abandoned = dead.start_session()
         await abandoned.start_transaction()
-        await dead.durability.stock.update_one({"_id": "LAMP-1"}, {"$inc": {"reserved": 1}}, session=abandoned)
+        await dead.durability.stock.update_one(
+            {"_id": "LAMP-1"}, {"$inc": {"reserved": 1}}, session=abandoned
+        )
 
         async def reserve(session: AsyncClientSession) -> None:
             await stock.update_one({"_id": "LAMP-1"}, {"$inc": {"reserved": 2}}, session=session)

@@ -27,14 +27,21 @@ pytestmark = pytest.mark.integration
 
 def confirmed(order_id: str, customer_id: str) -> OrderConfirmed:
     return OrderConfirmed(
-        order_id=order_id, customer_id=customer_id, lines=[OrderLine(sku="MUG-1", quantity=3, unit_price_cents=450)],
-        total_cents=1_350, currency="EUR",
+        order_id=order_id,
+        customer_id=customer_id,
+        lines=[OrderLine(sku="MUG-1", quantity=3, unit_price_cents=450)],
+        total_cents=1_350,
+        currency="EUR",
     )
 
 
 def shipped(order_id: str, customer_id: str) -> OrderShipped:
     return OrderShipped(
-        order_id=order_id, customer_id=customer_id, shipment_id="shp-1", carrier="swiftpost", tracking_number="SW42"
+        order_id=order_id,
+        customer_id=customer_id,
+        shipment_id="shp-1",
+        carrier="swiftpost",
+        tracking_number="SW42",
     )
 
 
@@ -64,22 +71,37 @@ async def test_each_event_is_told_once_whatever_the_copies(start_host, broker, m
         OrderCancelled(order_id="o-2", customer_id="c-1", reason="payment_declined"),
         confirmed("o-3", "c-2"),
     ]
-    async with Tap(settings.rabbitmq_url, routing_keys=["notification.sent"]) as tap, requester(settings) as asker:
+    async with (
+        Tap(settings.rabbitmq_url, routing_keys=["notification.sent"]) as tap,
+        requester(settings) as asker,
+    ):
         distinct = await deliver_with_duplicates(broker, events)
-        await eventually(inbox_count(mongo, settings), until=lambda n: n == distinct, what="every distinct message")
+        await eventually(
+            inbox_count(mongo, settings), until=lambda n: n == distinct, what="every distinct message"
+        )
         of_customer = await asker.ask(ListNotifications(customer_id="c-1"), NotificationPage)
         of_order = await asker.ask(ListNotifications(order_id="o-1"), NotificationPage)
         of_both = await asker.ask(ListNotifications(customer_id="c-2", order_id="o-3"), NotificationPage)
-        second_page = await asker.ask(ListNotifications(customer_id="c-1", offset=1, limit=2), NotificationPage)
+        second_page = await asker.ask(
+            ListNotifications(customer_id="c-1", offset=1, limit=2), NotificationPage
+        )
         await tap.wait_for("notification.sent", count=len(events))
 
     assert of_customer.total == 5
     assert sorted(n.template for n in of_customer.items) == [
-        "order_cancelled", "order_confirmed", "order_delivered", "order_shipped", "welcome",
+        "order_cancelled",
+        "order_confirmed",
+        "order_delivered",
+        "order_shipped",
+        "welcome",
     ]
     assert {n.channel for n in of_customer.items} == {"log"}  # no SMTP server configured
     # Handled concurrently, so listed in the order they happened to be sent.
-    assert sorted(n.template for n in of_order.items) == ["order_confirmed", "order_delivered", "order_shipped"]
+    assert sorted(n.template for n in of_order.items) == [
+        "order_confirmed",
+        "order_delivered",
+        "order_shipped",
+    ]
     (cancelled,) = [n for n in of_customer.items if n.template == "order_cancelled"]
     assert cancelled.order_id == "o-2" and "the payment was declined" in cancelled.body
     (shipped_note,) = [n for n in of_order.items if n.template == "order_shipped"]
@@ -150,7 +172,9 @@ async def smtp_sink(refusals: int = 0) -> AsyncIterator[tuple[SmtpSink, str]]:
         await server.wait_closed()
 
 
-async def test_customers_with_an_address_get_one_email_even_after_refusals(start_host, broker, mongo, settings):
+async def test_customers_with_an_address_get_one_email_even_after_refusals(
+    start_host, broker, mongo, settings
+):
     async with smtp_sink(refusals=2) as (sink, url), requester(settings) as asker:
         await start_host("notifications", emporium_smtp_url=url)
         await send(broker, UserRegistered(user_id="c-9", email="grace@example.com", name="Grace"))
@@ -173,12 +197,16 @@ async def test_customers_with_an_address_get_one_email_even_after_refusals(start
             until=lambda page: page.total == 1,
             what="the notification of a customer without address",
         )
-        await eventually(inbox_count(mongo, settings), until=lambda n: n == 3, what="all three messages applied")
+        await eventually(
+            inbox_count(mongo, settings), until=lambda n: n == 3, what="all three messages applied"
+        )
 
     assert sink.refused == 2
     assert {n.channel for n in told.items} == {"email"} and logged.items[0].channel == "log"
     assert sorted(m["Subject"] for m in sink.accepted) == ["Order o-9 is on its way", "Welcome to emporium"]
     assert {m["To"] for m in sink.accepted} == {"grace@example.com"}
-    assert sorted(m["Message-ID"] for m in sink.accepted) == sorted(f"<{n.notification_id}@emporium>" for n in told.items)
+    assert sorted(m["Message-ID"] for m in sink.accepted) == sorted(
+        f"<{n.notification_id}@emporium>" for n in told.items
+    )
     (shipping_mail,) = [m for m in sink.accepted if m["Subject"].startswith("Order")]
     assert "SW42" in shipping_mail.get_payload()

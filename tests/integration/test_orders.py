@@ -243,7 +243,9 @@ async def test_the_same_place_order_twice_is_one_order(start_host, shop):
     assert await shop.emitted(DEFAULT_DEADLINE_QUEUE, "o-twice") == 1
 
 
-async def test_refused_orders_are_dead_lettered_with_their_reason_and_a_reused_id_changes_nothing(start_host, shop):
+async def test_refused_orders_are_dead_lettered_with_their_reason_and_a_reused_id_changes_nothing(
+    start_host, shop
+):
     await start_host("orders")
     await shop.knows("SKU-EUR", 100, "EUR")
     await shop.knows("SKU-USD", 100, "USD")
@@ -275,7 +277,8 @@ async def test_an_event_for_a_corrupt_stream_is_dead_lettered_at_once_not_retrie
     await shop.place("o-corrupt", ("SKU-EUR", 1))
     await shop.order("o-corrupt", "placed")
     edited = await shop.db("orders")["order_events"].update_one(
-        {"order_id": "o-corrupt", "version": 1}, {"$set": {"version": 2}}  # a hand edit: no version 1
+        {"order_id": "o-corrupt", "version": 1},
+        {"$set": {"version": 2}},  # a hand edit: no version 1
     )
     assert edited.modified_count == 1
 

@@ -36,7 +36,9 @@ async def test_two_replicas_sweeping_at_once_publish_each_entry_once(broker, mon
     replicas = [OutboxRelay("catalog", broker, db, sweep_s=5.0) for _ in range(2)]
 
     async with Tap(settings.rabbitmq_url) as watcher:
-        swept = await asyncio.gather(*(replica.sweep(older_than=timedelta(seconds=5)) for replica in replicas))
+        swept = await asyncio.gather(
+            *(replica.sweep(older_than=timedelta(seconds=5)) for replica in replicas)
+        )
         await watcher.wait_for(ProductCreated.TYPE, count=60)
         unsent = await db["outbox"].count_documents({"sent_at": None})
 
@@ -46,7 +48,9 @@ async def test_two_replicas_sweeping_at_once_publish_each_entry_once(broker, mon
     assert unsent == 0
 
 
-async def test_entries_a_sweep_could_not_publish_are_free_for_the_next_one(broker, mongo, settings, monkeypatch):
+async def test_entries_a_sweep_could_not_publish_are_free_for_the_next_one(
+    broker, mongo, settings, monkeypatch
+):
     db = mongo[settings.database_name("catalog")]
     await OutboxRelay.prepare(db)
     await db["outbox"].insert_many(left_unsent(3))
@@ -63,4 +67,6 @@ async def test_entries_a_sweep_could_not_publish_are_free_for_the_next_one(broke
         # Not held back by the failed sweep's claim (it would last 30 s).
         assert await healthy.sweep(older_than=timedelta(seconds=5)) == 3
         await watcher.wait_for(ProductCreated.TYPE, count=3)
-    assert await eventually(lambda: db["outbox"].count_documents({"sent_at": None}), until=lambda n: n == 0) == 0
+    assert (
+        await eventually(lambda: db["outbox"].count_documents({"sent_at": None}), until=lambda n: n == 0) == 0
+    )

@@ -39,10 +39,21 @@ async def test_a_charge_is_captured_once_per_idempotency_key(provider):
     assert first.json() == again.json()
     assert first.json()["status"] == "captured"
     found = (await provider.get(f"/charges/{first.json()['charge_id']}")).json()
-    assert (found["status"], found["amount_cents"], found["idempotency_key"]) == ("captured", 2_500, "order-1")
+    assert (found["status"], found["amount_cents"], found["idempotency_key"]) == (
+        "captured",
+        2_500,
+        "order-1",
+    )
     assert await stats(provider) == {
-        "requests": 2, "lookups": 0, "charges": 1, "refunds": 0, "declines": 0, "errors": 0, "conflicts": 0,
-        "captured_cents": 2_500, "refunded_cents": 0,
+        "requests": 2,
+        "lookups": 0,
+        "charges": 1,
+        "refunds": 0,
+        "declines": 0,
+        "errors": 0,
+        "conflicts": 0,
+        "captured_cents": 2_500,
+        "refunded_cents": 0,
     }
 
 
@@ -129,6 +140,7 @@ async def test_a_refund_gives_back_a_charge_once(provider):
 
 async def test_refunds_that_cannot_be_made_are_refused_and_change_nothing(provider):
     charge_id = (await provider.post("/charges", json=charge())).json()["charge_id"]
+
     def refund(key: str, charge: str, amount: int) -> dict:
         return {"idempotency_key": key, "charge_id": charge, "amount_cents": amount}
 
@@ -152,7 +164,10 @@ async def test_control_is_replaced_by_put_and_refused_when_out_of_range(provider
 
     assert (bad.status_code, unknown_field.status_code) == (422, 422)
     assert (await provider.get("/control")).json() == {
-        "decline_rate": 0.25, "error_rate": 0.0, "latency_ms": 5, "decline_customers": []
+        "decline_rate": 0.25,
+        "error_rate": 0.0,
+        "latency_ms": 5,
+        "decline_customers": [],
     }
 
 
@@ -219,7 +234,8 @@ async def test_the_ledger_and_its_keys_answers_survive_a_restart(settings, mongo
     assert (refund_again.status_code, refund_again.json()) == (201, refunded)
     assert declined_again.status_code == 402  # the answer under the key, though no customer is blocked now
     assert [(c.idempotency_key, c.status, c.refunded_cents) for c in ledger] == [
-        ("o-1", "refunded", 2_500), ("o-2", "declined", 0)
+        ("o-1", "refunded", 2_500),
+        ("o-2", "declined", 0),
     ]
     assert [r.refund_id for r in ledger[0].refunds] == [refunded["refund_id"]]
     assert (counts["charges"], counts["refunds"], counts["declines"]) == (0, 0, 0)

@@ -52,7 +52,10 @@ def start_payments(start_host, simulator, monkeypatch) -> Callable[..., Awaitabl
 
 def placed(order_id: str, customer_id: str = "c1", quantity: int = 3) -> OrderPlaced:
     return OrderPlaced(
-        order_id=order_id, customer_id=customer_id, currency="EUR", total_cents=quantity * 1_400,
+        order_id=order_id,
+        customer_id=customer_id,
+        currency="EUR",
+        total_cents=quantity * 1_400,
         lines=[OrderLine(sku="MUG", quantity=quantity, unit_price_cents=1_400)],
     )
 
@@ -104,7 +107,10 @@ async def test_a_reserved_order_is_charged_its_total_once_though_stock_reserved_
 
     captured = body(message, PaymentCaptured)
     assert (captured.order_id, captured.customer_id, captured.amount_cents, captured.currency) == (
-        "o-1", "c1", 4_200, "EUR"
+        "o-1",
+        "c1",
+        4_200,
+        "EUR",
     )
     assert message.correlation_id == "o-1"
     assert len(tap.of_type("payment.captured")) == 1
@@ -160,7 +166,9 @@ async def test_the_breaker_opens_spares_the_provider_while_open_and_the_payment_
 ):
     await start_payments(
         retry_delays_ms=(200, 400, 800, 1_600, 3_200, 6_400),
-        provider_attempts=3, breaker_failures=3, breaker_reset_s=2.5,
+        provider_attempts=3,
+        breaker_failures=3,
+        breaker_reset_s=2.5,
     )
     await simulator.control.behave(error_rate=1.0)
     await place(broker, placed("o-4"))
@@ -243,7 +251,9 @@ async def capture_behind_payments_back(simulator: RunningSimulator, order: Order
     """Charge the provider under the order's key as payments would, without payments hearing the
     answer (a request that timed out, a handling that failed after it): the provider's charge id."""
     request = {
-        "idempotency_key": order.order_id, "amount_cents": order.total_cents, "currency": order.currency,
+        "idempotency_key": order.order_id,
+        "amount_cents": order.total_cents,
+        "currency": order.currency,
         "customer_id": order.customer_id,
     }
     async with httpx.AsyncClient(base_url=simulator.url) as http:

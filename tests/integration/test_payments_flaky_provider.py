@@ -37,7 +37,9 @@ async def answers(tap: Tap) -> dict[str, str]:
 
 
 @pytest.mark.timeout(180)
-async def test_a_provider_failing_half_its_calls_still_confirms_nearly_every_order(settings, broker, start_host):
+async def test_a_provider_failing_half_its_calls_still_confirms_nearly_every_order(
+    settings, broker, start_host
+):
     async with served(seed=7) as simulator:
         await start_host(
             "payments", emporium_payment_provider_url=simulator.url, emporium_retry_delays_ms=RETRY_DELAYS_MS
@@ -48,7 +50,9 @@ async def test_a_provider_failing_half_its_calls_still_confirms_nearly_every_ord
             await asyncio.gather(*(send(broker, placed(o), correlation_id=o) for o in order_ids))
             await asyncio.gather(*(send(broker, reserved(o), correlation_id=o) for o in order_ids))
             seen = await eventually(
-                lambda: answers(tap), until=lambda seen: len(seen) == ORDERS, timeout=120,
+                lambda: answers(tap),
+                until=lambda seen: len(seen) == ORDERS,
+                timeout=120,
                 what="a payment answer for every order",
             )
             assert await rabbit.depth(dlq_name("payments")) == 0
@@ -77,12 +81,15 @@ async def test_a_provider_down_for_a_while_and_back_confirms_every_order(
             # Down until every order has been tried and sent to wait in a retry.
             retried = await outcome_count("payments", "retried")
             await eventually(
-                lambda: outcome_count("payments", "retried"), until=lambda n: n >= retried + len(order_ids),
+                lambda: outcome_count("payments", "retried"),
+                until=lambda n: n >= retried + len(order_ids),
                 what="every order waiting in a retry",
             )
             await simulator.control.behave()
             seen = await eventually(
-                lambda: answers(tap), until=lambda seen: len(seen) == len(order_ids), timeout=60,
+                lambda: answers(tap),
+                until=lambda seen: len(seen) == len(order_ids),
+                timeout=60,
                 what="a payment answer for every order",
             )
 

@@ -38,8 +38,11 @@ pytestmark = pytest.mark.integration
 
 def confirmed(order_id: str) -> OrderConfirmed:
     return OrderConfirmed(
-        order_id=order_id, customer_id="c-1", lines=[OrderLine(sku="LAMP-1", quantity=1, unit_price_cents=900)],
-        total_cents=900, currency="EUR",
+        order_id=order_id,
+        customer_id="c-1",
+        lines=[OrderLine(sku="LAMP-1", quantity=1, unit_price_cents=900)],
+        total_cents=900,
+        currency="EUR",
     )
 
 
@@ -110,14 +113,20 @@ async def test_a_capture_and_a_customer_cancel_at_once_leave_one_line_of_history
     await rivals.apply(product_created("SKU-O"), "setup-1")
     order_id = "o-race"
     await rivals.apply(
-        PlaceOrder(order_id=order_id, customer_id="c-1", lines=[Line(sku="SKU-O", quantity=1)], request_digest="d"),
+        PlaceOrder(
+            order_id=order_id, customer_id="c-1", lines=[Line(sku="SKU-O", quantity=1)], request_digest="d"
+        ),
         order_id,
     )
     await rivals.apply(StockReserved(order_id=order_id, lines=[Line(sku="SKU-O", quantity=1)]), order_id)
     [placed] = await rivals.outbox(OrderPlaced.TYPE)
     total = OrderPlaced.parse(placed["body"]).total_cents
     capture = PaymentCaptured(
-        payment_id="pay-1", order_id=order_id, customer_id="c-1", amount_cents=total, currency="EUR",
+        payment_id="pay-1",
+        order_id=order_id,
+        customer_id="c-1",
+        amount_cents=total,
+        currency="EUR",
         provider_reference="ref-1",
     )
     rivalries = await rivals.at_once(

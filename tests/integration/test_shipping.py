@@ -26,8 +26,11 @@ ADVANCE = AdvanceShipment.TYPE
 
 def confirmed(order_id: str) -> OrderConfirmed:
     return OrderConfirmed(
-        order_id=order_id, customer_id="c-1", lines=[OrderLine(sku="LAMP-1", quantity=2, unit_price_cents=1_250)],
-        total_cents=2_500, currency="EUR",
+        order_id=order_id,
+        customer_id="c-1",
+        lines=[OrderLine(sku="LAMP-1", quantity=2, unit_price_cents=1_250)],
+        total_cents=2_500,
+        currency="EUR",
     )
 
 
@@ -62,7 +65,9 @@ def bodies(tap: Tap, type_: str) -> list[dict]:
     return [json.loads(m.body) for m in distinct(tap) if m.type == type_]
 
 
-async def test_a_confirmed_order_is_scheduled_dispatched_and_delivered_once_each(start_host, broker, mongo, settings):
+async def test_a_confirmed_order_is_scheduled_dispatched_and_delivered_once_each(
+    start_host, broker, mongo, settings
+):
     await start_host("shipping", emporium_carrier_step_ms=STEP_MS)
     async with Tap(settings.rabbitmq_url) as tap, requester(settings) as asker:
         envelope = await tell(broker, confirmed("o-1"), "o-1")
@@ -72,7 +77,9 @@ async def test_a_confirmed_order_is_scheduled_dispatched_and_delivered_once_each
         await tap.wait_for("shipment.delivered")
         # Both carrier timers (to dispatched, to delivered) have been handled: nothing is pending.
         await eventually(handled(mongo, settings, ADVANCE), until=lambda n: n == 2, what="both carrier steps")
-        await eventually(handled(mongo, settings, OrderConfirmed.TYPE), until=lambda n: n == 2, what="both copies")
+        await eventually(
+            handled(mongo, settings, OrderConfirmed.TYPE), until=lambda n: n == 2, what="both copies"
+        )
         view = await asker.ask(GetShipment(order_id="o-1"), ShipmentView)
 
     assert shipment_events(tap) == ["shipment.scheduled", "shipment.dispatched", "shipment.delivered"]
@@ -80,12 +87,16 @@ async def test_a_confirmed_order_is_scheduled_dispatched_and_delivered_once_each
     (scheduled,) = bodies(tap, "shipment.scheduled")
     assert scheduled["customer_id"] == "c-1"
     assert (view.shipment_id, view.carrier, view.tracking_number) == (
-        scheduled["shipment_id"], scheduled["carrier"], scheduled["tracking_number"],
+        scheduled["shipment_id"],
+        scheduled["carrier"],
+        scheduled["tracking_number"],
     )
     assert view.status == "delivered" and view.cancelled_at is None
     assert [step.status for step in view.history] == ["scheduled", "dispatched", "delivered"]
     # Each step waited for the carrier.
-    assert all((later.at - earlier.at).total_seconds() >= STEP_MS / 1000 for earlier, later in pairwise(view.history))
+    assert all(
+        (later.at - earlier.at).total_seconds() >= STEP_MS / 1000 for earlier, later in pairwise(view.history)
+    )
 
 
 async def test_carrier_reports_and_the_simulation_together_dispatch_and_deliver_once(
@@ -112,7 +123,9 @@ async def test_carrier_reports_and_the_simulation_together_dispatch_and_deliver_
     assert [step.status for step in view.history] == ["scheduled", "dispatched", "delivered"]
 
 
-async def test_delivery_reported_before_dispatch_dispatches_then_delivers(start_host, broker, mongo, settings):
+async def test_delivery_reported_before_dispatch_dispatches_then_delivers(
+    start_host, broker, mongo, settings
+):
     await start_host("shipping", emporium_carrier_step_ms=STEP_MS)
     async with Tap(settings.rabbitmq_url) as tap:
         await tell(broker, confirmed("o-3"), "o-3")
@@ -129,7 +142,9 @@ def cancel_request(order_id: str) -> OrderCancellationRequested:
     return OrderCancellationRequested(order_id=order_id, customer_id="c-1")
 
 
-async def test_an_order_cancelled_before_dispatch_is_stopped_and_never_dispatched(start_host, broker, mongo, settings):
+async def test_an_order_cancelled_before_dispatch_is_stopped_and_never_dispatched(
+    start_host, broker, mongo, settings
+):
     # A carrier step long enough that the cancel is surely handled before the dispatch timer fires.
     await start_host("shipping", emporium_carrier_step_ms=10 * STEP_MS)
     async with Tap(settings.rabbitmq_url) as tap, requester(settings) as asker:
@@ -160,7 +175,9 @@ async def test_an_order_cancelled_before_its_confirmation_arrives_gets_no_shipme
             handled(mongo, settings, OrderCancellationRequested.TYPE), until=lambda n: n == 1, what="cancel"
         )
         await tell(broker, confirmed("o-5"), "o-5")
-        await eventually(handled(mongo, settings, OrderConfirmed.TYPE), until=lambda n: n == 1, what="confirm")
+        await eventually(
+            handled(mongo, settings, OrderConfirmed.TYPE), until=lambda n: n == 1, what="confirm"
+        )
         with pytest.raises(QueryFailed) as missing:
             await asker.ask(GetShipment(order_id="o-5"), ShipmentView)
 
@@ -168,7 +185,9 @@ async def test_an_order_cancelled_before_its_confirmation_arrives_gets_no_shipme
     assert shipment_events(tap) == ["shipment.stopped"]
 
 
-async def test_a_cancel_after_dispatch_is_too_late_and_the_parcel_goes_on(start_host, broker, mongo, settings):
+async def test_a_cancel_after_dispatch_is_too_late_and_the_parcel_goes_on(
+    start_host, broker, mongo, settings
+):
     await start_host("shipping", emporium_carrier_step_ms=STEP_MS)
     async with Tap(settings.rabbitmq_url) as tap:
         await tell(broker, confirmed("o-6"), "o-6")

@@ -53,7 +53,10 @@ def live_topology(management: httpx.Client, settings: Settings) -> dict[str, Any
 
 
 def declared_specs(settings: Settings) -> list[QueueSpec]:
-    return [UNROUTED_EVENTS, *(spec for actor in ACTORS.values() for spec in topology_of(actor, settings).queues)]
+    return [
+        UNROUTED_EVENTS,
+        *(spec for actor in ACTORS.values() for spec in topology_of(actor, settings).queues),
+    ]
 
 
 def declared_queues(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -122,7 +125,11 @@ async def test_the_broker_holds_exactly_the_declared_topology(start_host, manage
     for actor in ACTORS:
         assert ("emporium.dead-letters", actor, f"{actor}.dlq") in live["bindings"]
         # The runtime moves messages into an actor's own queues by name, never via the default exchange.
-        for queue in (actor, f"{actor}.dlq", *(f"{actor}.delay.{d}ms" for d in settings.emporium_retry_delays_ms)):
+        for queue in (
+            actor,
+            f"{actor}.dlq",
+            *(f"{actor}.delay.{d}ms" for d in settings.emporium_retry_delays_ms),
+        ):
             assert ("emporium.moves", queue, queue) in live["bindings"]
 
     assert {name: e["type"] for name, e in live["exchanges"].items()} == REQUIRED_EXCHANGES
@@ -156,7 +163,9 @@ async def test_a_changed_queue_argument_is_refused_not_applied_silently(start_ho
     assert catalog_queue["arguments"]["x-delivery-limit"] == settings.emporium_delivery_limit
 
 
-async def test_queues_of_the_earlier_topology_are_removed_with_what_they_parked(start_host, management, settings):
+async def test_queues_of_the_earlier_topology_are_removed_with_what_they_parked(
+    start_host, management, settings
+):
     """An earlier version dead-lettered expired queries from `<actor>.queries` into
     `<actor>.queries.dlq`, logins with their passwords included: a host that may declare removes both."""
     vhost = quote(vhost_of(settings), safe="")
@@ -166,8 +175,12 @@ async def test_queues_of_the_earlier_topology_are_removed_with_what_they_parked(
         ).raise_for_status()
     management.post(
         f"/api/exchanges/{vhost}/amq.default/publish",
-        json={"routing_key": "identity.queries.dlq", "payload": '{"password": "x"}', "payload_encoding": "string",
-              "properties": {"delivery_mode": 2}},
+        json={
+            "routing_key": "identity.queries.dlq",
+            "payload": '{"password": "x"}',
+            "payload_encoding": "string",
+            "properties": {"delivery_mode": 2},
+        },
     ).raise_for_status()
 
     await start_host("identity")

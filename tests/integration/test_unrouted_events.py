@@ -14,7 +14,9 @@ async def test_an_event_without_subscribers_is_parked_and_its_outbox_entry_marke
     start_host, broker, mongo, settings
 ):
     await start_host("catalog")  # inventory is not running, and nothing subscribes to price changes
-    await send(broker, CreateProduct(product_id="p-1", sku="LAMP-1", name="Lamp", category="home", price_cents=100))
+    await send(
+        broker, CreateProduct(product_id="p-1", sku="LAMP-1", name="Lamp", category="home", price_cents=100)
+    )
     changed = await send(broker, ChangePrice(product_id="p-1", price_cents=150))
 
     outbox = mongo[settings.database_name("catalog")]["outbox"]

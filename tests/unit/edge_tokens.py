@@ -11,8 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -48,8 +48,12 @@ class Mint:
     async def user(self, user_id: str) -> UserView:
         """Identity's view of a user: every user a token names exists and is active."""
         return UserView(
-            user_id=user_id, email=f"{user_id}@example.com", name=user_id,
-            role=self.roles.get(user_id, "customer"), active=True, registered_at=datetime.now(UTC),
+            user_id=user_id,
+            email=f"{user_id}@example.com",
+            name=user_id,
+            role=self.roles.get(user_id, "customer"),
+            active=True,
+            registered_at=datetime.now(UTC),
         )
 
     async def jwks(self) -> Jwks:
@@ -60,8 +64,12 @@ class Mint:
         """Identity's claims for the mint's customer; a change to None leaves that claim out."""
         now = int(datetime.now(UTC).timestamp())
         base = {
-            "iss": "emporium-identity", "aud": "emporium", "sub": self.subject, "role": "customer",
-            "iat": now, "exp": now + 900,
+            "iss": "emporium-identity",
+            "aud": "emporium",
+            "sub": self.subject,
+            "role": "customer",
+            "iat": now,
+            "exp": now + 900,
         }
         return {k: v for k, v in {**base, **changes}.items() if v is not None}
 
@@ -111,7 +119,9 @@ def forged_tokens(mint: Mint) -> dict[str, Callable[[], str]]:
     return {
         "tampered signature": lambda: _flip_signature(mint.token()),
         "tampered claims": lambda: _swap_claims(mint, mint.token(), mint.claims(role="admin")),
-        "another key, same kid": lambda: mint.signed(mint.claims(), key=SigningKey.generate(), kid=mint.key.kid),
+        "another key, same kid": lambda: mint.signed(
+            mint.claims(), key=SigningKey.generate(), kid=mint.key.kid
+        ),
         "unknown kid": lambda: mint.signed(mint.claims(), key=SigningKey.generate()),
         "no kid": lambda: mint.signed(mint.claims(), kid=None),
         "expired": lambda: mint.signed(mint.claims(iat=1_000, exp=2_000)),
@@ -132,13 +142,26 @@ def forged_tokens(mint: Mint) -> dict[str, Callable[[], str]]:
         **{
             f"kid {name}": lambda value=value: mint.with_header(mint.claims(), {"kid": value})
             for name, value in {
-                "null": None, "a number": 5, "a float": 1.5, "true": True, "a list": [mint.key.kid],
-                "an object": {"kid": mint.key.kid}, "empty": "", "of 8,000 characters": "k" * 8_000,
+                "null": None,
+                "a number": 5,
+                "a float": 1.5,
+                "true": True,
+                "a list": [mint.key.kid],
+                "an object": {"kid": mint.key.kid},
+                "empty": "",
+                "of 8,000 characters": "k" * 8_000,
             }.items()
         },
         **{
-            f"crit {name}": lambda value=value: mint.with_header(mint.claims(), {"kid": mint.key.kid, "crit": value})
-            for name, value in {"naming an extension": ["exp"], "empty": [], "a string": "b64", "null": None}.items()
+            f"crit {name}": lambda value=value: mint.with_header(
+                mint.claims(), {"kid": mint.key.kid, "crit": value}
+            )
+            for name, value in {
+                "naming an extension": ["exp"],
+                "empty": [],
+                "a string": "b64",
+                "null": None,
+            }.items()
         },
         "alg a list": lambda: mint.with_header(mint.claims(), {"kid": mint.key.kid, "alg": ["EdDSA"]}),
         "header an array": lambda: ".".join(["WzFd", mint.token().split(".", 1)[1]]),
@@ -160,7 +183,7 @@ def _flip_signature(token: str) -> str:
     signing_input, _, signature = token.rpartition(".")
     middle = len(signature) // 2
     flipped = "A" if signature[middle] != "A" else "B"
-    return f"{signing_input}.{signature[:middle]}{flipped}{signature[middle + 1:]}"
+    return f"{signing_input}.{signature[:middle]}{flipped}{signature[middle + 1 :]}"
 
 
 def _swap_claims(mint: Mint, token: str, claims: dict) -> str:

@@ -74,6 +74,8 @@ def test_every_reference_resolves():
 
 
 async def test_the_edge_serves_it():
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(create_app(Settings())), base_url="http://e") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(create_app(Settings())), base_url="http://e"
+    ) as c:
         response = await c.get("/asyncapi.json")
     assert response.status_code == 200 and response.json() == json.loads(rendered())

@@ -44,4 +44,7 @@ def test_price_change_records_the_old_price():
 
 def test_same_price_emits_nothing():
     product, _ = domain.create_product(CREATE, sku_taken_by=None, now=T0)
-    assert domain.change_price(product, ChangePrice(product_id="p1", price_cents=1200), now=T1) == (product, None)
+    assert domain.change_price(product, ChangePrice(product_id="p1", price_cents=1200), now=T1) == (
+        product,
+        None,
+    )

@@ -13,12 +13,22 @@ T = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
 def order(order_id: str, *statuses: str, reason: str | None = None) -> OrderView:
-    return OrderView.model_validate({
-        "order_id": order_id, "customer_id": "c1", "status": statuses[-1],
-        "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}], "total_cents": 100,
-        "currency": "EUR", "cancel_reason": reason, "request_digest": "d" * 64, "placed_at": T, "updated_at": T,
-        "history": [{"status": status, "at": T} for status in statuses], "version": len(statuses),
-    })
+    return OrderView.model_validate(
+        {
+            "order_id": order_id,
+            "customer_id": "c1",
+            "status": statuses[-1],
+            "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}],
+            "total_cents": 100,
+            "currency": "EUR",
+            "cancel_reason": reason,
+            "request_digest": "d" * 64,
+            "placed_at": T,
+            "updated_at": T,
+            "history": [{"status": status, "at": T} for status in statuses],
+            "version": len(statuses),
+        }
+    )
 
 
 def report(*violations: Violation) -> Report:
@@ -26,7 +36,10 @@ def report(*violations: Violation) -> Report:
 
 
 def test_a_clean_scenario_books_every_accepted_order_and_its_confirmations():
-    views = {"o1": order("o1", "placed", "confirmed", "shipped", "delivered"), "o2": order("o2", "placed", "cancelled")}
+    views = {
+        "o1": order("o1", "placed", "confirmed", "shipped", "delivered"),
+        "o2": order("o2", "placed", "cancelled"),
+    }
 
     row = Books().book("baseline", ["o1", "o2"], views, report(), {"orders.dlq": 0}, Counter())
 
@@ -35,7 +48,11 @@ def test_a_clean_scenario_books_every_accepted_order_and_its_confirmations():
 
 
 def test_an_order_unknown_or_not_ended_is_lost_and_a_timeout_is_counted():
-    views = {"o1": None, "o2": order("o2", "placed", "reserved"), "o3": order("o3", "placed", "cancelled", reason="timeout")}
+    views = {
+        "o1": None,
+        "o2": order("o2", "placed", "reserved"),
+        "o3": order("o3", "placed", "cancelled", reason="timeout"),
+    }
 
     row = Books().book("s", ["o1", "o2", "o3"], views, report(), {}, Counter())
 
@@ -68,13 +85,19 @@ def test_a_later_scenario_counts_only_what_earlier_ones_did_not_report():
     stale = Violation(CAPTURED_TWICE, "o1", "2 captures")
     books.book("first", [], {}, report(stale), {"orders.dlq": 2}, Counter())
 
-    later = books.book("second", [], {}, report(stale, Violation(CAPTURED_TWICE, "o9", "2")), {"orders.dlq": 3}, Counter())
+    later = books.book(
+        "second", [], {}, report(stale, Violation(CAPTURED_TWICE, "o9", "2")), {"orders.dlq": 3}, Counter()
+    )
 
     assert (later.double_charged, later.dead_letters) == (1, 1)
 
 
 def test_an_unclean_order_is_told_step_by_step_in_the_row():
-    views = {"o1": order("o1", "placed", "cancelled", reason="timeout"), "o2": None, "o3": order("o3", "placed", "cancelled")}
+    views = {
+        "o1": order("o1", "placed", "cancelled", reason="timeout"),
+        "o2": None,
+        "o3": order("o3", "placed", "cancelled"),
+    }
 
     row = Books().book("s", ["o1", "o2", "o3"], views, report(), {}, Counter())
 
@@ -86,7 +109,8 @@ def test_an_unclean_order_is_told_step_by_step_in_the_row():
 
 def test_a_row_says_how_its_orders_ended():
     views = {
-        "o1": order("o1", "placed", "delivered"), "o2": order("o2", "placed", "cancelled", reason="out_of_stock"),
+        "o1": order("o1", "placed", "delivered"),
+        "o2": order("o2", "placed", "cancelled", reason="out_of_stock"),
         "o3": order("o3", "placed", "cancelled", reason="out_of_stock"),
     }
 

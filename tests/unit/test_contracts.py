@@ -46,7 +46,9 @@ def test_envelope_round_trips_through_amqp_properties():
     first = Envelope.first(command, correlation_id="order-1")
     props = first.amqp()
     again = Envelope.from_amqp(
-        message_id=props["message_id"], correlation_id=props["correlation_id"], type=props["message_type"],
+        message_id=props["message_id"],
+        correlation_id=props["correlation_id"],
+        type=props["message_type"],
         headers=props["headers"],
     )
     assert again == first

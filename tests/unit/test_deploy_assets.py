@@ -136,8 +136,10 @@ def _kustomization(folder: Path) -> dict[str, Any]:
 def test_compose_yaml_follows_the_compose_specification():
     schema = json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in jsonschema.Draft7Validator(schema).iter_errors(COMPOSE)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(COMPOSE)
+    ]
     assert not errors
 
 
@@ -181,8 +183,11 @@ def test_every_compose_command_is_an_emporium_command_with_valid_options():
 
 def test_every_emporium_service_sets_only_known_settings():
     for name, service in _emporium_services().items():
-        unknown = {v for v in service.get("environment", {}) if v not in KNOWN_VARIABLES
-                   and not v.startswith("OTEL_")}
+        unknown = {
+            v
+            for v in service.get("environment", {})
+            if v not in KNOWN_VARIABLES and not v.startswith("OTEL_")
+        }
         assert not unknown, f"{name} sets {unknown}, which no settings class reads"
 
 
@@ -281,16 +286,25 @@ def test_prometheus_reads_a_mounted_config_whose_targets_are_compose_services():
 
 
 def test_grafana_finds_the_mounted_dashboards_and_the_compose_prometheus():
-    mounts = {source.relative_to(ROOT).as_posix(): target for name, source, target in _bind_mounts()
-              if name == "grafana"}
+    mounts = {
+        source.relative_to(ROOT).as_posix(): target
+        for name, source, target in _bind_mounts()
+        if name == "grafana"
+    }
     provisioning = ROOT / "ops" / "grafana" / "provisioning"
-    providers = [p for f in sorted((provisioning / "dashboards").glob("*.yml"))
-                 for p in yaml.safe_load(f.read_text())["providers"]]
+    providers = [
+        p
+        for f in sorted((provisioning / "dashboards").glob("*.yml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
     assert providers
     for provider in providers:
         assert provider["options"]["path"] == mounts["ops/grafana/dashboards"]
-    sources = [s for f in sorted((provisioning / "datasources").glob("*.yml"))
-               for s in yaml.safe_load(f.read_text())["datasources"]]
+    sources = [
+        s
+        for f in sorted((provisioning / "datasources").glob("*.yml"))
+        for s in yaml.safe_load(f.read_text())["datasources"]
+    ]
     assert sources
     for source in sources:
         url = urlsplit(source["url"])
@@ -309,7 +323,9 @@ def test_no_secret_is_committed_and_make_secrets_writes_every_one(tmp_path: Path
     written = tmp_path / "secrets"
     assert {p.name for p in written.iterdir()} == {f.name for f in files.values()}
     amqp = urlsplit((written / "rabbitmq_url").read_text().strip())
-    conf = dict(line.split(" = ") for line in (written / "rabbitmq-default-user.conf").read_text().splitlines())
+    conf = dict(
+        line.split(" = ") for line in (written / "rabbitmq-default-user.conf").read_text().splitlines()
+    )
     assert (amqp.hostname, amqp.port) == ("rabbitmq", 5672)
     assert (conf["default_user"], conf["default_pass"]) == (amqp.username, amqp.password)
     assert re.fullmatch(r"[0-9a-f]{48}", amqp.password)
@@ -326,7 +342,10 @@ def test_the_image_runs_emporium_as_a_numeric_non_root_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
     instructions = [line.split(maxsplit=1) for line in dockerfile.splitlines() if line and line[0] != "#"]
     by_name = [(parts[0], parts[1] if len(parts) > 1 else "") for parts in instructions if parts[0].isupper()]
-    assert [arg for name, arg in by_name if name == "FROM"] == ["python:3.11-slim AS build", "python:3.11-slim"]
+    assert [arg for name, arg in by_name if name == "FROM"] == [
+        "python:3.11-slim AS build",
+        "python:3.11-slim",
+    ]
     (user,) = [arg for name, arg in by_name if name == "USER"]
     assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user)
     (entrypoint,) = [arg for name, arg in by_name if name == "ENTRYPOINT"]
@@ -352,7 +371,9 @@ def test_every_kubernetes_manifest_follows_the_kubernetes_schemas():
             try:
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{path.relative_to(ROOT)} {doc['kind']} {doc['metadata']['name']}: {error.message}")
+                pytest.fail(
+                    f"{path.relative_to(ROOT)} {doc['kind']} {doc['metadata']['name']}: {error.message}"
+                )
             validated += 1
     # 8 actors (Deployment + Service), the edge (the same), the HPAs, the ConfigMap, the Namespace.
     assert validated == 2 * len(ACTORS) + 2 + 2 + 1 + 1
@@ -394,7 +415,9 @@ def test_every_deployment_probes_routes_its_process_serves_and_is_locked_down():
         assert {"requests", "limits"} <= container["resources"].keys(), name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert container["securityContext"] == {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
         }, name
         assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
 
@@ -434,7 +457,9 @@ def test_the_kubernetes_settings_are_production_and_least_privilege():
     config = _configmap()
     assert config["EMPORIUM_ENV"] == "production"
     assert config["EMPORIUM_DECLARE_TOPOLOGY"] == "false"
-    variables = set(config) | {v["name"] for d in _deployments().values() for v in _container(d).get("env", [])}
+    variables = set(config) | {
+        v["name"] for d in _deployments().values() for v in _container(d).get("env", [])
+    }
     unknown = {v for v in variables if v not in KNOWN_VARIABLES and not v.startswith("OTEL_")}
     assert not unknown
     for name, deployment in _deployments().items():
@@ -442,9 +467,11 @@ def test_the_kubernetes_settings_are_production_and_least_privilege():
         # What the environment sets must be acceptable in production; credentials come from files.
         Settings.model_validate(
             {k.lower(): v for k, v in settings.items() if k.lower() in Settings.model_fields}
-            | {"rabbitmq_url": f"amqp://{name}:secret@rabbitmq:5672/emporium",
-               "mongodb_url": settings.get("MONGODB_URL", "mongodb://u:p@mongo/?replicaSet=rs0"),
-               "emporium_metrics_token": "t" * 32}
+            | {
+                "rabbitmq_url": f"amqp://{name}:secret@rabbitmq:5672/emporium",
+                "mongodb_url": settings.get("MONGODB_URL", "mongodb://u:p@mongo/?replicaSet=rs0"),
+                "emporium_metrics_token": "t" * 32,
+            }
         )
 
 
@@ -480,7 +507,10 @@ def test_the_keda_overlay_scales_orders_on_its_queue_instead_of_cpu():
     (patch,) = kustomization["patches"]
     removed = yaml.safe_load(patch["patch"])
     assert (removed["$patch"], removed["kind"], removed["metadata"]["name"]) == (
-        "delete", "HorizontalPodAutoscaler", "orders")
+        "delete",
+        "HorizontalPodAutoscaler",
+        "orders",
+    )
     objects = {d["kind"]: d for d in _documents(folder / "scaledobject.yaml")}
     scaled = objects["ScaledObject"]["spec"]
     assert scaled["scaleTargetRef"]["name"] in _deployments()

@@ -131,9 +131,17 @@ def _view(order_id: str, *steps: tuple[str, int]) -> OrderView:
     """An order whose history has the given (status, milliseconds after T0) steps."""
     history = [OrderStep(status=status, at=T0 + timedelta(milliseconds=ms)) for status, ms in steps]
     return OrderView(
-        order_id=order_id, customer_id="c1", status=history[-1].status,
-        lines=[OrderLine(sku="SKU-1", quantity=1, unit_price_cents=100)], total_cents=100, currency="EUR",
-        request_digest="d", placed_at=T0, updated_at=history[-1].at, history=history, version=len(history),
+        order_id=order_id,
+        customer_id="c1",
+        status=history[-1].status,
+        lines=[OrderLine(sku="SKU-1", quantity=1, unit_price_cents=100)],
+        total_cents=100,
+        currency="EUR",
+        request_digest="d",
+        placed_at=T0,
+        updated_at=history[-1].at,
+        history=history,
+        version=len(history),
     )
 
 
@@ -149,7 +157,11 @@ def test_saga_orders_have_two_neighbouring_skus_and_distinct_ids():
 
     assert len({order.order_id for order in orders}) == 5
     assert [[line.sku for line in order.lines] for order in orders] == [
-        ["A1", "B2"], ["B2", "C3"], ["C3", "A1"], ["A1", "B2"], ["B2", "C3"]
+        ["A1", "B2"],
+        ["B2", "C3"],
+        ["C3", "A1"],
+        ["A1", "B2"],
+        ["B2", "C3"],
     ]
     assert all(line.quantity == 1 for order in orders for line in order.lines)
     assert stock_needed(orders) == {"A1": 3, "B2": 4, "C3": 3}
@@ -173,14 +185,21 @@ def test_counts_since_keep_what_grew_only():
         10, 20, 3, {"emporium.events": 5, "": 1}, {("orders", "x", "applied"): 2}, {("orders", "find"): 7}
     )
     after = _counts(
-        25, 50, 8, {"emporium.events": 9, "": 1, "emporium.commands": 2},
+        25,
+        50,
+        8,
+        {"emporium.events": 9, "": 1, "emporium.commands": 2},
         {("orders", "x", "applied"): 5, ("shipping", "y", "retried"): 1},
         {("orders", "find"): 7, ("admin", "c"): 3},
     )
 
     assert after.since(before) == _counts(
-        15, 30, 5, {"emporium.events": 4, "emporium.commands": 2},
-        {("orders", "x", "applied"): 3, ("shipping", "y", "retried"): 1}, {("admin", "c"): 3},
+        15,
+        30,
+        5,
+        {"emporium.events": 4, "emporium.commands": 2},
+        {("orders", "x", "applied"): 3, ("shipping", "y", "retried"): 1},
+        {("admin", "c"): 3},
     )
 
 
@@ -227,7 +246,9 @@ def _rows(table) -> list[list[str]]:
 
 def test_the_cost_table_gives_totals_and_shares_per_delivered_order():
     cost = _counts(
-        34, 40, 10,
+        34,
+        40,
+        10,
         taken={("orders", "orders.place_order", "applied"): 2, ("inventory", "order.placed", "applied"): 2},
         mongo_commands={("orders", "insert"): 50, ("admin", "commitTransaction"): 4},
     )
@@ -256,8 +277,10 @@ def test_mongodb_commands_by_actor_are_also_given_per_message_the_actor_took():
 
 def test_the_outcomes_line_names_the_types_not_simply_applied():
     taken = {
-        ("orders", "shipment.delivered", "applied"): 10, ("orders", "shipment.delivered", "retried"): 3,
-        ("payments", "order.placed", "retried"): 1, ("orders", "orders.place_order", "applied"): 5,
+        ("orders", "shipment.delivered", "applied"): 10,
+        ("orders", "shipment.delivered", "retried"): 3,
+        ("payments", "order.placed", "retried"): 1,
+        ("orders", "orders.place_order", "applied"): 5,
     }
     assert outcomes_line(taken) == (
         "messages taken, by outcome: applied 15; retried 4 (shipment.delivered 3, order.placed 1)"
@@ -334,7 +357,8 @@ def test_the_command_counter_counts_commands_started_by_database_and_name():
 
 def test_the_report_puts_hops_the_database_alone_and_the_saga_in_one_table_with_ratios(tmp_path):
     cost = _counts(
-        published=120, taken={("orders", "order.placed", "applied"): 200},
+        published=120,
+        taken={("orders", "order.placed", "applied"): 200},
         mongo_commands={("orders", "find"): 300, ("admin", "commitTransaction"): 30},
     )
     saga = SagaFigures(10, 10, 0, 2.0, cost, to_confirmed_s=(0.1, 0.2), to_delivered_s=(0.3,))

@@ -120,9 +120,7 @@ async def test_a_chunked_body_growing_past_the_limit_is_refused_before_the_app_s
     # Valid JSON up to the limit: a truncated read would hand the route a plausible item.
     start = b'{"name": "ok", "quantity": 1}'
     padding = b" " * MAX_BODY
-    response = await client.post(
-        "/items", content=_chunks(start, padding, b"}"), headers=JSON_BODY
-    )
+    response = await client.post("/items", content=_chunks(start, padding, b"}"), headers=JSON_BODY)
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in response.request.headers
     _problem(response, 413, BODY_TOO_LARGE)

@@ -197,7 +197,10 @@ async def test_logins_and_registrations_are_throttled_per_client_address(app, cl
 async def test_wrong_passwords_from_one_address_refuse_that_address_for_that_account_only():
     app = _app(login_budget=100)
     async with _client(app) as guesser:
-        assert [(await _login(guesser, ALICE, "guess")).status_code for _ in range(FAILURES_PER_PAIR)] == [401, 401]
+        assert [(await _login(guesser, ALICE, "guess")).status_code for _ in range(FAILURES_PER_PAIR)] == [
+            401,
+            401,
+        ]
         problem, retry_after = _refused(await _login(guesser, ALICE), 429, RATE_LIMITED)
         assert "too many failed logins for this account from here" in problem["detail"]
         assert ALICE not in problem["detail"]
@@ -259,7 +262,10 @@ def test_bad_limit_settings_are_refused_at_load(field, value):
 async def test_orders_are_shed_while_the_queue_is_over_its_bound():
     async with _client(_app(depth=11, bound=10)) as client:
         problem, retry_after = _refused(await client.post("/orders"), 503, OVERLOADED)
-    assert problem["detail"] == "the orders queue holds 11 messages, above the saga's backlog bound 10; retry later"
+    assert (
+        problem["detail"]
+        == "the orders queue holds 11 messages, above the saga's backlog bound 10; retry later"
+    )
     assert retry_after >= 1
 
 

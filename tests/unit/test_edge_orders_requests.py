@@ -98,7 +98,10 @@ def test_an_invalid_order_is_refused_naming_the_field(body: dict[str, Any], wher
     [
         (KEY, "this route needs an access token"),
         ({**KEY, "Authorization": "Bearer not-a-jwt"}, "the access token is not a JWT"),
-        ({**KEY, "Authorization": f"Bearer {Mint().token()}"}, "the access token is signed by a key identity does not publish"),
+        (
+            {**KEY, "Authorization": f"Bearer {Mint().token()}"},
+            "the access token is signed by a key identity does not publish",
+        ),
     ],
 )
 async def test_an_order_without_a_valid_token_is_a_401_before_its_body_is_read(
@@ -188,7 +191,13 @@ async def test_every_route_that_takes_a_body_documents_the_size_limit(edge: http
 
 def test_lines_of_one_sku_are_added_up_into_one() -> None:
     order = NewOrder.model_validate(
-        {"lines": [{"sku": "MUG-1", "quantity": 2}, {"sku": "MUG-2", "quantity": 1}, {"sku": "MUG-1", "quantity": 3}]}
+        {
+            "lines": [
+                {"sku": "MUG-1", "quantity": 2},
+                {"sku": "MUG-2", "quantity": 1},
+                {"sku": "MUG-1", "quantity": 3},
+            ]
+        }
     )
 
     assert [(line.sku, line.quantity) for line in order.lines] == [("MUG-1", 5), ("MUG-2", 1)]

@@ -31,8 +31,12 @@ class Identity:
         if user_id not in self.users:
             return None
         return UserView(
-            user_id=user_id, email=f"{user_id}@example.com", name=user_id, role=self.users[user_id],
-            active=user_id not in self.inactive, registered_at=datetime.now(UTC),
+            user_id=user_id,
+            email=f"{user_id}@example.com",
+            name=user_id,
+            role=self.users[user_id],
+            active=user_id not in self.inactive,
+            registered_at=datetime.now(UTC),
         )
 
 

@@ -111,7 +111,9 @@ def test_a_registration_has_no_role_to_set():
 
 
 def test_a_registration_body_is_parked_without_its_password():
-    body = RegisterUser(user_id="u-1", email="ada@example.com", name="Ada", password="Correct-horse-42").body()
+    body = RegisterUser(
+        user_id="u-1", email="ada@example.com", name="Ada", password="Correct-horse-42"
+    ).body()
     masked = json.loads(without_secrets(RegisterUser.TYPE, body))
     assert masked == {"user_id": "u-1", "email": "ada@example.com", "name": "Ada", "password": "[redacted]"}
 

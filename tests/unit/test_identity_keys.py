@@ -6,10 +6,9 @@ from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-from cryptography.fernet import Fernet
 
 from actors.identity.keys import (
     CLOCK_SKEW,
@@ -185,7 +184,9 @@ def test_a_missing_or_unusable_key_file_is_a_clear_refusal(tmp_path: Path, conte
 
 
 def _seal(*keys: str, env: str = "development") -> KeySeal:
-    return KeySeal.of(IdentitySettings(emporium_env=env, emporium_identity_key_encryption_keys=",".join(keys)))
+    return KeySeal.of(
+        IdentitySettings(emporium_env=env, emporium_identity_key_encryption_keys=",".join(keys))
+    )
 
 
 def test_a_sealed_private_half_shows_nothing_of_the_key_and_opens_again():
@@ -209,7 +210,9 @@ def test_without_encryption_keys_development_keeps_the_private_half_in_clear():
 def test_production_without_encryption_keys_refuses_to_start():
     for keys in (None, "", " , "):
         with pytest.raises(KeySealBroken, match="refusing to start in production"):
-            KeySeal.of(IdentitySettings(emporium_env="production", emporium_identity_key_encryption_keys=keys))
+            KeySeal.of(
+                IdentitySettings(emporium_env="production", emporium_identity_key_encryption_keys=keys)
+            )
 
 
 def test_after_a_rotation_keys_sealed_before_open_and_need_resealing():

@@ -19,25 +19,44 @@ LIVE, DRAINED = When(settle_by=LONG_AGO), When(settle_by=LONG_AGO, drained=True)
 def order(status: str, *, placed_at: datetime = NOW, quantity: int = 2, steps=()) -> OrderView:
     history = [OrderStep(status=s, at=placed_at) for s in steps or ("placed", status)]
     return OrderView(
-        order_id="o1", customer_id="c1", status=status,
-        lines=[OrderLine(sku="MUG", quantity=quantity, unit_price_cents=500)], total_cents=500 * quantity,
-        currency="EUR", request_digest="d", placed_at=placed_at, updated_at=placed_at,
-        history=history, version=1, cancel_reason="customer" if status == "cancelled" else None,
+        order_id="o1",
+        customer_id="c1",
+        status=status,
+        lines=[OrderLine(sku="MUG", quantity=quantity, unit_price_cents=500)],
+        total_cents=500 * quantity,
+        currency="EUR",
+        request_digest="d",
+        placed_at=placed_at,
+        updated_at=placed_at,
+        history=history,
+        version=1,
+        cancel_reason="customer" if status == "cancelled" else None,
     )
 
 
 def payment(status: str, amount: int = 1000, reference: str | None = "ch1") -> PaymentView:
     return PaymentView(
-        payment_id="p1", order_id="o1", customer_id="c1", status=status, amount_cents=amount, currency="EUR",
-        provider_reference=reference if status in ("captured", "refunded") else None, attempts=1,
+        payment_id="p1",
+        order_id="o1",
+        customer_id="c1",
+        status=status,
+        amount_cents=amount,
+        currency="EUR",
+        provider_reference=reference if status in ("captured", "refunded") else None,
+        attempts=1,
         updated_at=NOW,
     )
 
 
 def shipment(*statuses: str, cancelled_at: datetime | None = None) -> ShipmentView:
     return ShipmentView(
-        shipment_id="s1", order_id="o1", customer_id="c1", status=statuses[-1], carrier="dhl",
-        tracking_number="T1", history=[ShipmentStep(status=s, at=NOW) for s in statuses],
+        shipment_id="s1",
+        order_id="o1",
+        customer_id="c1",
+        status=statuses[-1],
+        carrier="dhl",
+        tracking_number="T1",
+        history=[ShipmentStep(status=s, at=NOW) for s in statuses],
         cancelled_at=cancelled_at,
     )
 
@@ -50,16 +69,29 @@ def capture(charge_id: str = "ch1", amount: int = 1000, refunded: tuple[int, ...
     total = sum(refunded)
     status = "captured" if not total else "refunded" if total == amount else "partially_refunded"
     return Charge(
-        charge_id=charge_id, idempotency_key="o1", status=status, amount_cents=amount, currency="EUR",
-        customer_id="c1", refunded_cents=total, at=NOW, refunds=refunds,
+        charge_id=charge_id,
+        idempotency_key="o1",
+        status=status,
+        amount_cents=amount,
+        currency="EUR",
+        customer_id="c1",
+        refunded_cents=total,
+        at=NOW,
+        refunds=refunds,
     )
 
 
 def notes(*templates: str) -> tuple[NotificationView, ...]:
     return tuple(
         NotificationView(
-            notification_id=f"n{i}", customer_id="c1", order_id="o1", channel="log", template=t, subject="s",
-            body="b", sent_at=NOW,
+            notification_id=f"n{i}",
+            customer_id="c1",
+            order_id="o1",
+            channel="log",
+            template=t,
+            subject="s",
+            body="b",
+            sent_at=NOW,
         )
         for i, t in enumerate(templates)
     )
@@ -79,8 +111,13 @@ DELIVERED = order("delivered", steps=("placed", "reserved", "confirmed", "shippe
 
 
 def test_a_clean_history_has_no_violations_live_or_drained():
-    facts = one(DELIVERED, payment("captured"), shipment("scheduled", "dispatched", "delivered"),
-                ("order.confirmed", "order.shipped"), [capture()])
+    facts = one(
+        DELIVERED,
+        payment("captured"),
+        shipment("scheduled", "dispatched", "delivered"),
+        ("order.confirmed", "order.shipped"),
+        [capture()],
+    )
     level = StockView(sku="MUG", on_hand=8, reserved=0, shipped=2, received=10)
     assert found(facts, stock=[level], dlqs=[QueueDepth("orders.dlq", 0)], when=DRAINED) == set()
     assert found(facts, stock=[level]) == set()
@@ -142,8 +179,13 @@ def test_the_provider_ledger_against_payments():
         "every capture of a cancelled order is refunded",
     }
     # Refunds written past the charge's own counter (a provider's bug): the refunds themselves count.
-    over = one(order("cancelled"), payment("refunded"), charges=[capture(refunded=(1000,)).model_copy(
-        update={"refunds": capture(refunded=(600, 600)).refunds})])
+    over = one(
+        order("cancelled"),
+        payment("refunded"),
+        charges=[
+            capture(refunded=(1000,)).model_copy(update={"refunds": capture(refunded=(600, 600)).refunds})
+        ],
+    )
     assert found(over) == {"refunds never exceed captures (provider's ledger)"}
     unknown_reference = one(order("confirmed"), payment("captured", reference="ch9"), charges=[capture()])
     assert found(unknown_reference) == {"what payments recorded is on the provider's ledger"}
@@ -171,6 +213,9 @@ def test_the_report_tallies_every_invariant_and_marks_those_left_for_a_drained_c
     as_json = report.as_dict()
     assert as_json["clean"] is False and len(as_json["invariants"]) == len(tallies)
     assert as_json["violations"] == [
-        {"invariant": "a shipped order has a shipment", "subject": "order o1",
-         "detail": "delivered without a shipment"}
+        {
+            "invariant": "a shipped order has a shipment",
+            "subject": "order o1",
+            "detail": "delivered without a shipment",
+        }
     ]

@@ -10,7 +10,9 @@ from brokers.contracts.inventory import StockCommitted, StockRejected, StockRele
 
 
 def level(sku: str, on_hand: int, reserved: int = 0, shipped: int = 0) -> StockLevel:
-    return StockLevel(sku, on_hand=on_hand, reserved=reserved, shipped=shipped, received=on_hand + reserved + shipped)
+    return StockLevel(
+        sku, on_hand=on_hand, reserved=reserved, shipped=shipped, received=on_hand + reserved + shipped
+    )
 
 
 def balanced(levels: dict[str, StockLevel]) -> bool:
@@ -59,7 +61,9 @@ def test_reserve_twice_or_after_cancel_does_nothing():
 
 def test_release_returns_reserved_units_to_on_hand():
     lines = (Line(sku="A", quantity=2),)
-    outcome = domain.release("o1", Reservation("o1", lines, Status.RESERVED), {"A": level("A", 1, reserved=2)})
+    outcome = domain.release(
+        "o1", Reservation("o1", lines, Status.RESERVED), {"A": level("A", 1, reserved=2)}
+    )
     assert outcome.levels == {"A": level("A", 3)}
     assert outcome.reservation.status is Status.RELEASED
     assert outcome.event == StockReleased(order_id="o1", lines=list(lines))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import re
+import time
 from collections import Counter
 
 import httpx
@@ -18,8 +18,8 @@ from ops.load import (
     Edge,
     LoadConfig,
     LoadFailed,
-    _declining,
     SkuMix,
+    _declining,
     apportion,
     plan_orders,
     require_loopback,

@@ -73,8 +73,16 @@ def placed() -> OrderPlaced:
 
 def view(*steps: tuple[str, datetime]) -> OrderView:
     return OrderView(
-        order_id="o-1", customer_id="c-1", status=steps[-1][0], lines=[LINE], total_cents=2500, currency="EUR",
-        request_digest="d", placed_at=T0, updated_at=steps[-1][1], version=len(steps),
+        order_id="o-1",
+        customer_id="c-1",
+        status=steps[-1][0],
+        lines=[LINE],
+        total_cents=2500,
+        currency="EUR",
+        request_digest="d",
+        placed_at=T0,
+        updated_at=steps[-1][1],
+        version=len(steps),
         history=[OrderStep(status=status, at=at) for status, at in steps],
     )
 
@@ -125,7 +133,9 @@ async def test_each_order_event_counts_one_order(event, metric):
 
 
 async def test_a_cancellation_counts_under_its_reason_only():
-    before = {reason: sample("emporium_orders_cancelled_total", reason=reason) for reason in get_args(CancelReason)}
+    before = {
+        reason: sample("emporium_orders_cancelled_total", reason=reason) for reason in get_args(CancelReason)
+    }
 
     await observe(orders, OrderCancelled(order_id="o-1", customer_id="c-1", reason="out_of_stock"))
 
@@ -141,8 +151,12 @@ def test_every_cancellation_reason_is_a_series_before_any_cancellation():
 
 
 def test_confirmation_takes_from_placing_to_the_confirmed_step():
-    history = view(("placed", T0), ("reserved", T0 + timedelta(seconds=0.5)),
-                   ("confirmed", T0 + timedelta(seconds=1.75)), ("shipped", T0 + timedelta(seconds=9)))
+    history = view(
+        ("placed", T0),
+        ("reserved", T0 + timedelta(seconds=0.5)),
+        ("confirmed", T0 + timedelta(seconds=1.75)),
+        ("shipped", T0 + timedelta(seconds=9)),
+    )
 
     assert order_metrics.confirmation_seconds(history) == 1.75
 
@@ -168,17 +182,34 @@ def money() -> tuple[float, float, float]:
 async def test_captures_and_refunds_add_their_cents_under_their_currency():
     before = money()
 
-    await observe(payments, PaymentCaptured(
-        payment_id="p-1", order_id="o-1", customer_id="c-1", amount_cents=2500, currency="EUR",
-        provider_reference="ref-1",
-    ))
-    await observe(payments, PaymentCaptured(
-        payment_id="p-2", order_id="o-2", customer_id="c-1", amount_cents=999, currency="EUR",
-        provider_reference="ref-2",
-    ))
-    await observe(payments, PaymentRefunded(
-        payment_id="p-1", order_id="o-1", customer_id="c-1", amount_cents=2500, currency="EUR"
-    ))
+    await observe(
+        payments,
+        PaymentCaptured(
+            payment_id="p-1",
+            order_id="o-1",
+            customer_id="c-1",
+            amount_cents=2500,
+            currency="EUR",
+            provider_reference="ref-1",
+        ),
+    )
+    await observe(
+        payments,
+        PaymentCaptured(
+            payment_id="p-2",
+            order_id="o-2",
+            customer_id="c-1",
+            amount_cents=999,
+            currency="EUR",
+            provider_reference="ref-2",
+        ),
+    )
+    await observe(
+        payments,
+        PaymentRefunded(
+            payment_id="p-1", order_id="o-1", customer_id="c-1", amount_cents=2500, currency="EUR"
+        ),
+    )
 
     assert money() == (before[0] + 3499, before[1], before[2] + 2500)
 
@@ -235,7 +266,10 @@ async def test_an_unknown_http_method_is_counted_as_other():
 def test_every_reply_address_is_one_destination_in_faststream_metrics():
     def destination(routing_key: str, exchange: str = "") -> str:
         command = RabbitPublishCommand(
-            b"{}", _publish_type=PublishType.PUBLISH, routing_key=routing_key, exchange=RabbitExchange(exchange)
+            b"{}",
+            _publish_type=PublishType.PUBLISH,
+            routing_key=routing_key,
+            exchange=RabbitExchange(exchange),
         )
         return _BoundedDestinations().get_publish_destination_name_from_cmd(command)
 

@@ -70,7 +70,9 @@ def variable_metric_names() -> set[str]:
     for dashboard in dashboards().values():
         for variable in dashboard["templating"]["list"]:
             if variable["type"] == "query":
-                match = re.fullmatch(r"label_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*\w+\s*\)", variable["query"]["query"])
+                match = re.fullmatch(
+                    r"label_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*\w+\s*\)", variable["query"]["query"]
+                )
                 assert match, f"unexpected variable query {variable['query']!r}"
                 names.add(match[1])
     return names
@@ -86,8 +88,21 @@ _RANGES = re.compile(r"\[[^\]]*\]")
 _GROUPINGS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 # A whole identifier (not the tail of a number such as 1e3 or 5m) that is not a function call.
 _IDENTIFIER = re.compile(r"(?<![\w.:])[a-zA-Z_:][\w:]*(?![\w:])(?!\s*\()")
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-             "group_right", "inf", "nan"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expression: str) -> set[str]:
@@ -117,8 +132,10 @@ def histogram_base(name: str) -> str:
 @pytest.mark.parametrize(
     ("expression", "names"),
     [
-        ('sum by (actor) (rate(emporium_messages_total{outcome="retried"}[$__rate_interval]))',
-         {"emporium_messages_total"}),
+        (
+            'sum by (actor) (rate(emporium_messages_total{outcome="retried"}[$__rate_interval]))',
+            {"emporium_messages_total"},
+        ),
         ("histogram_quantile(0.99, sum by (le) (rate(x_seconds_bucket[5m]))) > 1e3", {"x_seconds_bucket"}),
         ('a / on (queue) group_left (vhost) b{queue=~".*\\\\.dlq"} offset 5m', {"a", "b"}),
         ("max_over_time(up[1m]) == bool 0 or vector(1)", {"up"}),
@@ -149,7 +166,9 @@ def test_every_query_goes_through_the_datasource_variable():
         assert variables["datasource"]["query"] == "prometheus"
         for variable in variables.values():
             if variable["type"] == "query":
-                assert variable["datasource"]["uid"] == DATASOURCE_VARIABLE, f"{name}: variable {variable['name']}"
+                assert variable["datasource"]["uid"] == DATASOURCE_VARIABLE, (
+                    f"{name}: variable {variable['name']}"
+                )
         for panel in panels(dashboard):
             if panel["type"] == "row":
                 continue
@@ -171,7 +190,11 @@ def test_every_grafana_variable_a_query_uses_is_defined():
 def test_the_provisioning_files_point_grafana_at_prometheus_and_the_dashboards():
     sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (source,) = sources["datasources"]
-    assert (source["type"], source["url"], source["isDefault"]) == ("prometheus", "http://prometheus:9090", True)
+    assert (source["type"], source["url"], source["isDefault"]) == (
+        "prometheus",
+        "http://prometheus:9090",
+        True,
+    )
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "emporium.yml").read_text())
     (provider,) = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
@@ -217,8 +240,13 @@ def test_the_saga_metrics_of_the_issue_are_on_the_dashboards():
 def test_every_alert_has_a_summary_a_description_a_runbook_and_a_severity():
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {
-        "DeadLettersPresent", "OutboxLagging", "PaymentBreakerOpen", "SagaConfirmationSlow",
-        "EmporiumTargetDown", "OrdersQueueBacklog", "EdgeServerErrors",
+        "DeadLettersPresent",
+        "OutboxLagging",
+        "PaymentBreakerOpen",
+        "SagaConfirmationSlow",
+        "EmporiumTargetDown",
+        "OrdersQueueBacklog",
+        "EdgeServerErrors",
     }
     for rule in rules:
         annotations = rule["annotations"]
@@ -241,7 +269,9 @@ def test_both_layouts_load_the_alerts_and_scrape_rabbitmq_per_queue():
         jobs = {job["job_name"]: job for job in config["scrape_configs"]}
         assert jobs["rabbitmq"]["metrics_path"] == "/metrics/per-object", name
         # The target up/down alert covers exactly the emporium jobs.
-        assert {j for j in jobs if j != "rabbitmq"} and all(j.startswith("emporium") for j in jobs if j != "rabbitmq")
+        assert {j for j in jobs if j != "rabbitmq"} and all(
+            j.startswith("emporium") for j in jobs if j != "rabbitmq"
+        )
 
 
 def test_the_compose_layout_scrapes_every_actor_and_the_edge():

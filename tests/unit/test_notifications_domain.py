@@ -12,10 +12,18 @@ from brokers.settings import Settings
 
 AT = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 CONFIRMED = OrderConfirmed(
-    order_id="o1", customer_id="c1", total_cents=4_505, currency="EUR",
-    lines=[OrderLine(sku="A", quantity=2, unit_price_cents=1_000), OrderLine(sku="B", quantity=1, unit_price_cents=2_505)],
+    order_id="o1",
+    customer_id="c1",
+    total_cents=4_505,
+    currency="EUR",
+    lines=[
+        OrderLine(sku="A", quantity=2, unit_price_cents=1_000),
+        OrderLine(sku="B", quantity=1, unit_price_cents=2_505),
+    ],
 )
-SHIPPED = OrderShipped(order_id="o1", customer_id="c1", shipment_id="s1", carrier="swiftpost", tracking_number="SW1")
+SHIPPED = OrderShipped(
+    order_id="o1", customer_id="c1", shipment_id="s1", carrier="swiftpost", tracking_number="SW1"
+)
 DELIVERED = OrderDelivered(order_id="o1", customer_id="c1")
 REGISTERED = UserRegistered(user_id="c1", email="ada@example.com", name="Ada")
 
@@ -34,8 +42,10 @@ def test_each_event_has_its_template_subject_and_body():
 @pytest.mark.parametrize(
     ("reason", "words"),
     [
-        ("out_of_stock", "out of stock"), ("payment_declined", "declined"),
-        ("payment_unavailable", "could not reach the payment service"), ("timeout", "in time"),
+        ("out_of_stock", "out of stock"),
+        ("payment_declined", "declined"),
+        ("payment_unavailable", "could not reach the payment service"),
+        ("timeout", "in time"),
         ("customer", "you asked us"),
     ],
 )
@@ -46,7 +56,13 @@ def test_a_cancellation_says_why_in_words(reason, words):
 
 
 def test_the_id_depends_on_what_is_told_about_whom_and_nothing_else():
-    events = [CONFIRMED, SHIPPED, DELIVERED, REGISTERED, OrderCancelled(order_id="o1", customer_id="c1", reason="timeout")]
+    events = [
+        CONFIRMED,
+        SHIPPED,
+        DELIVERED,
+        REGISTERED,
+        OrderCancelled(order_id="o1", customer_id="c1", reason="timeout"),
+    ]
     ids = [domain.compose(event).notification_id for event in events]
     assert len(set(ids)) == len(ids)
     assert domain.compose(CONFIRMED.model_copy(update={"order_id": "o2"})).notification_id not in ids
@@ -57,12 +73,19 @@ def test_the_id_depends_on_what_is_told_about_whom_and_nothing_else():
 def test_no_notification_for_other_events():
     with pytest.raises(TypeError, match="shipment.scheduled"):
         domain.compose(
-            ShipmentScheduled(shipment_id="s", order_id="o", customer_id="c", carrier="x", tracking_number="y")
+            ShipmentScheduled(
+                shipment_id="s", order_id="o", customer_id="c", carrier="x", tracking_number="y"
+            )
         )
 
 
 def test_money_is_shown_in_units_and_cents():
-    assert [domain.money(c, "EUR") for c in (0, 5, 100, 123_456)] == ["0.00 EUR", "0.05 EUR", "1.00 EUR", "1234.56 EUR"]
+    assert [domain.money(c, "EUR") for c in (0, 5, 100, 123_456)] == [
+        "0.00 EUR",
+        "0.05 EUR",
+        "1.00 EUR",
+        "1234.56 EUR",
+    ]
 
 
 def test_a_sent_notification_is_viewed_and_announced_with_its_channel():
@@ -70,7 +93,11 @@ def test_a_sent_notification_is_viewed_and_announced_with_its_channel():
     view = sent.view()
     assert (view.channel, view.sent_at, view.template, view.order_id) == ("email", AT, "order_shipped", "o1")
     assert sent.announcement() == NotificationSent(
-        notification_id=view.notification_id, customer_id="c1", order_id="o1", channel="email", template="order_shipped"
+        notification_id=view.notification_id,
+        customer_id="c1",
+        order_id="o1",
+        channel="email",
+        template="order_shipped",
     )
 
 
@@ -83,14 +110,17 @@ def test_the_email_carries_the_notification_id_as_its_message_id():
 
 
 @pytest.mark.parametrize(
-    ("url", "where"), [("smtp://mail.local:1025", ("mail.local", 1025)), ("smtp://mail.local", ("mail.local", 25))]
+    ("url", "where"),
+    [("smtp://mail.local:1025", ("mail.local", 1025)), ("smtp://mail.local", ("mail.local", 25))],
 )
 def test_an_smtp_url_names_the_server(url, where):
     channel = SmtpChannel.from_url(url)
     assert (channel.host, channel.port) == where
 
 
-@pytest.mark.parametrize("url", ["smtps://mail.local", "smtp://", "smtp://user:pw@mail.local", "mail.local:25"])
+@pytest.mark.parametrize(
+    "url", ["smtps://mail.local", "smtp://", "smtp://user:pw@mail.local", "mail.local:25"]
+)
 def test_an_smtp_url_that_cannot_be_used_is_refused(url):
     with pytest.raises(ValueError, match="smtp://host:port"):
         SmtpChannel.from_url(url)

@@ -88,8 +88,12 @@ def test_a_capture_records_the_charge_and_announces_it():
     assert change.account.updated_at == T1
     assert change.events == (
         PaymentCaptured(
-            payment_id=domain.payment_id("o1"), order_id="o1", customer_id="c1", amount_cents=4_200,
-            currency="EUR", provider_reference="ch_1",
+            payment_id=domain.payment_id("o1"),
+            order_id="o1",
+            customer_id="c1",
+            amount_cents=4_200,
+            currency="EUR",
+            provider_reference="ch_1",
         ),
     )
 
@@ -98,7 +102,8 @@ def test_a_decline_fails_the_payment_for_good():
     change = domain.charged(ready(), Declined("card_declined", 1), T1)
 
     assert (change.account.payment.status, change.account.payment.failure) == (
-        Status.FAILED, "declined: card_declined"
+        Status.FAILED,
+        "declined: card_declined",
     )
     assert change.events == (
         PaymentFailed(order_id="o1", customer_id="c1", reason="declined", detail="card_declined"),
@@ -182,7 +187,11 @@ def test_a_refund_is_recorded_announced_and_never_asked_again():
     assert change.account.payment.refund_reference == "re_1"
     assert [type(e) for e in change.events] == [PaymentCaptured, PaymentRefunded]
     assert change.events[1] == PaymentRefunded(
-        payment_id=domain.payment_id("o1"), order_id="o1", customer_id="c1", amount_cents=4_200, currency="EUR"
+        payment_id=domain.payment_id("o1"),
+        order_id="o1",
+        customer_id="c1",
+        amount_cents=4_200,
+        currency="EUR",
     )
     assert domain.refund_due(change.account) is None
 
@@ -216,11 +225,17 @@ def test_a_placed_order_not_yet_charged_shows_a_pending_payment():
 def test_a_captured_payment_shows_its_reference_and_attempts():
     view = domain.view("o1", captured().account)
 
-    assert (view.status, view.provider_reference, view.attempts, view.updated_at) == ("captured", "ch_1", 2, T1)
+    assert (view.status, view.provider_reference, view.attempts, view.updated_at) == (
+        "captured",
+        "ch_1",
+        2,
+        T1,
+    )
 
 
 @pytest.mark.parametrize(
-    "account", [None, domain.cancelled(None, "o1", T0), domain.cancelled(placed(), "o1", T0)],
+    "account",
+    [None, domain.cancelled(None, "o1", T0), domain.cancelled(placed(), "o1", T0)],
     ids=["unknown", "cancel-only", "cancelled-before-charging"],
 )
 def test_there_is_no_payment_for_an_order_never_charged(account):

@@ -68,7 +68,9 @@ async def test_errors_are_retried_a_few_times_then_reported_unavailable(simulato
     assert (await simulator.control.stats()).errors == 3
 
 
-async def test_a_timed_out_charge_is_retried_with_its_key_so_the_customer_is_charged_once(simulator, client_for):
+async def test_a_timed_out_charge_is_retried_with_its_key_so_the_customer_is_charged_once(
+    simulator, client_for
+):
     client = client_for(simulator.url, provider_timeout_s=0.1, provider_attempts=2)
     await simulator.control.behave(latency_ms=300)
 

@@ -91,8 +91,18 @@ async def test_a_page_older_than_its_age_is_rendered_again(stalling):
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Bearer", "Bearer ", f"Basic {TOKEN}", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
-     ("Bearer " + "é" * 40).encode(), "Bearer " + "a" * 10_000, f"{TOKEN}"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Basic {TOKEN}",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer {TOKEN}x",
+        ("Bearer " + "é" * 40).encode(),
+        "Bearer " + "a" * 10_000,
+        f"{TOKEN}",
+    ],
 )
 async def test_with_a_token_set_metrics_refuse_a_request_without_it(authorization):
     headers = {} if authorization is None else {"Authorization": authorization}

@@ -153,7 +153,10 @@ def test_the_edge_sends_commands_and_queries_reads_dead_letters_and_replays_into
     edge = PERMISSIONS[EDGE]
     names = all_queue_names()
     sse_queue = {SSE_QUEUE}
-    assert not matching(edge["configure"], {"amq.gen-JzTY20BRgKO-HjmUJj0wLg", "amq_" + uuid.uuid4().hex, "edge.sse.sneaky", SSE_QUEUE + "0"})
+    assert not matching(
+        edge["configure"],
+        {"amq.gen-JzTY20BRgKO-HjmUJj0wLg", "amq_" + uuid.uuid4().hex, "edge.sse.sneaky", SSE_QUEUE + "0"},
+    )
     exchanges = {e["name"] for e in DEFS["exchanges"]} | {DEFAULT_EXCHANGE}
     assert matching(edge["configure"], names | exchanges) == sse_queue
     assert matching(edge["write"], exchanges) == {COMMANDS.name, QUERIES.name, MOVES.name}

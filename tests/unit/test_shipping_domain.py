@@ -3,7 +3,12 @@ from datetime import UTC, datetime, timedelta
 from actors.shipping import domain
 from actors.shipping.domain import CARRIERS, Status
 from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed, OrderLine
-from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched, ShipmentScheduled, ShipmentStopped
+from brokers.contracts.shipping import (
+    ShipmentDelivered,
+    ShipmentDispatched,
+    ShipmentScheduled,
+    ShipmentStopped,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1, T2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
@@ -11,8 +16,11 @@ T1, T2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
 
 def confirmed(order_id: str = "o1") -> OrderConfirmed:
     return OrderConfirmed(
-        order_id=order_id, customer_id="c1", lines=[OrderLine(sku="A", quantity=1, unit_price_cents=500)],
-        total_cents=500, currency="EUR",
+        order_id=order_id,
+        customer_id="c1",
+        lines=[OrderLine(sku="A", quantity=1, unit_price_cents=500)],
+        total_cents=500,
+        currency="EUR",
     )
 
 
@@ -26,7 +34,9 @@ def test_scheduling_names_carrier_and_tracking_number_the_same_way_every_time():
     first, again = domain.schedule(None, confirmed(), now=T0), domain.schedule(None, confirmed(), now=T1)
     assert first.shipment is not None and again.shipment is not None
     assert (first.shipment.shipment_id, first.shipment.carrier, first.shipment.tracking_number) == (
-        again.shipment.shipment_id, again.shipment.carrier, again.shipment.tracking_number,
+        again.shipment.shipment_id,
+        again.shipment.carrier,
+        again.shipment.tracking_number,
     )
     assert first.shipment.carrier in CARRIERS
     assert first.shipment.tracking_number[:2] == first.shipment.carrier[:2].upper()
@@ -45,8 +55,11 @@ def test_scheduling_announces_the_shipment_and_asks_the_carrier_to_dispatch():
     assert shipment is not None and shipment.status is Status.SCHEDULED and shipment.version == 1
     assert outcome.events == (
         ShipmentScheduled(
-            shipment_id=shipment.shipment_id, order_id="o1", customer_id="c1",
-            carrier=shipment.carrier, tracking_number=shipment.tracking_number,
+            shipment_id=shipment.shipment_id,
+            order_id="o1",
+            customer_id="c1",
+            carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
         ),
     )
     assert outcome.next_step == "dispatched"
@@ -55,14 +68,18 @@ def test_scheduling_announces_the_shipment_and_asks_the_carrier_to_dispatch():
 def test_dispatch_then_delivery_each_announced_once():
     dispatched = domain.advance(scheduled(), "dispatched", now=T1)
     assert dispatched.shipment is not None and dispatched.shipment.status is Status.DISPATCHED
-    assert [type(e) for e in dispatched.events] == [ShipmentDispatched] and dispatched.next_step == "delivered"
+    assert [type(e) for e in dispatched.events] == [
+        ShipmentDispatched
+    ] and dispatched.next_step == "delivered"
 
     delivered = domain.advance(dispatched.shipment, "delivered", now=T2)
     assert delivered.shipment is not None and delivered.shipment.status is Status.DELIVERED
     assert delivered.events == (ShipmentDelivered(shipment_id=delivered.shipment.shipment_id, order_id="o1"),)
     assert delivered.next_step is None
     assert [(s.status, s.at) for s in delivered.shipment.history] == [
-        (Status.SCHEDULED, T0), (Status.DISPATCHED, T1), (Status.DELIVERED, T2),
+        (Status.SCHEDULED, T0),
+        (Status.DISPATCHED, T1),
+        (Status.DELIVERED, T2),
     ]
     assert delivered.shipment.version == 3
 
@@ -81,7 +98,11 @@ def test_delivered_before_dispatched_dispatches_then_delivers():
     outcome = domain.advance(scheduled(), "delivered", now=T1)
     assert outcome.shipment is not None and outcome.shipment.status is Status.DELIVERED
     assert [type(e) for e in outcome.events] == [ShipmentDispatched, ShipmentDelivered]
-    assert [s.status for s in outcome.shipment.history] == [Status.SCHEDULED, Status.DISPATCHED, Status.DELIVERED]
+    assert [s.status for s in outcome.shipment.history] == [
+        Status.SCHEDULED,
+        Status.DISPATCHED,
+        Status.DELIVERED,
+    ]
     assert outcome.next_step is None
 
 

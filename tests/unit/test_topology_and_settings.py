@@ -10,7 +10,11 @@ from brokers.topology import COMMANDS, DEAD_LETTERS, EVENTS
 def test_inventory_queues_bindings_and_retry_tiers():
     topology = topology_of(ACTORS["inventory"], Settings(emporium_retry_delays_ms=(100, 1000)))
     assert [q.name for q in topology.queues] == [
-        "inventory", "inventory.delay.100ms", "inventory.delay.1000ms", "inventory.reads", "inventory.dlq",
+        "inventory",
+        "inventory.delay.100ms",
+        "inventory.delay.1000ms",
+        "inventory.reads",
+        "inventory.dlq",
     ]
     assert "x-dead-letter-exchange" not in topology.queries.arguments
     assert (COMMANDS.name, "inventory.restock") in topology.work.bindings
