@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from brokers.health import Check, probe_router
 from brokers.settings import Settings, get_settings
 from edge.auth import keyset_of_link
+from edge.docs import install_docs
 from edge.guard import IDEMPOTENCY_HEADER
 from edge.hardening import install_hardening
 from edge.limits import install_limits, limit_caller
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
         version=_version(),
         openapi_tags=TAGS,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # edge.docs serves the docs page without a CDN
         redoc_url=None,
     )
     app.state.settings = settings
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     app.state.keys = keyset_of_link(link)
     app.state.subjects = subjects_of_link(link)
     install_problem_handlers(app)
+    install_docs(app)
     install_limits(app, settings)
     install_hardening(app, settings)
     # Last added, outermost: every answer, the hardening's refusals included, has a request id.

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers.settings import Settings
+from edge.docs import DOCS_PATH
 from edge.guard import IDEMPOTENCY_HEADER
 from edge.headers import API_CSP, CSP, SECURITY_HEADERS
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests
@@ -30,12 +31,11 @@ UNSUPPORTED_MEDIA_TYPE = "urn:emporium:problem:unsupported-media-type"
 JSON = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-# Swagger UI as FastAPI serves it (fastapi.openapi.docs.get_swagger_ui_html): script and styles
-# from jsDelivr, the favicon from fastapi.tiangolo.com, the OpenAPI document and "try it out"
-# requests from the edge itself, and one inline script, allowed by its hash (added per response).
+# Swagger UI as edge.docs serves it: script, styles and favicon from the edge's own origin, the OpenAPI
+# document and "try it out" requests too, and one inline script, allowed by its hash (added per
+# response). Swagger UI sets style attributes, hence 'unsafe-inline' for styles only.
 _DOCS_CSP = (
-    "default-src 'none'; script-src https://cdn.jsdelivr.net{hashes}; "
-    "style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "default-src 'none'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
@@ -221,5 +221,4 @@ def install_hardening(app: FastAPI, settings: Settings) -> None:
             # Callers authenticate with a bearer token, never cookies: no credentialed requests.
             allow_credentials=False,
         )
-    docs = {app.docs_url, app.swagger_ui_oauth2_redirect_url} if app.docs_url else set()
-    app.add_middleware(SecurityHeaders, docs_paths=frozenset(path for path in docs if path))
+    app.add_middleware(SecurityHeaders, docs_paths=frozenset({DOCS_PATH}))

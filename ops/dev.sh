@@ -17,7 +17,10 @@
 #      in .data/mongo.log) is started; it is stopped again on exit.
 #   4. RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL and MONGODB_URL are exported (defaults for unset ones).
 #   5. On exit (normal, error, INT, TERM, HUP) exactly what this script started is stopped.
-#   6. run only: Prometheus. When Debian's `prometheus` binary is on PATH (apt-get install prometheus;
+#   6. test only: Chromium for the browser tests (Playwright drives Debian's package; Playwright's own
+#      browser download is never used). Installed with apt (package chromium) when neither
+#      chromium nor chromium-browser is on PATH.
+#   7. run only: Prometheus. When Debian's `prometheus` binary is on PATH (apt-get install prometheus;
 #      not installed by this script) and nothing listens on 127.0.0.1:9090, it is started with
 #      ops/prometheus/prometheus.yml (scraping emporium on :8000 and RabbitMQ on :15692; data in
 #      .data/prometheus, log in .data/prometheus.log) and stopped again on exit. A Prometheus already
@@ -306,6 +309,12 @@ setup_mongodb() {
 # ---------------------------------------------------------------------------------------------
 # 6. Prometheus (run only, optional)
 # ---------------------------------------------------------------------------------------------
+setup_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then return; fi
+  log "chromium: not found; installing it with apt (the browser tests drive it)"
+  apt_install chromium || die "apt-get install chromium failed (the browser tests need it)"
+}
+
 setup_prometheus() {
   local deadline
   if ! command -v prometheus >/dev/null 2>&1; then
@@ -463,7 +472,7 @@ main() {
   setup_venv
   setup_rabbitmq
   setup_mongodb
-  if [[ $MODE == run ]]; then setup_prometheus; fi
+  if [[ $MODE == run ]]; then setup_prometheus; else setup_chromium; fi
 
   export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT}/}"
   export RABBITMQ_MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:${MGMT_PORT}}"
@@ -474,7 +483,7 @@ main() {
     log "emporium: edge API docs  http://127.0.0.1:8000/docs"
     log "emporium: RabbitMQ UI    http://127.0.0.1:${MGMT_PORT}  (guest/guest)"
     log "emporium: metrics        http://127.0.0.1:8000/metrics"
-    if [[ -n $PROM_URL ]]; then log "emporium: Prometheus     ${PROM_URL}  (alerts: ${PROM_URL}/alerts)"; fi
+    if [[ -n $PROM_URL ]]; then log "emporium: Prometheus     ${PROM_URL}  (alert rules: ${PROM_URL}/api/v1/rules?type=alert)"; fi
     log "emporium: Ctrl-C stops emporium, then the servers this script started"
     run_child .venv/bin/emporium run "$@" || rc=$?
   else
