@@ -24,6 +24,7 @@ from edge.hardening import install_hardening
 from edge.limits import install_limits, limit_caller
 from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
+from edge.pages import install_pages
 from edge.pending import PendingOrders
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     app.state.subjects = subjects_of_link(link)
     install_problem_handlers(app)
     install_docs(app)
+    install_pages(app, settings)
     install_limits(app, settings)
     install_hardening(app, settings)
     # Last added, outermost: every answer, the hardening's refusals included, has a request id.

@@ -21,8 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from brokers.settings import Settings
 from edge.docs import DOCS_PATH
 from edge.guard import IDEMPOTENCY_HEADER
-from edge.headers import API_CSP, CSP, SECURITY_HEADERS
+from edge.headers import API_CSP, CSP, PAGE_CSP, SECURITY_HEADERS
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests
+from edge.pages import SAGA_PAGE
 from edge.problems import problem_response
 
 BODY_TOO_LARGE = "urn:emporium:problem:body-too-large"
@@ -140,12 +141,14 @@ class JsonBodiesOnly:
 class SecurityHeaders:
     """The headers of ``SECURITY_HEADERS`` and a Content-Security-Policy on every response.
 
-    A header the response set itself is kept. The docs pages get a policy that lets Swagger UI run.
+    A header the response set itself is kept. The docs pages get a policy that lets Swagger UI run,
+    the edge's own pages one that lets them load their script and styles from the edge.
     """
 
-    def __init__(self, app: ASGIApp, *, docs_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, docs_paths: frozenset[str], page_paths: frozenset[str]) -> None:
         self.app = app
         self.docs_paths = docs_paths
+        self.page_paths = page_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,9 +158,11 @@ class SecurityHeaders:
             await self.app(scope, receive, _DocsPage(send))
             return
 
+        csp = PAGE_CSP if scope["path"] in self.page_paths else API_CSP
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                _add_missing(message, API_CSP)
+                _add_missing(message, csp)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -221,4 +226,4 @@ def install_hardening(app: FastAPI, settings: Settings) -> None:
             # Callers authenticate with a bearer token, never cookies: no credentialed requests.
             allow_credentials=False,
         )
-    app.add_middleware(SecurityHeaders, docs_paths=frozenset({DOCS_PATH}))
+    app.add_middleware(SecurityHeaders, docs_paths=frozenset({DOCS_PATH}), page_paths=frozenset({SAGA_PAGE}))

@@ -14,3 +14,8 @@ SECURITY_HEADERS = {
 CSP = "Content-Security-Policy"
 # The API answers JSON only: nothing in it may load, run or be framed.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# The edge's own pages (edge.pages): everything from the edge itself, no inline script or style.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
 import pytest
 
 from brokers.settings import Settings
 from edge.app import create_app
+from ops.payment_provider import served
+from tests.e2e.orders_support import OpenShop, Shop
 from tests.e2e.support import User, edge_settings, serving, sign_in_admin, sign_up
 from tests.helpers import Tap
 
@@ -59,3 +62,23 @@ async def ann(identity, edge: httpx.AsyncClient) -> User:
 @pytest.fixture
 async def bob(identity, edge: httpx.AsyncClient) -> User:
     return await sign_up(edge, "bob")
+
+
+@pytest.fixture
+async def open_shop(settings: Settings, start_host, serve_edge) -> AsyncIterator[OpenShop]:
+    async with AsyncExitStack() as stack:
+
+        async def open_(**overrides: Any) -> Shop:
+            provider = await stack.enter_async_context(served())
+            overrides = {
+                "emporium_payment_provider_url": provider.url,
+                "emporium_carrier_step_ms": 200,
+                "emporium_order_deadline_ms": 20_000,
+                **overrides,
+            }
+            # Every actor, identity included (the users of a test are signed up before it opens).
+            await start_host(**overrides)
+            edge = await serve_edge(**overrides)
+            return Shop(edge, provider.control, edge_settings(settings, **overrides))
+
+        yield open_

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from prometheus_client import REGISTRY
 
+from brokers.settings import Settings
+from ops.invariants import check
+from ops.payment_provider import SimulatorControl
 from tests.e2e.support import User, create_product, messages_taken, wait_for_json
 from tests.helpers import eventually
 
@@ -117,3 +121,55 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[Sse]:
 def _one(fields: dict[str, list[str]], name: str) -> str | None:
     values = fields.get(name)
     return values[-1] if values else None
+
+
+SETTLED = {"delivered", "cancelled"}
+
+
+@dataclass
+class Shop:
+    edge: httpx.AsyncClient
+    provider: SimulatorControl
+    settings: Settings
+
+    async def order(self, customer: User, sku: str, quantity: int = 1, key: str | None = None) -> str:
+        response = await place(self.edge, customer, [{"sku": sku, "quantity": quantity}], key)
+        assert response.status_code == 202, response.text
+        return response.json()["order_id"]
+
+    async def settled(
+        self, customer: User, order_id: str, status: str | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Wait until the order is delivered or cancelled (or reaches ``status``); its view."""
+        wanted = {status} if status else SETTLED
+
+        async def fetch() -> httpx.Response:
+            return await self.edge.get(f"/orders/{order_id}", headers=customer.headers)
+
+        response = await eventually(
+            fetch,
+            until=lambda r: r.status_code == 200 and r.json()["status"] in wanted,
+            timeout=timeout,
+            what=f"order {order_id} to be {' or '.join(sorted(wanted))}",
+        )
+        return response.json()
+
+    async def stock(self, sku: str) -> dict[str, int]:
+        return (await self.edge.get(f"/inventory/{sku}")).json()
+
+    async def timeline(self, customer: User, order_id: str) -> dict[str, Any]:
+        response = await self.edge.get(f"/orders/{order_id}/timeline", headers=customer.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def assert_invariants_hold(self) -> None:
+        """The invariants hold once the saga is quiet (compensations may still be on their way)."""
+        report = await eventually(
+            lambda: check(self.settings, grace=timedelta(seconds=5)),
+            until=lambda r: r.clean,
+            what="a clean invariant check",
+        )
+        assert report.orders > 0
+
+
+OpenShop = Callable[..., Awaitable[Shop]]  # the open_shop fixture (tests/e2e/conftest.py)

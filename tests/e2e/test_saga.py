@@ -7,98 +7,17 @@ ends by running the invariant checker over what the actors answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
 import aio_pika
-import httpx
 import prometheus_client
-import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from brokers.envelope import REGISTRY, Kind
-from brokers.settings import Settings
 from brokers.topology import COMMANDS, EVENTS
-from ops.invariants import check
 from ops.orders_readmodel import rebuild_read_model
-from ops.payment_provider import SimulatorControl, served
-from tests.e2e.orders_support import new_key, place, stocked_sku
-from tests.e2e.support import User, edge_settings
+from tests.e2e.orders_support import new_key, stocked_sku
+from tests.e2e.support import User
 from tests.helpers import eventually
-
-SETTLED = {"delivered", "cancelled"}
-
-
-@dataclass
-class Shop:
-    edge: httpx.AsyncClient
-    provider: SimulatorControl
-    settings: Settings
-
-    async def order(self, customer: User, sku: str, quantity: int = 1, key: str | None = None) -> str:
-        response = await place(self.edge, customer, [{"sku": sku, "quantity": quantity}], key)
-        assert response.status_code == 202, response.text
-        return response.json()["order_id"]
-
-    async def settled(
-        self, customer: User, order_id: str, status: str | None = None, timeout: float = 30.0
-    ) -> dict[str, Any]:
-        """Wait until the order is delivered or cancelled (or reaches ``status``); its view."""
-        wanted = {status} if status else SETTLED
-
-        async def fetch() -> httpx.Response:
-            return await self.edge.get(f"/orders/{order_id}", headers=customer.headers)
-
-        response = await eventually(
-            fetch,
-            until=lambda r: r.status_code == 200 and r.json()["status"] in wanted,
-            timeout=timeout,
-            what=f"order {order_id} to be {' or '.join(sorted(wanted))}",
-        )
-        return response.json()
-
-    async def stock(self, sku: str) -> dict[str, int]:
-        return (await self.edge.get(f"/inventory/{sku}")).json()
-
-    async def timeline(self, customer: User, order_id: str) -> dict[str, Any]:
-        response = await self.edge.get(f"/orders/{order_id}/timeline", headers=customer.headers)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    async def assert_invariants_hold(self) -> None:
-        """The invariants hold once the saga is quiet (compensations may still be on their way)."""
-        report = await eventually(
-            lambda: check(self.settings, grace=timedelta(seconds=5)),
-            until=lambda r: r.clean,
-            what="a clean invariant check",
-        )
-        assert report.orders > 0
-
-
-OpenShop = Callable[..., Awaitable[Shop]]
-
-
-@pytest.fixture
-async def open_shop(settings: Settings, start_host, serve_edge) -> AsyncIterator[OpenShop]:
-    async with AsyncExitStack() as stack:
-
-        async def open_(**overrides: Any) -> Shop:
-            provider = await stack.enter_async_context(served())
-            overrides = {
-                "emporium_payment_provider_url": provider.url,
-                "emporium_carrier_step_ms": 200,
-                "emporium_order_deadline_ms": 20_000,
-                **overrides,
-            }
-            # Every actor, identity included (the users of a test are signed up before it opens).
-            await start_host(**overrides)
-            edge = await serve_edge(**overrides)
-            return Shop(edge, provider.control, edge_settings(settings, **overrides))
-
-        yield open_
 
 
 async def test_an_order_is_reserved_paid_shipped_and_delivered(open_shop, admin: User, ann: User):
