@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 
 from brokers.envelope import REGISTRY, without_secrets
-from brokers.topology import MOVES
+from brokers.topology import EVENTS, MOVES, UNROUTED_EVENTS
 
 ORIGIN = "x-origin-queue"
 REASON = "x-reason"
@@ -47,10 +47,12 @@ async def _republish(
     queue: str,
     headers: dict[str, Any],
     body: bytes | None = None,
+    *,
+    exchange: str = MOVES.name,
 ) -> None:
     await broker.publish(
         message.body if body is None else body,
-        exchange=MOVES.name,
+        exchange=exchange,
         routing_key=queue,
         persist=True,
         mandatory=True,
@@ -130,6 +132,19 @@ class DeadLetter:
                 body=message.body,
                 redacted=str(headers.get(REDACTED_FIELDS, "")),
             )
+        if dlq == UNROUTED_EVENTS.name:
+            # Parked by the events exchange (through its alternate exchange), not by a consumer.
+            return cls(
+                origin_queue=EVENTS.name,
+                reason="unrouted",
+                attempts=0,
+                error="no queue was bound for its type when it was published",
+                dead_lettered_at=message.timestamp.isoformat() if message.timestamp else "",
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                type=message.type,
+                body=message.body,
+            )
         # Dead-lettered by RabbitMQ itself (delivery limit reached, rejected): it keeps x-death.
         deaths = headers.get("x-death") or [{}]
         death = deaths[0] if isinstance(deaths, list | tuple) else {}
@@ -149,3 +164,9 @@ class DeadLetter:
 async def replay(broker: RabbitBroker, message: AbstractIncomingMessage, origin_queue: str) -> None:
     """Send a dead letter back to its origin queue with a fresh retry budget."""
     await _republish(broker, message, origin_queue, _without_bookkeeping(message))
+
+
+async def publish_again(broker: RabbitBroker, message: AbstractIncomingMessage) -> None:
+    """Publish an unrouted event again, under its type: the queues bound for it since then take it
+    (with none yet, it is parked in unrouted-events again)."""
+    await _republish(broker, message, str(message.type), dict(message.headers or {}), exchange=EVENTS.name)

@@ -7,7 +7,6 @@ from another origin. The page talks to the edge's own API with the bearer token 
 from __future__ import annotations
 
 from importlib import resources
-from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
@@ -15,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from brokers.contracts import OWNERS, events_of
+from brokers.management import queues_ui
 from brokers.settings import Settings
 
 SAGA_PAGE = "/saga"
@@ -30,15 +30,9 @@ class SagaLinks(BaseModel):
 
 
 def rabbitmq_queues_ui(settings: Settings) -> str | None:
-    """The RabbitMQ UI's page of queues in this process's vhost, without credentials; None in
-    production, where operators reach the UI their own way and a page should not point at it."""
-    if settings.emporium_env == "production":
-        return None
-    ui = urlsplit(settings.rabbitmq_management_url)
-    host = ui.hostname or "127.0.0.1"
-    origin = f"{ui.scheme}://{host}{f':{ui.port}' if ui.port else ''}"
-    vhost = unquote(urlsplit(settings.rabbitmq_url).path[1:]) or "/"
-    return f"{origin}/#/queues/{quote(vhost, safe='')}"
+    """Development only: in production operators reach the UI their own way, and a page should not
+    point at it."""
+    return None if settings.emporium_env == "production" else queues_ui(settings)
 
 
 def install_pages(app: FastAPI, settings: Settings) -> None:

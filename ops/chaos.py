@@ -41,10 +41,10 @@ from rich.table import Table
 from actors.orders.handlers import NAME as ORDERS
 from actors.registry import ACTORS
 from brokers.contracts.orders import GetOrder, OrderView
+from brokers.management import management_client, with_vhost
 from brokers.rpc import QueryFailed, requesting
 from brokers.settings import Settings
 from brokers.topology import COMMANDS, EVENTS, MOVES, UNROUTED_EVENTS, delay_queue_name
-from ops.dlq import management_client, with_vhost
 from ops.invariants import (
     CAPTURED_TWICE,
     EVERY_ORDER_SETTLES,

@@ -1,247 +1,37 @@
-"""`emporium dlq`: look at dead letters, send them back to where they failed, or drop them.
+"""`emporium dlq`: look at dead letters (and unrouted events), send them back, or drop them.
 
-Every function here takes the settings it works with, so the same code serves the CLI (settings from
-the environment, ``--vhost`` to look elsewhere) and the tests (a vhost of their own).
-
-Depths come from a passive queue declaration, which RabbitMQ answers from the queue itself; the
-management API only finds the queues (its message counts lag by a statistics interval).
+The operations are brokers.dlq's (the edge's admin routes use the same); this is their command line:
+settings from the environment, ``--vhost`` to look elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import aio_pika
 import httpx
 import typer
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
-from faststream.rabbit import RabbitBroker
+from aio_pika.exceptions import AMQPError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
 from brokers.deadletters import DeadLetter
-from brokers.deadletters import replay as replay_message
-from brokers.factory import make_broker
+from brokers.dlq import DlqError, dead_letter_queues, peek, pretty_body, purge, replay, require_dlq_name
+from brokers.management import GuestRefused, vhost_of, with_vhost
 from brokers.settings import Settings, get_settings
-from brokers.topology import declare_exchanges
 
-DLQ_SUFFIX = ".dlq"
-_BASIC_GET_TIMEOUT_S = 5.0
 T = TypeVar("T")
 
-app = typer.Typer(help="Inspect, replay and purge dead-letter queues.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect, replay and purge dead-letter queues and unrouted-events.", no_args_is_help=True
+)
 console = Console()
 
 
-class DlqError(Exception):
-    """An operation on a dead-letter queue that cannot be done; nothing was changed by it."""
-
-
-class NoSuchDeadLetter(DlqError):
-    """The dead letter asked for is not in the queue."""
-
-
-@dataclass(frozen=True)
-class QueueDepth:
-    name: str
-    messages: int
-
-
-# --- where: vhost and management API -------------------------------------------------------------
-
-
-def vhost_of(amqp_url: str) -> str:
-    """The vhost an AMQP URL connects to, read the way aiormq reads it ("/" when the path is empty)."""
-    path = urlsplit(amqp_url).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
-
-
-def with_vhost(amqp_url: str, vhost: str) -> str:
-    return urlunsplit(urlsplit(amqp_url)._replace(path="/" + quote(vhost, safe="")))
-
-
-def management_client(settings: Settings) -> httpx.AsyncClient:
-    """A client of the management API, with the credentials of its URL moved into basic auth."""
-    if settings.emporium_env == "production" and "guest:guest@" in settings.rabbitmq_management_url:
-        raise DlqError("refusing in production: RABBITMQ_MANAGEMENT_URL uses the guest account")
-    parts = urlsplit(settings.rabbitmq_management_url)
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return httpx.AsyncClient(
-        base_url=urlunsplit(parts._replace(netloc=netloc)),
-        auth=(unquote(parts.username or "guest"), unquote(parts.password or "guest")),
-        timeout=10.0,
-    )
-
-
-def require_dlq_name(queue: str) -> None:
-    """Refuse to replay or purge anything but a dead-letter queue (a typo must not empty a work queue)."""
-    if not queue.endswith(DLQ_SUFFIX) or queue == DLQ_SUFFIX:
-        raise DlqError(f"{queue!r} is not a dead-letter queue: their names end with {DLQ_SUFFIX!r}")
-
-
-# --- reading --------------------------------------------------------------------------------------
-
-
-async def _declared(channel: AbstractChannel, settings: Settings, queue: str) -> tuple[AbstractQueue, int]:
-    """The queue and its depth. Closing the channel returns every message taken and not acked."""
-    require_dlq_name(queue)
-    try:
-        declared = await channel.declare_queue(queue, passive=True)
-    except ChannelNotFoundEntity as exc:
-        raise DlqError(f"there is no queue {queue!r} in vhost {vhost_of(settings.rabbitmq_url)!r}") from exc
-    return declared, declared.declaration_result.message_count or 0
-
-
-@asynccontextmanager
-async def _opened(settings: Settings, queue: str) -> AsyncIterator[tuple[AbstractQueue, int]]:
-    """One queue and its depth, on a connection of its own."""
-    connection = await aio_pika.connect(settings.rabbitmq_url)
-    async with connection:
-        yield await _declared(await connection.channel(), settings, queue)
-
-
-async def _take(queue: AbstractQueue) -> AbstractIncomingMessage | None:
-    return await queue.get(no_ack=False, fail=False, timeout=_BASIC_GET_TIMEOUT_S)
-
-
-async def dead_letter_queues(settings: Settings) -> list[QueueDepth]:
-    """Every dead-letter queue of the settings' vhost with the messages it holds, by name."""
-    vhost = vhost_of(settings.rabbitmq_url)
-    async with management_client(settings) as management:
-        response = await management.get(f"/api/queues/{quote(vhost, safe='')}", params={"columns": "name"})
-    if response.status_code == 404:
-        raise DlqError(f"there is no vhost {vhost!r}")
-    response.raise_for_status()
-    return await depths(
-        settings, sorted(q["name"] for q in response.json() if q["name"].endswith(DLQ_SUFFIX))
-    )
-
-
-async def depths(settings: Settings, queues: list[str]) -> list[QueueDepth]:
-    """How many messages each of these dead-letter queues holds, in the order given; a queue that
-    does not exist (its actor was never deployed here) is left out."""
-    found = []
-    connection = await aio_pika.connect(settings.rabbitmq_url)
-    async with connection:
-        for name in queues:
-            channel = await connection.channel()
-            try:
-                _, depth = await _declared(channel, settings, name)
-            except DlqError:  # no such queue; RabbitMQ closed the channel with it
-                continue
-            await channel.close()
-            found.append(QueueDepth(name, depth))
-    return found
-
-
-async def peek(settings: Settings, queue: str, limit: int) -> list[DeadLetter]:
-    """Up to ``limit`` dead letters from the head of ``queue``, left where they are.
-
-    They are taken unacked and handed back when the channel closes. A DLQ has no delivery limit, so
-    being looked at does not count against them.
-    """
-    if limit < 1:
-        raise DlqError("limit must be at least 1")
-    letters: list[DeadLetter] = []
-    async with _opened(settings, queue) as (dlq, _):
-        while len(letters) < limit and (message := await _take(dlq)) is not None:
-            letters.append(DeadLetter.read(message, queue))
-    return letters
-
-
-# --- changing -------------------------------------------------------------------------------------
-
-OnProgress = Callable[[int, int], None]  # (replayed so far, total)
-
-
-async def replay(
-    settings: Settings, queue: str, *, message_id: str | None = None, on_progress: OnProgress | None = None
-) -> list[DeadLetter]:
-    """Send dead letters back to their origin queue: the one with ``message_id``, or all of them.
-
-    Dead letters parked without their secret fields stay where they are.
-    Each is acked from the DLQ only once its copy is confirmed in the origin queue; a copy that
-    cannot be published leaves its original (and every one not yet replayed) in the DLQ. Only the
-    messages present at the start are replayed, so one that fails again and comes back is not
-    replayed a second time by the same run.
-    """
-    broker = make_broker(settings, app_name="emporium-dlq")
-    replayed: list[DeadLetter] = []
-    async with _opened(settings, queue) as (dlq, depth):
-        await broker.connect()
-        try:
-            # Replays go through emporium.moves (only checked where this user may not declare).
-            await declare_exchanges(broker, create=settings.emporium_declare_topology)
-            for _ in range(depth):
-                message = await _take(dlq)
-                if message is None:
-                    break
-                letter = DeadLetter.read(message, queue)
-                if message_id is not None and letter.message_id != message_id:
-                    continue  # not acked: back in the DLQ when the channel closes
-                if letter.redacted:
-                    # Parked without its secrets: replayed, it could only fail again. Its sender
-                    # must send it anew; the operator purges it.
-                    if message_id is not None:
-                        raise DlqError(
-                            f"message {message_id} was parked without its {letter.redacted}; it cannot "
-                            "be replayed (its sender must send it again)"
-                        )
-                    continue
-                await _send_back(broker, message, letter, queue, len(replayed))
-                replayed.append(letter)
-                if on_progress is not None:
-                    on_progress(len(replayed), 1 if message_id is not None else depth)
-                if message_id is not None:
-                    break
-        finally:
-            await broker.stop()
-    if message_id is not None and not replayed:
-        raise NoSuchDeadLetter(f"no dead letter with message id {message_id!r} in {queue}")
-    return replayed
-
-
-async def _send_back(
-    broker: RabbitBroker, message: AbstractIncomingMessage, letter: DeadLetter, queue: str, done: int
-) -> None:
-    try:
-        await replay_message(broker, message, letter.origin_queue)
-    except (AMQPError, ConnectionError) as exc:
-        raise DlqError(
-            f"could not replay message {letter.message_id} to {letter.origin_queue!r} ({exc}); "
-            f"it stays in {queue}, as does every message not yet replayed ({done} replayed before it)"
-        ) from exc
-    await message.ack()
-
-
-async def purge(settings: Settings, queue: str) -> int:
-    """Drop every message in a dead-letter queue; returns how many were dropped."""
-    async with _opened(settings, queue) as (dlq, _):
-        purged = await dlq.purge()
-    return purged.message_count or 0
-
-
 # --- display --------------------------------------------------------------------------------------
-
-
-def pretty_body(body: bytes) -> str:
-    """A body as an operator wants to read it: indented JSON, else text, else its size."""
-    try:
-        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-    except ValueError:  # not JSON (a UnicodeDecodeError is a ValueError too)
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            return f"<{len(body)} bytes, not UTF-8 text>"
 
 
 def describe(letter: DeadLetter) -> list[tuple[str, str]]:
@@ -307,7 +97,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; a refusal or an unreachable RabbitMQ becomes a red message and exit code 1."""
     try:
         return asyncio.run(work)
-    except DlqError as exc:
+    except (DlqError, GuestRefused) as exc:
         _fail(str(exc), exc)
     except (httpx.HTTPError, AMQPError, OSError) as exc:  # OSError: connection refused, DNS, ...
         _fail(f"RabbitMQ did not answer as expected: {type(exc).__name__}: {exc}", exc)

@@ -32,9 +32,10 @@ from brokers.contracts.notifications import ListNotifications, NotificationPage,
 from brokers.contracts.orders import ListOrders, OrderPage, OrderView
 from brokers.contracts.payments import ListPayments, PaymentPage, PaymentView
 from brokers.contracts.shipping import GetShipment, ShipmentView
+from brokers.dlq import DlqError, QueueDepth, dead_letter_queues
 from brokers.rpc import BrokerUnavailable, QueryFailed, QueryTimeout, Requester, requesting
 from brokers.settings import Settings
-from ops.dlq import DlqError, QueueDepth, dead_letter_queues
+from brokers.topology import UNROUTED_EVENTS
 from ops.payment_provider import Charge, SimulatorControl
 
 TERMINAL = {"delivered", "cancelled"}
@@ -455,7 +456,9 @@ async def gather_facts(settings: Settings) -> Facts:
     return Facts(
         orders=order_facts(orders, payments, ledger, by_order),
         skus=sku_facts(stock, orders),
-        dead_letter_queues=dead_letters,
+        # Unrouted events are no failed work: an event published while its subscriber (the edge's
+        # saga stream, say) was away. They have their own alert (EventsUnrouted).
+        dead_letter_queues=[queue for queue in dead_letters if queue.name != UNROUTED_EVENTS.name],
     )
 
 

@@ -11,7 +11,6 @@ from brokers.contracts.catalog import (
     CreateProduct,
     ProductCreated,
     ProductPriceChanged,
-    ProductUpdated,
     ProductView,
     UpdateProduct,
 )
@@ -59,21 +58,17 @@ def create_product(
     )
 
 
-def update_product(
-    product: Product, command: UpdateProduct, *, now: datetime
-) -> tuple[Product, ProductUpdated | None]:
+def update_product(product: Product, command: UpdateProduct, *, now: datetime) -> Product | None:
+    """The product with the command's changes, or None when it changes nothing.
+
+    No event: no other actor keeps a product's name, description or category (they are read from
+    catalog), so one would only be parked in unrouted-events.
+    """
     changes = command.model_dump(exclude={"product_id"}, exclude_none=True)
     updated = replace(product, **changes)
     if updated == product:
-        return product, None
-    updated = replace(updated, updated_at=now)
-    return updated, ProductUpdated(
-        product_id=updated.product_id,
-        sku=updated.sku,
-        name=updated.name,
-        description=updated.description,
-        category=updated.category,
-    )
+        return None
+    return replace(updated, updated_at=now)
 
 
 def change_price(

@@ -33,7 +33,9 @@ async def create_product(command: CreateProduct, work: Work[CatalogStore]) -> No
 @catalog.handles(UpdateProduct)
 async def update_product(command: UpdateProduct, work: Work[CatalogStore]) -> None:
     product = await work.store.get(command.product_id)
-    await _save_if_changed(work, *domain.update_product(product, command, now=datetime.now(UTC)))
+    updated = domain.update_product(product, command, now=datetime.now(UTC))
+    if updated is not None:
+        await work.store.save(updated)
 
 
 @catalog.handles(ChangePrice)

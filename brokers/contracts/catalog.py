@@ -42,14 +42,6 @@ class ProductCreated(Event, type="product.created"):
     currency: Currency
 
 
-class ProductUpdated(Event, type="product.updated"):
-    product_id: EntityId
-    sku: Sku
-    name: Name
-    description: str
-    category: Category
-
-
 class ProductPriceChanged(Event, type="product.price_changed"):
     product_id: EntityId
     sku: Sku

@@ -1,7 +1,8 @@
 """Operators' dead-letter routes: how many, what they are, send them back, or drop them.
 
-The same operations as ``emporium dlq`` (ops/dlq.py), on the actors' dead-letter queues only: a
-queue is named from the list of actors, so nothing else in RabbitMQ can be reached through here.
+The same operations as ``emporium dlq`` (brokers.dlq), on the actors' dead-letter queues and
+unrouted-events only: a queue is named from the list of actors, so nothing else in RabbitMQ can be
+reached through here.
 """
 
 from __future__ import annotations
@@ -12,23 +13,31 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
+from brokers import dlq
 from brokers.contracts import OWNERS
 from brokers.contracts.common import EntityId
 from brokers.deadletters import DeadLetter
 from brokers.settings import Settings
+from brokers.topology import UNROUTED_EVENTS, dlq_name
 from edge.auth import admin
 from edge.guard import settings_of
 from edge.problems import problem_responses
 from edge.routes.shared import Body
-from ops import dlq
 
 router = APIRouter(prefix="/admin/dead-letters", tags=["admin"], dependencies=[Depends(admin)])
 CurrentSettings = Annotated[Settings, Depends(settings_of)]
 
 DeadLetterQueue = StrEnum(  # type: ignore[misc]
-    "DeadLetterQueue", {f"{actor}.dlq": f"{actor}.dlq" for actor in sorted(OWNERS)}
+    "DeadLetterQueue",
+    {name: name for name in (*(dlq_name(actor) for actor in sorted(OWNERS)), UNROUTED_EVENTS.name)},
 )
-QueueName = Annotated[DeadLetterQueue, Path(description="An actor's dead-letter queue, `<actor>.dlq`.")]
+QueueName = Annotated[
+    DeadLetterQueue,
+    Path(
+        description="An actor's dead-letter queue, `<actor>.dlq`, or `unrouted-events` (events no queue "
+        "was bound for; replayed, they are published again under their type)."
+    ),
+]
 PROBLEMS = problem_responses(401, 403, 404, 422, 503)
 
 
@@ -78,7 +87,11 @@ async def _operate(operation):
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.get("", summary="Every actor's dead-letter queue and how many messages it holds", responses=PROBLEMS)
+@router.get(
+    "",
+    summary="Every actor's dead-letter queue, and unrouted-events, with the messages each holds",
+    responses=PROBLEMS,
+)
 async def list_queues(settings: CurrentSettings) -> list[QueueDepth]:
     depths = await _operate(dlq.depths(settings, [queue.value for queue in DeadLetterQueue]))
     return [QueueDepth(queue=depth.name, messages=depth.messages) for depth in depths]

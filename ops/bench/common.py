@@ -21,8 +21,8 @@ from rich.console import Console
 from actors.runtime.host import ActorHost
 from brokers.envelope import new_id
 from brokers.factory import make_broker
+from brokers.management import management_client, with_vhost
 from brokers.settings import Settings
-from ops.dlq import management_client, with_vhost
 
 T = TypeVar("T")
 app = typer.Typer(help="Measure the cost of the actor runtime.", no_args_is_help=True)

@@ -34,6 +34,7 @@ from brokers.contracts.orders import (
 from brokers.envelope import Envelope, Message
 from brokers.factory import publish
 from brokers.logs import configure_logging
+from brokers.management import management_client, vhost_of
 from brokers.rpc import requesting
 from brokers.settings import Settings, get_settings
 from brokers.topology import EVENTS, UNROUTED_EVENTS
@@ -63,7 +64,6 @@ from ops.bench.saga_figures import (
     saga_table,
     stock_needed,
 )
-from ops.dlq import management_client, vhost_of
 from ops.payment_provider import served
 
 # --- counting ------------------------------------------------------------------------------------

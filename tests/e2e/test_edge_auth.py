@@ -291,7 +291,10 @@ async def test_an_admin_lists_shows_replays_and_purges_dead_letters(
         until=lambda r: {"queue": "inventory.dlq", "messages": 2} in r.json(),
         what="two dead letters in inventory.dlq",
     )
-    assert {d["queue"] for d in depths.json()} == {"identity.dlq", "inventory.dlq"}  # the actors running
+    # The actors running, and where events no queue takes are parked.
+    assert {d["queue"] for d in depths.json()} == {"identity.dlq", "inventory.dlq", "unrouted-events"}
+    unrouted = await edge.get("/admin/dead-letters/unrouted-events", headers=admin.headers)
+    assert unrouted.status_code == 200 and isinstance(unrouted.json(), list)
 
     shown = (await edge.get("/admin/dead-letters/inventory.dlq?limit=1", headers=admin.headers)).json()
     assert (

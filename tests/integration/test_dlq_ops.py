@@ -14,15 +14,16 @@ from actors.registry import ACTORS
 from actors.runtime.host import topology_of
 from brokers.contracts.catalog import CreateProduct, ProductCreated
 from brokers.contracts.inventory import GetStock, Restock, StockView
-from brokers.contracts.shipping import ShipmentDispatched
+from brokers.contracts.shipping import ShipmentDispatched, ShipmentScheduled
 from brokers.deadletters import ATTEMPTS, ERROR, ORIGIN, REASON, DeadLetter
+from brokers.dlq import DlqError, QueueDepth, dead_letter_queues, peek, purge, replay
 from brokers.envelope import Envelope
 from brokers.factory import publish_body
+from brokers.management import vhost_of
 from brokers.rpc import Requester, requesting
 from brokers.settings import Settings
-from brokers.topology import COMMANDS, declare
+from brokers.topology import COMMANDS, EVENTS, UNROUTED_EVENTS, declare, declare_exchanges
 from ops import dlq
-from ops.dlq import DlqError, QueueDepth, dead_letter_queues, peek, purge, replay, vhost_of
 from tests.helpers import eventually, send
 
 pytestmark = pytest.mark.integration
@@ -184,11 +185,40 @@ async def test_list_shows_each_dlq_with_its_depth_and_purge_empties_one(settings
 
     assert await dead_letter_queues(settings) == [
         QueueDepth("inventory.dlq", 2),
+        QueueDepth("unrouted-events", 0),
     ]
     assert await purge(settings, "inventory.dlq") == 2
     assert await dead_letter_queues(settings) == [
         QueueDepth("inventory.dlq", 0),
+        QueueDepth("unrouted-events", 0),
     ]
+
+
+async def test_an_event_no_queue_takes_is_shown_in_unrouted_events_and_replayed_once_one_does(
+    settings, broker
+):
+    await declare_exchanges(broker)
+    scheduled = ShipmentScheduled(
+        shipment_id="s-1", order_id="o-1", customer_id="c-1", carrier="dhl", tracking_number="t-1"
+    )
+    sent = await send(broker, scheduled)
+    [letter] = await _letters(settings, UNROUTED_EVENTS.name, 1)
+    assert (letter.type, letter.message_id, letter.reason) == (scheduled.TYPE, sent.message_id, "unrouted")
+    assert letter.origin_queue == EVENTS.name
+    assert QueueDepth(UNROUTED_EVENTS.name, 1) in await dead_letter_queues(settings)
+
+    connection = await aio_pika.connect(settings.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        subscriber = await channel.declare_queue("late-subscriber", exclusive=True)
+        await subscriber.bind(EVENTS.name, routing_key=scheduled.TYPE)
+        [replayed] = await replay(settings, UNROUTED_EVENTS.name)
+        assert replayed.message_id == sent.message_id
+        delivered = await eventually(
+            lambda: subscriber.get(fail=False), until=lambda m: m is not None, what="the replayed event"
+        )
+        assert (delivered.message_id, delivered.type) == (sent.message_id, scheduled.TYPE)
+    assert await peek(settings, UNROUTED_EVENTS.name, 10) == []
 
 
 async def test_a_dead_letter_that_cannot_be_sent_back_stays(settings):

@@ -22,13 +22,13 @@ from actors.registry import ACTORS
 from actors.runtime.host import ActorHost, topology_of
 from brokers.contracts.catalog import CreateProduct, GetProduct, ProductView, UpdateProduct
 from brokers.deadletters import replay as replay_message
+from brokers.dlq import peek, purge
 from brokers.envelope import Command, Envelope
 from brokers.factory import make_broker
 from brokers.settings import Settings
 from brokers.topology import COMMANDS, EVENTS, MOVES, TopologyMissing, declare
 from edge.events import sse_queue_name
 from edge.link import RabbitLink
-from ops.dlq import peek, purge
 from ops.production import EDGE, definitions
 from tests.helpers import eventually
 from tests.integration.test_runtime_support import running, vhost_of

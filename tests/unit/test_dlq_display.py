@@ -3,8 +3,10 @@
 import pytest
 
 from brokers.deadletters import DeadLetter
+from brokers.dlq import DlqError, pretty_body, require_dlq_name
+from brokers.management import management_client, queues_ui, vhost_of, with_vhost
 from brokers.settings import Settings
-from ops.dlq import DlqError, describe, management_client, pretty_body, require_dlq_name, vhost_of, with_vhost
+from ops.dlq import describe
 
 
 def _letter(**changes) -> DeadLetter:
@@ -93,3 +95,19 @@ def test_only_dead_letter_queues_are_accepted(queue):
 def test_dead_letter_queue_names_are_accepted():
     require_dlq_name("inventory.dlq")
     require_dlq_name("inventory.queries.dlq")
+    require_dlq_name("unrouted-events")  # where events no queue was bound for are parked
+
+
+@pytest.mark.parametrize(
+    ("rabbitmq_url", "vhost"),
+    [
+        ("amqp://u:p@rabbit:5672/", "%2F"),
+        ("amqp://u:p@rabbit:5672", "%2F"),
+        ("amqp://rabbit/t%2Fa%20b", "t%2Fa%20b"),
+    ],
+)
+def test_the_queues_page_of_the_ui_names_the_vhost_and_never_the_credentials(rabbitmq_url: str, vhost: str):
+    settings = Settings(
+        rabbitmq_url=rabbitmq_url, rabbitmq_management_url="http://admin:s3cret@mq.local:15672/"
+    )
+    assert queues_ui(settings) == f"http://mq.local:15672/#/queues/{vhost}"

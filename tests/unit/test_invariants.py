@@ -7,7 +7,7 @@ from brokers.contracts.notifications import NotificationView
 from brokers.contracts.orders import OrderLine, OrderStep, OrderView
 from brokers.contracts.payments import PaymentView
 from brokers.contracts.shipping import ShipmentStep, ShipmentView
-from ops.dlq import QueueDepth
+from brokers.dlq import QueueDepth
 from ops.invariants import Facts, OrderFacts, When, evaluate, sku_facts
 from ops.payment_provider import Charge, Refund
 

@@ -241,6 +241,7 @@ def test_every_alert_has_a_summary_a_description_a_runbook_and_a_severity():
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {
         "DeadLettersPresent",
+        "EventsUnrouted",
         "OutboxLagging",
         "PaymentBreakerOpen",
         "SagaConfirmationSlow",
