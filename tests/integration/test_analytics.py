@@ -20,7 +20,7 @@ from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRe
 from brokers.envelope import Envelope, Event
 from brokers.factory import publish
 from tests.helpers import eventually
-from tests.integration.test_runtime_support import requester
+from tests.integration.support import requester
 
 pytestmark = pytest.mark.integration
 

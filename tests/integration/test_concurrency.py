@@ -17,7 +17,7 @@ from brokers.contracts.inventory import GetStock, StockRejected, StockReserved, 
 from brokers.topology import dlq_name
 from ops.bench.hot_sku import drain_hot_sku
 from tests.helpers import Tap, eventually, send
-from tests.integration.test_runtime_support import amqp, order_placed, requester, stock
+from tests.integration.support import amqp, order_placed, requester, stock
 
 pytestmark = pytest.mark.integration
 

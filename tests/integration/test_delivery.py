@@ -33,7 +33,7 @@ from brokers.factory import publish
 from brokers.topology import COMMANDS, dlq_name
 from tests.helpers import Tap, eventually, send
 from tests.integration.rivals import Rivals
-from tests.integration.test_runtime_support import (
+from tests.integration.support import (
     amqp,
     dead_letter_headers,
     header,

@@ -32,7 +32,7 @@ from brokers.factory import publish
 from brokers.settings import Settings
 from brokers.topology import dlq_name
 from tests.helpers import Tap, eventually, send
-from tests.integration.test_runtime_support import (
+from tests.integration.support import (
     amqp,
     dead_letter_headers,
     order_placed,

@@ -32,7 +32,7 @@ from brokers.factory import publish
 from brokers.rpc import Problem, QueryFailed, Requester
 from ops.identity_admin import IdentityAdminFailed, create_admin, rotate_signing_key
 from tests.helpers import Tap, eventually, send
-from tests.integration.test_runtime_support import (
+from tests.integration.support import (
     amqp,
     dead_letter_headers,
     header,

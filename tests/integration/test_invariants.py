@@ -40,8 +40,8 @@ from brokers.topology import COMMANDS
 from ops.invariants import Report, check
 from ops.payment_provider import RunningSimulator, ledger_database, served
 from tests.helpers import eventually, send
+from tests.integration.support import requester, stock
 from tests.integration.test_payments import cancelled, placed, reserved
-from tests.integration.test_runtime_support import requester, stock
 from tests.integration.test_shipping import confirmed
 
 pytestmark = pytest.mark.integration

@@ -25,13 +25,14 @@ from brokers.deadletters import replay as replay_message
 from brokers.dlq import peek, purge
 from brokers.envelope import Command, Envelope
 from brokers.factory import make_broker
+from brokers.management import vhost_of
 from brokers.settings import Settings
 from brokers.topology import COMMANDS, EVENTS, MOVES, TopologyMissing, declare
 from edge.events import sse_queue_name
 from edge.link import RabbitLink
 from ops.production import EDGE, definitions
 from tests.helpers import eventually
-from tests.integration.test_runtime_support import running, vhost_of
+from tests.integration.support import running
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def _as_user(settings: Settings, user: str, password: str) -> Settings:
 def principals(management: httpx.Client, settings: Settings) -> Iterator[Principals]:
     """The definitions imported into the test's vhost, each user with a fresh password."""
     prefix = f"lp-{uuid.uuid4().hex[:8]}-"
-    imported = definitions(settings, vhost=vhost_of(settings), user_prefix=prefix)
+    imported = definitions(settings, vhost=vhost_of(settings.rabbitmq_url), user_prefix=prefix)
     users = [user["name"] for user in imported["users"]]
     try:
         management.post("/api/definitions", json=imported).raise_for_status()

@@ -46,7 +46,7 @@ from brokers.rpc import REPLY_TO, Reply
 from brokers.settings import Settings
 from brokers.topology import QUERIES, dlq_name, exchange_for
 from tests.helpers import eventually, send
-from tests.integration.test_runtime_support import (
+from tests.integration.support import (
     amqp,
     header,
     order_placed,

@@ -48,7 +48,7 @@ from brokers.settings import Settings
 from brokers.topology import dlq_name
 from ops.orders_readmodel import rebuild_read_model
 from tests.helpers import Tap, eventually, send
-from tests.integration.test_runtime_support import Amqp, amqp, header, requester, stock
+from tests.integration.support import Amqp, amqp, header, requester, stock
 
 pytestmark = pytest.mark.integration
 

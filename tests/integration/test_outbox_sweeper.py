@@ -13,7 +13,7 @@ from actors.runtime.outbox import OutboxRelay, outbox_entry
 from brokers.contracts.catalog import ProductCreated
 from brokers.envelope import Envelope
 from tests.helpers import Tap, eventually
-from tests.integration.test_runtime_support import product_created
+from tests.integration.support import product_created
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from brokers.contracts.payments import (
 from brokers.rpc import QueryFailed
 from ops.payment_provider import RunningSimulator, served
 from tests.helpers import Tap, eventually, send
-from tests.integration.test_runtime_support import outcome_count, requester
+from tests.integration.support import outcome_count, requester
 
 pytestmark = pytest.mark.integration
 CLOSED, OPEN = 0, 2

@@ -17,8 +17,8 @@ from brokers.contracts.payments import PaymentCaptured, PaymentFailed
 from brokers.topology import dlq_name
 from ops.payment_provider import served
 from tests.helpers import Tap, eventually, send
+from tests.integration.support import amqp, outcome_count
 from tests.integration.test_payments import placed, reserved
-from tests.integration.test_runtime_support import amqp, outcome_count
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import pytest
 from brokers.contracts.payments import ListPayments, PaymentPage
 from ops.payment_provider import served
 from tests.helpers import eventually, send
+from tests.integration.support import requester
 from tests.integration.test_payments import cancelled, placed, reserved
-from tests.integration.test_runtime_support import requester
 
 pytestmark = pytest.mark.integration
 

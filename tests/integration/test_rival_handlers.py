@@ -30,8 +30,8 @@ from brokers.contracts.payments import PaymentCaptured, PaymentRefunded
 from brokers.contracts.shipping import ShipmentScheduled, ShipmentStopped
 from ops.payment_provider import served
 from tests.integration.rivals import Rivals
+from tests.integration.support import order_placed, product_created
 from tests.integration.test_payments import cancelled, placed, reserved
-from tests.integration.test_runtime_support import order_placed, product_created
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from brokers.envelope import Message
 from brokers.factory import publish
 from brokers.rpc import QueryFailed
 from tests.helpers import Tap, eventually, send
-from tests.integration.test_runtime_support import requester
+from tests.integration.support import requester
 
 pytestmark = pytest.mark.integration
 

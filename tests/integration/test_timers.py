@@ -10,7 +10,7 @@ from actors.runtime.store import Store
 from brokers.contracts.common import EntityId
 from brokers.envelope import Command
 from tests.helpers import eventually, send
-from tests.integration.test_runtime_support import running
+from tests.integration.support import running
 
 DELAY_MS = 300
 SOON = Timer("soon", lambda _settings: DELAY_MS)

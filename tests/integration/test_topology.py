@@ -16,9 +16,10 @@ from aiormq.exceptions import ChannelPreconditionFailed
 from actors.catalog import catalog
 from actors.registry import ACTORS
 from actors.runtime.host import ActorHost, topology_of
+from brokers.management import vhost_of
 from brokers.settings import Settings
 from brokers.topology import UNROUTED_EVENTS, QueueSpec
-from tests.integration.test_runtime_support import running, vhost_of
+from tests.integration.support import running
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ REQUIRED_EXCHANGES = {
 
 
 def live_topology(management: httpx.Client, settings: Settings) -> dict[str, Any]:
-    vhost = quote(vhost_of(settings), safe="")
+    vhost = quote(vhost_of(settings.rabbitmq_url), safe="")
 
     def get(what: str) -> list[dict[str, Any]]:
         response = management.get(f"/api/{what}/{vhost}")
@@ -168,7 +169,7 @@ async def test_queues_of_the_earlier_topology_are_removed_with_what_they_parked(
 ):
     """An earlier version dead-lettered expired queries from `<actor>.queries` into
     `<actor>.queries.dlq`, logins with their passwords included: a host that may declare removes both."""
-    vhost = quote(vhost_of(settings), safe="")
+    vhost = quote(vhost_of(settings.rabbitmq_url), safe="")
     for name in ("identity.queries", "identity.queries.dlq"):
         management.put(
             f"/api/queues/{vhost}/{name}", json={"durable": True, "arguments": {"x-queue-type": "quorum"}}

@@ -7,7 +7,7 @@ outbox for ever, holding up the sweeper.
 from brokers.contracts.catalog import ChangePrice, CreateProduct
 from brokers.topology import UNROUTED_EVENTS
 from tests.helpers import eventually, send
-from tests.integration.test_runtime_support import amqp
+from tests.integration.support import amqp
 
 
 async def test_an_event_without_subscribers_is_parked_and_its_outbox_entry_marked_sent(

@@ -11,7 +11,7 @@ import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import aio_pika
 import httpx
@@ -25,13 +25,10 @@ from brokers.contracts.catalog import ProductCreated
 from brokers.contracts.inventory import GetStock, Restock, StockView
 from brokers.contracts.orders import OrderLine, OrderPlaced
 from brokers.deadletters import ATTEMPTS, ORIGIN, REASON
+from brokers.management import vhost_of
 from brokers.rpc import Requester, requesting
 from brokers.settings import Settings
 from tests.helpers import eventually, send
-
-
-def vhost_of(settings: Settings) -> str:
-    return unquote(urlsplit(settings.rabbitmq_url).path.removeprefix("/")) or "/"
 
 
 def publish_raw(
@@ -49,7 +46,7 @@ def publish_raw(
     random one. Other clients (and an operator in the management UI) can.
     """
     response = management.post(
-        f"/api/exchanges/{quote(vhost_of(settings), safe='')}/{quote(exchange, safe='')}/publish",
+        f"/api/exchanges/{quote(vhost_of(settings.rabbitmq_url), safe='')}/{quote(exchange, safe='')}/publish",
         json={
             "properties": properties,
             "routing_key": routing_key,
