@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
@@ -71,6 +73,8 @@ def _payment_provider_alongside(settings) -> Iterator[None]:
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
+        # Payments would retry its first charges against a port nobody listens on yet.
+        _wait_until_listening(child, url.hostname or "127.0.0.1", url.port or 80)
         yield
     finally:
         child.terminate()
@@ -79,6 +83,24 @@ def _payment_provider_alongside(settings) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def _wait_until_listening(child: subprocess.Popen, host: str, port: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if child.poll() is not None:
+            raise SystemExit(
+                f"emporium: the payment-provider simulator exited ({child.returncode}) before listening"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"emporium: the payment-provider simulator does not listen on {host}:{port}"
+                ) from None
+            time.sleep(0.1)
 
 
 @app.command("payment-provider")

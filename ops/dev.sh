@@ -469,6 +469,10 @@ main() {
   trap 'on_signal TERM 15' TERM
   trap 'on_signal HUP 1' HUP
 
+  if [[ $MODE == run ]] && port_open 127.0.0.1 8000; then
+    # Its actors would consume beside the running ones for a moment, then its edge fail to bind.
+    die "something already listens on 127.0.0.1:8000 (another ops/dev.sh run?): stop it first"
+  fi
   setup_venv
   setup_rabbitmq
   setup_mongodb
