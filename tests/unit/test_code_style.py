@@ -1,4 +1,5 @@
-"""The code keeps one style: ruff's lint rules and formatter (settings in pyproject.toml) pass on the repo."""
+"""The code keeps one style and declares what it uses: ruff's lint rules and formatter, and deptry
+(every import declared in pyproject.toml, every dependency used), all with pyproject.toml's settings."""
 
 import subprocess
 import sys
@@ -11,11 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(
     "command",
-    [["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]],
-    ids=["lint", "format"],
+    [
+        ["ruff", "check", "--no-cache", "."],
+        ["ruff", "format", "--check", "--no-cache", "."],
+        ["deptry", "."],
+    ],
+    ids=["lint", "format", "dependencies"],
 )
-def test_ruff_finds_nothing_to_change(command: list[str]) -> None:
+def test_the_checker_finds_nothing_to_change(command: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "ruff", *command], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 0, f"ruff {' '.join(command)}:\n{done.stdout}{done.stderr}"
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}{done.stderr}"
