@@ -7,7 +7,6 @@ state, so a chaos run can draw it inside its own process.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from ops.bench.common import percentile
 from ops.load import PLACE_ROUTE, LoadResult
 
 REPORT_NAME = "report.md"
@@ -31,12 +31,7 @@ LEGEND_BESIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # the poin
 
 def p50_p99(values: Sequence[float]) -> tuple[float, float] | None:
     """The median and the 99th percentile (within the values seen); None without values."""
-    if not values:
-        return None
-    if len(values) == 1:  # statistics.quantiles needs two points
-        return values[0], values[0]
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[49], cuts[98]
+    return (percentile(values, 0.50), percentile(values, 0.99)) if values else None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -34,16 +34,15 @@ class BenchmarkError(RuntimeError):
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
-    """The value below which ``fraction`` of ``values`` lie, interpolating between neighbours."""
+    """The value below which ``fraction`` of ``values`` lie, interpolating between neighbours
+    (statistics.quantiles' inclusive method), to a thousandth."""
     if not values:
         raise ValueError("no values")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be within [0, 1], not {fraction}")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * fraction
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    if len(values) == 1 or fraction in (0.0, 1.0):  # quantiles needs two points and cuts inside
+        return min(values) if fraction == 0.0 else max(values)
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(fraction * 1000) - 1]
 
 
 @dataclass(frozen=True)
