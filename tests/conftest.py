@@ -17,6 +17,18 @@ from brokers.factory import make_broker
 from brokers.settings import Settings
 
 BASE = Settings()
+# Tests under these folders run against the real servers, as does any test using their fixtures.
+_ON_THE_SERVERS = ("integration", "e2e", "chaos")
+_SERVER_FIXTURES = {"management", "settings"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs RabbitMQ and MongoDB ``integration``, so that
+    ``pytest -m "not integration"`` runs the rest alone, in seconds, with no server."""
+    for item in items:
+        folder = item.path.relative_to(item.config.rootpath).parts[1:2]
+        if set(folder) & set(_ON_THE_SERVERS) or _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def _with_vhost(url: str, vhost: str) -> str:

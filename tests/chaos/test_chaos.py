@@ -18,7 +18,7 @@ from ops.servers import scratch_directory
 ORDERS = 16
 # A CI run of every scenario takes about RUN_S on 2 cores; the timeout leaves room for a noisy machine.
 RUN_S = 240
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(3 * RUN_S)]
+pytestmark = pytest.mark.timeout(3 * RUN_S)
 
 
 async def test_every_fault_leaves_nothing_lost_charged_twice_oversold_or_shipped_after_cancel():

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.e2e.browser import visiting
-
-pytestmark = pytest.mark.integration
 
 
 async def test_the_docs_page_shows_every_operation_without_the_internet(edge: httpx.AsyncClient):

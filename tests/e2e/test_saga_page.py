@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from brokers.management import queues_ui
 from brokers.settings import Settings
 from tests.e2e.browser import visiting
 from tests.e2e.orders_support import stocked_sku
 from tests.e2e.support import PASSWORD, User
-
-pytestmark = pytest.mark.integration
 
 # Where the page's picture goes (docs/saga-page.png is one, made with EMPORIUM_SCREENSHOT_DIR=docs).
 SCREENSHOT_DIR = os.environ.get("EMPORIUM_SCREENSHOT_DIR")

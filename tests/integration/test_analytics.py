@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from brokers.contracts.analytics import GetStats, Percentiles, Stats, TopProduct
 from brokers.contracts.orders import (
     OrderCancelled,
@@ -21,8 +19,6 @@ from brokers.envelope import Envelope, Event
 from brokers.factory import publish
 from tests.helpers import eventually
 from tests.integration.support import requester
-
-pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 PRICES = {"A": 1_000, "B": 500, "C": 3_000}

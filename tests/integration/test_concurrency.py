@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from rich.progress import Progress
 
 from brokers.contracts.common import Shortage
@@ -18,8 +17,6 @@ from brokers.topology import dlq_name
 from ops.bench.hot_sku import drain_hot_sku
 from tests.helpers import Tap, eventually, send
 from tests.integration.support import amqp, order_placed, requester, stock
-
-pytestmark = pytest.mark.integration
 
 HOSTS = 3
 ORDERS = 50

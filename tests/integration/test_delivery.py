@@ -46,8 +46,6 @@ from tests.integration.support import (
     stock,
 )
 
-pytestmark = pytest.mark.integration
-
 
 def lamp(product_id: str, sku: str) -> CreateProduct:
     return CreateProduct(

@@ -26,8 +26,6 @@ from brokers.topology import COMMANDS, EVENTS, UNROUTED_EVENTS, declare, declare
 from ops import dlq
 from tests.helpers import eventually, send
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 async def requester(settings: Settings) -> AsyncIterator[Requester]:

@@ -24,8 +24,6 @@ from edge.observe import ObserveRequests
 from edge.problems import PROBLEM_JSON, install_problem_handlers
 from tests.helpers import eventually, send
 
-pytestmark = pytest.mark.integration
-
 WAITING = 5
 
 

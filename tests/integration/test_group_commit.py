@@ -42,8 +42,6 @@ from tests.integration.support import (
     running,
 )
 
-pytestmark = pytest.mark.integration
-
 
 class Inventory:
     """Inventory's group commit on the test's database, without a broker: nothing is published."""

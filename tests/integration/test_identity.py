@@ -42,8 +42,6 @@ from tests.integration.support import (
 )
 from tests.unit.test_identity_keys import verify
 
-pytestmark = pytest.mark.integration
-
 PASSWORD = "Correct-horse-42"
 
 

@@ -44,8 +44,6 @@ from tests.integration.support import requester, stock
 from tests.integration.test_payments import cancelled, placed, reserved
 from tests.integration.test_shipping import confirmed
 
-pytestmark = pytest.mark.integration
-
 CHECKED = ("orders", "payments", "inventory", "shipping", "notifications")  # the actors the checker asks
 CARRIER_STEP_MS = 2_000  # time enough to cancel a confirmed order before its dispatch
 

@@ -34,8 +34,6 @@ from ops.production import EDGE, definitions
 from tests.helpers import eventually
 from tests.integration.support import running
 
-pytestmark = pytest.mark.integration
-
 Principals = dict[str, Settings]  # actor name or "edge" -> settings carrying that user's credentials
 
 

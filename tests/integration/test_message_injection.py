@@ -55,8 +55,6 @@ from tests.integration.support import (
     requester,
 )
 
-pytestmark = pytest.mark.integration
-
 ACTORS = ("identity", "catalog", "inventory", "orders")
 PRODUCT_ID, SKU, CUSTOMER, ORDER_ID, USER_ID = "p-inj-1", "SKU-INJ-1", "customer-1", "order-inj-1", "u-inj-1"
 EMAIL, PASSWORD = "ada@example.com", "Correct-horse-42"

@@ -20,8 +20,6 @@ from pymongo.errors import DuplicateKeyError
 
 from brokers.settings import Settings
 
-pytestmark = pytest.mark.integration
-
 
 class Deliberate(Exception):
     """Raised by a test to make a transaction fail."""

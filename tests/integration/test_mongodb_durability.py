@@ -21,8 +21,6 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from ops.embedded_mongodb import TRANSACTION_LIFETIME_S
 from ops.servers import EmbeddedMongo, scratch_directory
 
-pytestmark = pytest.mark.integration
-
 COMMITS = 300
 
 

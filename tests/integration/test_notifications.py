@@ -22,8 +22,6 @@ from brokers.rpc import QueryFailed
 from tests.helpers import Tap, eventually, send
 from tests.integration.support import requester
 
-pytestmark = pytest.mark.integration
-
 
 def confirmed(order_id: str, customer_id: str) -> OrderConfirmed:
     return OrderConfirmed(

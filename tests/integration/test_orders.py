@@ -50,8 +50,6 @@ from ops.orders_readmodel import rebuild_read_model
 from tests.helpers import Tap, eventually, send
 from tests.integration.support import Amqp, amqp, header, requester, stock
 
-pytestmark = pytest.mark.integration
-
 CUSTOMER = "customer-1"
 DEFAULT_DEADLINE_QUEUE = "orders.delay.120000ms"
 

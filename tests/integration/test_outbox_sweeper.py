@@ -15,8 +15,6 @@ from brokers.envelope import Envelope
 from tests.helpers import Tap, eventually
 from tests.integration.support import product_created
 
-pytestmark = pytest.mark.integration
-
 
 def left_unsent(count: int) -> list[dict]:
     """Entries a crash left behind, a minute old."""

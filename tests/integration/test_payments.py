@@ -25,7 +25,6 @@ from ops.payment_provider import RunningSimulator, served
 from tests.helpers import Tap, eventually, send
 from tests.integration.support import outcome_count, requester
 
-pytestmark = pytest.mark.integration
 CLOSED, OPEN = 0, 2
 
 

@@ -20,8 +20,6 @@ from tests.helpers import Tap, eventually, send
 from tests.integration.support import amqp, outcome_count
 from tests.integration.test_payments import placed, reserved
 
-pytestmark = pytest.mark.integration
-
 ORDERS = 300
 # Shorter than production (1 s, 5 s, 30 s), in the same proportions.
 RETRY_DELAYS_MS = (200, 1_000, 6_000)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 from brokers.contracts.payments import ListPayments, PaymentPage
 from ops.payment_provider import served
 from tests.helpers import eventually, send
 from tests.integration.support import requester
 from tests.integration.test_payments import cancelled, placed, reserved
-
-pytestmark = pytest.mark.integration
 
 
 async def test_payments_are_listed_by_order_id_page_by_page_and_only_those_get_payment_answers(

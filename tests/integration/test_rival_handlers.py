@@ -6,8 +6,6 @@ both write) and checks the invariant the saga relies on.
 
 from __future__ import annotations
 
-import pytest
-
 from actors.identity.domain import LAST_ADMIN
 from actors.identity.store import IdentityStore
 from actors.orders.store import OrdersStore
@@ -32,8 +30,6 @@ from ops.payment_provider import served
 from tests.integration.rivals import Rivals
 from tests.integration.support import order_placed, product_created
 from tests.integration.test_payments import cancelled, placed, reserved
-
-pytestmark = pytest.mark.integration
 
 
 def confirmed(order_id: str) -> OrderConfirmed:

@@ -18,8 +18,6 @@ from brokers.rpc import QueryFailed
 from tests.helpers import Tap, eventually, send
 from tests.integration.support import requester
 
-pytestmark = pytest.mark.integration
-
 STEP_MS = 200
 ADVANCE = AdvanceShipment.TYPE
 

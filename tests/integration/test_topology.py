@@ -21,8 +21,6 @@ from brokers.settings import Settings
 from brokers.topology import UNROUTED_EVENTS, QueueSpec
 from tests.integration.support import running
 
-pytestmark = pytest.mark.integration
-
 REQUIRED_EXCHANGES = {
     "emporium.unrouted": "fanout",
     "emporium.commands": "direct",
