@@ -48,6 +48,8 @@ def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistr
         middlewares=[_metrics(registry, app_name), *broker_middlewares()],
         # FastStream logs every message at INFO; that is ~15% of a hop. Keep it for debugging only.
         log_level=logging.DEBUG,
+        # A logger of ours, without FastStream's own text handler: its lines are JSON (brokers.logs).
+        logger=logging.getLogger("emporium.faststream"),
         graceful_timeout=15.0,
     )
 

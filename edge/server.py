@@ -115,7 +115,9 @@ def guarded_protocol(read_timeout_s: float, max_per_client: int) -> type[H11Prot
 
 
 def server_config(app: Any, settings: Settings, *, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration for ``app``: the guarded h11 protocol and the connection cap."""
+    """uvicorn's configuration for ``app``: the guarded h11 protocol and the connection cap. uvicorn
+    installs no log handlers of its own: its records go to the process's JSON logs (brokers.logs)."""
+    options.setdefault("log_config", None)
     protocol = guarded_protocol(
         settings.emporium_request_read_timeout_s, settings.emporium_max_connections_per_client
     )
