@@ -267,7 +267,8 @@ async def test_a_lost_subscription_ends_streams_with_a_dropped_event_and_comes_b
     async def listed() -> list[str]:
         return subscription()
 
-    [name] = await eventually(listed, what="the edge's subscription in the management API")
+    # The management API lists a connection once its statistics are collected: seconds, more on a busy machine.
+    [name] = await eventually(listed, timeout=60, what="the edge's subscription in the management API")
     async with edge.stream("GET", f"/orders/{order_id}/events", headers=ann.headers) as response:
         events = sse_events(response)
         await anext(events)

@@ -297,7 +297,8 @@ def _promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
 @pytest.mark.parametrize("config", PROMETHEUS_CONFIGS)
 def test_promtool_accepts_the_config(config: str):
-    result = _promtool("check", "config", PROMETHEUS / config)
+    # Syntax only: the configs name files (the metrics token's secret) that exist where they are deployed.
+    result = _promtool("check", "config", "--syntax-only", PROMETHEUS / config)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
