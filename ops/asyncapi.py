@@ -1,45 +1,225 @@
 """The AsyncAPI document of emporium's messaging, generated from the code.
 
-Every channel is an exchange and routing key (a message type) of ``brokers.topology``; every message
-is a contract of ``brokers.contracts`` with its JSON schema and the envelope headers; every
-operation says which actor receives what (handlers and query answers of ``actors.registry``) and
-which actor sends each event (the events defined in its own contracts module). Queries are
-request/reply operations answered on the asker's reply-to address.
+Channels are of three sorts, all taken from ``brokers.topology``:
+
+- one per message type: the routing key a contract of ``brokers.contracts`` is published with, on
+  the exchange of its kind (commands, events, queries);
+- one per exchange the runtime and RabbitMQ move messages through (moves, dead letters, unrouted
+  events), its routing keys as a channel parameter;
+- one per queue: every queue each actor declares (work, delay, reads, dead-letter) and
+  ``unrouted-events``, with its arguments and bindings as ``x-arguments`` and ``x-bindings``. The
+  queue names come from the settings' defaults, as in ``ops/rabbitmq/definitions.json`` (retry
+  delays and timers name queues).
+
+Operations say which actor sends each event (the events of its own contracts module), which
+receives what from its work queue and answers which query from its reads queue (request/reply, on
+the asker's reply-to address), and that each actor moves messages into its own delay and
+dead-letter queues.
 
 ``edge/asyncapi.json`` is the committed copy: a test regenerates it, so a contract change is always
-a visible diff. The edge serves that copy at ``/asyncapi.json`` (the edge runs no actor code).
+a visible diff, and another runs the official AsyncAPI CLI on it (``emporium asyncapi validate``).
+The edge serves that copy at ``/asyncapi.json`` (the edge runs no actor code).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
+import subprocess
+from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
+from faststream.rabbit import ExchangeType, RabbitExchange
 from pydantic import TypeAdapter
 
 from actors.registry import ACTORS
 from brokers.contracts import events_of
+from brokers.deadletters import ATTEMPTS, ERROR, ORIGIN, REASON
 from brokers.envelope import REGISTRY, Kind, Message
-from brokers.topology import exchange_for
+from brokers.settings import Settings
+from brokers.topology import (
+    DEAD_LETTERS,
+    EXCHANGES,
+    MOVES,
+    UNROUTED,
+    UNROUTED_EVENTS,
+    ActorTopology,
+    QueueSpec,
+    exchange_for,
+)
+from ops.production import default_settings, topologies
 
-COMMITTED = Path(__file__).resolve().parent.parent / "edge" / "asyncapi.json"
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "edge" / "asyncapi.json"
+# The official validator, installed from package-lock.json by `npm ci` (ops/dev.sh test does it).
+VALIDATOR = ROOT / "node_modules" / ".bin" / "asyncapi"
+# Analytics off, for good: the CLI reads this file and, with analytics disabled, never writes it.
+VALIDATOR_ANALYTICS = Path(__file__).resolve().parent / "asyncapi-analytics.json"
+VALIDATOR_TIMEOUT_S = 120
 _SCHEMAS = "#/components/schemas/"
-_KIND_OF_EXCHANGE = {Kind.COMMAND: "direct", Kind.EVENT: "topic", Kind.QUERY: "direct"}
+_AMQP = "0.3.0"  # the AMQP bindings version every binding object below follows
+
+# What passes through each exchange that is not the exchange of a message kind (those have a
+# channel per message type): each has a channel of its own. A new one in brokers.topology.EXCHANGES
+# needs its sentence here (the document cannot be generated without it).
+_MOVED_THROUGH = {
+    MOVES.name: (
+        "Messages the runtime moves itself, by the name of the queue they go to: to a delay queue "
+        "(a retry, a timer), to a dead-letter queue, and a replayed dead letter back to its work "
+        "queue. Each actor may publish here with its own queues' names only (topic permissions)."
+    ),
+    DEAD_LETTERS.name: (
+        "What RabbitMQ dead-letters from a work queue (rejected, or past the delivery limit), by "
+        "the name of the queue it left: each work queue's dead-letter queue is bound with it."
+    ),
+    UNROUTED.name: (
+        "The alternate exchange of the events exchange: every event no queue was bound for, whatever "
+        "its routing key (an event nobody subscribes to is legitimate, never unroutable)."
+    ),
+}
 
 app = typer.Typer(help="The AsyncAPI document of the actors' messages.", no_args_is_help=True)
 
 
-def _channel_id(contract: type[Message]) -> str:
-    return contract.TYPE
+# --- what the document describes, from brokers.topology and actors.registry ----------------------
+
+
+def _contracts() -> dict[str, type[Message]]:
+    # Only the contracts of brokers.contracts: tests register message types of their own.
+    return {t: c for t, c in sorted(REGISTRY.items()) if c.__module__.startswith("brokers.contracts.")}
+
+
+def _queues(by_actor: dict[str, ActorTopology]) -> tuple[QueueSpec, ...]:
+    return (*(spec for topology in by_actor.values() for spec in topology.queues), UNROUTED_EVENTS)
+
+
+def _bound(queues: Iterable[QueueSpec], exchange: str, routing_key: str | None = None) -> list[str]:
+    """The queues bound to an exchange (with that routing key, when one is given)."""
+    return [
+        spec.name
+        for spec in queues
+        if any(ex == exchange and routing_key in (None, key) for ex, key in spec.bindings)
+    ]
+
+
+def _contracts_in(spec: QueueSpec, contracts: Iterable[type[Message]]) -> list[type[Message]]:
+    """The contracts a queue's bindings route into it."""
+    return [c for c in contracts if (exchange_for(c).name, c.TYPE) in spec.bindings]
+
+
+def _queue_contracts(
+    by_actor: dict[str, ActorTopology], contracts: dict[str, type[Message]]
+) -> dict[str, list[type[Message]]]:
+    """What each queue can hold: delay and dead-letter queues hold what their work queue holds."""
+    held: dict[str, list[type[Message]]] = {
+        UNROUTED_EVENTS.name: [c for c in contracts.values() if c.KIND is Kind.EVENT]
+    }
+    for topology in by_actor.values():
+        work = _contracts_in(topology.work, contracts.values())
+        held[topology.queries.name] = _contracts_in(topology.queries, contracts.values())
+        for spec in (topology.work, *topology.delays, *topology.dead_letters):
+            held[spec.name] = work
+    return held
+
+
+# --- wording ----------------------------------------------------------------------------------------
+
+
+def _own_doc(contract: type[Message]) -> str | None:
+    """The contract's own docstring, each paragraph on one line: never a base class's (which
+    ``inspect.getdoc`` would inherit)."""
+    own = contract.__dict__.get("__doc__")
+    if not own:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(own).split("\n\n"))
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s", text.split("\n\n")[0], maxsplit=1)[0]
+
+
+def _names(items: Iterable[str], *, code: bool = True) -> str:
+    """Names as "a, b and c": as code in CommonMark fields (descriptions), plain in summaries."""
+    quoted = [f"`{item}`" if code else item for item in items]
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1] if len(quoted) > 1 else "".join(quoted)
+
+
+def _generated_summary(contract: type[Message], publisher: str | None, receivers: list[str]) -> str:
+    """A sentence for a contract without a docstring of its own: who sends it, who takes it."""
+    if contract.KIND is Kind.EVENT:
+        taken = f"received by {_names(receivers, code=False)}" if receivers else "received by no actor"
+        return f"The event {contract.TYPE}, published by {publisher}, {taken}."
+    verb = "answered" if contract.KIND is Kind.QUERY else "handled"
+    return f"The {contract.KIND.value} {contract.TYPE}, {verb} by {_names(receivers, code=False)}."
+
+
+def _routing(exchange: RabbitExchange, routing_key: str, queues: tuple[QueueSpec, ...]) -> str:
+    """Where a publish with this routing key on this exchange ends up."""
+    bound = _bound(queues, exchange.name, routing_key)
+    where = f"Routing key `{routing_key}` on the {exchange.type.value} exchange `{exchange.name}`"
+    if bound:
+        return f"{where}, into {_names(bound)}."
+    alternate = (exchange.arguments or {}).get("alternate-exchange")
+    if alternate:
+        return (
+            f"{where}. No queue is bound for it: its alternate exchange `{alternate}` puts it "
+            f"into {_names(_bound(queues, alternate))}."
+        )
+    return f"{where}. No queue is bound for it."
+
+
+def _queue_description(spec: QueueSpec, topology: ActorTopology, settings: Settings) -> str:
+    actor, work = topology.actor, topology.work.name
+    if spec == topology.work:
+        return (
+            f"The work queue of {actor}: the commands and events it handles, acked once their "
+            f"transaction committed. Rejected messages and those past the delivery limit are "
+            f"dead-lettered into `{topology.dead_letters[0].name}`."
+        )
+    if spec == topology.queries:
+        return (
+            f"The queries {actor} answers, apart from its work so that reads never wait behind it; "
+            "each answer goes to the asker's reply-to address. Never dead-lettered: a query that "
+            "expired has had its timeout answer already, and queries may carry secrets."
+        )
+    if spec in topology.dead_letters:
+        return (
+            f"Dead letters of `{work}`, each with its origin queue ({ORIGIN}), reason ({REASON}), "
+            f"attempts ({ATTEMPTS}) and exception ({ERROR}) in its headers: inspect, replay or "
+            "purge them with `emporium dlq` or the edge's /admin/dead-letters routes."
+        )
+    delay_ms = spec.arguments["x-message-ttl"]
+    attempts = [str(i) for i, ms in enumerate(topology.retry_delays_ms, 1) if ms == delay_ms]
+    timers = [t.name for t in ACTORS[actor].timers if t.delay_ms(settings) == delay_ms]
+    purposes = [
+        *([f"the retry after failed attempt {', '.join(attempts)}"] if attempts else []),
+        *(f"the {name} timer" for name in timers),
+    ]
+    return (
+        f"Holds each message {delay_ms} ms (its message TTL), then dead-letters it back into "
+        f"`{work}`: {' and '.join(purposes)}."
+    )
+
+
+# --- document parts ---------------------------------------------------------------------------------
 
 
 def _message_ref(type_: str) -> dict[str, str]:
     return {"$ref": f"#/components/messages/{type_}"}
+
+
+def _in_channel(channel_id: str, contract: type[Message]) -> dict[str, str]:
+    return {"$ref": f"#/channels/{channel_id}/messages/{contract.__name__}"}
+
+
+def _channel_messages(contracts: Iterable[type[Message]]) -> dict[str, Any]:
+    return {c.__name__: _message_ref(c.TYPE) for c in sorted(contracts, key=lambda c: c.TYPE)}
 
 
 def _schema(model: Any, schemas: dict[str, Any]) -> dict[str, Any]:
@@ -69,87 +249,245 @@ def _envelope_headers() -> dict[str, Any]:
     }
 
 
-def _message(contract: type[Message], schemas: dict[str, Any]) -> dict[str, Any]:
+def _message(contract: type[Message], summary: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    own = _own_doc(contract)
     return {
         "name": contract.__name__,
         "title": contract.TYPE,
-        "summary": (inspect.getdoc(contract) or contract.__name__).splitlines()[0],
+        "summary": summary,
+        **({"description": own} if own and own != summary else {}),
         "contentType": "application/json",
         "headers": {"$ref": _SCHEMAS + "Envelope"},
         "payload": _schema(contract, schemas),
-        "correlationId": {"location": "$message.header#/correlation_id"},
-        "bindings": {"amqp": {"messageType": contract.TYPE, "deliveryMode": 2}},
+        "correlationId": {
+            "description": "The AMQP correlation_id property: the order or request this message belongs to.",
+            "location": "$message.header#/correlation_id",
+        },
+        "bindings": {"amqp": {"messageType": contract.TYPE, "bindingVersion": _AMQP}},
         "x-schema-version": contract.VERSION,
     }
 
 
-def _channel(contract: type[Message]) -> dict[str, Any]:
+def _reply_message(contract: type[Message], answer: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    data_type = get_type_hints(answer)["return"]
+    data = _schema(data_type, schemas) if data_type is not type(None) else {"type": "null"}
+    return {
+        "name": f"{contract.__name__}Reply",
+        "title": f"{contract.TYPE}.reply",
+        "summary": f"The answer to {contract.TYPE}: ok with data, or a problem (status, title, detail).",
+        "contentType": "application/json",
+        "payload": {
+            "type": "object",
+            "properties": {
+                "ok": {"type": "boolean"},
+                "data": data,
+                "problem": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "integer"},
+                        "title": {"type": "string"},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
+            "required": ["ok"],
+        },
+        "correlationId": {
+            "description": "The AMQP correlation_id property: the message_id of the query answered.",
+            "location": "$message.header#/correlation_id",
+        },
+    }
+
+
+def _exchange_binding(exchange: RabbitExchange) -> dict[str, Any]:
+    return {
+        "amqp": {
+            "is": "routingKey",
+            "exchange": {
+                "name": exchange.name,
+                "type": exchange.type.value,
+                "durable": exchange.durable,
+                "autoDelete": exchange.auto_delete,
+            },
+            **({"x-arguments": exchange.arguments} if exchange.arguments else {}),
+            "bindingVersion": _AMQP,
+        }
+    }
+
+
+def _type_channel(contract: type[Message], queues: tuple[QueueSpec, ...]) -> dict[str, Any]:
     exchange = exchange_for(contract)
     return {
         "address": contract.TYPE,
-        "description": f"{contract.KIND.value}s of type {contract.TYPE} on exchange {exchange.name}",
-        "messages": {contract.__name__: _message_ref(contract.TYPE)},
+        "title": f"{contract.KIND.value} {contract.TYPE}",
+        "description": _routing(exchange, contract.TYPE, queues),
+        "messages": _channel_messages([contract]),
+        "bindings": _exchange_binding(exchange),
+    }
+
+
+def _exchange_channel(
+    exchange: RabbitExchange, queues: tuple[QueueSpec, ...], held: dict[str, list[type[Message]]]
+) -> dict[str, Any]:
+    bound = _bound(queues, exchange.name)
+    messages = _channel_messages({c for name in bound for c in held[name]})
+    if exchange.type is ExchangeType.FANOUT:
+        # Routing keys mean nothing to it: its address is whatever the publisher used.
+        where: dict[str, Any] = {
+            "address": None,
+            "description": f"{_MOVED_THROUGH[exchange.name]} Bound: {_names(bound)}.",
+        }
+    else:
+        keys = sorted({key for spec in queues for ex, key in spec.bindings if ex == exchange.name})
+        where = {
+            "address": "{queue}",
+            "description": _MOVED_THROUGH[exchange.name],
+            "parameters": {"queue": {"description": "A queue's name, the routing key.", "enum": keys}},
+        }
+    return {
+        "title": f"exchange {exchange.name}",
+        **where,
+        "messages": messages,
+        "bindings": _exchange_binding(exchange),
+    }
+
+
+def _queue_channel(spec: QueueSpec, description: str, held: list[type[Message]]) -> dict[str, Any]:
+    queue = spec.rabbit_queue()
+    return {
+        "address": spec.name,
+        "title": f"queue {spec.name}",
+        "description": description,
+        "messages": _channel_messages(held),
         "bindings": {
             "amqp": {
-                "is": "routingKey",
-                "exchange": {
-                    "name": exchange.name,
-                    "type": _KIND_OF_EXCHANGE[contract.KIND],
-                    "durable": True,
-                    "autoDelete": False,
+                "is": "queue",
+                "queue": {
+                    "name": spec.name,
+                    "durable": queue.durable,
+                    "exclusive": queue.exclusive,
+                    "autoDelete": queue.auto_delete,
                 },
+                "x-arguments": spec.arguments,
+                "x-bindings": [{"exchange": ex, "routingKey": key} for ex, key in spec.bindings],
+                "bindingVersion": _AMQP,
             }
         },
     }
 
 
-def _answer_type(answer: Any) -> Any:
-    return get_type_hints(answer)["return"]
+def exchange_channel_id(exchange: RabbitExchange) -> str:
+    return f"exchange.{exchange.name}"
 
 
-def _operation(action: str, contract: type[Message], actor: str, **more: Any) -> dict[str, Any]:
+def queue_channel_id(queue: str) -> str:
+    return f"queue.{queue}"
+
+
+# Every consumer acks by hand, once the handler's transaction committed (or the answer was sent).
+_CONSUMED = {"amqp": {"ack": True, "bindingVersion": _AMQP}}
+# What brokers.factory.publish_body and brokers.deadletters publish with: persistent, and
+# mandatory (a message no queue takes is an error, not a silent drop); and ack, for consumers.
+_PUBLISHED = {"amqp": {"deliveryMode": 2, "mandatory": True, "ack": True, "bindingVersion": _AMQP}}
+
+
+def _operation(
+    action: str, channel_id: str, contracts: list[type[Message]], actor: str, summary: str, **more: Any
+) -> dict[str, Any]:
     return {
         "action": action,
-        "channel": {"$ref": f"#/channels/{_channel_id(contract)}"},
-        "messages": [{"$ref": f"#/channels/{_channel_id(contract)}/messages/{contract.__name__}"}],
-        "summary": f"{actor} {'receives' if action == 'receive' else 'sends'} {contract.TYPE}",
+        "channel": {"$ref": f"#/channels/{channel_id}"},
+        "messages": [_in_channel(channel_id, c) for c in contracts],
+        "summary": summary,
         "tags": [{"name": actor}],
+        "bindings": _PUBLISHED if action == "send" else _CONSUMED,
         **more,
     }
+
+
+def _operations_of(
+    name: str,
+    topology: ActorTopology,
+    contracts: dict[str, type[Message]],
+    held: dict[str, list[type[Message]]],
+) -> dict[str, Any]:
+    actor = ACTORS[name]
+    work, reads = queue_channel_id(topology.work.name), queue_channel_id(topology.queries.name)
+    operations = {
+        f"{name}.sends.{t}": _operation("send", t, [contracts[t]], name, f"{name} publishes {t}")
+        for t in events_of(name)
+    }
+    for type_, (contract, _) in sorted(actor.handlers.items()):
+        summary = f"{name} handles {type_} from its work queue {topology.work.name}"
+        operations[f"{name}.receives.{type_}"] = _operation("receive", work, [contract], name, summary)
+    for type_, (contract, _) in sorted(actor.answers.items()):
+        operations[f"{name}.answers.{type_}"] = _operation(
+            "receive",
+            reads,
+            [contract],
+            name,
+            f"{name} answers {type_} from {topology.queries.name}, on the asker's reply-to address",
+            reply={
+                "address": {
+                    "description": "The AMQP reply_to property (RabbitMQ direct reply-to).",
+                    "location": "$message.header#/reply_to",
+                },
+                "messages": [_message_ref(f"{type_}.reply")],
+            },
+        )
+    operations[f"{name}.moves"] = _operation(
+        "send",
+        exchange_channel_id(MOVES),
+        held[topology.work.name],
+        name,
+        f"{name} moves a message of its work queue into one of its delay or dead-letter queues "
+        "(a retry, a timer, a dead letter), routed by the queue's name",
+    )
+    return operations
 
 
 @cache
 def document() -> dict[str, Any]:
     """The whole AsyncAPI 3.0 document (built once per process)."""
+    settings = default_settings()
+    by_actor = topologies(settings)
+    contracts = _contracts()
+    queues = _queues(by_actor)
+    held = _queue_contracts(by_actor, contracts)
+    publisher = {t: name for name in ACTORS for t in events_of(name)}
+    # The exchanges of a kind have one channel per message type; each other one has its own.
+    of_a_kind = {exchange_for(c).name for c in contracts.values()}
     schemas: dict[str, Any] = {"Envelope": _envelope_headers()}
-    # Only the contracts of brokers.contracts: tests register message types of their own.
-    contracts = {t: c for t, c in sorted(REGISTRY.items()) if c.__module__.startswith("brokers.contracts.")}
-    messages = {type_: _message(contract, schemas) for type_, contract in contracts.items()}
-    channels = {_channel_id(contract): _channel(contract) for contract in contracts.values()}
+
+    messages: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+    for type_, contract in contracts.items():
+        own = _own_doc(contract)
+        receivers = [name for name, a in ACTORS.items() if type_ in a.handlers or type_ in a.answers]
+        summary = (
+            _first_sentence(own) if own else _generated_summary(contract, publisher.get(type_), receivers)
+        )
+        messages[type_] = _message(contract, summary, schemas)
+        channels[type_] = _type_channel(contract, queues)
+    for exchange in EXCHANGES:
+        if exchange.name not in of_a_kind:
+            channels[exchange_channel_id(exchange)] = _exchange_channel(exchange, queues, held)
+    for topology in by_actor.values():
+        for spec in topology.queues:
+            description = _queue_description(spec, topology, settings)
+            channels[queue_channel_id(spec.name)] = _queue_channel(spec, description, held[spec.name])
+    channels[queue_channel_id(UNROUTED_EVENTS.name)] = _queue_channel(
+        UNROUTED_EVENTS,
+        f"Events no queue was bound for, from `{UNROUTED.name}`: parked for operators to see, within "
+        "the message TTL and length limit of its arguments.",
+        held[UNROUTED_EVENTS.name],
+    )
+
     operations: dict[str, Any] = {}
-    for name, actor in sorted(ACTORS.items()):
-        for type_ in events_of(name):
-            operations[f"{name}.sends.{type_}"] = _operation("send", contracts[type_], name)
-        for type_, (contract, _) in sorted(actor.handlers.items()):
-            operations[f"{name}.receives.{type_}"] = _operation("receive", contract, name)
-        for type_, (contract, answer) in sorted(actor.answers.items()):
-            reply_type = _answer_type(answer)
-            reply = f"{type_}.reply"
-            messages[reply] = {
-                "name": f"{contract.__name__}Reply",
-                "contentType": "application/json",
-                "summary": f"The answer to {type_}: ok with data, or a problem (status, title, detail).",
-                "payload": _reply_schema(reply_type, schemas),
-            }
-            operations[f"{name}.answers.{type_}"] = _operation(
-                "receive",
-                contract,
-                name,
-                reply={
-                    "address": {"location": "$message.header#/reply_to"},
-                    "messages": [_message_ref(reply)],
-                },
-            )
+    for name, topology in sorted(by_actor.items()):
+        operations.update(_operations_of(name, topology, contracts, held))
+        for type_, (contract, answer) in ACTORS[name].answers.items():
+            messages[f"{type_}.reply"] = _reply_message(contract, answer, schemas)
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -157,7 +495,8 @@ def document() -> dict[str, Any]:
             "version": _version(),
             "description": (
                 "The messages the actors of emporium exchange over RabbitMQ: commands (one owner), "
-                "events (any subscriber) and queries (request/reply). Generated from the contracts."
+                "events (any subscriber) and queries (request/reply), and every exchange and queue "
+                "they pass through. Generated from the contracts and the topology."
             ),
         },
         "defaultContentType": "application/json",
@@ -171,27 +510,7 @@ def document() -> dict[str, Any]:
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},
-    }
-
-
-def _reply_schema(data_type: Any, schemas: dict[str, Any]) -> dict[str, Any]:
-    data = _schema(data_type, schemas) if data_type is not type(None) else {"type": "null"}
-    return {
-        "type": "object",
-        "properties": {
-            "ok": {"type": "boolean"},
-            "data": data,
-            "problem": {
-                "type": "object",
-                "properties": {
-                    "status": {"type": "integer"},
-                    "title": {"type": "string"},
-                    "detail": {"type": "string"},
-                },
-            },
-        },
-        "required": ["ok"],
+        "components": {"messages": dict(sorted(messages.items())), "schemas": dict(sorted(schemas.items()))},
     }
 
 
@@ -222,3 +541,46 @@ def write_command(
         raise typer.Exit(1)
     COMMITTED.write_text(rendered())
     typer.echo(f"wrote {COMMITTED}")
+
+
+class ValidatorMissing(FileNotFoundError):
+    """The AsyncAPI CLI is not installed in node_modules."""
+
+
+def validate(path: Path = COMMITTED) -> subprocess.CompletedProcess[str]:
+    """Run the official AsyncAPI CLI on a document; a warning fails it as an error would.
+
+    The CLI's analytics and its update check would each reach the internet: both are off.
+    """
+    if not VALIDATOR.exists():
+        raise ValidatorMissing(
+            f"{VALIDATOR.relative_to(ROOT)} is missing: run ops/dev.sh test (it runs `npm ci`)"
+        )
+    env = {
+        **os.environ,
+        "ASYNCAPI_METRICS_CONFIG_PATH": str(VALIDATOR_ANALYTICS),
+        "ASYNCAPI_SKIP_NEW_VERSION_CHECK": "true",
+    }
+    return subprocess.run(
+        [str(VALIDATOR), "validate", str(path), "--fail-severity", "warn"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=VALIDATOR_TIMEOUT_S,
+        check=False,
+    )
+
+
+@app.command("validate")
+def validate_command(
+    path: Annotated[Path, typer.Argument(help="The document to validate.")] = COMMITTED,
+) -> None:
+    """Validate a document (edge/asyncapi.json by default) with the official AsyncAPI CLI."""
+    try:
+        result = validate(path)
+    except ValidatorMissing as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(result.stdout + result.stderr, nl=False)
+    raise typer.Exit(result.returncode)

@@ -19,7 +19,11 @@
 #   5. On exit (normal, error, INT, TERM, HUP) exactly what this script started is stopped.
 #   6. test only: Chromium for the browser tests (Playwright drives Debian's package; Playwright's own
 #      browser download is never used). Installed with apt (package chromium) when neither
-#      chromium nor chromium-browser is on PATH.
+#      chromium nor chromium-browser is on PATH. And the official AsyncAPI CLI, which validates
+#      edge/asyncapi.json (@asyncapi/cli, pinned in package.json and package-lock.json): installed
+#      with `npm ci` into node_modules only when node_modules/.bin/asyncapi is missing or
+#      package-lock.json changed since the last install (sha256 kept in
+#      node_modules/.emporium-installed); nodejs and npm are installed with apt when npm is not on PATH.
 #   7. run only: Prometheus. When Debian's `prometheus` binary is on PATH (apt-get install prometheus;
 #      not installed by this script) and nothing listens on 127.0.0.1:9090, it is started with
 #      ops/prometheus/prometheus.yml (scraping emporium on :8000 and RabbitMQ on :15692; data in
@@ -315,6 +319,30 @@ setup_chromium() {
   apt_install chromium || die "apt-get install chromium failed (the browser tests need it)"
 }
 
+setup_asyncapi_cli() {
+  local want have
+  want=$(sha256sum package-lock.json | cut -d' ' -f1)
+  have=$(cat node_modules/.emporium-installed 2>/dev/null || true)
+  if [[ -x node_modules/.bin/asyncapi && $want == "$have" ]]; then
+    log "asyncapi: node_modules is up to date"
+    return
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    log "asyncapi: npm not found; installing nodejs and npm with apt (the AsyncAPI test runs the official CLI)"
+    apt_install nodejs npm || die "apt-get install nodejs npm failed (the AsyncAPI test needs them)"
+    hash -r
+  fi
+  log "asyncapi: node_modules missing or package-lock.json changed: npm ci"
+  mkdir -p .data
+  # --ignore-scripts: the CLI runs without its packages' install scripts, which would only edit
+  # shell start-up files (autocompletion) and report the installation to an analytics service.
+  if ! npm ci --no-audit --no-fund --ignore-scripts </dev/null >.data/npm.log 2>&1; then
+    tail -n 20 .data/npm.log >&3
+    die "npm ci failed (log: .data/npm.log)"
+  fi
+  printf '%s\n' "$want" >node_modules/.emporium-installed
+}
+
 setup_prometheus() {
   local deadline
   if ! command -v prometheus >/dev/null 2>&1; then
@@ -476,7 +504,7 @@ main() {
   setup_venv
   setup_rabbitmq
   setup_mongodb
-  if [[ $MODE == run ]]; then setup_prometheus; else setup_chromium; fi
+  if [[ $MODE == run ]]; then setup_prometheus; else setup_chromium; setup_asyncapi_cli; fi
 
   export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT}/}"
   export RABBITMQ_MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:${MGMT_PORT}}"
