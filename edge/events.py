@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aio_pika
 import structlog
@@ -148,9 +149,9 @@ class SagaEvents:
         self._observers.append(observer)
 
     async def start(self) -> None:
-        connection = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": CONNECTION_NAME}
-        )
+        # The name rides in the URL (aiormq reads ?name=): client_properties beside a URL are dropped.
+        url = f"{self._url}{'&' if '?' in self._url else '?'}{urlencode({'name': CONNECTION_NAME})}"
+        connection = await aio_pika.connect_robust(url)
         try:
             channel = await connection.channel()
             # A classic, exclusive, auto-delete queue on purpose: it is this process's ephemeral view
