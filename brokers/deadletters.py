@@ -119,6 +119,13 @@ class DeadLetter:
     @classmethod
     def read(cls, message: AbstractIncomingMessage, dlq: str) -> DeadLetter:
         headers = message.headers or {}
+        # What the message itself carries, however it came to be parked.
+        carried: dict[str, Any] = {
+            "message_id": message.message_id,
+            "correlation_id": message.correlation_id,
+            "type": message.type,
+            "body": message.body,
+        }
         if ORIGIN in headers:
             return cls(
                 origin_queue=str(headers[ORIGIN]),
@@ -126,10 +133,7 @@ class DeadLetter:
                 attempts=attempts_so_far(message),
                 error=str(headers.get(ERROR, "")),
                 dead_lettered_at=str(headers.get(DEAD_AT, "")),
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                type=message.type,
-                body=message.body,
+                **carried,
                 redacted=str(headers.get(REDACTED_FIELDS, "")),
             )
         if dlq == UNROUTED_EVENTS.name:
@@ -140,10 +144,7 @@ class DeadLetter:
                 attempts=0,
                 error="no queue was bound for its type when it was published",
                 dead_lettered_at=message.timestamp.isoformat() if message.timestamp else "",
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                type=message.type,
-                body=message.body,
+                **carried,
             )
         # Dead-lettered by RabbitMQ itself (delivery limit reached, rejected): it keeps x-death.
         deaths = headers.get("x-death") or [{}]
@@ -154,10 +155,7 @@ class DeadLetter:
             attempts=int(death.get("count", 1) or 1),
             error="dead-lettered by RabbitMQ",
             dead_lettered_at=str(death.get("time", "")),
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            type=message.type,
-            body=message.body,
+            **carried,
         )
 
 

@@ -7,12 +7,15 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import SecretStr
 
 from brokers.settings import Settings
+
+log = structlog.get_logger()
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -77,7 +80,8 @@ def probe_router(checks: dict[str, Check], settings: Settings) -> APIRouter:
         for name, check in checks.items():
             try:
                 results[name] = await check()
-            except Exception:  # a failing probe means "not ready", reported below
+            except Exception as exc:  # a failing probe means "not ready", reported below
+                log.warning("readiness.check_failed", check=name, error=repr(exc))
                 results[name] = False
         ok = all(results.values())
         return JSONResponse(
