@@ -6,6 +6,7 @@ only read by the confirmation histogram, whose arithmetic ``confirmation_seconds
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import get_args
 
@@ -18,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from actors.orders import metrics as order_metrics
@@ -283,3 +284,41 @@ def test_every_outcome_of_an_actors_messages_starts_at_zero():
     for outcome in OUTCOMES:
         labels = {"actor": "zero-test", "type": "zero.test_command", "outcome": outcome}
         assert REGISTRY.get_sample_value("emporium_messages_total", labels) == 0.0
+
+
+async def _events(request) -> StreamingResponse:
+    async def lines() -> AsyncIterator[str]:
+        yield "event: snapshot\ndata: {}\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream")
+
+
+async def test_a_stream_is_timed_by_its_own_metric_and_not_as_a_request():
+    app = ObserveRequests(
+        Starlette(
+            routes=[
+                Route("/orders/{order_id}", lambda request: PlainTextResponse("ok")),
+                Route("/orders/{order_id}/events", _events),
+            ]
+        )
+    )
+    answer = {"method": "GET", "route": "/orders/{order_id}", "status": "200"}
+    stream = {"method": "GET", "route": "/orders/{order_id}/events", "status": "200"}
+    before = {
+        "answers": sample("emporium_edge_request_duration_seconds_count", **answer),
+        "streams": sample("emporium_edge_stream_duration_seconds_count", route=stream["route"]),
+        "stream requests": sample("emporium_edge_requests_total", **stream),
+    }
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:
+        assert (await client.get("/orders/o-1")).status_code == 200
+        assert (
+            (await client.get("/orders/o-1/events")).headers["content-type"].startswith("text/event-stream")
+        )
+
+    assert sample("emporium_edge_request_duration_seconds_count", **answer) == before["answers"] + 1
+    assert sample("emporium_edge_request_duration_seconds_count", **stream) == 0.0
+    assert (
+        sample("emporium_edge_stream_duration_seconds_count", route=stream["route"]) == before["streams"] + 1
+    )
+    assert sample("emporium_edge_requests_total", **stream) == before["stream requests"] + 1
