@@ -64,7 +64,7 @@ class ActorHost:
         declares = settings.emporium_declare_topology
         for actor in actors:
             load_actor_metrics(actor.name)
-            start_at_zero(actor.name, actor.handlers)
+            start_at_zero(actor.name, actor.handlers, actor.answers)
             db = self.client[settings.database_name(actor.name)]
             topology = self.topologies[actor.name]
             relay = OutboxRelay(actor.name, self.broker, db, sweep_s=settings.emporium_outbox_sweep_s)

@@ -26,7 +26,7 @@ from actors.orders import metrics as order_metrics
 from actors.orders.handlers import orders
 from actors.payments.handlers import payments
 from actors.runtime.actor import Actor
-from actors.runtime.metrics import OUTCOMES, load_actor_metrics, start_at_zero
+from actors.runtime.metrics import OUTCOMES, QueryOutcome, load_actor_metrics, start_at_zero
 from actors.runtime.outbox import outbox_entry
 from actors.runtime.store import Store
 from brokers.contracts.orders import (
@@ -180,6 +180,30 @@ def money() -> tuple[float, float, float]:
     )
 
 
+def test_the_money_of_the_default_currency_is_a_series_before_any_capture_or_refund():
+    # The module is loaded (as a payments host does) and nothing was captured or refunded yet.
+    assert REGISTRY.get_sample_value("emporium_payments_captured_cents_total", {"currency": "EUR"}) == 0.0
+    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "EUR"}) == 0.0
+
+
+async def test_a_currency_first_seen_in_a_capture_has_its_refunds_at_zero_too():
+    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "CHF"}) is None
+
+    await observe(
+        payments,
+        PaymentCaptured(
+            payment_id="p-3",
+            order_id="o-3",
+            customer_id="c-1",
+            amount_cents=700,
+            currency="CHF",
+            provider_reference="ref-3",
+        ),
+    )
+
+    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "CHF"}) == 0.0
+
+
 async def test_captures_and_refunds_add_their_cents_under_their_currency():
     before = money()
 
@@ -279,11 +303,15 @@ def test_every_reply_address_is_one_destination_in_faststream_metrics():
     assert destination("order.placed", "emporium.events") == "emporium.events.order.placed"
 
 
-def test_every_outcome_of_an_actors_messages_starts_at_zero():
-    start_at_zero("zero-test", ["zero.test_command"])
+def test_every_outcome_of_an_actors_messages_and_queries_starts_at_zero():
+    start_at_zero("zero-test", ["zero.test_command"], ["zero.test_query"])
     for outcome in OUTCOMES:
         labels = {"actor": "zero-test", "type": "zero.test_command", "outcome": outcome}
         assert REGISTRY.get_sample_value("emporium_messages_total", labels) == 0.0
+    for outcome in get_args(QueryOutcome):
+        labels = {"actor": "zero-test", "type": "zero.test_query", "outcome": outcome}
+        assert REGISTRY.get_sample_value("emporium_queries_total", labels) == 0.0
+    assert REGISTRY.get_sample_value("emporium_outbox_published_total", {"actor": "zero-test"}) == 0.0
 
 
 async def _events(request) -> StreamingResponse:
