@@ -6,6 +6,7 @@ only read by the confirmation histogram, whose arithmetic ``confirmation_seconds
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import get_args
@@ -18,13 +19,17 @@ from faststream.response.publish_type import PublishType
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from actors.orders import metrics as order_metrics
 from actors.orders.handlers import orders
+from actors.payments import metrics as payment_metrics
+from actors.payments import provider
 from actors.payments.handlers import payments
+from actors.payments.provider import PaymentSettings, ProviderClient
 from actors.runtime.actor import Actor
 from actors.runtime.metrics import OUTCOMES, QueryOutcome, load_actor_metrics, start_at_zero
 from actors.runtime.outbox import outbox_entry
@@ -112,6 +117,14 @@ def test_observers_of_one_event_are_kept_in_order():
     probe.observes(PaymentFailed)(second)
 
     assert probe.observers == {"payment.failed": [first, second]}
+
+
+@pytest.mark.parametrize("module", [order_metrics, payment_metrics, provider], ids=lambda m: m.__name__)
+def test_an_actors_metrics_share_one_prefix_named_after_it(module):
+    actor = module.__name__.split(".")[1]
+    names = [m._name for m in vars(module).values() if isinstance(m, MetricWrapperBase)]
+
+    assert names and [n for n in names if not n.startswith(f"emporium_{actor}_")] == []
 
 
 # --- orders --------------------------------------------------------------------------------------
@@ -237,6 +250,17 @@ async def test_captures_and_refunds_add_their_cents_under_their_currency():
     )
 
     assert money() == (before[0] + 3499, before[1], before[2] + 2500)
+
+
+def test_the_provider_label_is_the_providers_short_name_never_its_url():
+    settings = PaymentSettings(provider_url="https://shop:s3cret@psp.example.com/v2")
+
+    ProviderClient(settings)
+
+    (family,) = provider.BREAKER_STATE.collect()
+    labelled = {sample.labels["provider"] for sample in family.samples}
+    assert settings.provider_name in labelled
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]*", name) for name in labelled), labelled
 
 
 # --- trace context in outbox entries and logs ----------------------------------------------------
