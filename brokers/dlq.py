@@ -23,12 +23,14 @@ from faststream.rabbit import RabbitBroker
 
 from brokers.deadletters import DeadLetter, publish_again
 from brokers.deadletters import replay as replay_message
-from brokers.factory import make_broker
+from brokers.factory import make_broker, named_url
 from brokers.management import management_client, vhost_of
 from brokers.settings import Settings
 from brokers.topology import UNROUTED_EVENTS, declare_exchanges
 
 DLQ_SUFFIX = ".dlq"
+# Its connections' name in the RabbitMQ UI, whether the CLI or the edge's admin routes use it.
+APP_NAME = "emporium-dlq"
 _BASIC_GET_TIMEOUT_S = 5.0
 
 
@@ -76,9 +78,13 @@ async def _declared(channel: AbstractChannel, settings: Settings, queue: str) ->
 @asynccontextmanager
 async def _opened(settings: Settings, queue: str) -> AsyncIterator[tuple[AbstractQueue, int]]:
     """One queue and its depth, on a connection of its own."""
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await _connect(settings, "inspection")
     async with connection:
         yield await _declared(await connection.channel(), settings, queue)
+
+
+async def _connect(settings: Settings, role: str) -> aio_pika.abc.AbstractConnection:
+    return await aio_pika.connect(named_url(settings.rabbitmq_url, APP_NAME, role))
 
 
 async def _take(queue: AbstractQueue) -> AbstractIncomingMessage | None:
@@ -101,7 +107,7 @@ async def depths(settings: Settings, queues: list[str]) -> list[QueueDepth]:
     """How many messages each of these dead-letter queues holds, in the order given; a queue that
     does not exist (its actor was never deployed here) is left out."""
     found = []
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await _connect(settings, "depths")
     async with connection:
         for name in queues:
             channel = await connection.channel()
@@ -145,7 +151,7 @@ async def replay(
     messages present at the start are replayed, so one that fails again and comes back is not
     replayed a second time by the same run.
     """
-    broker = make_broker(settings, app_name="emporium-dlq")
+    broker = make_broker(settings, app_name=APP_NAME, role="replays")
     replayed: list[DeadLetter] = []
     async with _opened(settings, queue) as (dlq, depth):
         await broker.connect()

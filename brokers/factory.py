@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from faststream.prometheus import PrometheusMiddleware
 from faststream.rabbit import Channel, RabbitBroker
@@ -34,10 +37,32 @@ def _metrics(registry: CollectorRegistry, app_name: str) -> PrometheusMiddleware
     )
 
 
-def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY) -> RabbitBroker:
-    """A broker whose publishes are confirmed and fail loudly when nothing can route them."""
+def connection_name(app_name: str, role: str) -> str:
+    """How a connection shows in the RabbitMQ UI: the program, what the connection is for, and the
+    process (host and pid: the replicas of one actor differ only there)."""
+    return f"{app_name} {role} ({socket.gethostname()} pid {os.getpid()})"
+
+
+def named_url(amqp_url: str, app_name: str, role: str) -> str:
+    """``amqp_url`` naming its connection (see ``connection_name``).
+
+    The name goes in the URL's query, where aiormq reads it (``name``): aio-pika and FastStream
+    drop the ``client_properties`` given beside a URL, so a connection_name passed there never
+    reaches RabbitMQ.
+    """
+    parts = urlsplit(amqp_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "name"]
+    query.append(("name", connection_name(app_name, role)))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def make_broker(
+    settings: Settings, *, app_name: str, role: str, registry: CollectorRegistry = REGISTRY
+) -> RabbitBroker:
+    """A broker whose publishes are confirmed and fail loudly when nothing can route them; its
+    connection is named after ``app_name`` and ``role`` in the RabbitMQ UI."""
     return RabbitBroker(
-        settings.rabbitmq_url,
+        named_url(settings.rabbitmq_url, app_name, role),
         default_channel=Channel(
             prefetch_count=settings.emporium_prefetch,
             publisher_confirms=True,

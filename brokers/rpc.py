@@ -28,6 +28,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryErr
 from pydantic import BaseModel, ConfigDict
 
 from brokers.envelope import Envelope, Query
+from brokers.factory import named_url
 from brokers.settings import Settings
 from brokers.topology import QUERIES
 from brokers.tracing import current_carrier
@@ -74,8 +75,8 @@ class BrokerUnavailable(ConnectionError):
 
 
 class Requester:
-    def __init__(self, url: str, *, timeout_s: float) -> None:
-        self._url = url
+    def __init__(self, url: str, *, timeout_s: float, app_name: str) -> None:
+        self._url = named_url(url, app_name, "queries")
         self._timeout_s = timeout_s
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
@@ -182,9 +183,12 @@ class Requester:
 
 
 @asynccontextmanager
-async def requesting(settings: Settings) -> AsyncIterator[Requester]:
-    """A started requester for these settings, stopped when the block ends."""
-    requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
+async def requesting(settings: Settings, *, app_name: str) -> AsyncIterator[Requester]:
+    """A started requester for these settings (its connection named after ``app_name``), stopped
+    when the block ends."""
+    requester = Requester(
+        settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s, app_name=app_name
+    )
     await requester.start()
     try:
         yield requester

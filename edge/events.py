@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import aio_pika
 import structlog
@@ -34,6 +33,7 @@ import brokers.contracts  # noqa: F401  (registers every contract: the saga's ev
 from brokers.contracts.identity import UserDeactivated
 from brokers.contracts.orders import OrderCancelled, OrderDelivered
 from brokers.envelope import REGISTRY, Kind
+from brokers.factory import named_url
 from brokers.rpc import BrokerUnavailable
 from brokers.topology import EVENTS
 
@@ -52,8 +52,8 @@ VIEW_EVENT_TYPES: tuple[str, ...] = (UserDeactivated.TYPE,)
 # Every routing key the edge's queue is bound with (what its RabbitMQ user may read: ops.production).
 BOUND_EVENT_TYPES: tuple[str, ...] = (*SAGA_EVENT_TYPES, *VIEW_EVENT_TYPES)
 LISTENER_BACKLOG = 256
-# How the subscription's connection shows in the RabbitMQ UI.
-CONNECTION_NAME = "emporium-edge saga events"
+# What the subscription's connection is for, in its name in the RabbitMQ UI.
+SAGA_EVENTS_ROLE = "saga events"
 # The edge's own event types: where the order is when following starts, and the end of a follow cut short.
 SNAPSHOT = "snapshot"
 DROPPED = "dropped"
@@ -123,8 +123,8 @@ def sse_queue_name() -> str:
 class SagaEvents:
     """The edge's subscription to the saga's events, and the listeners following orders."""
 
-    def __init__(self, url: str, *, backlog: int = LISTENER_BACKLOG) -> None:
-        self._url = url
+    def __init__(self, url: str, *, app_name: str, backlog: int = LISTENER_BACKLOG) -> None:
+        self._url = named_url(url, app_name, SAGA_EVENTS_ROLE)
         self._backlog = backlog
         self._connection: AbstractRobustConnection | None = None
         # True while the queue is consumed: from start, and again once a reconnection restored it.
@@ -149,9 +149,7 @@ class SagaEvents:
         self._observers.append(observer)
 
     async def start(self) -> None:
-        # The name rides in the URL (aiormq reads ?name=): client_properties beside a URL are dropped.
-        url = f"{self._url}{'&' if '?' in self._url else '?'}{urlencode({'name': CONNECTION_NAME})}"
-        connection = await aio_pika.connect_robust(url)
+        connection = await aio_pika.connect_robust(self._url)
         try:
             channel = await connection.channel()
             # A classic, exclusive, auto-delete queue on purpose: it is this process's ephemeral view

@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import math
 import time
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Literal, NoReturn, get_args
 
 from fastapi import Depends, FastAPI, Request
 from limits import RateLimitItem, parse
@@ -54,6 +54,9 @@ Budget = Literal["caller", "login", "login-failures", "account-failures"]
 RATE_LIMITED_TOTAL = Counter(
     "emporium_edge_rate_limited_total", "Requests refused because a rate-limit budget was spent", ["budget"]
 )
+# Every budget is a series from the start, so a rate of refusals is 0 before the first one.
+for _budget in get_args(Budget):
+    RATE_LIMITED_TOTAL.labels(_budget)
 SLOWED_LOGINS_TOTAL = Counter(
     "emporium_edge_slowed_logins_total", "Logins paused because their account's failed-login budget was spent"
 )

@@ -44,9 +44,13 @@ _UNREACHABLE = (AMQPError, ChannelInvalidStateError, OSError)
 class RabbitLink:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._broker: RabbitBroker = make_broker(settings, app_name=APP_NAME)
-        self._requester = Requester(settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s)
-        self.saga_events = SagaEvents(settings.rabbitmq_url)
+        # Three connections, each named for what it carries: commands (and queue depths), queries
+        # and their replies, the saga's events.
+        self._broker: RabbitBroker = make_broker(settings, app_name=APP_NAME, role="commands")
+        self._requester = Requester(
+            settings.rabbitmq_url, timeout_s=settings.emporium_query_timeout_s, app_name=APP_NAME
+        )
+        self.saga_events = SagaEvents(settings.rabbitmq_url, app_name=APP_NAME)
         self._connected = False
         # The broker's connection, and with it the channel commands are published on, is up.
         self._publishing = False

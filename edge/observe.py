@@ -4,6 +4,8 @@ Each request gets an id: it is returned in ``X-Request-ID``, bound to every log 
 serving it, and used as the correlation id of the messages it sends, so one id follows a request
 from the edge through every actor. Metrics are labelled by route template (``/products/{product_id}``),
 never by raw path, and by method only among the standard ones, so their number of series stays bounded.
+A response streamed as Server-Sent Events lasts as long as its follower watches (seconds to minutes):
+its duration says nothing about how fast the edge answers, so it is timed by a metric of its own.
 With tracing on (``brokers.tracing``), each request is a server span, the parent of the commands it sends.
 """
 
@@ -40,6 +42,16 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+STREAM_SECONDS = Histogram(
+    "emporium_edge_stream_duration_seconds",
+    "How long a Server-Sent Events stream of the edge stayed open",
+    ["route"],
+    # A saga takes seconds to minutes; a follower may watch much longer.
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+)
+# Known by its answer's content type rather than by its route: a stream route that refuses (401,
+# 404) answers at once, and that answer's time belongs with the others.
+_STREAM_CONTENT_TYPE = "text/event-stream"
 
 
 def request_id_of(request: Request) -> str:
@@ -72,13 +84,15 @@ class ObserveRequests:
         scope.setdefault("state", {})[_REQUEST_ID_STATE] = request_id
         trace.get_current_span().set_attribute("emporium.request_id", request_id)
         # An exception that escapes the app is answered 500 by the outermost middleware.
-        status = 500
+        status, streamed = 500, False
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, streamed
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                streamed = headers.get("content-type", "").startswith(_STREAM_CONTENT_TYPE)
+                headers.append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
         started = time.perf_counter()
@@ -91,4 +105,8 @@ class ObserveRequests:
             method = scope["method"] if scope["method"] in _METHODS else OTHER_METHOD
             labels = (method, route, str(status))
             REQUESTS.labels(*labels).inc()
-            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if streamed:
+                STREAM_SECONDS.labels(route).observe(seconds)
+            else:
+                REQUEST_SECONDS.labels(*labels).observe(seconds)

@@ -41,6 +41,7 @@ from rich.table import Table
 from actors.orders.handlers import NAME as ORDERS
 from actors.registry import ACTORS
 from brokers.contracts.orders import GetOrder, OrderView
+from brokers.factory import named_url
 from brokers.management import management_client, with_vhost
 from brokers.rpc import QueryFailed, requesting
 from brokers.settings import Settings
@@ -64,6 +65,8 @@ REPLICAS = {"orders": 2, "inventory": 2}
 READY_TIMEOUT_S = 60.0
 RESTART_PAUSE_S = 0.5
 COPY_HEADER = "x-emporium-chaos-copy"
+# The run's own connections (the event duplicator, the order queries), by this name in the RabbitMQ UI.
+APP_NAME = "emporium-chaos"
 QUIET_S = 3.0  # three refreshes of the node's queue counts (ops/servers.py): nothing moved in between
 
 
@@ -202,7 +205,7 @@ async def no_fault(run: Run) -> None:
 async def duplicate_every_message(run: Run) -> None:
     """Every message published to the events, commands and moves exchanges is published once more,
     with the same message id and properties, as a broker redelivery or a publisher retry would."""
-    connection = await aio_pika.connect(run.amqp_url)
+    connection = await aio_pika.connect(named_url(run.amqp_url, APP_NAME, "duplicator"))
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
@@ -516,7 +519,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 
 async def _views(settings: Settings, order_ids: Sequence[str]) -> dict[str, OrderView | None]:
-    async with requesting(settings) as requester:
+    async with requesting(settings, app_name=APP_NAME) as requester:
 
         async def view(order_id: str) -> OrderView | None:
             try:

@@ -23,6 +23,9 @@ from brokers.registration import RegistrationRefused, poll, register
 from brokers.rpc import requesting
 from brokers.settings import Settings, get_settings
 
+# Its connections' name in the RabbitMQ UI.
+APP_NAME = "emporium-ops"
+
 
 class IdentityAdminFailed(RuntimeError):
     """The action was refused, or identity did not show its effect in time."""
@@ -37,7 +40,7 @@ async def create_admin(
     except ValidationError as exc:
         reasons = "; ".join(error["msg"] for error in exc.errors())
         raise IdentityAdminFailed(f"cannot create this administrator: {reasons}") from exc
-    async with requesting(settings) as asker:
+    async with requesting(settings, app_name=APP_NAME) as asker:
         try:
             admin = await register(
                 command,
@@ -54,7 +57,7 @@ async def create_admin(
 
 async def rotate_signing_key(settings: Settings, *, timeout_s: float = 20.0) -> str:
     """Start signing with a new key; returns its key id. Tokens signed before stay valid."""
-    async with requesting(settings) as asker:
+    async with requesting(settings, app_name=APP_NAME) as asker:
         before = (await asker.ask(GetSigningKeys(), Jwks)).keys[0].kid
         await _send(settings, RotateSigningKey())
         after = await poll(
@@ -75,7 +78,7 @@ def _not_seen(what: str, timeout_s: float) -> str:
 
 
 async def _send(settings: Settings, command: Command) -> None:
-    broker = make_broker(settings, app_name="emporium-ops")
+    broker = make_broker(settings, app_name=APP_NAME, role="commands")
     await broker.connect()
     try:
         await publish(broker, command, Envelope.first(command))

@@ -440,7 +440,7 @@ def sku_facts(stock: Iterable[StockView], orders: Iterable[OrderView]) -> list[S
 
 async def gather_facts(settings: Settings) -> Facts:
     provider = httpx.AsyncClient(base_url=settings.emporium_payment_provider_url, timeout=10.0)
-    async with requesting(settings) as requester, provider:
+    async with requesting(settings, app_name="emporium-check") as requester, provider:
         orders, payments, stock, ledger, dead_letters = await asyncio.gather(
             _pages(requester, lambda offset: ListOrders(offset=offset, limit=100), OrderPage),
             _pages(requester, lambda offset: ListPayments(offset=offset, limit=500), PaymentPage),

@@ -102,7 +102,7 @@ async def broker(settings: Settings, mongo: AsyncMongoClient):
     """A publishing broker connection in the test's vhost (exchanges declared)."""
     from brokers.topology import declare_exchanges
 
-    broker = make_broker(settings, app_name="tests")
+    broker = make_broker(settings, app_name="tests", role="publisher")
     await broker.connect()
     await declare_exchanges(broker)
     yield broker

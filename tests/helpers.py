@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import aio_pika
+import prometheus_client
 from aio_pika.abc import AbstractIncomingMessage
+from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 from faststream.rabbit import RabbitExchange
 
 from brokers.envelope import REGISTRY, Envelope, Kind, Message
@@ -16,6 +18,7 @@ from brokers.factory import publish
 from brokers.topology import COMMANDS, EVENTS
 
 T = TypeVar("T")
+BREAKER_STATE = "emporium_payments_breaker_state"
 
 
 async def eventually(
@@ -40,6 +43,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last={last!r}")
         await asyncio.sleep(0.05)
+
+
+async def breaker_state(provider: str) -> str | None:
+    """The state the payments breaker of ``provider`` (its short name) shows in this process."""
+    for state in (STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN):
+        labels = {"provider": provider, BREAKER_STATE: state}
+        if prometheus_client.REGISTRY.get_sample_value(BREAKER_STATE, labels) == 1.0:
+            return state
+    return None
 
 
 async def send(

@@ -30,7 +30,7 @@ CONFIRMED = Counter(
 DELIVERED = Counter("emporium_orders_delivered_total", "Orders delivered to their customer")
 CANCELLED = Counter("emporium_orders_cancelled_total", "Orders cancelled, by reason", ["reason"])
 CONFIRMATION_SECONDS = Histogram(
-    "emporium_order_confirmation_seconds",
+    "emporium_orders_confirmation_seconds",
     "Time from an order being placed to its confirmation (the order's own timestamps)",
     # A saga takes well under a second when all is well; payment retries stretch it towards the
     # order deadline (2 minutes by default).

@@ -11,6 +11,7 @@ from prometheus_client import Counter
 
 from actors.payments.handlers import payments
 from actors.payments.store import PaymentsStore
+from brokers.contracts.common import DEFAULT_CURRENCY
 from brokers.contracts.payments import PaymentCaptured, PaymentRefunded
 from brokers.envelope import Envelope
 
@@ -22,11 +23,24 @@ REFUNDED_CENTS = Counter(
 )
 
 
+def start_currency_at_zero(currency: str) -> None:
+    """Create both series of a currency, so that the revenue of a currency (their difference) and
+    a rate of its refunds exist before its first refund, and no first increase is lost to rate()."""
+    CAPTURED_CENTS.labels(currency)
+    REFUNDED_CENTS.labels(currency)
+
+
+# Currencies are an open set: the default one from the start, any other from its first payment.
+start_currency_at_zero(DEFAULT_CURRENCY)
+
+
 @payments.observes(PaymentCaptured)
 async def count_captured(event: PaymentCaptured, envelope: Envelope, store: PaymentsStore) -> None:
+    start_currency_at_zero(event.currency)
     CAPTURED_CENTS.labels(event.currency).inc(event.amount_cents)
 
 
 @payments.observes(PaymentRefunded)
 async def count_refunded(event: PaymentRefunded, envelope: Envelope, store: PaymentsStore) -> None:
+    start_currency_at_zero(event.currency)
     REFUNDED_CENTS.labels(event.currency).inc(event.amount_cents)

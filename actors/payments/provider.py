@@ -5,7 +5,8 @@ One call to ``charge``, ``refund`` or ``lookup`` makes a few quick attempts with
 trouble it opens, and while it is open no request reaches the provider; the call fails at once with
 ``ProviderUnavailable``, a transient error, so the message waits in the runtime's delay queues. After
 its reset time the breaker lets calls through again (half-open); one success closes it, one more
-failure opens it again.
+failure opens it again. Its state is shown as an Enum: opening and closing happen in calls, but
+half-opening comes with time alone, so an open breaker is looked at again once its reset time is up.
 
 Answers are never retried here: a capture, a decline (402), a lookup that finds nothing (404) or a
 refusal (other 4xx) is final. A lookup only reads what the provider holds under a charge's key. The
@@ -17,13 +18,14 @@ One client (one connection pool, one breaker) serves a payments actor's host: on
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker, CircuitBreakerError
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Enum
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -32,17 +34,17 @@ from actors.payments.domain import Captured, ChargeRequest, Declined, RefundRequ
 from actors.runtime.errors import RuleViolation, Transient
 from brokers.settings import Settings
 
-BREAKER_STATE = Gauge(
-    "emporium_payment_breaker_state",
-    "The payment provider's circuit breaker: 0 closed, 1 half-open, 2 open",
+BREAKER_STATE = Enum(
+    "emporium_payments_breaker_state",
+    "The payment provider's circuit breaker (half_open: the next call is let through, as a trial)",
     ["provider"],
+    states=[STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN],
 )
 PROVIDER_CALLS = Counter(
-    "emporium_payment_provider_calls_total",
+    "emporium_payments_provider_calls_total",
     "HTTP requests to the payment provider, by operation and answer (status code or 'unreachable')",
     ["operation", "answer"],
 )
-_STATE_CODES = {STATE_CLOSED: 0, STATE_HALF_OPEN: 1, STATE_OPEN: 2}
 
 
 class PaymentSettings(BaseSettings):
@@ -51,6 +53,8 @@ class PaymentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="emporium_payment_", extra="ignore", frozen=True)
 
     provider_url: str
+    # Its short name: the `provider` label of the metrics (a URL may carry credentials, and is long).
+    provider_name: str = Field("simulator", pattern=r"^[a-z][a-z0-9-]{0,31}$")
     # Per request; a slow answer counts as trouble.
     provider_timeout_s: float = Field(2.0, gt=0, le=30)
     # Requests within one handling of a message (the first one included).
@@ -109,14 +113,13 @@ class ProviderClient:
             failure_threshold=settings.breaker_failures,
             recovery_timeout=settings.breaker_reset_s,
             expected_exception=_Trouble,
-            name=f"payment-provider {settings.provider_url}",
+            name=f"payment provider {settings.provider_name}",
         )
         self._request_through_breaker = self.breaker.decorate(self._request)
         self._http: httpx.AsyncClient | None = None
-        BREAKER_STATE.labels(settings.provider_url).set_function(self.breaker_code)
-
-    def breaker_code(self) -> int:
-        return _STATE_CODES[self.breaker.state]
+        self._breaker_state = BREAKER_STATE.labels(settings.provider_name)
+        self._look_again: asyncio.TimerHandle | None = None
+        self._show_breaker_state()
 
     async def charge(self, request: ChargeRequest) -> Captured | Declined:
         response, attempts = await self._send("charge", "POST", "/charges", asdict(request))
@@ -145,6 +148,9 @@ class ProviderClient:
         raise _refused("lookup", idempotency_key, response)
 
     async def close(self) -> None:
+        if self._look_again is not None:
+            self._look_again.cancel()
+            self._look_again = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -164,12 +170,33 @@ class ProviderClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    response = await self._request_through_breaker(operation, method, path, body)
+                    response = await self._attempt(operation, method, path, body)
         except CircuitBreakerError as exc:
             raise ProviderUnavailable(str(exc), attempts - 1) from exc
         except _Trouble as exc:
             raise ProviderUnavailable(f"{operation} failed {attempts} times, last: {exc}", attempts) from exc
         return response, attempts
+
+    async def _attempt(
+        self, operation: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> httpx.Response:
+        """One request through the breaker (refused at once while it is open); its state shown after."""
+        try:
+            return await self._request_through_breaker(operation, method, path, body)
+        finally:
+            self._show_breaker_state()
+
+    def _show_breaker_state(self) -> None:
+        state = self.breaker.state
+        self._breaker_state.state(state)
+        if self._look_again is not None:
+            self._look_again.cancel()
+            self._look_again = None
+        if state == STATE_OPEN:
+            # It half-opens once its reset time is up, called or not (open_remaining is rounded up
+            # to whole seconds: this shows it at most a second late).
+            loop = asyncio.get_running_loop()
+            self._look_again = loop.call_later(self.breaker.open_remaining, self._show_breaker_state)
 
     async def _request(
         self, operation: str, method: str, path: str, body: dict[str, Any] | None

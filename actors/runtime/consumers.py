@@ -199,6 +199,7 @@ class QueryConsumer:
 
     async def _answer(self, message: AbstractIncomingMessage) -> None:
         type_ = message.type if message.type in self.actor.answers else "unknown"
+        outcome: metrics.QueryOutcome  # the series start_at_zero made
         try:
             envelope = read_envelope(message)
             contract, answer = self.actor.answer_for(envelope)

@@ -53,7 +53,9 @@ class ActorHost:
         settings.require_production_database()
         self.actors = actors
         self.settings = settings
-        self.broker = make_broker(settings, app_name=app_name)
+        # One connection for every actor hosted: it consumes their queues and publishes for them.
+        role = "work of " + ", ".join(actor.name for actor in actors)
+        self.broker = make_broker(settings, app_name=app_name, role=role)
         # A message is acked once its transaction commits: the commit must be journaled by then
         # (majority journals on a replica set; the embedded one also runs with --sync-on-commit).
         self.client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True, w="majority")
@@ -64,7 +66,7 @@ class ActorHost:
         declares = settings.emporium_declare_topology
         for actor in actors:
             load_actor_metrics(actor.name)
-            start_at_zero(actor.name, actor.handlers)
+            start_at_zero(actor.name, actor.handlers, actor.answers)
             db = self.client[settings.database_name(actor.name)]
             topology = self.topologies[actor.name]
             relay = OutboxRelay(actor.name, self.broker, db, sweep_s=settings.emporium_outbox_sweep_s)

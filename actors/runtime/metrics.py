@@ -9,6 +9,7 @@ metrics of the actors it runs and no others.
 import importlib
 import importlib.util
 from collections.abc import Iterable
+from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -42,7 +43,12 @@ BATCHES_REDONE = Counter(
     "(a copy applied before, a handler that raised)",
     ["actor"],
 )
-QUERIES = Counter("emporium_queries_total", "Queries answered, by outcome", ["actor", "type", "outcome"])
+QueryOutcome = Literal["answered", "invalid", "not_found", "refused", "failed"]
+QUERIES = Counter(
+    "emporium_queries_total",
+    "Queries answered, by outcome",
+    ["actor", "type", "outcome"],  # a QueryOutcome
+)
 EVENTS_PUBLISHED = Counter(
     "emporium_events_published_total",
     "Events an actor emitted, counted once when the transaction that put them in its outbox committed",
@@ -67,12 +73,18 @@ def load_actor_metrics(actor_name: str) -> None:
         importlib.import_module(f"{package}.metrics")
 
 
-def start_at_zero(actor_name: str, message_types: Iterable[str]) -> None:
-    """Create every outcome's series of an actor's messages at 0, so that a rate of retries or dead
-    letters is 0 until one happens, rather than no data."""
+def start_at_zero(actor_name: str, message_types: Iterable[str], query_types: Iterable[str]) -> None:
+    """Create every outcome's series of an actor's messages and queries at 0, so that a rate of
+    retries, dead letters or failed queries is 0 until one happens, rather than no data (and the
+    first one is not lost: rate() needs a sample from before it)."""
     BATCH_MESSAGES.labels(actor_name)
     TRANSACTION_SECONDS.labels(actor_name)
     BATCHES_REDONE.labels(actor_name)
+    OUTBOX_PUBLISHED.labels(actor_name)
     for message_type in message_types:
+        HANDLER_SECONDS.labels(actor_name, message_type)
         for outcome in OUTCOMES:
             MESSAGES.labels(actor_name, message_type, outcome)
+    for query_type in query_types:
+        for query_outcome in get_args(QueryOutcome):
+            QUERIES.labels(actor_name, query_type, query_outcome)

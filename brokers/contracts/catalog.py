@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from brokers.contracts.common import Cents, Currency, EntityId, Name, Sku, Value
+from brokers.contracts.common import DEFAULT_CURRENCY, Cents, Currency, EntityId, Name, Sku, Value
 from brokers.envelope import Command, Event, Query
 
 Category = Name
@@ -18,7 +18,7 @@ class CreateProduct(Command, type="catalog.create_product"):
     description: str = Description
     category: Category
     price_cents: Cents
-    currency: Currency = "EUR"
+    currency: Currency = DEFAULT_CURRENCY
 
 
 class UpdateProduct(Command, type="catalog.update_product"):

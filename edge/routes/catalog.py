@@ -18,7 +18,7 @@ from brokers.contracts.catalog import (
     ProductView,
     UpdateProduct,
 )
-from brokers.contracts.common import Cents, Currency, EntityId, Name, Sku
+from brokers.contracts.common import DEFAULT_CURRENCY, Cents, Currency, EntityId, Name, Sku
 from edge.guard import Write
 from edge.routes.shared import WRITE, Accepted, Body, Link, RequestId, dispatch, read_problems
 
@@ -32,7 +32,7 @@ class NewProduct(Body):
     description: str = Description
     category: Category = Field(examples=["kitchen"])
     price_cents: Cents = Field(examples=[1299])
-    currency: Currency = "EUR"
+    currency: Currency = DEFAULT_CURRENCY
 
 
 class ProductChanges(Body):

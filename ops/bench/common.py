@@ -25,6 +25,8 @@ from brokers.management import management_client, with_vhost
 from brokers.settings import Settings
 
 T = TypeVar("T")
+# The bench's own connections, by this name in the RabbitMQ UI (its actor hosts are named apart).
+BENCH_APP = "emporium-bench"
 app = typer.Typer(help="Measure the cost of the actor runtime.", no_args_is_help=True)
 console = Console()
 
@@ -128,7 +130,7 @@ async def running(host: ActorHost) -> AsyncIterator[ActorHost]:
 
 @asynccontextmanager
 async def publisher(settings: Settings) -> AsyncIterator[RabbitBroker]:
-    broker = make_broker(settings, app_name="emporium-bench-publisher")
+    broker = make_broker(settings, app_name=BENCH_APP, role="publisher")
     await broker.connect()
     try:
         yield broker

@@ -25,11 +25,12 @@ from actors.runtime.actor import Actor, Work
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.store import Store
 from brokers.envelope import Command, Envelope, new_id
-from brokers.factory import make_broker, publish, publish_body
+from brokers.factory import make_broker, named_url, publish, publish_body
 from brokers.logs import configure_logging
 from brokers.settings import Settings, get_settings
 from brokers.topology import COMMANDS, QueueSpec, declare_exchanges
 from ops.bench.common import (
+    BENCH_APP,
     BenchmarkError,
     DatabaseCeiling,
     app,
@@ -218,7 +219,7 @@ FASTSTREAM = "bench-faststream"
 
 
 async def _declare_baseline_queues(settings: Settings) -> None:
-    broker = make_broker(settings, app_name="emporium-bench")
+    broker = make_broker(settings, app_name=BENCH_APP, role="declarations")
     await broker.connect()
     try:
         await declare_exchanges(broker)
@@ -232,8 +233,12 @@ async def _declare_baseline_queues(settings: Settings) -> None:
 
 @asynccontextmanager
 async def raw_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publish]:
-    url = settings.rabbitmq_url
-    async with await aio_pika.connect(url) as consuming, await aio_pika.connect(url) as publishing:
+    consume_url = named_url(settings.rabbitmq_url, BENCH_APP, "raw consumer")
+    publish_url = named_url(settings.rabbitmq_url, BENCH_APP, "raw publisher")
+    async with (
+        await aio_pika.connect(consume_url) as consuming,
+        await aio_pika.connect(publish_url) as publishing,
+    ):
         channel = await consuming.channel()
         await channel.set_qos(prefetch_count=settings.emporium_prefetch)
 
@@ -273,7 +278,7 @@ class _Finished(BaseMiddleware):
 
 @asynccontextmanager
 async def faststream_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publish]:
-    consumer = make_broker(settings, app_name="emporium-bench")
+    consumer = make_broker(settings, app_name=BENCH_APP, role="faststream consumer")
     consumer.add_middleware(partial(_Finished, meter=meter))
 
     # Subscribed the way the runtime subscribes (manual acks on the raw message), minus the runtime.

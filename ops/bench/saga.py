@@ -32,13 +32,14 @@ from brokers.contracts.orders import (
     PlaceOrder,
 )
 from brokers.envelope import Envelope, Message
-from brokers.factory import publish
+from brokers.factory import named_url, publish
 from brokers.logs import configure_logging
 from brokers.management import management_client, vhost_of
 from brokers.rpc import requesting
 from brokers.settings import Settings, get_settings
 from brokers.topology import EVENTS, UNROUTED_EVENTS
 from ops.bench.common import (
+    BENCH_APP,
     BenchmarkError,
     T,
     app,
@@ -200,7 +201,7 @@ class EndWatch:
 @asynccontextmanager
 async def _watching_ends(url: str, watch: EndWatch) -> AsyncIterator[None]:
     """A queue of the bench's own gets a copy of every order.delivered and order.cancelled."""
-    async with await aio_pika.connect(url) as connection:
+    async with await aio_pika.connect(named_url(url, BENCH_APP, "end watch")) as connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         for event_type in sorted(ENDED):
@@ -304,7 +305,7 @@ async def _stock_the_shop(
 
 
 async def _order_views(settings: Settings, order_ids: Iterable[str]) -> list[OrderView]:
-    async with requesting(settings) as requester:
+    async with requesting(settings, app_name=BENCH_APP) as requester:
         asked = (requester.ask(GetOrder(order_id=order_id), OrderView) for order_id in order_ids)
         return list(await asyncio.gather(*asked))
 

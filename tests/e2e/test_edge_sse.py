@@ -30,9 +30,11 @@ from brokers.contracts.orders import (
 )
 from brokers.contracts.shipping import ShipmentScheduled
 from brokers.envelope import Envelope, Event
+from brokers.factory import connection_name
 from brokers.settings import Settings
 from edge.app import create_app
-from edge.events import CONNECTION_NAME, SagaEvents
+from edge.events import SAGA_EVENTS_ROLE, SagaEvents
+from edge.link import APP_NAME
 from tests.e2e.orders_support import Sse, queries_answered, sse_events, wait_for_order
 from tests.e2e.support import (
     User,
@@ -261,7 +263,8 @@ async def test_a_lost_subscription_ends_streams_with_a_dropped_event_and_comes_b
         return [
             c["name"]
             for c in connections
-            if c.get("client_properties", {}).get("connection_name") == CONNECTION_NAME
+            if c.get("client_properties", {}).get("connection_name")
+            == connection_name(APP_NAME, SAGA_EVENTS_ROLE)
         ]
 
     async def listed() -> list[str]:

@@ -82,7 +82,7 @@ BUSINESS = {
     "confirmed": ("emporium_orders_confirmed_total", {}),
     "delivered": ("emporium_orders_delivered_total", {}),
     "cancelled": ("emporium_orders_cancelled_total", {"reason": "out_of_stock"}),
-    "confirmations": ("emporium_order_confirmation_seconds_count", {}),
+    "confirmations": ("emporium_orders_confirmation_seconds_count", {}),
     "captured_cents": ("emporium_payments_captured_cents_total", {"currency": "EUR"}),
     "refunded_cents": ("emporium_payments_refunded_cents_total", {"currency": "EUR"}),
     "order.placed published": (
@@ -112,7 +112,7 @@ async def test_one_order_delivered_twice_over_counts_once(
 ):
     sku = await stocked_sku(shop, admin, quantity=3)
     before = business()
-    seconds_before = REGISTRY.get_sample_value("emporium_order_confirmation_seconds_sum") or 0.0
+    seconds_before = REGISTRY.get_sample_value("emporium_orders_confirmation_seconds_sum") or 0.0
     last_duplicates = skipped_duplicates("orders", "shipment.delivered")
 
     async with Duplicator(settings.rabbitmq_url) as duplicator:
@@ -149,7 +149,7 @@ async def test_one_order_delivered_twice_over_counts_once(
     took = (
         datetime.fromisoformat(history["confirmed"]) - datetime.fromisoformat(order["placed_at"])
     ).total_seconds()
-    seconds = REGISTRY.get_sample_value("emporium_order_confirmation_seconds_sum") - seconds_before
+    seconds = REGISTRY.get_sample_value("emporium_orders_confirmation_seconds_sum") - seconds_before
     assert seconds == pytest.approx(took, abs=0.002)
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 
 import aio_pika
-import prometheus_client
 from aio_pika.abc import AbstractIncomingMessage
+from circuitbreaker import STATE_OPEN
 
 from brokers.envelope import REGISTRY, Kind
 from brokers.topology import COMMANDS, EVENTS
 from ops.orders_readmodel import rebuild_read_model
 from tests.e2e.orders_support import new_key, stocked_sku
 from tests.e2e.support import User
-from tests.helpers import eventually
+from tests.helpers import breaker_state, eventually
 
 
 async def test_an_order_is_reserved_paid_shipped_and_delivered(open_shop, admin: User, ann: User):
@@ -142,6 +142,8 @@ async def test_while_the_provider_is_down_the_breaker_opens_and_orders_complete_
     open_shop, monkeypatch, admin: User, ann: User
 ):
     monkeypatch.setenv("EMPORIUM_PAYMENT_BREAKER_RESET_S", "1")
+    # A name of its own: no other test's breaker shows under it.
+    monkeypatch.setenv("EMPORIUM_PAYMENT_PROVIDER_NAME", "outage-test")
     monkeypatch.setenv(
         "EMPORIUM_PAYMENT_BREAKER_FAILURES", "5"
     )  # one order: open it within its first retries
@@ -152,11 +154,11 @@ async def test_while_the_provider_is_down_the_breaker_opens_and_orders_complete_
 
     order_id = await shop.order(ann, sku)
 
-    async def breaker_state() -> float | None:
-        labels = {"provider": shop.settings.emporium_payment_provider_url}
-        return prometheus_client.REGISTRY.get_sample_value("emporium_payment_breaker_state", labels)
-
-    await eventually(breaker_state, until=lambda state: state == 2, what="the breaker to open")
+    await eventually(
+        lambda: breaker_state("outage-test"),
+        until=lambda state: state == STATE_OPEN,
+        what="the breaker to open",
+    )
     assert (await shop.settled(ann, order_id, status="reserved"))["status"] == "reserved"  # waiting, not lost
     await shop.provider.behave(error_rate=0.0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -115,7 +115,9 @@ async def amqp(settings: Settings) -> AsyncIterator[Amqp]:
         await connection.close()
 
 
-requester = requesting  # the tests' name for it
+def requester(settings: Settings) -> AbstractAsyncContextManager[Requester]:
+    """A started requester of the tests' (brokers.rpc.requesting)."""
+    return requesting(settings, app_name="tests")
 
 
 @asynccontextmanager

@@ -29,7 +29,7 @@ from tests.helpers import eventually, send
 
 @pytest.fixture
 async def requester(settings: Settings) -> AsyncIterator[Requester]:
-    async with requesting(settings) as asker:
+    async with requesting(settings, app_name="tests") as asker:
         yield asker
 
 

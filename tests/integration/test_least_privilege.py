@@ -117,7 +117,7 @@ async def test_the_catalog_and_the_edge_do_their_jobs_with_their_own_users(
 
 async def _edge_replays(edge: Settings, message_id: str) -> None:
     """The edge sends a dead letter back to the catalog's work queue; it fails there again."""
-    broker = make_broker(edge, app_name="tests-edge-replay")
+    broker = make_broker(edge, app_name="tests", role="edge replay")
     await broker.connect()
     connection = await aio_pika.connect(edge.rabbitmq_url)
     try:
@@ -254,7 +254,7 @@ async def test_the_imported_topology_is_the_one_the_actors_declare(
 ) -> None:
     # With the test's own full rights: declaring over the import changes nothing and fails on
     # nothing (a queue argument that differed would be PRECONDITION_FAILED).
-    broker = make_broker(settings, app_name="tests")
+    broker = make_broker(settings, app_name="tests", role="publisher")
     await broker.connect()
     try:
         for actor in ACTORS.values():

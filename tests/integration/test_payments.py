@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from prometheus_client import REGISTRY
+from circuitbreaker import STATE_CLOSED, STATE_OPEN
 
 from actors.runtime.host import ActorHost
 from brokers.contracts.common import Line
@@ -22,10 +22,11 @@ from brokers.contracts.payments import (
 )
 from brokers.rpc import QueryFailed
 from ops.payment_provider import RunningSimulator, served
-from tests.helpers import Tap, eventually, send
+from tests.helpers import Tap, breaker_state, eventually, send
 from tests.integration.support import outcome_count, requester
 
-CLOSED, OPEN = 0, 2
+# The provider's name in this module's breaker tests: no other test's client shows under it.
+PROVIDER = "breaker-test"
 
 
 @pytest.fixture
@@ -85,10 +86,6 @@ async def place(broker, order: OrderPlaced) -> None:
     before = await outcome_count("payments", "applied")
     await send(broker, order, correlation_id=order.order_id)
     await applied(before + 1)
-
-
-async def breaker_state(simulator: RunningSimulator) -> float | None:
-    return REGISTRY.get_sample_value("emporium_payment_breaker_state", {"provider": simulator.url})
 
 
 async def test_a_reserved_order_is_charged_its_total_once_though_stock_reserved_comes_twice(
@@ -168,12 +165,15 @@ async def test_the_breaker_opens_spares_the_provider_while_open_and_the_payment_
         provider_attempts=3,
         breaker_failures=3,
         breaker_reset_s=2.5,
+        provider_name=PROVIDER,
     )
     await simulator.control.behave(error_rate=1.0)
     await place(broker, placed("o-4"))
     async with Tap(settings.rabbitmq_url) as tap:
         await send(broker, reserved("o-4"), correlation_id="o-4")
-        await eventually(lambda: breaker_state(simulator), until=lambda state: state == OPEN, what="open")
+        await eventually(
+            lambda: breaker_state(PROVIDER), until=lambda state: state == STATE_OPEN, what="open"
+        )
         calls_when_opened = (await simulator.control.stats()).requests
         retried = await outcome_count("payments", "retried")
         # Two more retries (0.2 s and 0.6 s after it opened, well within its 2.5 s): at least one
@@ -181,14 +181,14 @@ async def test_the_breaker_opens_spares_the_provider_while_open_and_the_payment_
         await eventually(
             lambda: outcome_count("payments", "retried"), until=lambda n: n >= retried + 2, what="2 retries"
         )
-        assert await breaker_state(simulator) == OPEN
+        assert await breaker_state(PROVIDER) == STATE_OPEN
         assert (await simulator.control.stats()).requests == calls_when_opened
         assert tap.of_type("payment.failed") == []
 
         await simulator.control.behave()
         await tap.wait_for("payment.captured")
 
-    assert await breaker_state(simulator) == CLOSED
+    assert await breaker_state(PROVIDER) == STATE_CLOSED
     assert (await simulator.control.stats()).charges == 1
 
 

@@ -6,15 +6,15 @@ import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from prometheus_client import REGISTRY
+from circuitbreaker import STATE_CLOSED as CLOSED
+from circuitbreaker import STATE_HALF_OPEN as HALF_OPEN
+from circuitbreaker import STATE_OPEN as OPEN
 
 from actors.payments.domain import Captured, ChargeRequest, Declined, RefundRequest
 from actors.payments.provider import PaymentSettings, ProviderClient, ProviderRefused, ProviderUnavailable
 from actors.runtime.errors import RuleViolation
 from ops.payment_provider import RunningSimulator, served
-from tests.helpers import eventually
-
-CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+from tests.helpers import breaker_state, eventually
 
 
 def order(key: str = "order-1", amount: int = 1_500, customer: str = "c1") -> ChargeRequest:
@@ -40,8 +40,9 @@ async def client_for() -> AsyncIterator[Callable[..., ProviderClient]]:
         await client.close()
 
 
-async def breaker_state(url: str) -> float | None:
-    return REGISTRY.get_sample_value("emporium_payment_breaker_state", {"provider": url})
+async def shown(client: ProviderClient) -> str | None:
+    """The breaker state the client's metric shows."""
+    return await breaker_state(client.settings.provider_name)
 
 
 async def test_a_capture_and_a_decline_are_answers_taken_at_the_first_attempt(simulator, client_for):
@@ -94,12 +95,11 @@ async def test_an_unreachable_provider_is_unavailable(client_for):
 
 
 async def test_the_breaker_opens_stops_calling_then_lets_a_call_through_and_closes(simulator, client_for):
-    url = simulator.url
-    client = client_for(url, provider_attempts=3, breaker_failures=3, breaker_reset_s=1.0)
+    client = client_for(simulator.url, provider_attempts=3, breaker_failures=3, breaker_reset_s=1.0)
     await simulator.control.behave(error_rate=1.0)
     with pytest.raises(ProviderUnavailable):
         await client.charge(order())
-    assert await breaker_state(url) == OPEN
+    assert await shown(client) == OPEN
     calls = (await simulator.control.stats()).requests
 
     with pytest.raises(ProviderUnavailable, match="OPEN") as refused:
@@ -108,29 +108,27 @@ async def test_the_breaker_opens_stops_calling_then_lets_a_call_through_and_clos
     assert (await simulator.control.stats()).requests == calls
 
     await simulator.control.behave()
-    await eventually(lambda: breaker_state(url), until=lambda state: state == HALF_OPEN, timeout=5)
+    await eventually(lambda: shown(client), until=lambda state: state == HALF_OPEN, timeout=5)
     assert isinstance(await client.charge(order()), Captured)
-    assert await breaker_state(url) == CLOSED
+    assert await shown(client) == CLOSED
 
 
 async def test_one_failure_while_half_open_opens_the_breaker_again(simulator, client_for):
-    url = simulator.url
-    client = client_for(url, provider_attempts=2, breaker_failures=2, breaker_reset_s=1.0)
+    client = client_for(simulator.url, provider_attempts=2, breaker_failures=2, breaker_reset_s=1.0)
     await simulator.control.behave(error_rate=1.0)
     with pytest.raises(ProviderUnavailable):
         await client.charge(order())
-    await eventually(lambda: breaker_state(url), until=lambda state: state == HALF_OPEN, timeout=5)
+    await eventually(lambda: shown(client), until=lambda state: state == HALF_OPEN, timeout=5)
 
     with pytest.raises(ProviderUnavailable) as failed:
         await client.charge(order())
 
     assert failed.value.attempts == 1  # the trial request, then the breaker refused the retry
-    assert await breaker_state(url) == OPEN
+    assert await shown(client) == OPEN
 
 
 async def test_declines_and_successes_reset_the_count_of_failures(simulator, client_for):
-    url = simulator.url
-    client = client_for(url, provider_attempts=1, breaker_failures=2)
+    client = client_for(simulator.url, provider_attempts=1, breaker_failures=2)
     await simulator.control.behave(error_rate=1.0)
     with pytest.raises(ProviderUnavailable):
         await client.charge(order("o1"))
@@ -140,7 +138,7 @@ async def test_declines_and_successes_reset_the_count_of_failures(simulator, cli
     with pytest.raises(ProviderUnavailable):
         await client.charge(order("o3"))
 
-    assert await breaker_state(url) == CLOSED
+    assert await shown(client) == CLOSED
 
 
 async def test_a_reused_key_and_an_unknown_charge_are_refused_as_broken_rules(simulator, client_for):

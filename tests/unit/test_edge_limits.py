@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, get_args
 
 import httpx
 import pytest
@@ -17,6 +17,7 @@ from edge.auth import Principal, optional_principal
 from edge.limits import (
     OVERLOADED,
     RATE_LIMITED,
+    Budget,
     RecentDepth,
     install_limits,
     limit_caller,
@@ -138,6 +139,17 @@ def _refusals(budget: str) -> float:
 async def _spend(client: httpx.AsyncClient, times: int, user: str | None = None) -> list[int]:
     headers = {"X-Test-User": user} if user else {}
     return [(await client.get("/things", headers=headers)).status_code for _ in range(times)]
+
+
+def test_every_budget_is_a_series_at_zero_before_any_refusal():
+    # Before the first refusal of a budget, a rate over it is 0, not "no data" (and the first
+    # refusal is not lost to rate(), which needs two samples).
+    exported = {
+        budget: REGISTRY.get_sample_value("emporium_edge_rate_limited_total", {"budget": budget})
+        for budget in get_args(Budget)
+    }
+
+    assert exported == dict.fromkeys(get_args(Budget), 0.0)
 
 
 # --- per caller -------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ only read by the confirmation histogram, whose arithmetic ``confirmation_seconds
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import get_args
 
@@ -17,15 +19,19 @@ from faststream.response.publish_type import PublishType
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from actors.orders import metrics as order_metrics
 from actors.orders.handlers import orders
+from actors.payments import metrics as payment_metrics
+from actors.payments import provider
 from actors.payments.handlers import payments
+from actors.payments.provider import PaymentSettings, ProviderClient
 from actors.runtime.actor import Actor
-from actors.runtime.metrics import OUTCOMES, load_actor_metrics, start_at_zero
+from actors.runtime.metrics import OUTCOMES, QueryOutcome, load_actor_metrics, start_at_zero
 from actors.runtime.outbox import outbox_entry
 from actors.runtime.store import Store
 from brokers.contracts.orders import (
@@ -113,6 +119,14 @@ def test_observers_of_one_event_are_kept_in_order():
     assert probe.observers == {"payment.failed": [first, second]}
 
 
+@pytest.mark.parametrize("module", [order_metrics, payment_metrics, provider], ids=lambda m: m.__name__)
+def test_an_actors_metrics_share_one_prefix_named_after_it(module):
+    actor = module.__name__.split(".")[1]
+    names = [m._name for m in vars(module).values() if isinstance(m, MetricWrapperBase)]
+
+    assert names and [n for n in names if not n.startswith(f"emporium_{actor}_")] == []
+
+
 # --- orders --------------------------------------------------------------------------------------
 
 
@@ -179,6 +193,30 @@ def money() -> tuple[float, float, float]:
     )
 
 
+def test_the_money_of_the_default_currency_is_a_series_before_any_capture_or_refund():
+    # The module is loaded (as a payments host does) and nothing was captured or refunded yet.
+    assert REGISTRY.get_sample_value("emporium_payments_captured_cents_total", {"currency": "EUR"}) == 0.0
+    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "EUR"}) == 0.0
+
+
+async def test_a_currency_first_seen_in_a_capture_has_its_refunds_at_zero_too():
+    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "CHF"}) is None
+
+    await observe(
+        payments,
+        PaymentCaptured(
+            payment_id="p-3",
+            order_id="o-3",
+            customer_id="c-1",
+            amount_cents=700,
+            currency="CHF",
+            provider_reference="ref-3",
+        ),
+    )
+
+    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "CHF"}) == 0.0
+
+
 async def test_captures_and_refunds_add_their_cents_under_their_currency():
     before = money()
 
@@ -212,6 +250,17 @@ async def test_captures_and_refunds_add_their_cents_under_their_currency():
     )
 
     assert money() == (before[0] + 3499, before[1], before[2] + 2500)
+
+
+def test_the_provider_label_is_the_providers_short_name_never_its_url():
+    settings = PaymentSettings(provider_url="https://shop:s3cret@psp.example.com/v2")
+
+    ProviderClient(settings)
+
+    (family,) = provider.BREAKER_STATE.collect()
+    labelled = {sample.labels["provider"] for sample in family.samples}
+    assert settings.provider_name in labelled
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]*", name) for name in labelled), labelled
 
 
 # --- trace context in outbox entries and logs ----------------------------------------------------
@@ -278,8 +327,50 @@ def test_every_reply_address_is_one_destination_in_faststream_metrics():
     assert destination("order.placed", "emporium.events") == "emporium.events.order.placed"
 
 
-def test_every_outcome_of_an_actors_messages_starts_at_zero():
-    start_at_zero("zero-test", ["zero.test_command"])
+def test_every_outcome_of_an_actors_messages_and_queries_starts_at_zero():
+    start_at_zero("zero-test", ["zero.test_command"], ["zero.test_query"])
     for outcome in OUTCOMES:
         labels = {"actor": "zero-test", "type": "zero.test_command", "outcome": outcome}
         assert REGISTRY.get_sample_value("emporium_messages_total", labels) == 0.0
+    for outcome in get_args(QueryOutcome):
+        labels = {"actor": "zero-test", "type": "zero.test_query", "outcome": outcome}
+        assert REGISTRY.get_sample_value("emporium_queries_total", labels) == 0.0
+    assert REGISTRY.get_sample_value("emporium_outbox_published_total", {"actor": "zero-test"}) == 0.0
+
+
+async def _events(request) -> StreamingResponse:
+    async def lines() -> AsyncIterator[str]:
+        yield "event: snapshot\ndata: {}\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream")
+
+
+async def test_a_stream_is_timed_by_its_own_metric_and_not_as_a_request():
+    app = ObserveRequests(
+        Starlette(
+            routes=[
+                Route("/orders/{order_id}", lambda request: PlainTextResponse("ok")),
+                Route("/orders/{order_id}/events", _events),
+            ]
+        )
+    )
+    answer = {"method": "GET", "route": "/orders/{order_id}", "status": "200"}
+    stream = {"method": "GET", "route": "/orders/{order_id}/events", "status": "200"}
+    before = {
+        "answers": sample("emporium_edge_request_duration_seconds_count", **answer),
+        "streams": sample("emporium_edge_stream_duration_seconds_count", route=stream["route"]),
+        "stream requests": sample("emporium_edge_requests_total", **stream),
+    }
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:
+        assert (await client.get("/orders/o-1")).status_code == 200
+        assert (
+            (await client.get("/orders/o-1/events")).headers["content-type"].startswith("text/event-stream")
+        )
+
+    assert sample("emporium_edge_request_duration_seconds_count", **answer) == before["answers"] + 1
+    assert sample("emporium_edge_request_duration_seconds_count", **stream) == 0.0
+    assert (
+        sample("emporium_edge_stream_duration_seconds_count", route=stream["route"]) == before["streams"] + 1
+    )
+    assert sample("emporium_edge_requests_total", **stream) == before["stream requests"] + 1

@@ -225,11 +225,11 @@ def test_the_saga_metrics_of_the_issue_are_on_the_dashboards():
         "emporium_orders_confirmed_total",
         "emporium_orders_delivered_total",
         "emporium_orders_cancelled_total",
-        "emporium_order_confirmation_seconds",
+        "emporium_orders_confirmation_seconds",
         "emporium_payments_captured_cents_total",
         "emporium_payments_refunded_cents_total",
         "emporium_outbox_oldest_unsent_age_seconds",
-        "emporium_payment_breaker_state",
+        "emporium_payments_breaker_state",
         "emporium_edge_rate_limited_total",
     } <= on_dashboards
 
