@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, HeadersType
 from faststream.rabbit import RabbitBroker
 
 from brokers.envelope import REGISTRY, without_secrets
@@ -100,6 +100,15 @@ async def dead_letter(
     await _republish(broker, message, dlq, headers, body)
 
 
+def _latest_death(headers: HeadersType) -> HeadersType:
+    """RabbitMQ's x-death entry for the latest dead-lettering (it puts that one first); empty when
+    the header is missing or not the table of tables RabbitMQ writes."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list | tuple) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return {}
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """What an operator needs to know about a message in a DLQ."""
@@ -147,12 +156,12 @@ class DeadLetter:
                 **carried,
             )
         # Dead-lettered by RabbitMQ itself (delivery limit reached, rejected): it keeps x-death.
-        deaths = headers.get("x-death") or [{}]
-        death = deaths[0] if isinstance(deaths, list | tuple) else {}
+        death = _latest_death(headers)
+        count = death.get("count")
         return cls(
             origin_queue=str(death.get("queue", dlq.removesuffix(".dlq"))),
             reason=str(death.get("reason", "unknown")),
-            attempts=int(death.get("count", 1) or 1),
+            attempts=count if isinstance(count, int) and count > 0 else 1,
             error="dead-lettered by RabbitMQ",
             dead_lettered_at=str(death.get("time", "")),
             **carried,

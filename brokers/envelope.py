@@ -7,6 +7,7 @@ without decoding bodies.
 
 from __future__ import annotations
 
+import builtins
 import json
 import uuid
 from datetime import UTC, datetime
@@ -157,7 +158,8 @@ class Envelope(BaseModel):
         except ValidationError as exc:
             raise InvalidMessage(f"envelope is invalid: {_summary(exc)}") from exc
 
-    def expect(self, contract: type[Message]) -> None:
+    # builtins.type: inside the class, ``type`` names the envelope's field.
+    def expect(self, contract: builtins.type[Message]) -> None:
         """Refuse a message whose schema version this build does not speak."""
         if contract.VERSION != self.schema_version:
             raise InvalidMessage(

@@ -7,6 +7,7 @@ import os
 import socket
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from aio_pika import IncomingMessage
 from faststream.prometheus import PrometheusMiddleware
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
@@ -31,7 +32,9 @@ class _BoundedDestinations(RabbitMetricsSettingsProvider):
         return super().get_publish_destination_name_from_cmd(cmd)
 
 
-def _metrics(registry: CollectorRegistry, app_name: str) -> PrometheusMiddleware:
+def _metrics(
+    registry: CollectorRegistry, app_name: str
+) -> PrometheusMiddleware[IncomingMessage, RabbitPublishCommand]:
     return PrometheusMiddleware(
         settings_provider_factory=lambda _: _BoundedDestinations(), registry=registry, app_name=app_name
     )

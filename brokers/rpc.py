@@ -88,7 +88,9 @@ class Requester:
         connection = await aio_pika.connect_robust(self._url)
         try:
             # Publishing and consuming direct reply-to must share a channel.
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            # Opened by initialize(), not by awaiting it: awaiting types the channel as not robust.
+            channel = connection.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.initialize()
             # Declared, so that the robust channel restores it and its consumer (see the module's note).
             reply_queue = await channel.declare_queue(REPLY_TO, passive=True)
             await reply_queue.consume(self._on_reply, no_ack=True)
@@ -133,7 +135,7 @@ class Requester:
     async def ask(
         self,
         query: Query,
-        data_type: type[T] | Any,
+        data_type: type[T],
         *,
         correlation_id: str | None = None,
         timeout_s: float | None = None,
@@ -176,9 +178,12 @@ class Requester:
                 raise QueryTimeout(f"no reply to {query.TYPE} within {timeout_s:g}s") from exc
         finally:
             self._waiting.pop(reply_key, None)
-        reply = Reply[data_type].model_validate_json(message.body)
+        # Parametrized at run time, which mypy cannot follow (it takes only static types in brackets).
+        reply: Reply[T] = Reply[data_type].model_validate_json(message.body)  # type: ignore[valid-type]
         if not reply.ok:
             raise QueryFailed(reply.problem or Problem.of(500, "the actor sent an empty problem"))
+        if reply.data is None:
+            raise QueryFailed(Problem.of(500, f"the actor answered {query.TYPE} without data"))
         return reply.data
 
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aio_pika.exceptions import ChannelNotFoundEntity
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
 from brokers.envelope import Kind, Message
 
@@ -66,7 +67,8 @@ class QueueSpec:
             self.name,
             queue_type=QueueType.QUORUM,
             durable=True,
-            arguments={k: v for k, v in self.arguments.items() if k != "x-queue-type"},
+            # Quorum arguments by construction (_quorum); x-queue-type goes as queue_type instead.
+            arguments=cast(QuorumQueueArgs, {k: v for k, v in self.arguments.items() if k != "x-queue-type"}),
             declare=declare,
         )
 

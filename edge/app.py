@@ -28,6 +28,7 @@ from edge.pages import install_pages
 from edge.pending import PendingOrders
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
+from edge.routes.shared import RouterOptions
 from edge.subjects import subjects_of_link
 
 DESCRIPTION = f"""
@@ -141,7 +142,10 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     )
     # Every route but the probes spends from its caller's request budget, and so checks a token it
     # is sent, even where none is needed (401 when it is not valid).
-    limited = {"dependencies": [Depends(limit_caller)], "responses": problem_responses(401, 429)}
+    limited: RouterOptions = {
+        "dependencies": [Depends(limit_caller)],
+        "responses": problem_responses(401, 429),
+    }
     api = (auth.router, auth.keys_router, catalog.router, inventory.router, orders.router, admin.router)
     for router in (*api, deadletters.router):
         app.include_router(router, **limited)

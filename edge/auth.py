@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, TypeGuard, get_args
 
 import jwt
 import structlog
@@ -54,6 +54,11 @@ CLOCK_LEEWAY_S = 5
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp"]
 _ROLES = frozenset(get_args(Role))
 _USER_ID: TypeAdapter[str] = TypeAdapter(EntityId)
+
+
+def _is_role(value: object) -> TypeGuard[Role]:
+    return isinstance(value, str) and value in _ROLES
+
 
 _bearer = HTTPBearer(
     scheme_name="AccessToken",
@@ -184,7 +189,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
         user_id = _USER_ID.validate_python(claims["sub"])
     except ValidationError as exc:
         raise Unauthenticated("the access token names no valid user") from exc
-    if not isinstance(role, str) or role not in _ROLES:
+    if not _is_role(role):
         raise Unauthenticated("the access token names no valid role")
     return Principal(user_id=user_id, role=role)
 

@@ -143,7 +143,7 @@ class RabbitLink:
             raise BrokerUnavailable(_uncertain(command, str(exc) or type(exc).__name__)) from exc
 
     async def ask(
-        self, query: Query, data_type: type[T] | Any, *, correlation_id: str, timeout_s: float | None = None
+        self, query: Query, data_type: type[T], *, correlation_id: str, timeout_s: float | None = None
     ) -> T:
         """Ask the actor that answers ``query``; its problems and timeouts propagate as they are.
 
@@ -162,7 +162,9 @@ class RabbitLink:
                 connection = await self._broker.connect()
                 # A channel of its own: RabbitMQ closes the channel of a passive declaration that
                 # finds no queue, and that must not be the channel commands are published on.
-                async with connection.channel(publisher_confirms=False) as channel:
+                # (Not bound by ``as``: entering it types it as a channel that is not robust.)
+                channel = connection.channel(publisher_confirms=False)
+                async with channel:
                     declared = await channel.declare_queue(queue, passive=True, robust=False)
         except ChannelNotFoundEntity as exc:
             raise QueueMissing(
@@ -174,7 +176,8 @@ class RabbitLink:
             ) from exc
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"the depth of {queue} is unknown: {exc or type(exc).__name__}") from exc
-        return declared.declaration_result.message_count
+        # pamqp types the count optional (frames are built field by field); RabbitMQ always sends it.
+        return declared.declaration_result.message_count or 0
 
 
 class QueueMissing(BrokerUnavailable):

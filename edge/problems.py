@@ -8,6 +8,7 @@ unreachable, and, last, anything unexpected (a generic 500, logged, with no stac
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -90,7 +91,7 @@ def problem_response(
     type_: str = "about:blank",
     title: str | None = None,
     errors: list[FieldError] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> ProblemResponse:
     problem = ProblemDetails(
         type=type_,
@@ -239,9 +240,11 @@ async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
 
 def install_problem_handlers(app: FastAPI) -> None:
     document_problems(app)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(QueryFailed, _actor_problem)
-    app.add_exception_handler(QueryTimeout, _query_timeout)
-    app.add_exception_handler(BrokerUnavailable, _broker_unavailable)
-    app.add_exception_handler(Exception, _unexpected)
+    # Through FastAPI's decorator: Starlette's add_exception_handler types every handler as taking
+    # any Exception, though each is only called with the class it is registered for.
+    app.exception_handler(HTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_invalid_request)
+    app.exception_handler(QueryFailed)(_actor_problem)
+    app.exception_handler(QueryTimeout)(_query_timeout)
+    app.exception_handler(BrokerUnavailable)(_broker_unavailable)
+    app.exception_handler(Exception)(_unexpected)

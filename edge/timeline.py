@@ -25,11 +25,14 @@ from brokers.contracts.notifications import ListNotifications, NotificationPage,
 from brokers.contracts.orders import GetOrder, OrderStep, OrderView
 from brokers.contracts.payments import GetPayment, PaymentView
 from brokers.contracts.shipping import GetShipment, ShipmentView
+from brokers.envelope import Query
 from brokers.rpc import BrokerUnavailable, QueryFailed, QueryTimeout
 from edge.link import RabbitLink
 from edge.problems import OrderNotFound
 
 T = TypeVar("T")
+# Covariant: an answer is read, never written to, so an Answer[OrderView] is an Answer[object].
+T_co = TypeVar("T_co", covariant=True)
 Source = Literal["orders", "payments", "shipping", "notifications"]
 Unanswered = QueryTimeout | BrokerUnavailable | QueryFailed
 
@@ -63,10 +66,10 @@ class Timeline(BaseModel):
 
 
 @dataclass(frozen=True)
-class Answer(Generic[T]):
+class Answer(Generic[T_co]):
     """What one source said: its data (None when it does not know the order), or why it said nothing."""
 
-    data: T | None = None
+    data: T_co | None = None
     failure: Unanswered | None = None
 
     @property
@@ -100,7 +103,7 @@ async def answer_of(asking: Awaitable[T]) -> Answer[T]:
 async def gather_timeline(
     link: RabbitLink, order_id: str, customer_id: str, *, correlation_id: str, timeout_s: float
 ) -> Timeline:
-    def ask(query: object, data_type: type[T]) -> Awaitable[Answer[T]]:
+    def ask(query: Query, data_type: type[T]) -> Awaitable[Answer[T]]:
         return answer_of(link.ask(query, data_type, correlation_id=correlation_id, timeout_s=timeout_s))
 
     order, payment, shipment, notifications = await asyncio.gather(

@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -195,7 +195,8 @@ def build_fleet(environment: dict[str, str], logs: Path) -> tuple[Fleet, Member,
 
 # --- faults --------------------------------------------------------------------------------------
 
-Fault = Callable[["Run"], Awaitable[None]]
+# Coroutines, not any awaitable: run_scenario runs the fault as a task beside the load.
+Fault = Callable[["Run"], Coroutine[Any, Any, None]]
 
 
 async def no_fault(run: Run) -> None:

@@ -45,6 +45,7 @@ def _prune_finished_and_seldom(
     now = registry._time()
     if now < getattr(registry, "_emporium_next_prune", 0.0):
         return 0
+    # An attribute of ours on SecantusDB's registry, which does not declare it.
     registry._emporium_next_prune = now + PRUNE_EVERY_S  # type: ignore[attr-defined]
     reaped = reap(registry)
     idle_since = now - registry._lifetime
@@ -55,7 +56,9 @@ def _prune_finished_and_seldom(
 
 
 def main(argv: list[str]) -> int:
-    TransactionRegistry._prune_locked = _prune_finished_and_seldom  # type: ignore[method-assign]
+    # Patched in place (see the module's docstring: SecantusDB has no option for it); the patch
+    # takes the original as a default argument, which the method's type does not have.
+    TransactionRegistry._prune_locked = _prune_finished_and_seldom  # type: ignore[method-assign,assignment]
     original = SecantusDBServer.__init__
 
     @functools.wraps(original)
@@ -63,7 +66,7 @@ def main(argv: list[str]) -> int:
         kwargs.setdefault("transaction_lifetime_seconds", TRANSACTION_LIFETIME_S)
         original(self, *args, **kwargs)
 
-    SecantusDBServer.__init__ = with_lifetime  # type: ignore[method-assign]
+    SecantusDBServer.__init__ = with_lifetime  # type: ignore[method-assign]  # patched: see above
     return cli.main([*argv, *OPTIONS])
 
 

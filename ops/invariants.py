@@ -189,11 +189,12 @@ def _not_shipped_and_cancelled(fact: OrderFacts, when: When) -> str | None:
     if "cancelled" in steps and SHIPPED & set(steps):
         problems.append(f"its history is {' -> '.join(steps)}")
     left = {step.status for step in shipment.history} & {"dispatched", "delivered"} if shipment else set()
-    if left and order is not None and order.status == "cancelled":
-        problems.append(f"cancelled, yet its shipment {shipment.shipment_id} is {shipment.status}")
-    if left and shipment.cancelled_at is not None:
-        stopped = f"{shipment.cancelled_at:%H:%M:%S}"
-        problems.append(f"its shipment was stopped at {stopped}, yet is {shipment.status}")
+    if shipment is not None and left:
+        if order is not None and order.status == "cancelled":
+            problems.append(f"cancelled, yet its shipment {shipment.shipment_id} is {shipment.status}")
+        if shipment.cancelled_at is not None:
+            stopped = f"{shipment.cancelled_at:%H:%M:%S}"
+            problems.append(f"its shipment was stopped at {stopped}, yet is {shipment.status}")
     return "; ".join(problems) or None
 
 
@@ -432,8 +433,13 @@ def order_facts(
 def sku_facts(stock: Iterable[StockView], orders: Iterable[OrderView]) -> list[SkuFacts]:
     held, shipped = Counter[str](), Counter[str]()
     for order in orders:
-        counted = held if order.status in HOLDING_STOCK else shipped if order.status in SHIPPED else None
-        for line in order.lines if counted is not None else ():
+        if order.status in HOLDING_STOCK:
+            counted = held
+        elif order.status in SHIPPED:
+            counted = shipped
+        else:
+            continue
+        for line in order.lines:
             counted[line.sku] += line.quantity
     return [SkuFacts(level, held[level.sku], shipped[level.sku]) for level in stock]
 

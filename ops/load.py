@@ -51,6 +51,7 @@ from ops.accounts import Account, make_admin
 from ops.sse import ServerEvent, SseReader
 
 T = TypeVar("T")
+K = TypeVar("K")
 SkuKind = Literal["hot", "normal", "out_of_stock"]
 ENDED = frozenset({"delivered", "cancelled"})
 MAX_UNITS = 2  # units of a line: 1 or 2
@@ -111,7 +112,7 @@ def _is_loopback(host: str) -> bool:
 # --- the plan (pure) ------------------------------------------------------------------------------
 
 
-def apportion(total: int, shares: Mapping[str, float]) -> dict[str, int]:
+def apportion(total: int, shares: Mapping[K, float]) -> dict[K, int]:
     """``total`` split in proportion to ``shares`` (largest remainders): the parts add up to ``total``."""
     weight = sum(shares.values())
     if total < 0 or weight <= 0 or any(share < 0 for share in shares.values()):
@@ -236,7 +237,7 @@ class Cancels:
             Cancel.MEANWHILE: self.meanwhile,
             Cancel.AFTER_DISPATCH: self.after_dispatch,
         }
-        plans = [Cancel(plan) for plan, n in apportion(count, shares).items() for _ in range(n)]
+        plans = [plan for plan, n in apportion(count, shares).items() for _ in range(n)]
         rng.shuffle(plans)
         return [(plan, rng.uniform(0, self.window_s) if plan is Cancel.MEANWHILE else 0.0) for plan in plans]
 
@@ -670,10 +671,10 @@ async def _journey(run: _Run, record: OrderRecord) -> None:
         if time.monotonic() > run.placing_ends:
             return
         await _place(run, record)
-        if not record.accepted:
+        if (accepted_at := record.accepted_at) is None:  # not accepted (set with its order id)
             return
         run.meter.accepted()
-        settle_by = run.started + record.accepted_at + run.config.settle_s
+        settle_by = run.started + accepted_at + run.config.settle_s
         moved_on = asyncio.Event()  # shipped, or ended: what a cancel "after dispatch" waits for
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_follow(run, record, moved_on, settle_by))

@@ -137,20 +137,25 @@ class Timeline:
     @classmethod
     def of(cls, result: LoadResult) -> Timeline:
         accepted_at = [o.accepted_at for o in result.orders if o.accepted_at is not None]
-        ended = [o for o in result.orders if o.ended_at is not None and o.latency_s is not None]
-        span = max([*accepted_at, *(o.ended_at for o in ended), *result.sheds_at], default=0.0)
+        # (when it ended, how long it took, how) of every ended order
+        ended = [
+            (o.ended_at, o.latency_s, o.status)
+            for o in result.orders
+            if o.ended_at is not None and o.latency_s is not None
+        ]
+        span = max([*accepted_at, *(at for at, _, _ in ended), *result.sheds_at], default=0.0)
         width = bucket_width_s(span)
         buckets = max(1, math.ceil(span / width)) if span else 1
         return cls(
             edges=[i * width for i in range(buckets + 1)],
             accepted_per_s=per_second(accepted_at, width, buckets),
-            completed_per_s=per_second((o.ended_at for o in ended), width, buckets),
+            completed_per_s=per_second((at for at, _, _ in ended), width, buckets),
             sheds_per_s=per_second(result.sheds_at, width, buckets),
-            ended_at=[o.ended_at for o in ended],
-            latency_s=[o.latency_s for o in ended],
-            cancelled=[o.status == "cancelled" for o in ended],
+            ended_at=[at for at, _, _ in ended],
+            latency_s=[latency for _, latency, _ in ended],
+            cancelled=[status == "cancelled" for _, _, status in ended],
             delivered_quantiles=quantiles_per_bucket(
-                ((o.ended_at, o.latency_s) for o in ended if o.status == "delivered"), width, buckets
+                ((at, latency) for at, latency, status in ended if status == "delivered"), width, buckets
             ),
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import singledispatch
@@ -201,7 +202,7 @@ def saga_bucket_ms(seconds: float) -> int:
     return (ms + step // 2) // step * step
 
 
-def percentiles(histogram: dict[str, int]) -> Percentiles:
+def percentiles(histogram: Mapping[str, int]) -> Percentiles:
     """p50/p90/p99 (nearest rank) of the durations counted per bucket (milliseconds, as text)."""
     buckets = sorted((int(ms), n) for ms, n in histogram.items() if n)
     if not buckets:
@@ -213,16 +214,16 @@ def percentiles(histogram: dict[str, int]) -> Percentiles:
     return Percentiles(count=count, p50_s=p50, p90_s=p90, p99_s=p99)
 
 
-def top_products(units: dict[str, int], revenue: dict[str, int], top: int) -> list[TopProduct]:
+def top_products(units: Mapping[str, int], revenue: Mapping[str, int], top: int) -> list[TopProduct]:
     """The SKUs sold most: by units, then revenue, then SKU."""
     ranked = sorted((-n, -revenue.get(sku, 0), sku) for sku, n in units.items() if n > 0)
     return [TopProduct(sku=sku, units=-n, revenue_cents=-cents) for n, cents, sku in ranked[:top]]
 
 
-def stats(counters: dict[str, dict[str, int]], *, as_of: datetime | None, top: int) -> Stats:
+def stats(counters: Mapping[str, Mapping[str, int]], *, as_of: datetime | None, top: int) -> Stats:
     """Every figure, from the counters; every status and reason is shown, zero or not."""
 
-    def counted(kind: str) -> dict[str, int]:
+    def counted(kind: str) -> Mapping[str, int]:
         return counters.get(kind, {})
 
     captured, refunded = counted(MONEY).get("captured_cents", 0), counted(MONEY).get("refunded_cents", 0)

@@ -127,18 +127,18 @@ class Deactivation:
 
 def deactivate(command: DeactivateUser, user: User, *, admins: Admins, now: datetime) -> Deactivation:
     """Deactivate a user, unless that is the requesting administrator or the last active one."""
-    ids = {"deactivation_id": command.deactivation_id, "user_id": user.user_id}
+    unchanged = Deactivation(deactivation_id=command.deactivation_id, user_id=user.user_id)
     if command.requested_by == user.user_id:
-        return Deactivation(**ids, refusal=SELF_DEACTIVATION)
+        return replace(unchanged, refusal=SELF_DEACTIVATION)
     if not user.active:
-        return Deactivation(**ids, deactivated_at=user.deactivated_at)
+        return replace(unchanged, deactivated_at=user.deactivated_at)
     guard_version = None
     if user.role == "admin":
         if admins.active <= 1:
-            return Deactivation(**ids, refusal=LAST_ADMIN)
+            return replace(unchanged, refusal=LAST_ADMIN)
         guard_version = admins.version + 1
-    return Deactivation(
-        **ids,
+    return replace(
+        unchanged,
         deactivated_at=now,
         user=replace(user, active=False, deactivated_at=now),
         event=UserDeactivated(user_id=user.user_id),

@@ -72,6 +72,7 @@ async def rotate_signing_key(command: RotateSigningKey, work: Work[IdentityStore
 async def get_user(query: GetUser, store: IdentityStore) -> UserView:
     if query.user_id is not None:
         return (await store.get(query.user_id)).view()
+    assert query.email is not None  # GetUser names exactly one of the two
     return (await store.get_by_email(query.email)).view()
 
 

@@ -39,6 +39,13 @@ from brokers.contracts.identity import TOKEN_ALGORITHM, TOKEN_AUDIENCE, TOKEN_IS
 CLOCK_SKEW = timedelta(seconds=60)
 
 
+def _ed25519(pem: bytes) -> Ed25519PrivateKey:
+    private = load_pem_private_key(pem, password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError(f"the signing key must be Ed25519, not {type(private).__name__}")
+    return private
+
+
 class SigningKeyMissing(RuntimeError):
     """Production without a configured signing key: identity refuses to start."""
 
@@ -73,10 +80,7 @@ class SigningKey:
 
     @classmethod
     def from_pem(cls, pem: bytes) -> SigningKey:
-        private = load_pem_private_key(pem, password=None)
-        if not isinstance(private, Ed25519PrivateKey):
-            raise ValueError(f"the signing key must be Ed25519, not {type(private).__name__}")
-        return cls._of(private)
+        return cls._of(_ed25519(pem))
 
     @classmethod
     def _of(cls, private: Ed25519PrivateKey) -> SigningKey:
@@ -91,7 +95,7 @@ class SigningKey:
         return Jwk(x=self.x, kid=self.kid)
 
     def sign(self, claims: dict) -> str:
-        private = load_pem_private_key(self.private_pem.encode(), password=None)
+        private = _ed25519(self.private_pem.encode())
         return jwt.encode(claims, private, algorithm=TOKEN_ALGORITHM, headers={"kid": self.kid})
 
 

@@ -133,13 +133,7 @@ class Order:
 def evolve(order: Order | None, recorded: Recorded) -> Order:
     """The order after one more event of its stream."""
     event, at = recorded.event, recorded.at
-    expected = 1 if order is None else order.version + 1
-    if recorded.version != expected or (order is None) != isinstance(event, Placed):
-        raise CorruptStream(
-            f"order {recorded.order_id}: {event.STATUS} at version {recorded.version} cannot follow "
-            f"{'nothing' if order is None else f'{order.status} at version {order.version}'}"
-        )
-    if isinstance(event, Placed):
+    if order is None and isinstance(event, Placed) and recorded.version == 1:
         return Order(
             order_id=recorded.order_id,
             customer_id=event.customer_id,
@@ -153,6 +147,12 @@ def evolve(order: Order | None, recorded: Recorded) -> Order:
             updated_at=at,
             history=(OrderStep(status="placed", at=at),),
             version=recorded.version,
+        )
+    # Only a placement starts a stream, and each later event is the next version: else it is corrupt.
+    if order is None or isinstance(event, Placed) or recorded.version != order.version + 1:
+        raise CorruptStream(
+            f"order {recorded.order_id}: {event.STATUS} at version {recorded.version} cannot follow "
+            f"{'nothing' if order is None else f'{order.status} at version {order.version}'}"
         )
     reason = event.reason if isinstance(event, Cancelled) else None
     return replace(
@@ -176,7 +176,8 @@ def record(
     """The new events (at least one) numbered after the order's last one, and the order they make."""
     start = 0 if order is None else order.version
     recorded = [Recorded(order_id, start + n, at, event) for n, event in enumerate(events, start=1)]
-    return recorded, reduce(evolve, recorded, order)
+    # The first event on its own: from it on there is an order, whatever ``order`` was.
+    return recorded, reduce(evolve, recorded[1:], evolve(order, recorded[0]))
 
 
 # --- decisions -----------------------------------------------------------------------------------

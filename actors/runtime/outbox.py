@@ -69,7 +69,8 @@ class OutboxRelay:
 
         One entry that cannot be published (its exchange gone, say) must not hold back the others.
         """
-        sent, failures = [], []
+        sent: list[str] = []
+        failures: list[str] = []
         ids = {entry["_id"] for entry in entries}
         self._in_flight |= ids
         try:

@@ -17,6 +17,7 @@ from brokers.contracts.common import Name
 from brokers.contracts.identity import (
     AccessToken,
     AuthenticateUser,
+    CreateAdmin,
     Email,
     GetSigningKeys,
     GetUser,
@@ -110,7 +111,9 @@ async def register_customer(
     return user
 
 
-async def _password_is_set(link: RabbitLink, command: RegisterUser, correlation_id: str) -> bool:
+async def _password_is_set(
+    link: RabbitLink, command: RegisterUser | CreateAdmin, correlation_id: str
+) -> bool:
     """Whether the account has this registration's password (identity checks it as for a login)."""
     try:
         await link.ask(

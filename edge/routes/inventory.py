@@ -11,7 +11,16 @@ from brokers.contracts.common import Quantity, Sku
 from brokers.contracts.inventory import GetStock, Restock, StockView
 from edge.guard import Write
 from edge.problems import problem_responses
-from edge.routes.shared import WRITE, Accepted, Body, Link, RequestId, dispatch, read_problems
+from edge.routes.shared import (
+    WRITE,
+    Accepted,
+    Body,
+    Link,
+    RequestId,
+    RouteOptions,
+    dispatch,
+    read_problems,
+)
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 SkuPath = Annotated[Sku, Path(description="The SKU: upper-case letters, digits and dashes.")]
@@ -30,10 +39,14 @@ async def get_stock(sku: SkuPath, link: Link, request_id: RequestId) -> StockVie
     return await link.ask(GetStock(sku=sku), StockView, correlation_id=request_id)
 
 
+# A write that asks inventory first (see restock): its 404 and 504 too.
+_RESTOCK: RouteOptions = {**WRITE, "responses": problem_responses(401, 403, 404, 422, 503, 504)}
+
+
 @router.post(
     "/{sku}/restock",
     summary="Receive stock for a SKU (its product must exist: the SKU is known from product.created)",
-    **{**WRITE, "responses": problem_responses(401, 403, 404, 422, 503, 504)},
+    **_RESTOCK,
 )
 async def restock(
     sku: SkuPath, body: RestockRequest, write: Write, link: Link, response: Response

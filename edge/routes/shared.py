@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self, TypedDict
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request, Response, params
 from pydantic import BaseModel, ConfigDict
 
 from brokers.envelope import Command, Envelope
@@ -14,8 +15,22 @@ from edge.link import RabbitLink
 from edge.observe import request_id_of
 from edge.problems import problem_responses
 
+
+class RouterOptions(TypedDict):
+    """Options given to every route of a router (``include_router``'s keywords)."""
+
+    dependencies: Sequence[params.Depends]
+    responses: dict[int | str, dict[str, Any]]
+
+
+class RouteOptions(RouterOptions):
+    """Options of one route (a path operation's keywords)."""
+
+    status_code: int
+
+
 # Catalog and stock writes: administrators only (checked before the body is), and their problems.
-WRITE = {
+WRITE: RouteOptions = {
     "status_code": 202,
     "dependencies": [Depends(admin)],
     "responses": problem_responses(401, 403, 422, 503),

@@ -413,4 +413,5 @@ def hop_command(
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
     console.print(figures_table(figures, ceiling, concurrency=in_flight, prefetch=settings.emporium_prefetch))
-    console.print(summary(*figures, ceiling))
+    raw, faststream, single, grouped = figures  # the default hops, in their order
+    console.print(summary(raw, faststream, single, grouped, ceiling))

@@ -74,7 +74,7 @@ class Report:
                 )
             )
         saga, per_order = self.saga, self.saga_messages_per_order()
-        ceiling = self.ceilings[self.saga_batch].batched_per_s / per_order
+        saga_ceiling = self.ceilings[self.saga_batch].batched_per_s / per_order
         delivered_per_s = saga.delivered / saga.seconds
         lines += [
             (
@@ -82,11 +82,11 @@ class Report:
                 f"{delivered_per_s:.1f} orders/s",
                 _ms(saga.to_confirmed_s, 0.5),
                 _ms(saga.to_confirmed_s, 0.99),
-                f"{delivered_per_s / ceiling:.2f}x of the ceiling",
+                f"{delivered_per_s / saga_ceiling:.2f}x of the ceiling",
             ),
             (
                 f"saga ceiling: MongoDB alone at batch {self.saga_batch} ÷ {per_order:.0f} messages per order",
-                f"{ceiling:.1f} orders/s",
+                f"{saga_ceiling:.1f} orders/s",
                 "-",
                 "-",
                 "-",

@@ -23,6 +23,8 @@ from ops.bench.common import (
 )
 
 K = TypeVar("K")
+# Any tuple of names: a mapping's key type is invariant, so tuple[str, ...] would refuse pairs.
+Key = TypeVar("Key", bound=tuple[str, ...])
 SKUS = tuple(f"BENCH-{n:02d}" for n in range(20))
 PRICE_CENTS = 1_250
 ENDED = frozenset({OrderDelivered.TYPE, OrderCancelled.TYPE})
@@ -71,7 +73,7 @@ def _grown(later: Mapping[K, int], earlier: Mapping[K, int]) -> dict[K, int]:
     return {key: value - earlier.get(key, 0) for key, value in later.items() if value != earlier.get(key, 0)}
 
 
-def _by(counts: Mapping[tuple[str, ...], int], position: int) -> Counter[str]:
+def _by(counts: Mapping[Key, int], position: int) -> Counter[str]:
     """Counts keyed by tuples, added up by the tuple's element at ``position``."""
     summed: Counter[str] = Counter()
     for key, count in counts.items():
