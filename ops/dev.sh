@@ -24,6 +24,8 @@
 #      with `npm ci` into node_modules only when node_modules/.bin/asyncapi is missing or
 #      package-lock.json changed since the last install (sha256 kept in
 #      node_modules/.emporium-installed); nodejs and npm are installed with apt when npm is not on PATH.
+#      And Debian's prometheus package (prometheus and promtool), installed with apt when missing:
+#      the alert rules and configs are checked by promtool, the dashboards against a live server.
 #   7. run only: Prometheus. When Debian's `prometheus` binary is on PATH (apt-get install prometheus;
 #      not installed by this script) and nothing listens on 127.0.0.1:9090, it is started with
 #      ops/prometheus/prometheus.yml (scraping emporium on :8000 and RabbitMQ on :15692; data in
@@ -319,6 +321,14 @@ setup_chromium() {
   apt_install chromium || die "apt-get install chromium failed (the browser tests need it)"
 }
 
+setup_prometheus_binary() {
+  # The dashboards' live test and promtool's checks of the rules and configs need Debian's
+  # prometheus package; the test starts its own server on a free port.
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then return; fi
+  log "prometheus: not found; installing it with apt (the dashboard and alert-rule tests run it)"
+  apt_install prometheus || die "apt-get install prometheus failed (the dashboard tests need it)"
+}
+
 setup_asyncapi_cli() {
   local want have
   want=$(sha256sum package-lock.json | cut -d' ' -f1)
@@ -504,7 +514,7 @@ main() {
   setup_venv
   setup_rabbitmq
   setup_mongodb
-  if [[ $MODE == run ]]; then setup_prometheus; else setup_chromium; setup_asyncapi_cli; fi
+  if [[ $MODE == run ]]; then setup_prometheus; else setup_chromium; setup_prometheus_binary; setup_asyncapi_cli; fi
 
   export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT}/}"
   export RABBITMQ_MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:${MGMT_PORT}}"
