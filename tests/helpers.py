@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -43,6 +46,25 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last={last!r}")
         await asyncio.sleep(0.05)
+
+
+def samples_at_start(module: str, metric: str, label_sets: Iterable[dict[str, str]]) -> list[float | None]:
+    """The samples of ``metric`` in a fresh interpreter that has only imported ``module``: what a
+    process exports before its first event (in the suite's own process other tests have moved them)."""
+    script = (
+        "import importlib, json, sys\n"
+        "from prometheus_client import REGISTRY\n"
+        "importlib.import_module(sys.argv[1])\n"
+        "print(json.dumps([REGISTRY.get_sample_value(sys.argv[2], labels) for labels in json.loads(sys.argv[3])]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, module, metric, json.dumps(list(label_sets))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout)
 
 
 async def breaker_state(provider: str) -> str | None:

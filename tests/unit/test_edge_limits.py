@@ -26,6 +26,7 @@ from edge.limits import (
 from edge.link import QueueMissing
 from edge.observe import ObserveRequests
 from edge.problems import PROBLEM_JSON, install_problem_handlers
+from tests.helpers import samples_at_start
 
 CALLER_BUDGET = 3
 LOGIN_BUDGET = 2
@@ -144,12 +145,12 @@ async def _spend(client: httpx.AsyncClient, times: int, user: str | None = None)
 def test_every_budget_is_a_series_at_zero_before_any_refusal():
     # Before the first refusal of a budget, a rate over it is 0, not "no data" (and the first
     # refusal is not lost to rate(), which needs two samples).
-    exported = {
-        budget: REGISTRY.get_sample_value("emporium_edge_rate_limited_total", {"budget": budget})
-        for budget in get_args(Budget)
-    }
+    budgets = get_args(Budget)
+    exported = samples_at_start(
+        "edge.limits", "emporium_edge_rate_limited_total", [{"budget": b} for b in budgets]
+    )
 
-    assert exported == dict.fromkeys(get_args(Budget), 0.0)
+    assert dict(zip(budgets, exported, strict=True)) == dict.fromkeys(budgets, 0.0)
 
 
 # --- per caller -------------------------------------------------------------------------------

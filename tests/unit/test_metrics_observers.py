@@ -49,6 +49,7 @@ from brokers.factory import _BoundedDestinations
 from brokers.logs import add_trace_ids
 from brokers.tracing import continued, current_carrier
 from edge.observe import OTHER_METHOD, ObserveRequests
+from tests.helpers import samples_at_start
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 LINE = OrderLine(sku="SKU-1", quantity=2, unit_price_cents=1250)
@@ -195,8 +196,8 @@ def money() -> tuple[float, float, float]:
 
 def test_the_money_of_the_default_currency_is_a_series_before_any_capture_or_refund():
     # The module is loaded (as a payments host does) and nothing was captured or refunded yet.
-    assert REGISTRY.get_sample_value("emporium_payments_captured_cents_total", {"currency": "EUR"}) == 0.0
-    assert REGISTRY.get_sample_value("emporium_payments_refunded_cents_total", {"currency": "EUR"}) == 0.0
+    for metric in ("emporium_payments_captured_cents_total", "emporium_payments_refunded_cents_total"):
+        assert samples_at_start("actors.payments.metrics", metric, [{"currency": "EUR"}]) == [0.0]
 
 
 async def test_a_currency_first_seen_in_a_capture_has_its_refunds_at_zero_too():
