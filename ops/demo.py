@@ -21,6 +21,7 @@ from rich.console import Console
 
 from brokers.settings import Settings
 from ops.accounts import Account, make_admin
+from ops.load import retry_after_s
 from ops.sse import SseReader
 
 STEP = {
@@ -61,6 +62,27 @@ def _checked(response: httpx.Response, what: str) -> dict:
     return response.json() if response.content else {}
 
 
+class WaitsOutRefusals(httpx.HTTPTransport):
+    """Waits out a 429 as its Retry-After says, then sends the request again: the login budget of
+    one address is small (EMPORIUM_LOGIN_RATE_LIMIT), and a demo run again within a minute spends it."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self._console = console
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        while (response := super().handle_request(request)).status_code == 429:
+            pause_s = retry_after_s(response)
+            if pause_s is None:
+                return response
+            response.close()
+            self._console.print(
+                f"[dim]{request.url.path}: the edge's budget is spent, waiting {pause_s:.0f} s[/dim]"
+            )
+            time.sleep(pause_s)
+        return response
+
+
 def _log_in(client: httpx.Client, account: Account, *, wait_s: float = 0.0) -> dict[str, str]:
     """The headers that sign ``account`` in; a 401 is retried for ``wait_s`` (a registration on its way)."""
     deadline = time.monotonic() + wait_s
@@ -87,7 +109,8 @@ def sign_up_customer(client: httpx.Client) -> tuple[str, dict[str, str]]:
     response = client.post("/auth/register", json=registration)
     _checked(response, "POST /auth/register")
     # 202: identity has not shown the account yet, so the first logins may be refused.
-    return account.email, _log_in(client, account, wait_s=LOG_IN_WAIT_S if response.status_code == 202 else 0)
+    wait_s = LOG_IN_WAIT_S if response.status_code == 202 else 0
+    return account.email, _log_in(client, account, wait_s=wait_s)
 
 
 @dataclass
@@ -161,7 +184,7 @@ def run_demo(
 ) -> list[tuple[str, str]]:
     """Run the journey against the edge at ``base_url`` (``settings`` reach its RabbitMQ)."""
     outcomes = []
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx.Client(base_url=base_url, timeout=10, transport=WaitsOutRefusals(console)) as client:
         admin_email, admin_headers = sign_in_admin(client, settings)
         customer_email, customer_headers = sign_up_customer(client)
         console.print(f"[bold]identity[/bold]: administrator {admin_email}, customer {customer_email}")
