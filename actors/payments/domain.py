@@ -13,9 +13,15 @@ is reserved and whether it was cancelled, and the payment once the provider has 
 - a capture of a cancelled order is refunded, whichever of the two payments learns first (a capture
   found by a lookup included).
 
-Every handler of an order reads and writes its one account in its transaction, so these rules hold
-across replicas: a charge in flight when the cancel commits conflicts at its write, runs again on the
-cancelled account, looks up what its first run took and refunds it.
+The provider is asked outside the transaction (record the intent, call, record the answer): a
+handler's first step reads the committed account, applies its fact and asks what is then due (a
+charge, a lookup, a refund; ``Asked``); its transaction reads the account again, applies the same
+fact and records the answers (``settle``). Every handler of an order writes its one account, so
+across replicas too two handlers of an order conflict and one decides again on the other's result.
+If that result needs an answer that was not asked for (a charge taken for an order cancelled
+meanwhile now needs its refund), the handler raises ConcurrentUpdate and is asked again later: a
+capture of a cancelled order is never left unrefunded, and nothing is charged twice, since every
+request carries its idempotency key.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
-from actors.runtime.errors import NotFound
+from actors.runtime.errors import ConcurrentUpdate, NotFound
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentView
 from brokers.envelope import Event
 
@@ -245,6 +251,37 @@ def refunded(account: Account, refund_id: str, at: datetime) -> Change:
     )
     payment = replace(payment, status=Status.REFUNDED, refund_reference=refund_id)
     return Change(replace(account, payment=payment, updated_at=at), (event,))
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the provider answered before the transaction: under the order's key (``key_asked``: a
+    charge or a lookup; ``answer`` None when a lookup found nothing) and to the refund of its capture."""
+
+    key_asked: bool = False
+    answer: ChargeOutcome | None = None
+    refund_id: str | None = None
+
+
+def after_answer(account: Account, answer: ChargeOutcome | None, at: datetime) -> Change:
+    """The account once the provider's answer under its key is recorded (nothing found: unchanged)."""
+    return Change(account) if answer is None else charged(account, answer, at)
+
+
+def settle(account: Account, asked: Asked | None, at: datetime) -> Change:
+    """Record what the provider answered, as the account now stands; ConcurrentUpdate when it moved
+    past what was asked (another handler of the order committed in between): ask again."""
+    asked = asked or Asked()
+    change = Change(account)
+    if charge_due(account) is not None or lookup_due(account) is not None:
+        if not asked.key_asked:
+            raise ConcurrentUpdate(f"order {account.order_id}: a charge or lookup is due that was not asked")
+        change = after_answer(account, asked.answer, at)
+    if refund_due(change.account) is not None:
+        if asked.refund_id is None:
+            raise ConcurrentUpdate(f"order {account.order_id}: a refund is due that was not asked")
+        change = change.then(refunded(change.account, asked.refund_id, at))
+    return change
 
 
 def view(order_id: str, account: Account | None) -> PaymentView:

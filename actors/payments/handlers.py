@@ -3,91 +3,106 @@
 order.placed and stock.reserved come from different actors and may be handled in either order, even
 at the same moment: the order is charged by whichever of the two handlers finds the other's fact.
 
-The provider is called inside the handler's transaction; a re-run (a transaction retry, a redelivery)
-calls it again with the same idempotency key and gets the same answer, so nobody is charged twice.
-A provider that is unavailable makes the handler raise, and the message waits in the runtime's delay
-queues; on its last retry the payment fails as "unavailable" instead (the order is then cancelled
-and its stock released). Counting tries rather than time since the event keeps a backlog in front
-of payments from using up a payment's patience before the provider was asked even once.
+The provider is never called inside a transaction: each handler's outside step (``ask_provider``)
+applies the message's fact to the committed account and asks what is then due, and the handler
+applies the fact again in its transaction and records the answers (domain.settle). A re-run (a
+redelivery, a handler asked again) asks again with the same idempotency key and gets the same
+answer, so nobody is charged twice. A provider that is unavailable makes the outside step raise,
+and the message waits in the runtime's delay queues; on its last retry the payment fails as
+"unavailable" instead (the order is then cancelled and its stock released). Counting tries rather
+than time since the event keeps a backlog in front of payments from using up a payment's patience
+before the provider was asked even once.
 
 A cancelled order is never charged, whichever handler comes after the cancel. Where its charge may
 have been taken unbeknown to payments, the provider is asked what it holds under the order's key (a
-lookup, which takes nothing), and a capture found is recorded and refunded at once. Every handler of
-an order reads and writes its one account in its transaction, so across replicas too a charge in
-flight when the cancel commits conflicts, runs again on the cancelled account, looks up and refunds
-what it took. Lookups and refunds never give up: a provider unavailable for them makes the handler
-raise through every retry into the dead-letter queue, for an operator to replay.
+lookup, which takes nothing), and a capture found is recorded and refunded at once. Lookups and
+refunds never give up: a provider unavailable for them makes the step raise through every retry into
+the dead-letter queue, for an operator to replay.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from actors.payments import domain, provider
 from actors.payments.store import PaymentsStore
-from actors.runtime.actor import Actor, Work
+from actors.runtime.actor import Actor, Asking, Work
 from brokers.contracts.inventory import StockReserved
 from brokers.contracts.orders import OrderCancelled, OrderPlaced
 from brokers.contracts.payments import GetPayment, ListPayments, PaymentPage, PaymentView
 
-# The provider is called inside the transaction: one message per transaction keeps it inside the
-# transaction lifetime (15 s on the embedded MongoDB, recommended for production) however slow the
-# provider (3 attempts of 2 s), and 16 lanes keep 16 orders' calls going at once. Every handler decides
-# about one order's account only, so lanes (by order id) cannot conflict.
+# The provider is called outside the transactions, 16 orders' calls at once (lanes by order id: one
+# order's messages one after the other). A batch is one message: messages of one order in one batch
+# would all be asked about the account as it stood before the batch, and the later ones asked again.
 payments = Actor("payments", PaymentsStore, lanes=16, batch_size=lambda settings: 1)
+Fact = Callable[[domain.Account | None, datetime], domain.Account]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@payments.handles(OrderPlaced)
-async def remember_order(event: OrderPlaced, work: Work[PaymentsStore]) -> None:
-    order = domain.Order(event.order_id, event.customer_id, event.total_cents, event.currency)
-    await _charge_or_look_up(work, domain.placed(await work.store.account(event.order_id), order, _now()))
+def _fact(event: OrderPlaced | StockReserved | OrderCancelled) -> Fact:
+    """What the event tells of its order's account."""
+    match event:
+        case OrderPlaced():
+            order = domain.Order(event.order_id, event.customer_id, event.total_cents, event.currency)
+            return lambda account, at: domain.placed(account, order, at)
+        case StockReserved():
+            return lambda account, at: domain.reserved(account, event.order_id, at)
+        case OrderCancelled():
+            return lambda account, at: domain.cancelled(account, event.order_id, at)
 
 
-@payments.handles(StockReserved)
-async def charge_reserved_order(event: StockReserved, work: Work[PaymentsStore]) -> None:
-    account = domain.reserved(await work.store.account(event.order_id), event.order_id, _now())
-    await _charge_or_look_up(work, account)
-
-
-@payments.handles(OrderCancelled)
-async def refund_cancelled_order(event: OrderCancelled, work: Work[PaymentsStore]) -> None:
-    account = domain.cancelled(await work.store.account(event.order_id), event.order_id, _now())
-    await _charge_or_look_up(work, account)
-
-
-async def _charge_or_look_up(work: Work[PaymentsStore], account: domain.Account) -> None:
-    """Charge what is due; for a cancelled order, look up instead what it may have been charged."""
-    change = domain.Change(account)
+async def ask_provider(
+    event: OrderPlaced | StockReserved | OrderCancelled, asking: Asking[PaymentsStore]
+) -> domain.Asked:
+    """Charge what the event makes due, or look up what a cancelled order may have been charged;
+    then refund a capture of a cancelled order."""
+    account = _fact(event)(await asking.store.account(event.order_id), _now())
+    client = provider.client_for(asking.settings)
+    asked = domain.Asked()
     if (charge := domain.charge_due(account)) is not None:
-        change = domain.charged(account, await _charge(charge, work), _now())
+        asked = domain.Asked(key_asked=True, answer=await _charge(client, charge, asking.retries_left))
     elif (key := domain.lookup_due(account)) is not None:
-        found = await provider.client_for(work.settings).lookup(key)
-        if found is not None:  # nothing found: nothing was taken, nothing changes
-            change = domain.charged(account, found, _now())
-    await _settle(work, change)
+        asked = domain.Asked(key_asked=True, answer=await client.lookup(key))
+    if (refund := domain.refund_due(domain.after_answer(account, asked.answer, _now()).account)) is not None:
+        asked = domain.Asked(asked.key_asked, asked.answer, refund_id=await client.refund(refund))
+    return asked
 
 
-async def _charge(charge: domain.ChargeRequest, work: Work[PaymentsStore]) -> domain.ChargeOutcome:
-    client = provider.client_for(work.settings)
+async def _charge(
+    client: provider.ProviderClient, charge: domain.ChargeRequest, retries_left: bool
+) -> domain.ChargeOutcome:
     try:
         return await client.charge(charge)
     except provider.ProviderUnavailable as exc:
-        if work.retries_left:
+        if retries_left:
             raise
         return domain.Unavailable(str(exc), exc.attempts)
 
 
-async def _settle(work: Work[PaymentsStore], change: domain.Change) -> None:
-    """Refund what a cancelled order was charged, then save the account and emit what happened."""
-    refund = domain.refund_due(change.account)
-    if refund is not None:
-        refund_id = await provider.client_for(work.settings).refund(refund)
-        change = change.then(domain.refunded(change.account, refund_id, _now()))
+@payments.handles(OrderPlaced, asks=ask_provider)
+async def remember_order(event: OrderPlaced, work: Work[PaymentsStore]) -> None:
+    await _record(event, work)
+
+
+@payments.handles(StockReserved, asks=ask_provider)
+async def charge_reserved_order(event: StockReserved, work: Work[PaymentsStore]) -> None:
+    await _record(event, work)
+
+
+@payments.handles(OrderCancelled, asks=ask_provider)
+async def refund_cancelled_order(event: OrderCancelled, work: Work[PaymentsStore]) -> None:
+    await _record(event, work)
+
+
+async def _record(event: OrderPlaced | StockReserved | OrderCancelled, work: Work[PaymentsStore]) -> None:
+    """Apply the event's fact to the account as it now stands, with what the provider answered."""
+    account = _fact(event)(await work.store.account(event.order_id), _now())
+    change = domain.settle(account, work.asked, _now())
     await work.store.save(change.account)
-    for event in change.events:
-        work.emit(event)
+    for emitted in change.events:
+        work.emit(emitted)
 
 
 @payments.answers_to(GetPayment)

@@ -2,9 +2,9 @@
 
 Every handler of an order reads and writes that one document inside its transaction, so two
 handlers racing on an order conflict and one of them runs again on the other's result: a charge
-racing a cancel runs again on the cancelled account, looks up what it took and refunds it (a capture
-of a cancelled order cannot slip through unrefunded), and an order placed and reserved at the same
-moment is charged by whichever handler comes second.
+racing a cancel finds the cancelled account and asks the provider again, for the refund of what it
+took (a capture of a cancelled order cannot slip through unrefunded), and an order placed and
+reserved at the same moment is charged by whichever handler comes second.
 """
 
 from __future__ import annotations

@@ -39,6 +39,14 @@ class Staged:
     entry: dict[str, Any]
 
 
+class Asking(Generic[S]):
+    """What a handler's outside step has to work with: the store, reading what is committed (no
+    transaction is open yet), the message's envelope, and whether a failure now would be retried."""
+
+    def __init__(self, store: S, envelope: Envelope, settings: Settings, *, retries_left: bool) -> None:
+        self.store, self.envelope, self.settings, self.retries_left = store, envelope, settings, retries_left
+
+
 class Work(Generic[S]):
     """The staged effects of one message: what its handler reads and changes through the store
     (bound to the runtime's transaction) and the messages it sends, staged here in the order it sent
@@ -47,10 +55,19 @@ class Work(Generic[S]):
     """
 
     def __init__(
-        self, store: S, envelope: Envelope, topology: ActorTopology, settings: Settings, *, attempt: int = 1
+        self,
+        store: S,
+        envelope: Envelope,
+        topology: ActorTopology,
+        settings: Settings,
+        *,
+        attempt: int = 1,
+        asked: Any = None,
     ) -> None:
         self.store = store
         self.envelope = envelope
+        # What the handler's outside step learnt before the transaction (see Actor.handles).
+        self.asked = asked
         # Which handling of this message this is (1: the first; more: a retry after a transient failure).
         self.attempt = attempt
         self.settings = settings
@@ -89,6 +106,7 @@ class Work(Generic[S]):
 
 
 Handler = Callable[[Any, Work[Any]], Awaitable[None]]
+Ask = Callable[[Any, Asking[Any]], Awaitable[Any]]
 Answer = Callable[[Any, Any], Awaitable[BaseModel | list[BaseModel] | dict[str, Any]]]
 # Sees an event the actor emitted, its envelope, and the actor's store (reading outside any transaction).
 Observer = Callable[[Any, Envelope, Any], Awaitable[None]]
@@ -105,14 +123,22 @@ class Actor(Generic[S]):
     lanes: int = 1
     batch_size: Callable[[Settings], int] | None = None
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
+    asks: dict[str, Ask] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
     observers: dict[str, list[Observer]] = field(default_factory=dict)
 
-    def handles(self, message: type[M]) -> Callable[[Callable[[M, Work[S]], Awaitable[None]]], Any]:
+    def handles(
+        self, message: type[M], *, asks: Callable[[M, Asking[S]], Awaitable[Any]] | None = None
+    ) -> Callable[[Callable[[M, Work[S]], Awaitable[None]]], Any]:
         """Register the handler of a command or event (one per message type).
 
         One process applies an actor's messages one batch at a time, each batch in delivery order
         (see ``actors.runtime.batches``): handlers never run beside each other there.
+
+        ``asks`` is a step that runs before the transaction, for what must not wait inside one (a
+        call to another system): its answer is the handler's ``work.asked``. It must be safe to run
+        again (an idempotency key), since a message may be handled more than once; a handler that
+        finds the committed state moved past what was asked raises ConcurrentUpdate, to be asked again.
         """
         if message.KIND is Kind.QUERY:
             raise TypeError(f"{message.TYPE} is a query: register it with answers()")
@@ -121,6 +147,8 @@ class Actor(Generic[S]):
             if message.TYPE in self.handlers:
                 raise TypeError(f"{self.name} already handles {message.TYPE}")
             self.handlers[message.TYPE] = (message, handler)
+            if asks is not None:
+                self.asks[message.TYPE] = asks
             return handler
 
         return register

@@ -15,6 +15,12 @@ an entity writes its document). An actor whose handlers wait on something outsid
 provider) may ask for lanes: batches side by side, each conversation (correlation id) always in the
 same lane, so one order's messages still never run beside each other.
 
+A handler may have a step outside the transaction (Actor.handles' ``asks``: a call to another
+system, the payment provider's). The steps of a batch run side by side before it opens, so no
+transaction waits on the outside world or outlives its time limit; their answers are the handlers'
+``work.asked``, kept when the batch is applied again. A step that raises takes its message out of
+the batch, as a handler that raises does.
+
 One message never fails the others. The transaction aborts whole; a copy applied before (its inbox
 record exists) is then settled as a duplicate, a message whose handler raised leaves the batch to
 be retried or dead-lettered on its own, and the messages before it and after it are applied again
@@ -29,10 +35,10 @@ import contextvars
 import functools
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -43,13 +49,14 @@ from pymongo.asynchronous.mongo_client import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from actors.runtime import metrics
-from actors.runtime.actor import Actor, Handler, Work
+from actors.runtime.actor import Actor, Asking, Handler, Work
 from actors.runtime.outbox import OutboxRelay
 from brokers.envelope import Envelope
 from brokers.settings import Settings
 from brokers.topology import ActorTopology
 
 log = structlog.get_logger()
+T = TypeVar("T")
 INBOX_EXPIRY = "expire_after_dedupe_window"
 # What applying one delivery came to: its work once committed, None for a copy applied before, or
 # the exception that took it out of the batch (the consumer retries or dead-letters it).
@@ -184,13 +191,20 @@ class GroupCommit:
             else:
                 ids.add(delivery.envelope.message_id)
                 first.append(i)
+        answers: dict[str, Any] = {}
+        for i, answer in zip(first, await self._ask_outside([deliveries[i] for i in first]), strict=True):
+            if isinstance(answer, Exception):  # it leaves the batch, to be retried or dead-lettered
+                outcomes[i] = answer
+            else:
+                answers[deliveries[i].envelope.message_id] = answer
+        first = [i for i in first if i not in outcomes]
         batches = [first] if first else []
         while batches:
             batch = batches.pop(0)
             failed: list[int] = []
             started = time.perf_counter()
             try:
-                works = await self._transact([deliveries[i] for i in batch], failed)
+                works = await self._transact([deliveries[i] for i in batch], failed, answers)
             except Exception as exc:
                 again = await self._sort_out(deliveries, batch, failed, exc, outcomes)
                 if again:
@@ -201,6 +215,28 @@ class GroupCommit:
             metrics.BATCH_MESSAGES.labels(self.actor.name).observe(len(works))
             outcomes.update(zip(batch, works, strict=True))
         return [outcomes[i] for i in range(len(deliveries))]
+
+    async def _ask_outside(self, deliveries: list[Delivery]) -> list[Any]:
+        """Run the outside steps of the deliveries' handlers (Actor.handles' ``asks``), side by side
+        and before any transaction: each answer, None where there is no such step, or what it raised."""
+
+        async def ask(delivery: Delivery) -> Any:
+            step = self.actor.asks.get(delivery.envelope.type)
+            if step is None:
+                return None
+            asking = Asking(
+                self.actor.store(self.db),
+                delivery.envelope,
+                self.settings,
+                retries_left=self.topology.retry_queue(delivery.attempt) is not None,
+            )
+            return await _in_context_of(delivery, functools.partial(step, delivery.payload, asking))
+
+        answers = await asyncio.gather(*(ask(d) for d in deliveries), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer  # cancelled (the host stopping): not one message's failure
+        return list(answers)
 
     async def _sort_out(
         self,
@@ -230,7 +266,9 @@ class GroupCommit:
         outcomes.update(dict.fromkeys(batch, exc))
         return []
 
-    async def _transact(self, deliveries: list[Delivery], failed: list[int]) -> list[Work[Any]]:
+    async def _transact(
+        self, deliveries: list[Delivery], failed: list[int], answers: dict[str, Any]
+    ) -> list[Work[Any]]:
         """One transaction: every handler in delivery order, then the outbox entries, then the inbox
         records. ``failed`` gets the position of a handler that raised.
 
@@ -251,6 +289,7 @@ class GroupCommit:
                     self.topology,
                     self.settings,
                     attempt=delivery.attempt,
+                    asked=answers.get(delivery.envelope.message_id),
                 )
                 try:
                     await _in_context_of(
@@ -275,7 +314,7 @@ class GroupCommit:
             return await session.with_transaction(apply)
 
 
-async def _in_context_of(delivery: Delivery, call: Callable[[], Any]) -> None:
+async def _in_context_of(delivery: Delivery, call: Callable[[], Awaitable[T]]) -> T:
     """Run a handler in its message's trace and with its ids bound to the log lines it writes."""
     token = otel_context.attach(delivery.trace)
     try:
@@ -283,6 +322,6 @@ async def _in_context_of(delivery: Delivery, call: Callable[[], Any]) -> None:
         with structlog.contextvars.bound_contextvars(
             type=envelope.type, message_id=envelope.message_id, correlation_id=envelope.correlation_id
         ):
-            await call()
+            return await call()
     finally:
         otel_context.detach(token)

@@ -270,8 +270,8 @@ def _in_lane(lane: int, lanes: int, prefix: str) -> str:
 
 @pytest.mark.parametrize("lanes", [1, 2])
 async def test_lanes_let_other_conversations_go_on_while_one_waits(mongo, settings, lanes):
-    """Payments waits on its provider inside its handlers: with lanes, an order whose call hangs
-    does not hold up another order's (with one lane it does)."""
+    """With lanes, a conversation whose handling hangs (on something outside, say) does not hold
+    up another one's (with one lane it does)."""
     actor = Actor("lanes", Store, lanes=lanes)
     other_went_on = asyncio.Event()
 
@@ -300,3 +300,47 @@ async def test_lanes_let_other_conversations_go_on_while_one_waits(mongo, settin
         assert all(isinstance(outcome, Work) for outcome in outcomes), outcomes
     else:  # one lane: the quick order waited behind the slow one, which gave up
         assert isinstance(outcomes[0], TimeoutError) and isinstance(outcomes[1], Work)
+
+
+class Ask(Command, type="test.ask_outside"):
+    key: EntityId
+
+
+async def test_steps_outside_the_transaction_run_once_each_and_one_that_raises_takes_out_only_its_message(
+    mongo, settings
+):
+    actor = Actor("asking", Store)
+    asked: list[str] = []
+
+    async def ask_elsewhere(command: Ask, asking: Any) -> str:
+        assert asking.store.session is None, "asked inside a transaction"
+        asked.append(command.key)
+        if command.key == "unreachable":
+            raise ConnectionError("the other system is away")
+        return f"answer for {command.key}"
+
+    @actor.handles(Ask, asks=ask_elsewhere)
+    async def record_answer(command: Ask, work: Work[Store]) -> None:
+        if command.key == "breaks":
+            raise RuleViolation("this one breaks a rule")
+        await work.store.db["answers"].insert_one(
+            {"_id": command.key, "asked": work.asked}, session=work.store.session
+        )
+
+    db = mongo[settings.database_name("asking")]
+    await OutboxRelay.prepare(db)
+    commits = GroupCommit(actor, topology_of(actor, settings), mongo, db, None, settings)
+    commands = [Ask(key=key) for key in ("a", "unreachable", "breaks", "b")]
+
+    outcomes = await commits.commit(
+        [Delivery(Envelope.first(c, "c-ask"), c, record_answer) for c in commands]
+    )
+
+    assert [type(o).__name__ for o in outcomes] == ["Work", "ConnectionError", "RuleViolation", "Work"]
+    # The batch was applied three times (whole, then before and after the rule breaker): its
+    # answers were kept, each step ran once.
+    assert sorted(asked) == ["a", "b", "breaks", "unreachable"]
+    assert await db["answers"].find().sort("_id").to_list() == [
+        {"_id": "a", "asked": "answer for a"},
+        {"_id": "b", "asked": "answer for b"},
+    ]

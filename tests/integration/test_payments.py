@@ -8,6 +8,7 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from circuitbreaker import STATE_CLOSED, STATE_OPEN
+from prometheus_client import REGISTRY
 
 from actors.runtime.host import ActorHost
 from brokers.contracts.common import Line
@@ -206,6 +207,37 @@ async def test_a_provider_down_through_every_retry_fails_the_payment_as_unavaila
     assert "HTTP 503" in body(message, PaymentFailed).detail
     assert (await simulator.control.stats()).charges == 0
     assert (await payment_of(settings, "o-5")).failure.startswith("unavailable:")
+
+
+def _payments_transactions(below_s: str) -> tuple[float, float]:
+    """How many payments transactions committed in all, and how many of them in under ``below_s``."""
+    labels = {"actor": "payments"}
+    total = REGISTRY.get_sample_value("emporium_transaction_duration_seconds_count", labels) or 0.0
+    quick = REGISTRY.get_sample_value(
+        "emporium_transaction_duration_seconds_bucket", {**labels, "le": below_s}
+    )
+    return total, quick or 0.0
+
+
+async def test_a_slow_provider_is_waited_on_outside_every_transaction(
+    settings, broker, simulator, start_payments
+):
+    # The provider answers each call after 2.5 s: a transaction that waited on it would last that long.
+    await start_payments(provider_timeout_s=10)
+    await simulator.control.behave(latency_ms=2_500)
+    total_before, quick_before = _payments_transactions("2.5")
+    await place(broker, placed("o-slow"))
+    async with Tap(settings.rabbitmq_url) as tap:
+        await send(broker, reserved("o-slow"), correlation_id="o-slow")
+        await tap.wait_for("payment.captured")
+        await send(broker, cancelled("o-slow"), correlation_id="o-slow")
+        await tap.wait_for("payment.refunded")
+
+    total, quick = _payments_transactions("2.5")
+    assert total - total_before >= 3  # placed, reserved (charged), cancelled (refunded)
+    assert quick - quick_before == total - total_before, "a transaction lasted as long as a provider call"
+    stats = await simulator.control.stats()
+    assert (stats.charges, stats.refunds) == (1, 1)
 
 
 async def test_a_cancel_after_the_capture_refunds_it_once(settings, broker, simulator, start_payments):

@@ -6,7 +6,7 @@ import pytest
 
 from actors.payments import domain
 from actors.payments.domain import Account, Captured, Declined, Order, Status, Unavailable
-from actors.runtime.errors import NotFound
+from actors.runtime.errors import ConcurrentUpdate, NotFound
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -207,6 +207,46 @@ def test_a_second_cancel_changes_nothing():
     once = domain.cancelled(placed(), "o1", T0)
 
     assert domain.cancelled(once, "o1", T1) is once
+
+
+# --- settling what the provider answered before the transaction ----------------------------------
+
+
+def test_a_charge_answered_before_the_transaction_is_recorded_in_it():
+    change = domain.settle(ready(), domain.Asked(key_asked=True, answer=Captured("ch_1", 1)), T1)
+
+    assert change.account.payment == domain.Payment(Status.CAPTURED, 1, provider_reference="ch_1")
+    assert [type(e) for e in change.events] == [PaymentCaptured]
+
+
+def test_nothing_asked_and_nothing_due_changes_nothing_but_the_fact():
+    assert domain.settle(placed(), None, T1) == domain.Change(placed())
+
+
+def test_an_account_that_became_due_for_a_charge_meanwhile_is_asked_again():
+    # Asked when the order was only placed (nothing was due); reserved by the time of the transaction.
+    with pytest.raises(ConcurrentUpdate, match="a charge or lookup is due"):
+        domain.settle(ready(), domain.Asked(), T1)
+
+
+def test_a_charge_for_an_order_cancelled_meanwhile_is_recorded_and_its_refund_asked_for():
+    # The charge went out while the order was open; the cancel committed before its transaction.
+    account = domain.cancelled(ready(), "o1", T1)
+    charged_only = domain.Asked(key_asked=True, answer=Captured("ch_1", 1))
+
+    with pytest.raises(ConcurrentUpdate, match="a refund is due"):
+        domain.settle(account, charged_only, T1)
+    change = domain.settle(account, domain.Asked(True, Captured("ch_1", 1), refund_id="re_1"), T1)
+    assert change.account.payment is not None and change.account.payment.status is Status.REFUNDED
+    assert [type(e) for e in change.events] == [PaymentCaptured, PaymentRefunded]
+
+
+def test_a_lookup_that_found_nothing_records_the_cancel_only():
+    account = domain.cancelled(ready(), "o1", T1)
+
+    change = domain.settle(account, domain.Asked(key_asked=True, answer=None), T1)
+
+    assert change == domain.Change(account)
 
 
 def test_the_payment_id_is_derived_from_the_order_id():
