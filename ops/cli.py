@@ -32,6 +32,26 @@ app.add_typer(identity_admin.app, name="admin")
 app.add_typer(asyncapi.app, name="asyncapi")
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"emporium {version('emporium')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """emporium: an e-commerce backend of actors on RabbitMQ and MongoDB."""
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -104,7 +124,10 @@ def _wait_until_listening(child: subprocess.Popen, host: str, port: int, timeout
 
 
 @app.command("payment-provider")
-def payment_provider(host: Host = "127.0.0.1", port: int = 8090) -> None:
+def payment_provider(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the simulator listens on.")] = 8090,
+) -> None:
     """The payment-provider simulator (charges, refunds, adjustable declines, errors and latency)."""
     from ops.payment_provider import serve
 
@@ -114,7 +137,7 @@ def payment_provider(host: Host = "127.0.0.1", port: int = 8090) -> None:
 @app.command()
 def run(
     host: Host = "127.0.0.1",
-    port: int = 8000,
+    port: Annotated[int, typer.Option(help="Port the edge listens on.")] = 8000,
     simulator: Annotated[bool, typer.Option(help="Also run the payment-provider simulator.")] = True,
 ) -> None:
     """Every actor and the edge in one process (the modular monolith)."""
@@ -409,7 +432,9 @@ def chaos(
 
 
 @app.command()
-def edge(host: Host = "0.0.0.0", port: int = 8000) -> None:
+def edge(
+    host: Host = "0.0.0.0", port: Annotated[int, typer.Option(help="Port the edge listens on.")] = 8000
+) -> None:
     """The HTTP edge alone."""
     from brokers.logs import configure_logging
     from brokers.settings import get_settings

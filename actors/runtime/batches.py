@@ -1,8 +1,9 @@
 """Group commit: the deliveries waiting for an actor applied in one MongoDB transaction.
 
 The embedded MongoDB's cost is per transaction and per round trip, not per document: a transaction
-that applies 32 messages (their handlers in delivery order, one insert_many for all their outbox
-entries, one for all their inbox records) commits in little more time than one that applies one.
+that applies 32 messages (their handlers in delivery order, sharing one store that reads for them
+all at once and writes once at the end, one insert_many for all their outbox entries, one for all
+their inbox records) commits in little more time than one that applies one.
 So a work consumer hands its deliveries to a ``GroupCommit``, which takes what is waiting (up to
 ``EMPORIUM_BATCH_SIZE``, lingering ``EMPORIUM_BATCH_WAIT_MS`` for more), applies it in one
 transaction, publishes what it emitted (pipelined: every confirm awaited together) and only then
@@ -58,6 +59,8 @@ from brokers.topology import ActorTopology
 log = structlog.get_logger()
 T = TypeVar("T")
 INBOX_EXPIRY = "expire_after_dedupe_window"
+# Where a batch failed when it was the store's flush, not one handler.
+FLUSH = -1
 # What applying one delivery came to: its work once committed, None for a copy applied before, or
 # the exception that took it out of the batch (the consumer retries or dead-letters it).
 Outcome = Work[Any] | None | Exception
@@ -258,6 +261,14 @@ class GroupCommit:
             outcomes.update(dict.fromkeys(duplicates))
             rest = [i for i in batch if i not in duplicates]
             return [rest] if rest else []
+        if failed == [FLUSH]:
+            # The store's held-back writes failed, for one of the messages it cannot name: halves
+            # are tried apart until the one it is has a batch of its own.
+            if len(batch) == 1:
+                outcomes[batch[0]] = exc
+                return []
+            half = len(batch) // 2
+            return [batch[:half], batch[half:]]
         if failed:
             position = failed[-1]
             outcomes[batch[position]] = exc
@@ -270,7 +281,7 @@ class GroupCommit:
         self, deliveries: list[Delivery], failed: list[int], answers: dict[str, Any]
     ) -> list[Work[Any]]:
         """One transaction: every handler in delivery order, then the outbox entries, then the inbox
-        records. ``failed`` gets the position of a handler that raised.
+        records. ``failed`` gets the position of a handler that raised (FLUSH: the store's flush).
 
         The inbox records are written last, and handlers write after they read and ask: a process
         killed inside a transaction leaves it open on the server until the server reaps it, and
@@ -282,9 +293,12 @@ class GroupCommit:
         async def apply(session: AsyncClientSession) -> list[Work[Any]]:
             failed.clear()
             works = []
+            # One store for the batch: it reads for all of them at once and writes once at the end.
+            store = self.actor.store(self.db, session)
+            await store.preload([delivery.payload for delivery in deliveries])
             for position, delivery in enumerate(deliveries):
                 work = Work(
-                    self.actor.store(self.db, session),
+                    store,
                     delivery.envelope,
                     self.topology,
                     self.settings,
@@ -299,6 +313,11 @@ class GroupCommit:
                     failed.append(position)
                     raise
                 works.append(work)
+            try:
+                await store.flush()
+            except Exception:
+                failed.append(FLUSH)
+                raise
             if outbox := [entry for work in works for entry in work.outbox]:
                 await self.db["outbox"].insert_many(outbox, session=session)
             now = datetime.now(UTC)

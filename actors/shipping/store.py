@@ -2,16 +2,20 @@
 
 Everything shipping decides about an order is written to that one document, inserted at version 1
 or updated only from the version it was read at: rival decisions conflict instead of both committing.
+In a batch (``preload``), the shipments of every order its messages name are read in one round trip
+and written at the end in one (``flush``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
 
 from actors.runtime.errors import ConcurrentUpdate, NotFound
-from actors.runtime.store import Store
+from actors.runtime.store import Held, Store, Versioned, named_order_ids, write_versions
 from actors.shipping.domain import Shipment, Status, Step
 
 
@@ -41,6 +45,12 @@ def _document(shipment: Shipment) -> dict[str, Any]:
 
 
 class ShippingStore(Store):
+    def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
+        super().__init__(db, session)
+        # Set by preload: shipments read are kept for the batch, and writes are held back for flush.
+        self._batched = False
+        self._held: Held[Shipment | None] = Held()
+
     @property
     def _shipments(self):
         return self.db["shipments"]
@@ -49,9 +59,32 @@ class ShippingStore(Store):
     async def prepare(cls, db) -> None:
         await db["shipments"].create_index("shipment_id", unique=True)
 
+    async def preload(self, messages: Sequence[object]) -> None:
+        self._batched = True
+        if order_ids := named_order_ids(messages):
+            await self._read(order_ids)
+
+    async def flush(self) -> None:
+        changes = [
+            Versioned(now.order_id, was.version if was else 0, _document(now))
+            for was, now in self._held.changed()
+            if now is not None
+        ]
+        if changes:
+            await write_versions(self._shipments, changes, session=self.session, what="shipment")
+            self._held.written()
+
+    async def _read(self, order_ids: Sequence[str]) -> dict[str, Shipment | None]:
+        found = self._shipments.find({"_id": {"$in": list(order_ids)}}, session=self.session)
+        read = dict.fromkeys(order_ids) | {doc["_id"]: _shipment(doc) async for doc in found}
+        if self._batched:
+            self._held.loaded(read)
+        return read
+
     async def find(self, order_id: str) -> Shipment | None:
-        doc = await self._shipments.find_one({"_id": order_id}, session=self.session)
-        return None if doc is None else _shipment(doc)
+        if order_id in self._held:
+            return self._held[order_id]
+        return (await self._read([order_id]))[order_id]
 
     async def get(self, order_id: str) -> Shipment:
         shipment = await self.find(order_id)
@@ -61,17 +94,19 @@ class ShippingStore(Store):
 
     async def save(self, shipment: Shipment) -> None:
         """Insert a new shipment, or update one only if it is still the version the change started from."""
-        doc = _document(shipment)
-        if shipment.version == 1:
-            try:
-                await self._shipments.insert_one({"_id": shipment.order_id, **doc}, session=self.session)
-            except DuplicateKeyError as exc:
+        if self._batched:
+            if shipment.order_id not in self._held:
+                await self._read([shipment.order_id])
+            current = self._held[shipment.order_id]
+            if (current.version if current else 0) != shipment.version - 1:
                 raise ConcurrentUpdate(
-                    f"shipment of order {shipment.order_id} was created meanwhile"
-                ) from exc
+                    f"shipment of order {shipment.order_id} changed while being decided on"
+                )
+            self._held[shipment.order_id] = shipment
             return
-        result = await self._shipments.update_one(
-            {"_id": shipment.order_id, "version": shipment.version - 1}, {"$set": doc}, session=self.session
+        await write_versions(
+            self._shipments,
+            [Versioned(shipment.order_id, shipment.version - 1, _document(shipment))],
+            session=self.session,
+            what="shipment",
         )
-        if result.matched_count != 1:
-            raise ConcurrentUpdate(f"shipment of order {shipment.order_id} changed while being updated")
