@@ -26,7 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from actors.analytics import domain
 from actors.analytics.domain import Line, OrderFacts
 from actors.runtime.errors import ConcurrentUpdate
-from actors.runtime.store import Held, Store, Versioned, named_order_ids, write_versions
+from actors.runtime.store import Held, Store, Versioned, ids_named, write_versions
 from brokers.contracts.analytics import Stats
 
 SHARDS = 64
@@ -77,7 +77,7 @@ class AnalyticsStore(Store):
 
     async def preload(self, messages: Sequence[object]) -> None:
         self._batched = True
-        if order_ids := named_order_ids(messages):
+        if order_ids := ids_named(messages):
             await self._read_facts(order_ids)
 
     async def _read_facts(self, order_ids: Sequence[str]) -> dict[str, OrderFacts]:

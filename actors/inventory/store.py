@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from actors.inventory.domain import Outcome, Reservation, Status, StockLevel
 from actors.runtime.errors import ConcurrentUpdate, NotFound
-from actors.runtime.store import Held, Store, named_order_ids
+from actors.runtime.store import Held, Store, ids_named
 from brokers.contracts.common import Line
 from brokers.contracts.inventory import Restock
 from brokers.contracts.orders import OrderPlaced
@@ -63,7 +63,7 @@ class InventoryStore(Store):
 
     async def preload(self, messages: Sequence[object]) -> None:
         self._batched = True
-        order_ids = named_order_ids(messages)
+        order_ids = ids_named(messages)
         reservations = await self._read_reservations(order_ids) if order_ids else {}
         skus = {line.sku for r in reservations.values() if r is not None for line in r.lines}
         for message in messages:

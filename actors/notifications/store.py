@@ -1,13 +1,19 @@
-"""Notifications' data: every notification sent (keyed by its id), and the customers' email addresses."""
+"""Notifications' data: every notification sent (keyed by its id), and the customers' email addresses.
+
+In a batch (``preload``), the addresses of every customer its messages name are read in one round trip.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
 
 from actors.notifications.domain import Notification, Sent
-from actors.runtime.store import Store
+from actors.runtime.store import Store, ids_named
 
 ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]
 
@@ -25,6 +31,24 @@ def _sent(doc: dict[str, Any]) -> Sent:
 
 
 class NotificationsStore(Store):
+    def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
+        super().__init__(db, session)
+        # Set by preload: the addresses read (None: none known) are kept for the batch.
+        self._batched = False
+        self._emails_read: dict[str, str | None] = {}
+
+    async def preload(self, messages: Sequence[object]) -> None:
+        self._batched = True
+        if customer_ids := ids_named(messages, "customer_id"):
+            await self._read_emails(customer_ids)
+
+    async def _read_emails(self, customer_ids: Sequence[str]) -> dict[str, str | None]:
+        found = self._emails.find({"_id": {"$in": list(customer_ids)}}, session=self.session)
+        read = dict.fromkeys(customer_ids) | {doc["_id"]: doc["email"] async for doc in found}
+        if self._batched:
+            self._emails_read.update(read)
+        return read
+
     @property
     def _notifications(self):
         return self.db["notifications"]
@@ -72,7 +96,10 @@ class NotificationsStore(Store):
 
     async def remember_email(self, user_id: str, email: str) -> None:
         await self._emails.replace_one({"_id": user_id}, {"email": email}, upsert=True, session=self.session)
+        if self._batched:
+            self._emails_read[user_id] = email
 
     async def email_of(self, customer_id: str) -> str | None:
-        doc = await self._emails.find_one({"_id": customer_id}, session=self.session)
-        return None if doc is None else doc["email"]
+        if customer_id in self._emails_read:
+            return self._emails_read[customer_id]
+        return (await self._read_emails([customer_id]))[customer_id]

@@ -27,7 +27,7 @@ from actors.orders import domain
 from actors.orders.domain import Order, Price
 from actors.orders.events import Recorded, event_of
 from actors.runtime.errors import ConcurrentUpdate, NotFound
-from actors.runtime.store import Store, named_order_ids
+from actors.runtime.store import Store, ids_named
 from brokers.contracts.orders import OrderView, PlaceOrder
 
 EVENTS, VIEWS, PRICES = "order_events", "orders", "prices"
@@ -78,7 +78,7 @@ class OrdersStore(Store):
 
     async def preload(self, messages: Sequence[object]) -> None:
         self._batched = True
-        if order_ids := named_order_ids(messages):
+        if order_ids := ids_named(messages):
             self._streams.update(await self._read_streams(order_ids))
         skus = {line.sku for m in messages if isinstance(m, PlaceOrder) for line in m.lines}
         if skus:

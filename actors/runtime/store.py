@@ -81,10 +81,10 @@ class Held(Generic[V]):
         self.read.update(self.now)
 
 
-def named_order_ids(messages: Sequence[object]) -> list[str]:
-    """The orders a batch's messages are about (their ``order_id``), sorted."""
-    named = {getattr(message, "order_id", None) for message in messages}
-    return sorted(order_id for order_id in named if isinstance(order_id, str))
+def ids_named(messages: Sequence[object], field: str = "order_id") -> list[str]:
+    """The ids a batch's messages name in a field (by default the orders they are about), sorted."""
+    named = {getattr(message, field, None) for message in messages}
+    return sorted(value for value in named if isinstance(value, str))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from actors.runtime.errors import ConcurrentUpdate, NotFound
-from actors.runtime.store import Held, Store, Versioned, named_order_ids, write_versions
+from actors.runtime.store import Held, Store, Versioned, ids_named, write_versions
 from actors.shipping.domain import Shipment, Status, Step
 
 
@@ -61,7 +61,7 @@ class ShippingStore(Store):
 
     async def preload(self, messages: Sequence[object]) -> None:
         self._batched = True
-        if order_ids := named_order_ids(messages):
+        if order_ids := ids_named(messages):
             await self._read(order_ids)
 
     async def flush(self) -> None:

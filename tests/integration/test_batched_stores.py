@@ -17,6 +17,7 @@ from pymongo import AsyncMongoClient, monitoring
 from actors.analytics import analytics
 from actors.analytics.handlers import get_stats
 from actors.inventory import inventory
+from actors.notifications import notifications
 from actors.orders import orders
 from actors.runtime.actor import Actor, Work
 from actors.runtime.batches import Delivery, GroupCommit, Outcome
@@ -27,6 +28,7 @@ from actors.runtime.store import Store
 from actors.shipping import shipping
 from brokers.contracts.analytics import GetStats
 from brokers.contracts.common import EntityId, Line
+from brokers.contracts.identity import UserRegistered
 from brokers.contracts.inventory import Restock, StockReserved
 from brokers.contracts.orders import CancelOrder, OrderCancelled, OrderConfirmed, PlaceOrder
 from brokers.contracts.payments import PaymentCaptured, PaymentRefunded
@@ -211,11 +213,11 @@ async def test_a_batch_of_analytics_events_counts_what_they_count_one_at_a_time(
     assert singly.revenue_cents == 4 * 3_000 and singly.refunded_cents == 2 * 3_000
 
 
-def confirmed(order_id: str) -> OrderConfirmed:
+def confirmed(order_id: str, customer_id: str = "customer-1") -> OrderConfirmed:
     placed = order_placed(order_id, ("SKU-A", 2), ("SKU-B", 1))
     return OrderConfirmed(
         order_id=order_id,
-        customer_id=placed.customer_id,
+        customer_id=customer_id,
         lines=placed.lines,
         total_cents=placed.total_cents,
         currency=placed.currency,
@@ -243,6 +245,24 @@ async def test_a_batch_of_shipments_reads_them_once_and_writes_them_once(counted
         e for e in await batches.db["outbox"].find().to_list() if e["routing_key"] == "shipment.dispatched"
     ]
     assert len(dispatched) == len(order_ids)
+
+
+async def test_a_batch_of_notifications_reads_the_customers_addresses_once(counted, settings):
+    batches = await batches_of(notifications, counted, settings)
+    customers = {"c-ann": "ann@example.com", "c-bob": "bob@example.com"}
+    registered = [UserRegistered(user_id=c, email=e, name=c) for c, e in customers.items()]
+    assert all_applied(await batches.apply(*registered))
+
+    orders_of = [(f"o-note-{n}", "c-ann" if n % 2 else "c-bob") for n in range(6)]
+    outcomes = await batches.apply(*(confirmed(o, customer_id=c) for o, c in orders_of))
+
+    assert all_applied(outcomes), outcomes
+    assert batches.seen["find", "emails"] == 1, batches.seen
+    about_orders = {"order_id": {"$ne": None}}  # not the welcomes
+    sent = await batches.db["notifications"].find(about_orders, {"order_id": 1, "address": 1}).to_list()
+    assert sorted((n["order_id"], n["address"]) for n in sent) == sorted(
+        (o, customers[c]) for o, c in orders_of
+    )
 
 
 class Tally(Command, type="test.tally"):
