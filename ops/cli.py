@@ -259,7 +259,7 @@ def demo(
     try:
         outcomes = run_demo(url, get_settings(), console, timeout_s)
     except (DemoFailed, IdentityAdminFailed, httpx.HTTPError) as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
+        Console(stderr=True).print(f"[red]demo failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     for expected, status in outcomes:
         mark = "[green]as expected[/green]" if expected == status else f"[red]expected {expected}[/red]"
@@ -334,7 +334,7 @@ def load(
         with Progress(*columns, console=console, disable=as_json) as progress:
             result = asyncio.run(run_load(url, config, settings=get_settings(), progress=progress))
     except (LoadFailed, IdentityAdminFailed, httpx.HTTPError) as exc:
-        console.print(f"[red]load failed:[/red] {exc}")
+        Console(stderr=True).print(f"[red]load failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     paths = write_report(result, out_dir)
     if as_json:
@@ -421,7 +421,7 @@ def chaos(
             )
         )
     except (ChaosError, ServerFailed, LoadFailed) as exc:
-        console.print(f"[red]chaos failed:[/red] {exc}")
+        Console(stderr=True).print(f"[red]chaos failed:[/red] {exc}")
         if rows:
             console.print(f"report of the scenarios before it: {directory / 'chaos.md'}")
         raise typer.Exit(1) from exc

@@ -7,7 +7,9 @@ settings from the environment, ``--vhost`` to look elsewhere.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
+from dataclasses import asdict
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import httpx
@@ -29,6 +31,7 @@ app = typer.Typer(
     help="Inspect, replay and purge dead-letter queues and unrouted-events.", no_args_is_help=True
 )
 console = Console()
+errors = Console(stderr=True)
 
 
 # --- display --------------------------------------------------------------------------------------
@@ -84,6 +87,12 @@ Queue = Annotated[
     typer.Argument(metavar="QUEUE", help="A dead-letter queue, e.g. inventory.dlq.", callback=_dlq_argument),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of tables.")]
+
+
+def as_json(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON, its body as text (as the edge's /admin/dead-letters shows it)."""
+    return {**asdict(letter), "body": pretty_body(letter.body)}
 
 
 def _settings(vhost: str | None) -> Settings:
@@ -104,15 +113,18 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 
 
 def _fail(problem: str, cause: Exception) -> NoReturn:
-    console.print(Text(f"error: {problem}", style="red"))
+    errors.print(Text(f"error: {problem}", style="red"))
     raise typer.Exit(1) from cause
 
 
 @app.command("list")
-def list_queues(vhost: Vhost = None) -> None:
+def list_queues(vhost: Vhost = None, json_output: AsJson = False) -> None:
     """Every dead-letter queue with the messages it holds."""
     settings = _settings(vhost)
     queues = _run(dead_letter_queues(settings))
+    if json_output:
+        typer.echo(json.dumps([{"queue": q.name, "messages": q.messages} for q in queues], indent=2))
+        return
     table = Table("dead-letter queue", "messages", title=f"vhost {vhost_of(settings.rabbitmq_url)}")
     for queue in queues:
         table.add_row(queue.name, str(queue.messages), style="yellow" if queue.messages else None)
@@ -124,9 +136,13 @@ def show(
     queue: Queue,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, from the head of the queue.")] = 10,
     vhost: Vhost = None,
+    json_output: AsJson = False,
 ) -> None:
     """The messages in a dead-letter queue, without removing them."""
     letters = _run(peek(_settings(vhost), queue, limit))
+    if json_output:
+        typer.echo(json.dumps([as_json(letter) for letter in letters], indent=2))
+        return
     if not letters:
         console.print(f"{queue} is empty")
     for position, letter in enumerate(letters, start=1):

@@ -29,6 +29,7 @@ T = TypeVar("T")
 BENCH_APP = "emporium-bench"
 app = typer.Typer(help="Measure the cost of the actor runtime.", no_args_is_help=True)
 console = Console()
+errors = Console(stderr=True)  # errors and progress: stdout keeps what was asked for
 
 
 class BenchmarkError(RuntimeError):

@@ -36,6 +36,7 @@ from ops.bench.common import (
     app,
     console,
     database_ceiling,
+    errors,
     percentile,
     publisher,
     scratch_database,
@@ -410,7 +411,7 @@ def hop_command(
         try:
             figures, ceiling = asyncio.run(run(progress))
         except BenchmarkError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
     console.print(figures_table(figures, ceiling, concurrency=in_flight, prefetch=settings.emporium_prefetch))
     raw, faststream, single, grouped = figures  # the default hops, in their order

@@ -31,6 +31,7 @@ from ops.bench.common import (
     app,
     console,
     database_ceiling,
+    errors,
     publisher,
     running,
     scratch_database,
@@ -175,6 +176,6 @@ def hot_sku_command(
         try:
             single, concurrent, ceiling = asyncio.run(run(progress))
         except BenchmarkError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
     console.print(hot_sku_table(single, concurrent, ceiling, units))

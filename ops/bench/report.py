@@ -24,7 +24,15 @@ from rich.table import Table
 
 from brokers.logs import configure_logging
 from brokers.settings import Settings, get_settings
-from ops.bench.common import BenchmarkError, DatabaseCeiling, app, console, database_ceiling, percentile
+from ops.bench.common import (
+    BenchmarkError,
+    DatabaseCeiling,
+    app,
+    console,
+    database_ceiling,
+    errors,
+    percentile,
+)
 from ops.bench.hop import HopFigures, faststream_hop, raw_hop, run_hops, runtime_hop
 from ops.bench.saga import run_saga
 from ops.bench.saga_figures import SagaFigures
@@ -262,7 +270,7 @@ def report_command(
                 )
             )
         except BenchmarkError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
     console.print(table(report))
     out.mkdir(parents=True, exist_ok=True)

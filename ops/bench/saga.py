@@ -44,6 +44,7 @@ from ops.bench.common import (
     T,
     app,
     console,
+    errors,
     publisher,
     running,
     scratch_database,
@@ -386,12 +387,15 @@ def saga_command(
     carrier_step_ms: Annotated[
         int, typer.Option(min=100, help="How long the simulated carrier takes per shipment step.")
     ] = 100,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON (progress and errors on stderr).")
+    ] = False,
 ) -> None:
     """Whole orders through every actor: messages and MongoDB round trips per order, and saga latencies."""
     settings = get_settings()
     # Retries are warnings, and counted in the figures: in the log they would only garble the progress bars.
     configure_logging("ERROR")
-    with Progress(console=console) as progress:
+    with Progress(console=errors, disable=json_output) as progress:
         try:
             figures = asyncio.run(
                 run_saga(
@@ -404,8 +408,12 @@ def saga_command(
                 )
             )
         except BenchmarkError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
+    if json_output:
+        run = {"concurrency": concurrency, "carrier_step_ms": carrier_step_ms}
+        typer.echo(json.dumps({"run": run, **figures.as_dict()}, indent=2))
+        return
     console.print(saga_table(figures, concurrency=concurrency, carrier_step_ms=carrier_step_ms))
     console.print(cost_table(figures))
     for table in breakdowns(figures):

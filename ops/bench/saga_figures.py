@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.table import Table
 
@@ -158,6 +158,35 @@ class SagaFigures:
     @property
     def transactions(self) -> int:
         return _by(self.cost.mongo_commands, 1)["commitTransaction"]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON for scripts (``bench saga --json``): counts in all and per delivered order."""
+        cost = self.cost
+
+        def latency(spans: Sequence[float]) -> dict[str, float] | None:
+            if not spans:
+                return None
+            return {"p50_ms": percentile(spans, 0.50) * 1000, "p99_ms": percentile(spans, 0.99) * 1000}
+
+        totals = {
+            "messages_published": cost.published,
+            "messages_delivered": cost.delivered,
+            "events_no_actor_takes": cost.parked,
+            "messages_taken": sum(cost.taken.values()),
+            "mongodb_round_trips": sum(cost.mongo_commands.values()),
+            "mongodb_transactions": self.transactions,
+        }
+        return {
+            "orders": {"placed": self.placed, "delivered": self.delivered, "cancelled": self.cancelled},
+            "seconds": self.seconds,
+            "delivered_orders_per_s": self.delivered / self.seconds,
+            "placed_to_confirmed": latency(self.to_confirmed_s),
+            "placed_to_delivered": latency(self.to_delivered_s),
+            "totals": totals,
+            "per_delivered_order": {name: self.per_order(total) for name, total in totals.items()},
+            "mongodb_round_trips_by_actor": dict(_by(cost.mongo_commands, 0)),
+            "mongodb_round_trips_by_command": dict(_by(cost.mongo_commands, 1)),
+        }
 
 
 def _ms(seconds: Sequence[float]) -> str:

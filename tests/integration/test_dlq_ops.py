@@ -284,6 +284,23 @@ def test_the_cli_lists_shows_replays_and_purges(settings: Settings, management: 
     assert shown.exit_code == 0, shown.output
     assert "m-1" in shown.output and "m-2" not in shown.output and '"order_id": "o-1"' in shown.output
 
+    # For scripts: the same as JSON, nothing else on stdout.
+    listed_json = run("list", "--json")
+    assert listed_json.exit_code == 0, listed_json.output
+    assert {"queue": "orders.dlq", "messages": 2} in json.loads(listed_json.stdout)
+    shown_json = run("show", "orders.dlq", "--json")
+    assert shown_json.exit_code == 0, shown_json.output
+    letters = json.loads(shown_json.stdout)
+    assert [(d["message_id"], d["origin_queue"], d["reason"]) for d in letters] == [
+        ("m-1", "orders", "rule-violation"),
+        ("m-2", "orders", "rule-violation"),
+    ]
+    assert json.loads(letters[0]["body"]) == {"order_id": "o-1"}
+    # An error goes to stderr, with exit code 1: stdout stays for what was asked.
+    missing = cli.invoke(dlq.app, ["list", "--json", "--vhost", "no-such-vhost"])
+    assert missing.exit_code == 1 and missing.stdout == ""
+    assert "error: there is no vhost 'no-such-vhost'" in missing.stderr
+
     assert run("replay", "orders.dlq").exit_code == 2  # neither --message-id nor --all
     assert run("purge", "orders").exit_code == 2  # not a DLQ
     refused = run("purge", "orders.dlq", stdin="n\n")

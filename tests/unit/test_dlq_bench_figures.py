@@ -3,6 +3,7 @@ figures, pacing, counting."""
 
 import asyncio
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -234,6 +235,26 @@ def test_costs_per_order_need_a_delivered_order():
     figures = SagaFigures.of([_view("o3", ("placed", 0), ("cancelled", 50))], seconds=1.0, cost=_counts())
     with pytest.raises(ValueError, match="no order was delivered"):
         figures.per_order(10)
+
+
+def test_saga_figures_as_json_give_what_the_tables_show():
+    cost = _counts(
+        34,
+        40,
+        10,
+        taken={("orders", "orders.place_order", "applied"): 2},
+        mongo_commands={("orders", "insert"): 50, ("admin", "commitTransaction"): 4},
+    )
+    figures = SagaFigures.of([_view("o1", *DELIVERED), _view("o2", *DELIVERED)], 2.0, cost)
+
+    shown = json.loads(json.dumps(figures.as_dict()))  # JSON all through
+
+    assert shown["orders"] == {"placed": 2, "delivered": 2, "cancelled": 0}
+    assert shown["delivered_orders_per_s"] == 1.0
+    assert shown["per_delivered_order"]["mongodb_round_trips"] == 27.0
+    assert shown["per_delivered_order"]["mongodb_transactions"] == 2.0
+    assert shown["mongodb_round_trips_by_actor"] == {"orders": 50, "admin": 4}
+    assert shown["placed_to_confirmed"]["p50_ms"] == pytest.approx(figures.to_confirmed_s[0] * 1000)
 
 
 def _rows(table) -> list[list[str]]:
