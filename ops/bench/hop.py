@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Annotated, Any, ClassVar
 
@@ -119,6 +119,24 @@ def figures_table(
             name, f"{per_second:,.0f}", "-", "-", "-", f"{per_second / baseline.per_second:.2f}x", "-"
         )
     return table
+
+
+def as_json(hops: Sequence[HopFigures], ceiling: DatabaseCeiling, *, concurrency: int) -> dict[str, Any]:
+    """What the table shows, for scripts (``bench hop --json``): ratios against the first hop (raw)."""
+    baseline = hops[0]
+    return {
+        "concurrency": concurrency,
+        "hops": [
+            {
+                **asdict(hop),
+                "per_second": hop.per_second,
+                "per_second_vs_raw": hop.per_second / baseline.per_second,
+                "p50_vs_raw": hop.p50_ms / baseline.p50_ms,
+            }
+            for hop in hops
+        ],
+        "database_ceiling": asdict(ceiling),
+    }
 
 
 def summary(
@@ -394,6 +412,9 @@ def hop_command(
     warmup: Annotated[
         int, typer.Option(min=0, help="Messages sent through each hop before measuring.")
     ] = 200,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON (progress and errors on stderr).")
+    ] = False,
 ) -> None:
     """Throughput and p50/p99 latency of a raw aio-pika hop, a FastStream hop and the actor runtime's
     (one message per transaction, then group commit), beside the database's own ceilings."""
@@ -407,12 +428,15 @@ def hop_command(
         )
         return figures, await database_ceiling(settings, batch=settings.emporium_batch_size)
 
-    with Progress(console=console) as progress:
+    with Progress(console=errors, disable=json_output) as progress:
         try:
             figures, ceiling = asyncio.run(run(progress))
         except BenchmarkError as exc:
             errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
+    if json_output:
+        typer.echo(json.dumps(as_json(figures, ceiling, concurrency=in_flight), indent=2))
+        return
     console.print(figures_table(figures, ceiling, concurrency=in_flight, prefetch=settings.emporium_prefetch))
     raw, faststream, single, grouped = figures  # the default hops, in their order
     console.print(summary(raw, faststream, single, grouped, ceiling))

@@ -15,6 +15,7 @@ from brokers.envelope import REGISTRY, Kind
 from brokers.topology import exchange_for
 from ops.bench.common import DatabaseCeiling, percentile, send_paced
 from ops.bench.hop import BenchPing, HopFigures, Meter, bench_actor, run_round, summary
+from ops.bench.hop import as_json as hop_json
 from ops.bench.report import Report, markdown, plot
 from ops.bench.saga import CommandCounter, EndWatch
 from ops.bench.saga_figures import (
@@ -235,6 +236,20 @@ def test_costs_per_order_need_a_delivered_order():
     figures = SagaFigures.of([_view("o3", ("placed", 0), ("cancelled", 50))], seconds=1.0, cost=_counts())
     with pytest.raises(ValueError, match="no order was delivered"):
         figures.per_order(10)
+
+
+def test_hop_figures_as_json_give_the_ratios_against_raw_and_the_ceiling():
+    shown = json.loads(json.dumps(hop_json([RAW, FASTSTREAM, SINGLE, GROUPED], CEILING, concurrency=32)))
+
+    assert shown["concurrency"] == 32
+    assert [(h["name"], h["per_second"], h["per_second_vs_raw"]) for h in shown["hops"]] == [
+        ("raw aio-pika", 4000.0, 1.0),
+        ("FastStream", 1000.0, 0.25),
+        ("actor runtime, 1 per transaction", 250.0, 0.0625),
+        ("actor runtime, group commit (32)", 2000.0, 0.5),
+    ]
+    assert shown["hops"][3]["p50_vs_raw"] == 2.0
+    assert shown["database_ceiling"] == {"single_per_s": 500.0, "batched_per_s": 2500.0, "batch": 32}
 
 
 def test_saga_figures_as_json_give_what_the_tables_show():
