@@ -29,6 +29,8 @@ from actors.runtime.errors import ConcurrentUpdate
 from actors.runtime.store import Held, Store, Versioned, ids_named, write_versions
 from brokers.contracts.analytics import Stats
 
+ORDERS, COUNTERS = "orders", "counters"
+
 SHARDS = 64
 
 
@@ -59,19 +61,11 @@ class AnalyticsStore(Store):
         self._counts: dict[int, Counter[str]] = defaultdict(Counter)
         self._as_of: dict[int, datetime] = {}
 
-    @property
-    def _orders(self):
-        return self.db["orders"]
-
-    @property
-    def _counters(self):
-        return self.db["counters"]
-
     @classmethod
     async def prepare(cls, db) -> None:
         # Made up front, so that concurrent first events only ever update them.
         empty = {"$setOnInsert": {"as_of": None}}
-        await db["counters"].bulk_write(
+        await db[COUNTERS].bulk_write(
             [UpdateOne({"_id": n}, empty, upsert=True) for n in range(SHARDS)], ordered=False
         )
 
@@ -81,7 +75,7 @@ class AnalyticsStore(Store):
             await self._read_facts(order_ids)
 
     async def _read_facts(self, order_ids: Sequence[str]) -> dict[str, OrderFacts]:
-        found = self._orders.find({"_id": {"$in": list(order_ids)}}, session=self.session)
+        found = self.db[ORDERS].find({"_id": {"$in": list(order_ids)}}, session=self.session)
         read = {order_id: OrderFacts(order_id) for order_id in order_ids} | {
             doc["_id"]: _facts(doc) async for doc in found
         }
@@ -96,7 +90,7 @@ class AnalyticsStore(Store):
         if self._as_of:
             shards, self._as_of = sorted(self._as_of.items()), {}
             counts, self._counts = self._counts, defaultdict(Counter)
-            await self._counters.bulk_write(
+            await self.db[COUNTERS].bulk_write(
                 [UpdateOne({"_id": n}, self._counter_update(counts[n], at)) for n, at in shards],
                 session=self.session,
             )
@@ -121,7 +115,7 @@ class AnalyticsStore(Store):
             self._as_of[shard] = max(self._as_of.get(shard, at), at)
             return
         await self._write([(before, replace(after, version=before.version + 1))])
-        await self._counters.update_one(
+        await self.db[COUNTERS].update_one(
             {"_id": _shard(after.order_id)}, self._counter_update(changes, at), session=self.session
         )
 
@@ -135,12 +129,12 @@ class AnalyticsStore(Store):
     async def _write(self, changed: list[tuple[OrderFacts, OrderFacts]]) -> None:
         """Insert the facts of new orders, update the others only if still at the version they were read."""
         changes = [Versioned(now.order_id, was.version, _stored(now)) for was, now in changed]
-        await write_versions(self._orders, changes, session=self.session, what="analytics")
+        await write_versions(self.db[ORDERS], changes, session=self.session, what="analytics")
 
     async def stats(self, *, top: int) -> Stats:
         counters: dict[str, Counter[str]] = defaultdict(Counter)
         latest: list[datetime] = []
-        async for shard in self._counters.find({}, session=self.session):
+        async for shard in self.db[COUNTERS].find({}, session=self.session):
             shard.pop("_id")
             if (as_of := shard.pop("as_of")) is not None:
                 latest.append(as_of)

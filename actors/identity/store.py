@@ -19,6 +19,9 @@ from actors.runtime.errors import ConcurrentUpdate, NotFound, RuleViolation
 from actors.runtime.store import Store
 from brokers.contracts.identity import Deactivation as DeactivationView
 
+USERS, KEYS, GUARDS = "users", "signing_keys", "guards"
+DEACTIVATIONS, REFUSALS = "deactivations", "refused_registrations"
+
 ADMINS_GUARD = "admins"
 
 
@@ -43,21 +46,13 @@ def _key(doc: dict[str, Any]) -> SigningKey:
 
 
 class IdentityStore(Store):
-    @property
-    def _users(self):
-        return self.db["users"]
-
-    @property
-    def _keys(self):
-        return self.db["signing_keys"]
-
     @classmethod
     async def prepare(cls, db: AsyncDatabase) -> None:
-        await db["users"].create_index("email", unique=True)
-        await db["signing_keys"].create_index("generation", unique=True)
+        await db[USERS].create_index("email", unique=True)
+        await db[KEYS].create_index("generation", unique=True)
         # Made now, not by a handler's first write: rivals creating one in their transactions wait.
         existing = set(await db.list_collection_names())
-        for name in {"guards", "deactivations"} - existing:
+        for name in {GUARDS, DEACTIVATIONS} - existing:
             with contextlib.suppress(CollectionInvalid):  # a replica starting at the same moment made it
                 await db.create_collection(name)
         # Read before anything is written: production without a configured key, or without the
@@ -75,7 +70,7 @@ class IdentityStore(Store):
     async def reseal_keys(self, seal: KeySeal) -> None:
         """Encrypt again, with the first encryption key, every stored key kept in clear or under an
         older one; a key nothing configured opens stops the start (KeySealBroken)."""
-        async for doc in self._keys.find({}, session=self.session):
+        async for doc in self.db[KEYS].find({}, session=self.session):
             before = _private_half(doc)
             private_pem = seal.opened(before)
             if seal.needs_resealing(before):
@@ -84,57 +79,57 @@ class IdentityStore(Store):
                 if gone := {k: "" for k in before if k not in after}:
                     change["$unset"] = gone
                 # Filtered on what was read: a replica resealing at the same moment makes this a no-op.
-                await self._keys.update_one({"_id": doc["_id"], **before}, change, session=self.session)
+                await self.db[KEYS].update_one({"_id": doc["_id"], **before}, change, session=self.session)
 
     async def install_signing_key(self, configured: SigningKey | None) -> None:
-        installed = set(await self._keys.distinct("_id", session=self.session))
+        installed = set(await self.db[KEYS].distinct("_id", session=self.session))
         key = key_to_install(configured, installed)
         if key is not None:
             await self.activate_key(key, at=datetime.now(UTC))
 
     async def activate_key(self, key: SigningKey, *, at: datetime) -> None:
         """Make this key the one that signs (the unique generation makes concurrent activations conflict)."""
-        latest = await self._keys.find_one(
+        latest = await self.db[KEYS].find_one(
             {}, {"generation": 1}, sort=[("generation", DESCENDING)], session=self.session
         )
         doc = asdict(key.activated((latest["generation"] if latest else 0) + 1, at))
         doc |= _seal().stored(doc.pop("private_pem"))
-        await self._keys.insert_one({"_id": doc.pop("kid"), **doc}, session=self.session)
+        await self.db[KEYS].insert_one({"_id": doc.pop("kid"), **doc}, session=self.session)
 
     async def signing_key(self) -> SigningKey:
-        doc = await self._keys.find_one({}, sort=[("generation", DESCENDING)], session=self.session)
+        doc = await self.db[KEYS].find_one({}, sort=[("generation", DESCENDING)], session=self.session)
         if doc is None:
             raise LookupError("identity has no signing key: its store was not prepared")
         return _key(doc)
 
     async def keys(self) -> list[SigningKey]:
-        return [_key(doc) for doc in await self._keys.find({}, session=self.session).to_list()]
+        return [_key(doc) for doc in await self.db[KEYS].find({}, session=self.session).to_list()]
 
     async def find(self, user_id: str) -> User | None:
-        doc = await self._users.find_one({"_id": user_id}, session=self.session)
+        doc = await self.db[USERS].find_one({"_id": user_id}, session=self.session)
         return None if doc is None else _user(doc)
 
     async def find_by_email(self, email: str) -> User | None:
-        doc = await self._users.find_one({"email": email}, session=self.session)
+        doc = await self.db[USERS].find_one({"email": email}, session=self.session)
         return None if doc is None else _user(doc)
 
     async def get(self, user_id: str) -> User:
         """The user, or why its registration was refused (RuleViolation), or NotFound."""
         user = await self.find(user_id)
         if user is None:
-            refusal = await self.db["refused_registrations"].find_one({"_id": user_id}, session=self.session)
+            refusal = await self.db[REFUSALS].find_one({"_id": user_id}, session=self.session)
             if refusal is not None:
                 raise RuleViolation(refusal["reason"])
         return _found(user, f"user {user_id} does not exist")
 
     async def record_refusal(self, refusal: RefusedRegistration, *, at: datetime) -> None:
-        await self.db["refused_registrations"].replace_one(
+        await self.db[REFUSALS].replace_one(
             {"_id": refusal.user_id}, {"reason": refusal.reason, "at": at}, upsert=True, session=self.session
         )
 
     async def admins(self) -> Admins:
-        guard = await self.db["guards"].find_one({"_id": ADMINS_GUARD}, session=self.session)
-        active = await self._users.count_documents({"role": "admin", "active": True}, session=self.session)
+        guard = await self.db[GUARDS].find_one({"_id": ADMINS_GUARD}, session=self.session)
+        active = await self.db[USERS].count_documents({"role": "admin", "active": True}, session=self.session)
         return Admins(active=active, version=guard["version"] if guard else 0)
 
     async def record_deactivation(self, deactivation: Deactivation) -> None:
@@ -148,7 +143,7 @@ class IdentityStore(Store):
             "deactivated_at": deactivation.deactivated_at,
         }
         # The first outcome under an id stands: a retry finds it.
-        await self.db["deactivations"].update_one(
+        await self.db[DEACTIVATIONS].update_one(
             {"_id": deactivation.deactivation_id},
             {"$setOnInsert": record},
             upsert=True,
@@ -158,9 +153,9 @@ class IdentityStore(Store):
     async def _advance_admins_guard(self, version: int) -> None:
         """Write the guard from the version read (a rival that wrote it first makes this conflict)."""
         if version == 1:  # never written: a rival inserting it too fails on the unique _id
-            await self.db["guards"].insert_one({"_id": ADMINS_GUARD, "version": 1}, session=self.session)
+            await self.db[GUARDS].insert_one({"_id": ADMINS_GUARD, "version": 1}, session=self.session)
             return
-        written = await self.db["guards"].update_one(
+        written = await self.db[GUARDS].update_one(
             {"_id": ADMINS_GUARD, "version": version - 1},
             {"$set": {"version": version}},
             session=self.session,
@@ -170,7 +165,7 @@ class IdentityStore(Store):
 
     async def deactivation(self, deactivation_id: str) -> DeactivationView:
         """A deactivation done, or why it was refused (RuleViolation), or NotFound (not yet applied)."""
-        doc = await self.db["deactivations"].find_one({"_id": deactivation_id}, session=self.session)
+        doc = await self.db[DEACTIVATIONS].find_one({"_id": deactivation_id}, session=self.session)
         if doc is None:
             raise NotFound(f"deactivation {deactivation_id} is not known (yet)")
         if doc["refusal"] is not None:
@@ -184,11 +179,11 @@ class IdentityStore(Store):
 
     async def insert(self, user: User) -> None:
         doc = asdict(user)
-        await self._users.insert_one({"_id": doc.pop("user_id"), **doc}, session=self.session)
+        await self.db[USERS].insert_one({"_id": doc.pop("user_id"), **doc}, session=self.session)
 
     async def save(self, user: User) -> None:
         doc = asdict(user)
-        await self._users.replace_one({"_id": doc.pop("user_id")}, doc, session=self.session)
+        await self.db[USERS].replace_one({"_id": doc.pop("user_id")}, doc, session=self.session)
 
 
 def _found(user: User | None, missing: str) -> User:

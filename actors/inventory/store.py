@@ -22,6 +22,8 @@ from brokers.contracts.common import Line
 from brokers.contracts.inventory import Restock
 from brokers.contracts.orders import OrderPlaced
 
+STOCK, RESERVATIONS = "stock", "reservations"
+
 
 def _level(doc: dict[str, Any]) -> StockLevel:
     return StockLevel(
@@ -53,14 +55,6 @@ class InventoryStore(Store):
         self._levels: Held[StockLevel | None] = Held()
         self._held_reservations: Held[Reservation | None] = Held()
 
-    @property
-    def _stock(self):
-        return self.db["stock"]
-
-    @property
-    def _reservations(self):
-        return self.db["reservations"]
-
     async def preload(self, messages: Sequence[object]) -> None:
         self._batched = True
         order_ids = ids_named(messages)
@@ -83,21 +77,21 @@ class InventoryStore(Store):
             )
             self._levels.written()
         if reservations := [now for _, now in self._held_reservations.changed() if now is not None]:
-            await self._reservations.bulk_write(
+            await self.db[RESERVATIONS].bulk_write(
                 [ReplaceOne({"_id": r.order_id}, _reservation_doc(r), upsert=True) for r in reservations],
                 session=self.session,
             )
             self._held_reservations.written()
 
     async def _write_levels(self, updates: list[UpdateOne], skus: Iterable[str]) -> None:
-        result = await self._stock.bulk_write(updates, session=self.session)
+        result = await self.db[STOCK].bulk_write(updates, session=self.session)
         if result.matched_count != len(updates):
             raise ConcurrentUpdate(f"stock of {', '.join(sorted(skus))} changed while it was being updated")
 
     async def add_sku(self, sku: str, product_id: str) -> None:
         if self._batched and sku in self._levels and self._levels[sku] is None:
             del self._levels[sku]  # known missing in this batch: read again once it is there
-        await self._stock.update_one(
+        await self.db[STOCK].update_one(
             {"_id": sku},
             {
                 "$setOnInsert": {
@@ -116,7 +110,7 @@ class InventoryStore(Store):
         wanted = set(skus)
         known = {sku: self._levels[sku] for sku in wanted if sku in self._levels}
         if missing := sorted(wanted - known.keys()):
-            found = await self._stock.find({"_id": {"$in": missing}}, session=self.session).to_list()
+            found = await self.db[STOCK].find({"_id": {"$in": missing}}, session=self.session).to_list()
             read = dict.fromkeys(missing) | {doc["_id"]: _level(doc) for doc in found}
             if self._batched:
                 self._levels.loaded(read)
@@ -124,23 +118,24 @@ class InventoryStore(Store):
         return {sku: level for sku, level in known.items() if level is not None}
 
     async def level(self, sku: str) -> StockLevel:
-        doc = await self._stock.find_one({"_id": sku}, session=self.session)
+        doc = await self.db[STOCK].find_one({"_id": sku}, session=self.session)
         if doc is None:
             raise NotFound(f"SKU {sku} is not in inventory")
         return _level(doc)
 
     async def page(self, *, offset: int, limit: int) -> tuple[list[StockLevel], int]:
         docs = (
-            await self._stock.find({}, session=self.session)
+            await self.db[STOCK]
+            .find({}, session=self.session)
             .sort("_id", 1)
             .skip(offset)
             .limit(limit)
             .to_list()
         )
-        return [_level(doc) for doc in docs], await self._stock.count_documents({}, session=self.session)
+        return [_level(doc) for doc in docs], await self.db[STOCK].count_documents({}, session=self.session)
 
     async def _read_reservations(self, order_ids: Sequence[str]) -> dict[str, Reservation | None]:
-        found = self._reservations.find({"_id": {"$in": list(order_ids)}}, session=self.session)
+        found = self.db[RESERVATIONS].find({"_id": {"$in": list(order_ids)}}, session=self.session)
         read = dict.fromkeys(order_ids) | {doc["_id"]: _reservation(doc) async for doc in found}
         if self._batched:
             self._held_reservations.loaded(read)
@@ -174,7 +169,7 @@ class InventoryStore(Store):
                 await self.reservation(r.order_id)
             self._held_reservations[r.order_id] = r
             return
-        await self._reservations.replace_one(
+        await self.db[RESERVATIONS].replace_one(
             {"_id": r.order_id}, _reservation_doc(r), upsert=True, session=self.session
         )
 

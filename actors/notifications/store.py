@@ -15,6 +15,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from actors.notifications.domain import Notification, Sent
 from actors.runtime.store import Store, ids_named
 
+NOTIFICATIONS, EMAILS = "notifications", "emails"
+
 ORDER = [("sent_at", ASCENDING), ("_id", ASCENDING)]
 
 
@@ -43,30 +45,22 @@ class NotificationsStore(Store):
             await self._read_emails(customer_ids)
 
     async def _read_emails(self, customer_ids: Sequence[str]) -> dict[str, str | None]:
-        found = self._emails.find({"_id": {"$in": list(customer_ids)}}, session=self.session)
+        found = self.db[EMAILS].find({"_id": {"$in": list(customer_ids)}}, session=self.session)
         read = dict.fromkeys(customer_ids) | {doc["_id"]: doc["email"] async for doc in found}
         if self._batched:
             self._emails_read.update(read)
         return read
 
-    @property
-    def _notifications(self):
-        return self.db["notifications"]
-
-    @property
-    def _emails(self):
-        return self.db["emails"]
-
     @classmethod
     async def prepare(cls, db) -> None:
         # The notification id is the _id: unique, so a notification is kept once whatever happens.
-        await db["notifications"].create_index([("customer_id", ASCENDING), *ORDER])
-        await db["notifications"].create_index([("order_id", ASCENDING), *ORDER])
+        await db[NOTIFICATIONS].create_index([("customer_id", ASCENDING), *ORDER])
+        await db[NOTIFICATIONS].create_index([("order_id", ASCENDING), *ORDER])
 
     async def save_new(self, sent: Sent) -> bool:
         """Record the notification unless it was recorded before (one round trip); whether it is new."""
         n = sent.notification
-        result = await self._notifications.update_one(
+        result = await self.db[NOTIFICATIONS].update_one(
             {"_id": n.notification_id},
             {
                 "$setOnInsert": {
@@ -90,12 +84,14 @@ class NotificationsStore(Store):
     ) -> tuple[list[Sent], int]:
         criteria = {"customer_id": customer_id, "order_id": order_id}
         where = {key: value for key, value in criteria.items() if value is not None}
-        found = self._notifications.find(where, session=self.session).sort(ORDER).skip(offset).limit(limit)
-        total = await self._notifications.count_documents(where, session=self.session)
+        found = self.db[NOTIFICATIONS].find(where, session=self.session).sort(ORDER).skip(offset).limit(limit)
+        total = await self.db[NOTIFICATIONS].count_documents(where, session=self.session)
         return [_sent(doc) async for doc in found], total
 
     async def remember_email(self, user_id: str, email: str) -> None:
-        await self._emails.replace_one({"_id": user_id}, {"email": email}, upsert=True, session=self.session)
+        await self.db[EMAILS].replace_one(
+            {"_id": user_id}, {"email": email}, upsert=True, session=self.session
+        )
         if self._batched:
             self._emails_read[user_id] = email
 

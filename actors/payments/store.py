@@ -15,6 +15,8 @@ from typing import Any
 from actors.payments.domain import Account, Order, Payment, Status
 from actors.runtime.store import Store
 
+ACCOUNTS = "accounts"
+
 
 def _account(doc: dict[str, Any]) -> Account:
     order, payment = doc.get("order"), doc.get("payment")
@@ -47,21 +49,17 @@ _WITH_PAYMENT = {"order": {"$ne": None}, "$or": [{"payment": {"$ne": None}}, {"c
 
 
 class PaymentsStore(Store):
-    @property
-    def _accounts(self):
-        return self.db["accounts"]
-
     async def account(self, order_id: str) -> Account | None:
-        doc = await self._accounts.find_one({"_id": order_id}, session=self.session)
+        doc = await self.db[ACCOUNTS].find_one({"_id": order_id}, session=self.session)
         return _account(doc) if doc else None
 
     async def page(self, *, offset: int, limit: int) -> tuple[list[Account], int]:
         """A page of the accounts that have a payment to show, by order id, and how many in all."""
-        docs = self._accounts.find(_WITH_PAYMENT, session=self.session).sort("_id", 1)
+        docs = self.db[ACCOUNTS].find(_WITH_PAYMENT, session=self.session).sort("_id", 1)
         accounts = [_account(doc) async for doc in docs.skip(offset).limit(limit)]
-        return accounts, await self._accounts.count_documents(_WITH_PAYMENT, session=self.session)
+        return accounts, await self.db[ACCOUNTS].count_documents(_WITH_PAYMENT, session=self.session)
 
     async def save(self, account: Account) -> None:
-        await self._accounts.replace_one(
+        await self.db[ACCOUNTS].replace_one(
             {"_id": account.order_id}, _document(account), upsert=True, session=self.session
         )

@@ -18,6 +18,8 @@ from actors.runtime.errors import ConcurrentUpdate, NotFound
 from actors.runtime.store import Held, Store, Versioned, ids_named, write_versions
 from actors.shipping.domain import Shipment, Status, Step
 
+SHIPMENTS = "shipments"
+
 
 def _shipment(doc: dict[str, Any]) -> Shipment:
     return Shipment(
@@ -51,13 +53,9 @@ class ShippingStore(Store):
         self._batched = False
         self._held: Held[Shipment | None] = Held()
 
-    @property
-    def _shipments(self):
-        return self.db["shipments"]
-
     @classmethod
     async def prepare(cls, db) -> None:
-        await db["shipments"].create_index("shipment_id", unique=True)
+        await db[SHIPMENTS].create_index("shipment_id", unique=True)
 
     async def preload(self, messages: Sequence[object]) -> None:
         self._batched = True
@@ -71,11 +69,11 @@ class ShippingStore(Store):
             if now is not None
         ]
         if changes:
-            await write_versions(self._shipments, changes, session=self.session, what="shipment")
+            await write_versions(self.db[SHIPMENTS], changes, session=self.session, what="shipment")
             self._held.written()
 
     async def _read(self, order_ids: Sequence[str]) -> dict[str, Shipment | None]:
-        found = self._shipments.find({"_id": {"$in": list(order_ids)}}, session=self.session)
+        found = self.db[SHIPMENTS].find({"_id": {"$in": list(order_ids)}}, session=self.session)
         read = dict.fromkeys(order_ids) | {doc["_id"]: _shipment(doc) async for doc in found}
         if self._batched:
             self._held.loaded(read)
@@ -105,7 +103,7 @@ class ShippingStore(Store):
             self._held[shipment.order_id] = shipment
             return
         await write_versions(
-            self._shipments,
+            self.db[SHIPMENTS],
             [Versioned(shipment.order_id, shipment.version - 1, _document(shipment))],
             session=self.session,
             what="shipment",
