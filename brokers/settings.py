@@ -108,6 +108,9 @@ class Settings(SecretFileSettings):
     # Notifications go to the log/store channel unless an SMTP server is configured.
     emporium_smtp_url: str | None = None
     emporium_log_level: str = "INFO"
+    # One INFO line per message an actor took (its type, ids and outcome): follow one order
+    # through the logs by its correlation id. Off by default: on the hot path it is a line a message.
+    emporium_log_messages: bool = False
 
     # --- edge limits and HTTP hardening (edge/limits.py, edge/hardening.py) ---
     # Requests per caller (a verified user, else a client address), in the `limits` notation.

@@ -62,6 +62,7 @@ class WorkConsumer:
     ) -> None:
         self.actor, self.topology, self.broker, self.db = actor, topology, broker, db
         self.commits = GroupCommit(actor, topology, client, db, relay, settings)
+        self._log_messages = settings.emporium_log_messages
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         type_ = self._type_label(message)
@@ -116,6 +117,8 @@ class WorkConsumer:
 
     def _count(self, type_: str, outcome: str, error: Exception | None = None) -> None:
         metrics.MESSAGES.labels(self.actor.name, type_, outcome).inc()
+        if self._log_messages:  # the actor, type and ids are bound to the line already
+            log.info("message.handled", outcome=outcome, **({"error": repr(error)} if error else {}))
         span = trace.get_current_span()
         span.set_attribute("emporium.outcome", outcome)
         if error is not None:
