@@ -3,17 +3,20 @@
 # compose and Kubernetes probe each process's own /health and /ready.
 
 FROM python:3.11-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A virtual environment is a directory the runtime stage can copy whole, without pip, uv or build
+# tools. uv makes it from uv.lock, as ops/dev.sh makes the one CI tests in (the same UV_VERSION).
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/emporium UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1
+RUN pip install uv==0.13.9
 WORKDIR /src
-# A virtual environment is a directory the runtime stage can copy whole, without pip or build tools.
-RUN python -m venv /opt/emporium
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
 COPY actors ./actors
 COPY brokers ./brokers
 COPY edge ./edge
 COPY ops ./ops
-# The package and its runtime dependencies only: no test extra, no embedded MongoDB.
-RUN /opt/emporium/bin/pip install .
+# The locked runtime set only (no test extra, no embedded MongoDB), never re-resolved (--locked stops
+# when uv.lock does not match pyproject.toml), then the package itself, not editable: /src stays here.
+RUN uv sync --locked --no-editable --python /usr/local/bin/python
 
 FROM python:3.11-slim
 ENV PATH=/opt/emporium/bin:$PATH \

@@ -5,9 +5,11 @@
 #   ops/dev.sh test [pytest args...]   the test suite: `python -m pytest args...`
 #
 # Both modes:
-#   1. .venv: created if missing (installs python3-venv with apt if needed); the project is
-#      installed with `pip install -e '.[test]'` only when pyproject.toml changed since the last
-#      install (sha256 kept in .venv/.emporium-installed).
+#   1. .venv: created if missing (installs python3-venv with apt if needed). When uv.lock or
+#      pyproject.toml changed since the last install (sha256 kept in .venv/.emporium-installed):
+#      uv (pinned, UV_VERSION) is installed with pip, then `uv sync --locked` installs exactly the
+#      locked versions of the runtime, test and embedded sets and the project itself (editable),
+#      without resolving anything; it stops if uv.lock no longer matches pyproject.toml.
 #   2. RabbitMQ: RABBITMQ_URL set: used as is. Otherwise a server answering on 127.0.0.1:5672 is
 #      reused. Otherwise Debian's rabbitmq-server is installed (apt) if missing, the plugins
 #      rabbitmq_management, rabbitmq_prometheus and rabbitmq_consistent_hash_exchange enabled and
@@ -41,6 +43,7 @@ AMQP_PORT="${EMPORIUM_RABBITMQ_PORT:-5672}"
 MGMT_PORT="${EMPORIUM_RABBITMQ_MGMT_PORT:-15672}"
 MONGO_PORT="${EMPORIUM_EMBEDDED_MONGO_PORT:-27017}"
 RABBIT_PLUGINS=(rabbitmq_management rabbitmq_prometheus rabbitmq_consistent_hash_exchange)
+UV_VERSION=0.13.9         # installs the venv from uv.lock; the same version as locked (tests/unit/test_lockfile.py)
 RABBIT_START_TIMEOUT=60   # seconds for the node to boot and its management API to answer
 MONGO_START_TIMEOUT=30    # seconds for the embedded SecantusDB to answer
 MONGO_STOP_TIMEOUT=15     # seconds between TERM and KILL for the embedded SecantusDB
@@ -144,13 +147,18 @@ setup_venv() {
       "$py" -m venv .venv || { rm -rf .venv; die "'$py -m venv .venv' failed"; }
     fi
   fi
-  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  want=$(cat pyproject.toml uv.lock | sha256sum | cut -d' ' -f1)
   have=$(cat .venv/.emporium-installed 2>/dev/null || true)
   if [[ $want != "$have" ]]; then
-    log "venv: pyproject.toml changed since the last install: pip install -e '.[test]'"
+    log "venv: uv.lock or pyproject.toml changed since the last install: uv sync --locked --extra test --extra embedded"
     rm -f .venv/.emporium-installed
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
-      || die "pip install -e '.[test]' failed"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "uv==${UV_VERSION}" \
+      || die "pip install uv==${UV_VERSION} failed"
+    # .venv is this script's (made with the machine's Python above): uv must neither replace it
+    # nor fetch a Python of its own.
+    UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync --quiet --locked --no-python-downloads \
+      --python .venv/bin/python --extra test --extra embedded \
+      || die "uv sync --locked failed (if uv.lock is out of date with pyproject.toml: .venv/bin/uv lock)"
     printf '%s\n' "$want" >.venv/.emporium-installed
   else
     log "venv: .venv is up to date"
@@ -286,7 +294,7 @@ setup_mongodb() {
     return 0
   fi
   [[ -x .venv/bin/secantusd-py ]] \
-    || die ".venv/bin/secantusd-py missing (secantusdb should come with '.[test]'); delete .venv/.emporium-installed and retry"
+    || die ".venv/bin/secantusd-py missing (secantusdb comes with the embedded extra); delete .venv/.emporium-installed and retry"
   mkdir -p .data/mongo
   # Own session: a Ctrl-C in the terminal must not reach it before emporium has shut down.
   (
