@@ -247,12 +247,19 @@ class GroupCommit:
         """Run the outside steps of the deliveries' handlers (Actor.handles' ``asks``), side by side
         and before any transaction: each answer, None where there is no such step, or what it raised."""
 
+        asked = [d for d in deliveries if d.envelope.type in self.actor.asks]
+        if not asked:
+            return [None] * len(deliveries)
+        # One store for the steps, reading what they are about at once (committed: no transaction).
+        store = self.actor.store(self.db)
+        await store.begin_batch([delivery.payload for delivery in asked])
+
         async def ask(delivery: Delivery) -> Any:
             step = self.actor.asks.get(delivery.envelope.type)
             if step is None:
                 return None
             asking = Asking(
-                self.actor.store(self.db),
+                store,
                 delivery.envelope,
                 self.settings,
                 retries_left=self.topology.retry_queue(delivery.attempt) is not None,
