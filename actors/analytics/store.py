@@ -55,8 +55,6 @@ def _stored(facts: OrderFacts) -> dict[str, Any]:
 class AnalyticsStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
-        # Set by preload: facts read are kept for the batch, and writes are held back for flush.
-        self._batched = False
         self._facts: Held[OrderFacts] = Held()
         self._counts: dict[int, Counter[str]] = defaultdict(Counter)
         self._as_of: dict[int, datetime] = {}
@@ -70,16 +68,14 @@ class AnalyticsStore(Store):
         )
 
     async def preload(self, messages: Sequence[object]) -> None:
-        self._batched = True
         if order_ids := ids_named(messages):
             await self._read_facts(order_ids)
 
     async def _read_facts(self, order_ids: Sequence[str]) -> dict[str, OrderFacts]:
-        found = self.db[ORDERS].find({"_id": {"$in": list(order_ids)}}, session=self.session)
-        read = {order_id: OrderFacts(order_id) for order_id in order_ids} | {
-            doc["_id"]: _facts(doc) async for doc in found
-        }
-        if self._batched:
+        read = {order_id: OrderFacts(order_id) for order_id in order_ids} | await self.read_ids(
+            ORDERS, order_ids, _facts
+        )
+        if self.batched:
             self._facts.loaded(read)
         return read
 
@@ -104,7 +100,7 @@ class AnalyticsStore(Store):
         """Save the order's new facts and add what they change to its counters."""
         difference = domain.difference(before, after)
         changes = {f"{kind}.{key}": change for (kind, key), change in difference.items()}
-        if self._batched:
+        if self.batched:
             if after.order_id not in self._facts:
                 await self._read_facts([after.order_id])
             if self._facts[after.order_id] != before:

@@ -50,13 +50,10 @@ def _compare_and_set(was: StockLevel, now: StockLevel) -> UpdateOne:
 class InventoryStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
-        # Set by preload: what was read is kept for the batch, and writes are held back for flush.
-        self._batched = False
         self._levels: Held[StockLevel | None] = Held()
         self._held_reservations: Held[Reservation | None] = Held()
 
     async def preload(self, messages: Sequence[object]) -> None:
-        self._batched = True
         order_ids = ids_named(messages)
         reservations = await self._read_reservations(order_ids) if order_ids else {}
         skus = {line.sku for r in reservations.values() if r is not None for line in r.lines}
@@ -89,7 +86,7 @@ class InventoryStore(Store):
             raise ConcurrentUpdate(f"stock of {', '.join(sorted(skus))} changed while it was being updated")
 
     async def add_sku(self, sku: str, product_id: str) -> None:
-        if self._batched and sku in self._levels and self._levels[sku] is None:
+        if self.batched and sku in self._levels and self._levels[sku] is None:
             del self._levels[sku]  # known missing in this batch: read again once it is there
         await self.db[STOCK].update_one(
             {"_id": sku},
@@ -112,7 +109,7 @@ class InventoryStore(Store):
         if missing := sorted(wanted - known.keys()):
             found = await self.db[STOCK].find({"_id": {"$in": missing}}, session=self.session).to_list()
             read = dict.fromkeys(missing) | {doc["_id"]: _level(doc) for doc in found}
-            if self._batched:
+            if self.batched:
                 self._levels.loaded(read)
             known.update(read)
         return {sku: level for sku, level in known.items() if level is not None}
@@ -135,9 +132,8 @@ class InventoryStore(Store):
         return [_level(doc) for doc in docs], await self.db[STOCK].count_documents({}, session=self.session)
 
     async def _read_reservations(self, order_ids: Sequence[str]) -> dict[str, Reservation | None]:
-        found = self.db[RESERVATIONS].find({"_id": {"$in": list(order_ids)}}, session=self.session)
-        read = dict.fromkeys(order_ids) | {doc["_id"]: _reservation(doc) async for doc in found}
-        if self._batched:
+        read = dict.fromkeys(order_ids) | await self.read_ids(RESERVATIONS, order_ids, _reservation)
+        if self.batched:
             self._held_reservations.loaded(read)
         return read
 
@@ -151,7 +147,7 @@ class InventoryStore(Store):
         round trip for all of them; in a batch, one for the whole batch at its flush)."""
         if not after:
             return
-        if self._batched:
+        if self.batched:
             if any(sku not in self._levels or self._levels[sku] != before[sku] for sku in after):
                 raise ConcurrentUpdate(
                     f"stock of {', '.join(sorted(after))} changed while it was being decided on"
@@ -164,7 +160,7 @@ class InventoryStore(Store):
         await self.save_levels(before, outcome.levels)
         if (r := outcome.reservation) is None:
             return
-        if self._batched:
+        if self.batched:
             if r.order_id not in self._held_reservations:
                 await self.reservation(r.order_id)
             self._held_reservations[r.order_id] = r

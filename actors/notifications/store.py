@@ -35,19 +35,17 @@ def _sent(doc: dict[str, Any]) -> Sent:
 class NotificationsStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
-        # Set by preload: the addresses read (None: none known) are kept for the batch.
-        self._batched = False
         self._emails_read: dict[str, str | None] = {}
 
     async def preload(self, messages: Sequence[object]) -> None:
-        self._batched = True
         if customer_ids := ids_named(messages, "customer_id"):
             await self._read_emails(customer_ids)
 
     async def _read_emails(self, customer_ids: Sequence[str]) -> dict[str, str | None]:
-        found = self.db[EMAILS].find({"_id": {"$in": list(customer_ids)}}, session=self.session)
-        read = dict.fromkeys(customer_ids) | {doc["_id"]: doc["email"] async for doc in found}
-        if self._batched:
+        read = dict.fromkeys(customer_ids) | await self.read_ids(
+            EMAILS, customer_ids, lambda doc: doc["email"]
+        )
+        if self.batched:
             self._emails_read.update(read)
         return read
 
@@ -92,7 +90,7 @@ class NotificationsStore(Store):
         await self.db[EMAILS].replace_one(
             {"_id": user_id}, {"email": email}, upsert=True, session=self.session
         )
-        if self._batched:
+        if self.batched:
             self._emails_read[user_id] = email
 
     async def email_of(self, customer_id: str) -> str | None:

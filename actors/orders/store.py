@@ -62,8 +62,6 @@ def _taken(order_id: str, version: int) -> ConcurrentUpdate:
 class OrdersStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
-        # Set by preload: writes are held back for flush, and what was read is kept for the batch.
-        self._batched = False
         self._streams: dict[str, list[Recorded]] = {}
         self._prices: dict[str, Price | None] = {}
         self._new_events: list[dict[str, Any]] = []
@@ -77,7 +75,6 @@ class OrdersStore(Store):
     # --- streams ---------------------------------------------------------------------------------
 
     async def preload(self, messages: Sequence[object]) -> None:
-        self._batched = True
         if order_ids := ids_named(messages):
             self._streams.update(await self._read_streams(order_ids))
         skus = {line.sku for m in messages if isinstance(m, PlaceOrder) for line in m.lines}
@@ -111,13 +108,13 @@ class OrdersStore(Store):
         if order_id in self._streams:
             return domain.fold(self._streams[order_id])
         streams = await self._read_streams([order_id])
-        if self._batched:  # kept for the handlers after, and for append
+        if self.batched:  # kept for the handlers after, and for append
             self._streams.update(streams)
         return domain.fold(streams[order_id])
 
     async def append(self, recorded: Sequence[Recorded], *, message_id: str) -> None:
         """Add events to their stream; ConcurrentUpdate if another handler took a version first."""
-        if self._batched and recorded:
+        if self.batched and recorded:
             order_id = recorded[0].order_id
             if order_id not in self._streams:
                 await self.order(order_id)
@@ -144,7 +141,7 @@ class OrdersStore(Store):
     # --- read model ------------------------------------------------------------------------------
 
     async def save_view(self, view: OrderView) -> None:
-        if self._batched:
+        if self.batched:
             self._new_views[view.order_id] = view
             return
         await self.db[VIEWS].replace_one(
@@ -193,12 +190,12 @@ class OrdersStore(Store):
             known.update(dict.fromkeys(missing))
             async for doc in self.db[PRICES].find({"_id": {"$in": missing}}, session=self.session):
                 known[doc["_id"]] = Price(doc["_id"], doc["cents"], doc["currency"], doc["as_of"])
-            if self._batched:
+            if self.batched:
                 self._prices.update(known)
         return {sku: price for sku, price in known.items() if price is not None}
 
     async def save_price(self, price: Price) -> None:
-        if self._batched:
+        if self.batched:
             self._prices[price.sku] = price
         await self.db[PRICES].replace_one(
             {"_id": price.sku},

@@ -30,10 +30,9 @@ from brokers.contracts.inventory import StockReserved
 from brokers.contracts.orders import OrderCancelled, OrderPlaced
 from brokers.contracts.payments import GetPayment, ListPayments, PaymentPage, PaymentView
 
-# The provider is called outside the transactions, 16 orders' calls at once (lanes by order id: one
-# order's messages one after the other). A batch is one message: messages of one order in one batch
-# would all be asked about the account as it stood before the batch, and the later ones asked again.
-payments = Actor("payments", PaymentsStore, lanes=16, batch_size=lambda settings: 1)
+# The provider is called outside the transactions, a batch's orders side by side; in 4 lanes (by
+# order id), so that one batch waits on the provider while another commits.
+payments = Actor("payments", PaymentsStore, lanes=4)
 Fact = Callable[[domain.Account | None, datetime], domain.Account]
 
 

@@ -20,7 +20,8 @@ A handler may have a step outside the transaction (Actor.handles' ``asks``: a ca
 system, the payment provider's). The steps of a batch run side by side before it opens, so no
 transaction waits on the outside world or outlives its time limit; their answers are the handlers'
 ``work.asked``, kept when the batch is applied again. A step that raises takes its message out of
-the batch, as a handler that raises does.
+the batch, as a handler that raises does. Such an actor's batch holds one message per conversation
+(the others wait for the next batch): each step is asked about the state committed before the batch.
 
 One message never fails the others. The transaction aborts whole; a copy applied before (its inbox
 record exists) is then settled as a duplicate, a message whose handler raised leaves the batch to
@@ -141,8 +142,9 @@ class GroupCommit:
         self._workers.clear()
 
     async def _apply_forever(self, waiting: asyncio.Queue[Delivery]) -> None:
+        held: list[Delivery] = []  # taken from the lane, left for a later batch (see _next_batch)
         while True:
-            batch = await self._next_batch(waiting)
+            batch = await self._next_batch(waiting, held)
             try:
                 outcomes = await self.commit(batch)
                 await self._publish([o for o in outcomes if isinstance(o, Work)])
@@ -153,21 +155,43 @@ class GroupCommit:
                 if delivery.done is not None and not delivery.done.done():
                     delivery.done.set_result(outcome)
 
-    async def _next_batch(self, waiting: asyncio.Queue[Delivery]) -> list[Delivery]:
-        batch = [await waiting.get()]
+    async def _next_batch(self, waiting: asyncio.Queue[Delivery], held: list[Delivery]) -> list[Delivery]:
+        """What is waiting, up to the batch size, the deliveries held over from before first.
+
+        An actor with outside steps takes one delivery per conversation into a batch: the steps
+        all run before the batch, on the state committed then, so a second message of one order
+        would be asked about a state its batch has already moved past (and be asked again). The
+        ones left are held, in their order, for the batches after."""
+        batch: list[Delivery] = []
+        later: list[Delivery] = []
+        conversations: set[str] = set()
+
+        def take(delivery: Delivery) -> None:
+            conversation = delivery.envelope.correlation_id
+            if len(batch) >= self._batch_size or (self.actor.asks and conversation in conversations):
+                later.append(delivery)
+            else:
+                conversations.add(conversation)
+                batch.append(delivery)
+
+        for delivery in held:
+            take(delivery)
+        if not batch:
+            take(await waiting.get())
         linger = self.settings.emporium_batch_wait_ms / 1000
         deadline = asyncio.get_running_loop().time() + linger
         while len(batch) < self._batch_size:
             if not waiting.empty():
-                batch.append(waiting.get_nowait())
+                take(waiting.get_nowait())
                 continue
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(waiting.get(), left))
+                take(await asyncio.wait_for(waiting.get(), left))
             except TimeoutError:
                 break
+        held[:] = later
         return batch
 
     async def _publish(self, works: list[Work[Any]]) -> None:
@@ -223,12 +247,19 @@ class GroupCommit:
         """Run the outside steps of the deliveries' handlers (Actor.handles' ``asks``), side by side
         and before any transaction: each answer, None where there is no such step, or what it raised."""
 
+        asked = [d for d in deliveries if d.envelope.type in self.actor.asks]
+        if not asked:
+            return [None] * len(deliveries)
+        # One store for the steps, reading what they are about at once (committed: no transaction).
+        store = self.actor.store(self.db)
+        await store.begin_batch([delivery.payload for delivery in asked])
+
         async def ask(delivery: Delivery) -> Any:
             step = self.actor.asks.get(delivery.envelope.type)
             if step is None:
                 return None
             asking = Asking(
-                self.actor.store(self.db),
+                store,
                 delivery.envelope,
                 self.settings,
                 retries_left=self.topology.retry_queue(delivery.attempt) is not None,
@@ -295,7 +326,7 @@ class GroupCommit:
             works = []
             # One store for the batch: it reads for all of them at once and writes once at the end.
             store = self.actor.store(self.db, session)
-            await store.preload([delivery.payload for delivery in deliveries])
+            await store.begin_batch([delivery.payload for delivery in deliveries])
             for position, delivery in enumerate(deliveries):
                 work = Work(
                     store,

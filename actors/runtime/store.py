@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -13,6 +13,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from actors.runtime.errors import ConcurrentUpdate
+
+V = TypeVar("V")
 
 
 class Store:
@@ -29,10 +31,17 @@ class Store:
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         self.db = db
         self.session = session
+        # Set once the store serves a batch: what it reads it keeps, and it holds writes for flush.
+        self.batched = False
 
     @classmethod
     async def prepare(cls, db: AsyncDatabase) -> None:
         """Create the collections and indexes the actor relies on; idempotent."""
+
+    async def begin_batch(self, messages: Sequence[object]) -> None:
+        """The runtime hands the store a batch's messages before their handlers run."""
+        self.batched = True
+        await self.preload(messages)
 
     async def preload(self, messages: Sequence[object]) -> None:
         """Before a batch's handlers run: read what they will ask for, in a few round trips."""
@@ -40,8 +49,13 @@ class Store:
     async def flush(self) -> None:
         """After the batch's handlers ran, before the commit: write what was held back."""
 
-
-V = TypeVar("V")
+    async def read_ids(
+        self, collection: str, ids: Sequence[str], decode: Callable[[dict[str, Any]], V]
+    ) -> dict[str, V]:
+        """The documents of a collection with these ids, decoded, in one round trip (absent ones
+        are left out)."""
+        found = self.db[collection].find({"_id": {"$in": list(ids)}}, session=self.session)
+        return {doc["_id"]: decode(doc) async for doc in found}
 
 
 class Held(Generic[V]):

@@ -49,8 +49,6 @@ def _document(shipment: Shipment) -> dict[str, Any]:
 class ShippingStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
-        # Set by preload: shipments read are kept for the batch, and writes are held back for flush.
-        self._batched = False
         self._held: Held[Shipment | None] = Held()
 
     @classmethod
@@ -58,7 +56,6 @@ class ShippingStore(Store):
         await db[SHIPMENTS].create_index("shipment_id", unique=True)
 
     async def preload(self, messages: Sequence[object]) -> None:
-        self._batched = True
         if order_ids := ids_named(messages):
             await self._read(order_ids)
 
@@ -73,9 +70,8 @@ class ShippingStore(Store):
             self._held.written()
 
     async def _read(self, order_ids: Sequence[str]) -> dict[str, Shipment | None]:
-        found = self.db[SHIPMENTS].find({"_id": {"$in": list(order_ids)}}, session=self.session)
-        read = dict.fromkeys(order_ids) | {doc["_id"]: _shipment(doc) async for doc in found}
-        if self._batched:
+        read = dict.fromkeys(order_ids) | await self.read_ids(SHIPMENTS, order_ids, _shipment)
+        if self.batched:
             self._held.loaded(read)
         return read
 
@@ -92,7 +88,7 @@ class ShippingStore(Store):
 
     async def save(self, shipment: Shipment) -> None:
         """Insert a new shipment, or update one only if it is still the version the change started from."""
-        if self._batched:
+        if self.batched:
             if shipment.order_id not in self._held:
                 await self._read([shipment.order_id])
             current = self._held[shipment.order_id]

@@ -19,6 +19,7 @@ from actors.analytics.handlers import get_stats
 from actors.inventory import inventory
 from actors.notifications import notifications
 from actors.orders import orders
+from actors.payments import payments
 from actors.runtime.actor import Actor, Work
 from actors.runtime.batches import Delivery, GroupCommit, Outcome
 from actors.runtime.errors import RuleViolation
@@ -35,6 +36,7 @@ from brokers.contracts.payments import PaymentCaptured, PaymentRefunded
 from brokers.contracts.shipping import AdvanceShipment
 from brokers.envelope import Command, Envelope, Message
 from brokers.settings import Settings
+from ops.payment_provider import served
 from tests.integration.support import order_placed, product_created
 
 
@@ -263,6 +265,27 @@ async def test_a_batch_of_notifications_reads_the_customers_addresses_once(count
     assert sorted((n["order_id"], n["address"]) for n in sent) == sorted(
         (o, customers[c]) for o, c in orders_of
     )
+
+
+async def test_a_batch_of_payments_reads_the_accounts_once_and_writes_them_once(counted, settings):
+    async with served() as simulator:
+        charging = settings.model_copy(update={"emporium_payment_provider_url": simulator.url})
+        batches = await batches_of(payments, counted, charging)
+        order_ids = [f"o-pay-{n}" for n in range(6)]
+        assert all_applied(await batches.apply(*(order_placed(o, ("SKU-A", 2)) for o in order_ids)))
+        # One read for the steps outside the transaction, one inside it.
+        assert batches.seen["find", "accounts"] == 2 and batches.seen["update", "accounts"] == 1
+
+        reserved = [StockReserved(order_id=o, lines=[Line(sku="SKU-A", quantity=2)]) for o in order_ids]
+        outcomes = await batches.apply(*reserved)
+
+    assert all_applied(outcomes), outcomes
+    seen = batches.seen
+    assert seen["find", "accounts"] == 2 and seen["update", "accounts"] == 1, seen
+    accounts = await batches.db["accounts"].find().sort("_id").to_list()
+    assert [(a["_id"], a["payment"]["status"]) for a in accounts] == [(o, "captured") for o in order_ids]
+    captured = await batches.db["outbox"].find({"routing_key": "payment.captured"}).to_list()
+    assert len(captured) == len(order_ids)
 
 
 class Tally(Command, type="test.tally"):

@@ -344,3 +344,52 @@ async def test_steps_outside_the_transaction_run_once_each_and_one_that_raises_t
         {"_id": "a", "asked": "answer for a"},
         {"_id": "b", "asked": "answer for b"},
     ]
+
+
+class Step(Command, type="test.conversation_step"):
+    key: EntityId
+    seq: int
+
+
+async def test_an_actor_with_outside_steps_takes_one_message_per_conversation_into_a_batch(mongo, settings):
+    """Each outside step is asked about what is committed before its batch: a second message of one
+    order in the same batch would be asked about a state the first has already moved past."""
+    actor = Actor("one-each", Store)
+    batches: dict[int, list[tuple[str, int]]] = {}
+
+    async def count_committed(command: Step, asking: Any) -> int:
+        return await asking.store.db["steps"].count_documents({"key": command.key})
+
+    @actor.handles(Step, asks=count_committed)
+    async def record_step(command: Step, work: Work[Store]) -> None:
+        batches.setdefault(id(work.store), []).append((command.key, command.seq))
+        await work.store.db["steps"].insert_one(
+            {"key": command.key, "seq": command.seq, "committed_before": work.asked},
+            session=work.store.session,
+        )
+
+    db = mongo[settings.database_name("one-each")]
+    await OutboxRelay.prepare(db)
+    commits = GroupCommit(actor, topology_of(actor, settings), mongo, db, None, settings)
+    steps = [Step(key=k, seq=s) for k, s in (("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1))]
+    try:
+        outcomes = await asyncio.gather(
+            *(commits.apply(Delivery(Envelope.first(s, f"order-{s.key}"), s, record_step)) for s in steps)
+        )
+    finally:
+        await commits.stop()
+
+    assert all(isinstance(outcome, Work) for outcome in outcomes), outcomes
+    for batch in batches.values():
+        keys = [key for key, _ in batch]
+        assert len(keys) == len(set(keys)), f"one conversation twice in a batch: {batch}"
+    assert any(len(batch) > 1 for batch in batches.values()), "no two conversations shared a batch"
+    # Each step was asked about every step of its order before it, in the order they came.
+    rows = await db["steps"].find({}, {"_id": 0}).sort([("key", 1), ("seq", 1)]).to_list()
+    assert [(r["key"], r["seq"], r["committed_before"]) for r in rows] == [
+        ("a", 0, 0),
+        ("a", 1, 1),
+        ("a", 2, 2),
+        ("b", 0, 0),
+        ("b", 1, 1),
+    ]
