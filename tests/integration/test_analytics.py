@@ -8,9 +8,7 @@ from datetime import UTC, datetime, timedelta
 from brokers.contracts.analytics import GetStats, Percentiles, Stats, TopProduct
 from brokers.contracts.orders import (
     OrderCancelled,
-    OrderConfirmed,
     OrderDelivered,
-    OrderLine,
     OrderPlaced,
     OrderShipped,
 )
@@ -19,6 +17,7 @@ from brokers.envelope import Envelope, Event
 from brokers.factory import publish
 from tests.helpers import eventually
 from tests.integration.support import requester
+from tests.orders_examples import order_confirmed, order_placed, priced_lines
 
 T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 PRICES = {"A": 1_000, "B": 500, "C": 3_000}
@@ -28,18 +27,8 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def lines(**quantities: int) -> list[OrderLine]:
-    return [OrderLine(sku=sku, quantity=q, unit_price_cents=PRICES[sku]) for sku, q in quantities.items()]
-
-
 def placed(order_id: str, **quantities: int) -> OrderPlaced:
-    ordered = lines(**quantities)
-    total = sum(line.quantity * line.unit_price_cents for line in ordered)
-    return OrderPlaced(order_id=order_id, customer_id="c-1", lines=ordered, total_cents=total, currency="EUR")
-
-
-def confirmed(order: OrderPlaced) -> OrderConfirmed:
-    return OrderConfirmed(**order.model_dump())
+    return order_placed(order_id, "c-1", priced_lines(PRICES, **quantities))
 
 
 def captured(order: OrderPlaced) -> PaymentCaptured:
@@ -69,12 +58,12 @@ O5_REFUNDED = PaymentRefunded(
 SCRIPT: list[tuple[Event, datetime]] = [
     (O1, at(0)),
     (captured(O1), at(1)),
-    (confirmed(O1), at(2)),
+    (order_confirmed(O1), at(2)),
     (shipped("o-1"), at(5)),
     (OrderDelivered(order_id="o-1", customer_id="c-1"), at(8)),
     (O2, at(0)),
     (captured(O2), at(3)),
-    (confirmed(O2), at(4)),
+    (order_confirmed(O2), at(4)),
     (shipped("o-2"), at(6)),
     (O3, at(0)),
     (OrderCancelled(order_id="o-3", customer_id="c-1", reason="out_of_stock"), at(1)),
@@ -83,18 +72,18 @@ SCRIPT: list[tuple[Event, datetime]] = [
     (OrderCancelled(order_id="o-4", customer_id="c-1", reason="payment_declined"), at(3)),
     (O5, at(0)),
     (captured(O5), at(9)),
-    (confirmed(O5), at(10)),
+    (order_confirmed(O5), at(10)),
     (OrderCancelled(order_id="o-5", customer_id="c-1", reason="customer"), at(12)),
     (O5_REFUNDED, at(20)),
     (O6, at(0)),
-    (confirmed(O7), at(1)),
+    (order_confirmed(O7), at(1)),
     (captured(O7), at(1)),
     (O7, at(0)),
 ]
 # The same events published again under new message ids, some with other times: they change nothing.
 REPUBLISHED: list[tuple[Event, datetime]] = [
     (O1, at(5)),
-    (confirmed(O1), at(3)),
+    (order_confirmed(O1), at(3)),
     (captured(O2), at(4)),
     (O3, at(0)),
     (OrderCancelled(order_id="o-5", customer_id="c-1", reason="customer"), at(13)),

@@ -8,22 +8,21 @@ from actors.analytics.domain import Line, OrderFacts
 from brokers.contracts.analytics import Percentiles, TopProduct
 from brokers.contracts.orders import (
     OrderCancelled,
-    OrderConfirmed,
     OrderDelivered,
     OrderLine,
-    OrderPlaced,
     OrderShipped,
 )
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
 from brokers.contracts.shipping import ShipmentDelivered
+from tests.orders_examples import order_confirmed, order_placed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LINES = [
     OrderLine(sku="A", quantity=2, unit_price_cents=1_000),
     OrderLine(sku="B", quantity=1, unit_price_cents=500),
 ]
-PLACED = OrderPlaced(order_id="o1", customer_id="c1", lines=LINES, total_cents=2_500, currency="EUR")
-CONFIRMED = OrderConfirmed(order_id="o1", customer_id="c1", lines=LINES, total_cents=2_500, currency="EUR")
+PLACED = order_placed("o1", "c1", LINES)
+CONFIRMED = order_confirmed(PLACED)
 SHIPPED = OrderShipped(order_id="o1", customer_id="c1", shipment_id="s1", carrier="x", tracking_number="t")
 DELIVERED = OrderDelivered(order_id="o1", customer_id="c1")
 CANCELLED = OrderCancelled(order_id="o1", customer_id="c1", reason="customer")

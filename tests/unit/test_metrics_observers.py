@@ -50,6 +50,7 @@ from brokers.logs import add_trace_ids
 from brokers.tracing import continued, current_carrier
 from edge.observe import OTHER_METHOD, ObserveRequests
 from tests.helpers import samples_at_start
+from tests.orders_examples import order_placed
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 LINE = OrderLine(sku="SKU-1", quantity=2, unit_price_cents=1250)
@@ -75,7 +76,7 @@ async def observe(actor: Actor, event) -> None:
 
 
 def placed() -> OrderPlaced:
-    return OrderPlaced(order_id="o-1", customer_id="c-1", lines=[LINE], total_cents=2500, currency="EUR")
+    return order_placed("o-1", "c-1", [LINE])
 
 
 def view(*steps: tuple[str, datetime]) -> OrderView:

@@ -21,16 +21,15 @@ from brokers.contracts.common import Line
 from brokers.contracts.orders import (
     OrderCancellationRequested,
     OrderCancelled,
-    OrderConfirmed,
     OrderDelivered,
     OrderLine,
-    OrderPlaced,
     OrderShipped,
     OrderStep,
     PlaceOrder,
 )
 from brokers.contracts.payments import PaymentCaptured
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
+from tests.orders_examples import order_confirmed, order_placed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PRICES = {
@@ -338,12 +337,10 @@ def test_each_step_but_the_reservation_is_announced_with_the_order_it_concerns()
     order = at("delivered")
     lines = list(order.lines)
     who = {"order_id": "o1", "customer_id": "c1"}
-    assert domain.announcement(order, placing()) == OrderPlaced(
-        **who, lines=lines, total_cents=1_500, currency="EUR"
-    )
+    assert domain.announcement(order, placing()) == order_placed("o1", "c1", lines)
     assert domain.announcement(order, Reserved()) is None
-    assert domain.announcement(order, Confirmed(payment_id="pay-1")) == OrderConfirmed(
-        **who, lines=lines, total_cents=1_500, currency="EUR"
+    assert domain.announcement(order, Confirmed(payment_id="pay-1")) == order_confirmed(
+        order_placed("o1", "c1", lines)
     )
     assert domain.announcement(
         order, Shipped(shipment_id="s1", carrier="dhl", tracking_number="T1")
