@@ -55,6 +55,19 @@ def _options(
 _PR_SET_PDEATHSIG = 1
 
 
+def _boot(service_name: str) -> Settings:
+    """What every serving command does first: settings, JSON logs, and tracing (before any broker or
+    app is made: they are traced only if it is on). The process's settings."""
+    from brokers.logs import configure_logging
+    from brokers.settings import get_settings
+    from brokers.tracing import configure_tracing
+
+    settings = get_settings()
+    configure_logging(settings.emporium_log_level)
+    configure_tracing(service_name)
+    return settings
+
+
 def _serve(api: FastAPI, settings: Settings, host: str, port: int) -> None:
     from edge.server import server_config
 
@@ -143,14 +156,9 @@ def run(
     """Every actor and the edge in one process (the modular monolith)."""
     from actors.registry import ACTORS
     from actors.runtime.host import ActorHost
-    from brokers.logs import configure_logging
-    from brokers.settings import get_settings
-    from brokers.tracing import configure_tracing
     from edge.app import create_app
 
-    settings = get_settings()
-    configure_logging(settings.emporium_log_level)
-    configure_tracing("emporium")  # before the brokers and the app are made: they are traced if it is on
+    settings = _boot("emporium")
     actor_host = ActorHost(list(ACTORS.values()), settings)
     api = create_app(settings, extra_checks={f"actors_{k}": v for k, v in actor_host.checks.items()})
     with _payment_provider_alongside(settings) if simulator else nullcontext():
@@ -167,15 +175,10 @@ def actor(
     from actors.registry import ACTORS
     from actors.runtime.host import ActorHost
     from brokers.health import probe_router
-    from brokers.logs import configure_logging
-    from brokers.settings import get_settings
-    from brokers.tracing import configure_tracing
 
     if name not in ACTORS:
         raise typer.BadParameter(f"unknown actor {name!r}; choose from {', '.join(sorted(ACTORS))}")
-    settings = get_settings()
-    configure_logging(settings.emporium_log_level)
-    configure_tracing(f"emporium-{name}")
+    settings = _boot(f"emporium-{name}")
     actor_host = ActorHost([ACTORS[name]], settings, app_name=f"emporium-{name}")
     api = FastAPI(title=f"emporium {name}", docs_url=None, redoc_url=None)
     api.include_router(probe_router(actor_host.checks, settings))
@@ -436,14 +439,9 @@ def edge(
     host: Host = "0.0.0.0", port: Annotated[int, typer.Option(help="Port the edge listens on.")] = 8000
 ) -> None:
     """The HTTP edge alone."""
-    from brokers.logs import configure_logging
-    from brokers.settings import get_settings
-    from brokers.tracing import configure_tracing
     from edge.app import create_app
 
-    settings = get_settings()
-    configure_logging(settings.emporium_log_level)
-    configure_tracing("emporium-edge")
+    settings = _boot("emporium-edge")
     _serve(create_app(settings), settings, host, port)
 
 
