@@ -132,10 +132,7 @@ class InventoryStore(Store):
         return [_level(doc) for doc in docs], await self.db[STOCK].count_documents({}, session=self.session)
 
     async def _read_reservations(self, order_ids: Sequence[str]) -> dict[str, Reservation | None]:
-        read = dict.fromkeys(order_ids) | await self.read_ids(RESERVATIONS, order_ids, _reservation)
-        if self.batched:
-            self._held_reservations.loaded(read)
-        return read
+        return await self.read_held(self._held_reservations, RESERVATIONS, order_ids, _reservation)
 
     async def reservation(self, order_id: str) -> Reservation | None:
         if order_id in self._held_reservations:

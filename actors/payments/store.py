@@ -72,10 +72,7 @@ class PaymentsStore(Store):
             self._held.written()
 
     async def _read(self, order_ids: Sequence[str]) -> dict[str, Account | None]:
-        read = dict.fromkeys(order_ids) | await self.read_ids(ACCOUNTS, order_ids, _account)
-        if self.batched:
-            self._held.loaded(read)
-        return read
+        return await self.read_held(self._held, ACCOUNTS, order_ids, _account)
 
     async def account(self, order_id: str) -> Account | None:
         if order_id in self._held:

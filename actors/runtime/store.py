@@ -57,6 +57,20 @@ class Store:
         found = self.db[collection].find({"_id": {"$in": list(ids)}}, session=self.session)
         return {doc["_id"]: decode(doc) async for doc in found}
 
+    async def read_held(
+        self,
+        held: Held[V | None],
+        collection: str,
+        ids: Sequence[str],
+        decode: Callable[[dict[str, Any]], V],
+    ) -> dict[str, V | None]:
+        """As read_ids, None for the absent ones; in a batch, kept in ``held`` for the handlers after."""
+        read: dict[str, V | None] = dict.fromkeys(ids)
+        read.update(await self.read_ids(collection, ids, decode))
+        if self.batched:
+            held.loaded(read)
+        return read
+
 
 class Held(Generic[V]):
     """A batch's view of some documents by id: each as the database had it when first read, and as

@@ -70,10 +70,7 @@ class ShippingStore(Store):
             self._held.written()
 
     async def _read(self, order_ids: Sequence[str]) -> dict[str, Shipment | None]:
-        read = dict.fromkeys(order_ids) | await self.read_ids(SHIPMENTS, order_ids, _shipment)
-        if self.batched:
-            self._held.loaded(read)
-        return read
+        return await self.read_held(self._held, SHIPMENTS, order_ids, _shipment)
 
     async def find(self, order_id: str) -> Shipment | None:
         if order_id in self._held:
