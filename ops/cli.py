@@ -10,26 +10,71 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from importlib import import_module
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-import uvicorn
-from fastapi import FastAPI
-from uvicorn.main import STARTUP_FAILURE
+from typer.core import TyperCommand, TyperGroup
 
-from brokers.settings import Settings
-from ops import asyncapi, bench, dlq, identity_admin, production
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from typer._click import Context  # typer's own copy of click, whose classes TyperGroup extends
+
+    from brokers.settings import Settings
+
+# The sub-apps are imported only when their command runs: importing one brings in the actors, FastStream
+# and the like, which `emporium --help` and every other command would pay for at start. Their help is
+# kept here, so listing the commands imports none of them (tests/unit/test_cli.py checks it against
+# each module's own). Name: (module whose `app` is the sub-app, help).
+SUB_APPS: dict[str, tuple[str, str]] = {
+    "dlq": ("ops.dlq", "Inspect, replay and purge dead-letter queues and unrouted-events."),
+    "bench": ("ops.bench", "Measure the cost of the actor runtime."),
+    "production": (
+        "ops.production",
+        "Least-privilege production assets: RabbitMQ definitions, MongoDB users.",
+    ),
+    "admin": ("ops.identity_admin", "Administrators and signing keys (talks to a running identity actor)."),
+    "asyncapi": ("ops.asyncapi", "The AsyncAPI document of the actors' messages."),
+}
+
+
+class LazySubApp(TyperCommand):
+    """A sub-app's place in the command list: its name and help only, until it is parsed."""
+
+    def __init__(self, name: str, module: str, help: str) -> None:
+        super().__init__(name=name, help=help)
+        self.module = module
+
+    def load(self) -> TyperGroup:
+        """The sub-app itself, as `app.add_typer` would have made it."""
+        group = typer.main.get_group(import_module(self.module).app)
+        group.name = self.name
+        return group
+
+    # Every use of a command (running it, its --help, shell completion) starts from its context: the
+    # real sub-app makes it, and so handles everything after.
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
+        return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+class _Emporium(TyperGroup):
+    """The emporium command: its own commands, then the sub-apps, each loaded when invoked."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, (module, help) in SUB_APPS.items():
+            self.add_command(LazySubApp(name, module, help))
+
 
 app = typer.Typer(
-    help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.", no_args_is_help=True
+    cls=_Emporium,
+    help="emporium: an e-commerce backend of actors on RabbitMQ and MongoDB.",
+    no_args_is_help=True,
 )
-app.add_typer(dlq.app, name="dlq")
-app.add_typer(bench.app, name="bench")
-app.add_typer(production.app, name="production")
-app.add_typer(identity_admin.app, name="admin")
-app.add_typer(asyncapi.app, name="asyncapi")
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 
@@ -69,6 +114,9 @@ def _boot(service_name: str) -> Settings:
 
 
 def _serve(api: FastAPI, settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+    from uvicorn.main import STARTUP_FAILURE
+
     from edge.server import server_config
 
     # uvicorn handles SIGINT/SIGTERM: the lifespan's shutdown runs, in-flight messages finish. Open
@@ -172,6 +220,8 @@ def actor(
     port: Annotated[int, typer.Option(help="Port of /health, /ready and /metrics.")] = 8080,
 ) -> None:
     """One actor in this process (one container or pod per actor); scale out by running more."""
+    from fastapi import FastAPI
+
     from actors.registry import ACTORS
     from actors.runtime.host import ActorHost
     from brokers.health import probe_router
