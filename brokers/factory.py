@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from aio_pika import IncomingMessage
+from faststream.middlewares import AckPolicy
 from faststream.prometheus import PrometheusMiddleware
 from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit.message import RabbitMessage
 from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -79,7 +83,25 @@ def make_broker(
         # A logger of ours, without FastStream's own text handler: its lines are JSON (brokers.logs).
         logger=logging.getLogger("emporium.faststream"),
         graceful_timeout=15.0,
+        # No FastDepends: emporium's subscribers take aio-pika's message as it is (subscribe_raw).
+        # Resolving the message from FastStream's context runs a sync function on a worker thread
+        # for every delivery, a thread round trip per message.
+        apply_types=False,
     )
+
+
+async def _as_received(message: RabbitMessage) -> IncomingMessage:
+    # The runtime validates bodies itself; FastStream decoding JSON first would leave a malformed
+    # body neither acked nor dead-lettered.
+    return message.raw_message
+
+
+def subscribe_raw(
+    broker: RabbitBroker, queue: Any, handle: Callable[[IncomingMessage], Awaitable[None]]
+) -> None:
+    """Have ``handle`` take each message of ``queue`` as received; it acks, rejects or requeues it
+    itself (FastStream neither replies nor acks)."""
+    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_as_received)(handle)
 
 
 async def publish_body(

@@ -5,9 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from faststream.middlewares import AckPolicy
-from faststream.rabbit import RabbitBroker
-from faststream.rabbit.annotations import RabbitMessage
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime.actor import Actor
@@ -15,7 +12,7 @@ from actors.runtime.batches import prepare_inbox
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
 from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
-from brokers.factory import make_broker
+from brokers.factory import make_broker, subscribe_raw
 from brokers.settings import Settings
 from brokers.topology import ActorTopology, actor_topology, declare
 
@@ -31,19 +28,6 @@ def topology_of(actor: Actor[Any], settings: Settings) -> ActorTopology:
         delivery_limit=settings.emporium_delivery_limit,
         timer_delays_ms=tuple(timer.delay_ms(settings) for timer in actor.timers),
     )
-
-
-async def _undecoded(message: Any) -> bytes:
-    # The runtime validates bodies itself; FastStream decoding JSON first would leave a malformed
-    # body neither acked nor dead-lettered.
-    return message.body
-
-
-def _subscribe(broker: RabbitBroker, queue: Any, consumer: WorkConsumer | QueryConsumer) -> None:
-    async def consume(message: RabbitMessage) -> None:
-        await consumer(message.raw_message)
-
-    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_undecoded)(consume)
 
 
 class ActorHost:
@@ -73,9 +57,9 @@ class ActorHost:
             self.relays[actor.name] = relay
             consumer = WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings)
             self.consumers.append(consumer)
-            _subscribe(self.broker, topology.work.rabbit_queue(declare=declares), consumer)
+            subscribe_raw(self.broker, topology.work.rabbit_queue(declare=declares), consumer.__call__)
             queries = topology.queries.rabbit_queue(declare=declares)
-            _subscribe(self.broker, queries, QueryConsumer(actor, self.broker, db))
+            subscribe_raw(self.broker, queries, QueryConsumer(actor, self.broker, db).__call__)
 
     async def start(self) -> None:
         for actor in self.actors:

@@ -15,8 +15,6 @@ import aio_pika
 import typer
 from faststream import BaseMiddleware
 from faststream.message import StreamMessage
-from faststream.middlewares import AckPolicy
-from faststream.rabbit.annotations import RabbitMessage
 from prometheus_client import REGISTRY
 from rich.progress import Progress
 from rich.table import Table
@@ -25,7 +23,7 @@ from actors.runtime.actor import Actor, Work
 from actors.runtime.host import ActorHost, topology_of
 from actors.runtime.store import Store
 from brokers.envelope import Command, Envelope, new_id
-from brokers.factory import make_broker, named_url, publish, publish_body
+from brokers.factory import make_broker, named_url, publish, publish_body, subscribe_raw
 from brokers.logs import configure_logging
 from brokers.settings import Settings, get_settings
 from brokers.topology import COMMANDS, QueueSpec, declare_exchanges
@@ -301,11 +299,10 @@ async def faststream_hop(settings: Settings, meter: Meter) -> AsyncIterator[Publ
     consumer.add_middleware(partial(_Finished, meter=meter))
 
     # Subscribed the way the runtime subscribes (manual acks on the raw message), minus the runtime.
-    async def ack(message: RabbitMessage) -> None:
-        await message.raw_message.ack()
+    async def ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await message.ack()
 
-    queue = _baseline_queue(settings, FASTSTREAM).rabbit_queue()
-    consumer.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True)(ack)
+    subscribe_raw(consumer, _baseline_queue(settings, FASTSTREAM).rabbit_queue(), ack)
     await consumer.start()
     try:
         async with publisher(settings) as broker:
