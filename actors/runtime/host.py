@@ -6,7 +6,7 @@ from typing import Any
 
 import structlog
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
@@ -15,6 +15,7 @@ from actors.runtime.batches import prepare_inbox
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
 from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
+from brokers import tracing
 from brokers.factory import make_broker
 from brokers.settings import Settings
 from brokers.topology import ActorTopology, actor_topology, declare
@@ -39,11 +40,11 @@ async def _undecoded(message: Any) -> bytes:
     return message.body
 
 
-def _subscribe(broker: RabbitBroker, queue: Any, consumer: WorkConsumer | QueryConsumer) -> None:
+def _subscribe(router: RabbitRouter, queue: Any, consumer: WorkConsumer | QueryConsumer) -> None:
     async def consume(message: RabbitMessage) -> None:
         await consumer(message.raw_message)
 
-    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_undecoded)(consume)
+    router.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_undecoded)(consume)
 
 
 class ActorHost:
@@ -73,9 +74,15 @@ class ActorHost:
             self.relays[actor.name] = relay
             consumer = WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings)
             self.consumers.append(consumer)
-            _subscribe(self.broker, topology.work.rabbit_queue(declare=declares), consumer)
-            queries = topology.queries.rabbit_queue(declare=declares)
-            _subscribe(self.broker, queries, QueryConsumer(actor, self.broker, db))
+            # A router per actor: the span of each message its subscribers take is the actor's.
+            router = RabbitRouter(
+                middlewares=tracing.subscriber_middlewares(tracing.actor_service(actor.name))
+            )
+            _subscribe(router, topology.work.rabbit_queue(declare=declares), consumer)
+            _subscribe(
+                router, topology.queries.rabbit_queue(declare=declares), QueryConsumer(actor, self.broker, db)
+            )
+            self.broker.include_router(router)
 
     async def start(self) -> None:
         for actor in self.actors:
