@@ -11,17 +11,19 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from aio_pika import IncomingMessage
 from faststream.middlewares import AckPolicy
+from faststream.opentelemetry import TelemetryMiddleware
 from faststream.prometheus import PrometheusMiddleware
-from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit import Channel, RabbitBroker, RabbitRouter
 from faststream.rabbit.message import RabbitMessage
+from faststream.rabbit.opentelemetry.provider import RabbitTelemetrySettingsProvider
 from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from brokers import tracing
 from brokers.envelope import Envelope, Message
 from brokers.settings import Settings
 from brokers.topology import exchange_for
-from brokers.tracing import broker_middlewares
 
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
@@ -42,6 +44,32 @@ def _metrics(
     return PrometheusMiddleware(
         settings_provider_factory=lambda _: _BoundedDestinations(), registry=registry, app_name=app_name
     )
+
+
+class _NamedReplies(RabbitTelemetrySettingsProvider):
+    """FastStream's span names, with a reply named after the query it answers (the runtime types a
+    reply so: actors.runtime.consumers) instead of the asker's reply-to address, which is another
+    for every asker's connection."""
+
+    def get_publish_destination_name(self, cmd: RabbitPublishCommand) -> str:
+        if cmd.destination.startswith(REPLY_TO_PREFIX):
+            return cmd.message_options.get("message_type") or "reply"
+        return super().get_publish_destination_name(cmd)
+
+
+def _telemetry() -> list[TelemetryMiddleware[RabbitPublishCommand]]:
+    """With tracing on, FastStream's telemetry of what a broker publishes: the W3C trace context goes
+    in the headers, from a span of the service being served (brokers.tracing.serving). What its
+    subscribers consume is traced by their own actor's router, as that actor (actors.runtime.host)."""
+    if not tracing.enabled():
+        return []
+    return [
+        TelemetryMiddleware[RabbitPublishCommand](
+            # Called with the message consumed, None for a publish.
+            settings_provider_factory=lambda message: _NamedReplies() if message is None else None,
+            tracer_provider=tracing.SERVED,
+        )
+    ]
 
 
 def connection_name(app_name: str, role: str) -> str:
@@ -76,8 +104,7 @@ def make_broker(
             on_return_raises=True,
         ),
         app_id=app_name,
-        # With tracing on, the W3C trace context travels in the headers of everything it publishes.
-        middlewares=[_metrics(registry, app_name), *broker_middlewares()],
+        middlewares=[_metrics(registry, app_name), *_telemetry()],
         # FastStream logs every message at INFO; that is ~15% of a hop. Keep it for debugging only.
         log_level=logging.DEBUG,
         # A logger of ours, without FastStream's own text handler: its lines are JSON (brokers.logs).
@@ -97,7 +124,7 @@ async def _as_received(message: RabbitMessage) -> IncomingMessage:
 
 
 def subscribe_raw(
-    broker: RabbitBroker, queue: Any, handle: Callable[[IncomingMessage], Awaitable[None]]
+    broker: RabbitBroker | RabbitRouter, queue: Any, handle: Callable[[IncomingMessage], Awaitable[None]]
 ) -> None:
     """Have ``handle`` take each message of ``queue`` as received; it acks, rejects or requeues it
     itself (FastStream neither replies nor acks)."""

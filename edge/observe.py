@@ -6,7 +6,8 @@ from the edge through every actor. Metrics are labelled by route template (``/pr
 never by raw path, and by method only among the standard ones, so their number of series stays bounded.
 A response streamed as Server-Sent Events lasts as long as its follower watches (seconds to minutes):
 its duration says nothing about how fast the edge answers, so it is timed by a metric of its own.
-With tracing on (``brokers.tracing``), each request is a server span, the parent of the commands it sends.
+With tracing on (``brokers.tracing``), each request is a server span, the parent of the commands it sends,
+and the edge's service (emporium-edge) in the monolith as well, where the actors are services of their own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers import tracing
 from brokers.envelope import new_id
+from edge.link import APP_NAME
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_STATE = "request_id"
@@ -67,7 +69,12 @@ def trace_requests(app: FastAPI) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     # The spans of each ASGI send/receive (every SSE chunk) would bury the request's own.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_PATHS, exclude_spans=["receive", "send"])
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracing.provider_for(APP_NAME),
+        excluded_urls=_UNTRACED_PATHS,
+        exclude_spans=["receive", "send"],
+    )
 
 
 class ObserveRequests:
@@ -97,7 +104,8 @@ class ObserveRequests:
 
         started = time.perf_counter()
         try:
-            with structlog.contextvars.bound_contextvars(request_id=request_id):
+            # The commands the request publishes are traced as the edge's too.
+            with structlog.contextvars.bound_contextvars(request_id=request_id), tracing.serving(APP_NAME):
                 await self.app(scope, receive, send_with_request_id)
         finally:
             # The router records the matched route in the scope it was given.

@@ -296,6 +296,7 @@ def _reply_message(contract: type[Message], answer: Any, schemas: dict[str, Any]
             "description": "The AMQP correlation_id property: the message_id of the query answered.",
             "location": "$message.header#/correlation_id",
         },
+        "bindings": {"amqp": {"messageType": f"{contract.TYPE}.reply", "bindingVersion": _AMQP}},
     }
 
 

@@ -63,6 +63,7 @@ class WorkConsumer:
         self.actor, self.topology, self.broker, self.db = actor, topology, broker, db
         self.commits = GroupCommit(actor, topology, client, db, relay, settings)
         self._log_messages = settings.emporium_log_messages
+        self._service = tracing.actor_service(actor.name)
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         type_ = self._type_label(message)
@@ -73,6 +74,8 @@ class WorkConsumer:
                 message_id=message.message_id,
                 correlation_id=message.correlation_id,
             ),
+            # What handling it traces (this span, the retries and dead letters it publishes) is the actor's.
+            tracing.serving(self._service),
             # One span per message handled, in the trace the message carried in (when tracing is on).
             tracing.TRACER.start_as_current_span(
                 f"{self.actor.name} handle {type_}",
@@ -190,13 +193,17 @@ class WorkConsumer:
 class QueryConsumer:
     def __init__(self, actor: Actor[Any], broker: RabbitBroker, db: AsyncDatabase) -> None:
         self.actor, self.broker, self.db = actor, broker, db
+        self._service = tracing.actor_service(actor.name)
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
-        with structlog.contextvars.bound_contextvars(
-            actor=self.actor.name,
-            type=message.type,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
+        with (
+            structlog.contextvars.bound_contextvars(
+                actor=self.actor.name,
+                type=message.type,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+            ),
+            tracing.serving(self._service),  # the reply's span is the actor's
         ):
             await self._answer(message)
 
@@ -226,6 +233,8 @@ class QueryConsumer:
                 exchange="",
                 routing_key=message.reply_to,
                 correlation_id=message.message_id,
+                # The reply's own type (as the AsyncAPI document names it), which names its span too.
+                message_type=f"{type_}.reply",
                 content_type="application/json",
                 persist=True,
                 # The asker may have given up and gone: a reply nobody receives is not an error.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from faststream.rabbit import RabbitRouter
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime.actor import Actor
@@ -12,6 +13,7 @@ from actors.runtime.batches import prepare_inbox
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
 from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
+from brokers import tracing
 from brokers.factory import make_broker, subscribe_raw
 from brokers.settings import Settings
 from brokers.topology import ActorTopology, actor_topology, declare
@@ -57,9 +59,14 @@ class ActorHost:
             self.relays[actor.name] = relay
             consumer = WorkConsumer(actor, topology, self.broker, self.client, db, relay, settings)
             self.consumers.append(consumer)
-            subscribe_raw(self.broker, topology.work.rabbit_queue(declare=declares), consumer.__call__)
+            # A router per actor: the span of each message its subscribers take is the actor's.
+            router = RabbitRouter(
+                middlewares=tracing.subscriber_middlewares(tracing.actor_service(actor.name))
+            )
+            subscribe_raw(router, topology.work.rabbit_queue(declare=declares), consumer.__call__)
             queries = topology.queries.rabbit_queue(declare=declares)
-            subscribe_raw(self.broker, queries, QueryConsumer(actor, self.broker, db).__call__)
+            subscribe_raw(router, queries, QueryConsumer(actor, self.broker, db).__call__)
+            self.broker.include_router(router)
 
     async def start(self) -> None:
         for actor in self.actors:

@@ -22,7 +22,7 @@ from actors.runtime import metrics
 from brokers.envelope import Envelope, Message, new_id
 from brokers.factory import publish_body
 from brokers.topology import MOVES, exchange_for
-from brokers.tracing import continued, current_carrier
+from brokers.tracing import actor_service, continued, current_carrier, serving
 
 log = structlog.get_logger()
 _SENT_RETENTION = timedelta(hours=24)
@@ -74,7 +74,9 @@ class OutboxRelay:
         ids = {entry["_id"] for entry in entries}
         self._in_flight |= ids
         try:
-            await self._publish_each(entries, sent, failures)
+            # Published from the group commit's workers and the sweeper, outside any handler: as the actor.
+            with serving(actor_service(self.actor)):
+                await self._publish_each(entries, sent, failures)
         finally:
             self._in_flight -= ids
         if sent:

@@ -2,8 +2,9 @@
 
 Every command and event is delivered twice (the saga tests' Duplicator) while the order goes through,
 so the business counters are seen to move once per order, not once per delivery. Spans are recorded
-in memory by a tracer provider this module installs for the process; it records only while one of
-these tests runs (OpenTelemetry lets a process install a provider once, so it is switched, not removed).
+in memory through a span processor this module installs for the process, as the monolith (every actor
+and the edge in one process: ``emporium run``); it records only while one of these tests runs
+(OpenTelemetry lets a process install a provider once, so it is switched, not removed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,7 +24,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, Sam
 from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
-from brokers import tracing
+from brokers import envelope, tracing
 from brokers.settings import Settings
 from ops.payment_provider import served
 from tests.e2e.orders_support import place, stocked_sku, wait_for_order
@@ -53,9 +55,7 @@ def recorded_spans() -> Iterator[InMemorySpanExporter]:
     """Spans recorded in memory during the test. Autouse, so it comes before the fixtures that make
     the brokers and the edge: they are instrumented only if tracing is on when they are made."""
     if not tracing.enabled():
-        provider = TracerProvider(sampler=SWITCH)
-        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-        tracing.install(provider)
+        tracing.install(SimpleSpanProcessor(EXPORTER), service_name="emporium", sampler=SWITCH)
     if (
         not isinstance(trace.get_tracer_provider(), TracerProvider)
         or trace.get_tracer_provider().sampler is not SWITCH
@@ -170,11 +170,7 @@ async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
     )
 
     wanted = {
-        "edge": lambda s: (
-            s.kind is trace.SpanKind.SERVER
-            and s.attributes.get("http.route") == "/orders"
-            and s.attributes.get("http.request.method", s.attributes.get("http.method")) == "POST"
-        ),
+        "edge": _placing,
         "orders": _handled("orders", "orders.place_order"),
         "inventory": _handled("inventory", "order.placed"),
         "payments": _handled("payments", "stock.reserved"),
@@ -196,6 +192,87 @@ async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
     assert entry["trace"]["traceparent"].split("-")[1] == trace.format_trace_id(
         found["edge"].context.trace_id
     )
+
+
+async def test_each_actor_and_the_edge_trace_as_services_of_their_own_and_replies_by_their_query(
+    shop: httpx.AsyncClient, recorded_spans: InMemorySpanExporter, admin: User, ann: User
+):
+    sku = await stocked_sku(shop, admin, quantity=3)
+    response = await place(shop, ann, [{"sku": sku, "quantity": 1}])
+    assert response.status_code == 202, response.text
+    order_id = response.json()["order_id"]
+    # Following the order asks the orders actor for it (orders.get_order) until it is confirmed.
+    await wait_for_order(
+        shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"}
+    )
+    wanted = {
+        "edge": _placing,
+        "orders": _handled("orders", "orders.place_order"),
+        "inventory": _handled("inventory", "order.placed"),
+        "payments": _handled("payments", "stock.reserved"),
+    }
+    found = await eventually(
+        lambda: _async(_find(recorded_spans.get_finished_spans(), wanted, order_id)),
+        until=lambda spans: len(spans) == len(wanted),
+        what="the spans of the order at the edge, orders, inventory and payments",
+    )
+    spans = recorded_spans.get_finished_spans()
+    order_trace = [span for span in spans if span.context.trace_id == found["edge"].context.trace_id]
+    by_id = {span.context.span_id: span for span in order_trace}
+
+    assert _service(found["edge"]) == "emporium-edge"
+    for actor in ("orders", "inventory", "payments"):
+        assert _service(found[actor]) == f"emporium-{actor}", found[actor].name
+        # The consume span FastStream starts for the message is the actor's too.
+        consumed = by_id[found[actor].parent.span_id]
+        assert consumed.kind is trace.SpanKind.CONSUMER, consumed.name
+        assert _service(consumed) == f"emporium-{actor}", consumed.name
+    # Nothing of the order is left to the process's own name; a span started under another of this
+    # process (a handler's under its consume span, a publish under its handler) is of the same service
+    # (a consume span continues a message published by another service).
+    assert "emporium" not in {_service(span) for span in order_trace}
+    strays = [
+        (span.name, _service(span), _service(by_id[span.parent.span_id]))
+        for span in order_trace
+        if span.kind is not trace.SpanKind.CONSUMER
+        and span.parent is not None
+        and span.parent.span_id in by_id
+        and _service(span) != _service(by_id[span.parent.span_id])
+    ]
+    assert strays == []
+    # Among them what the outbox relay publishes, outside any handler (payment.captured here).
+    assert any(
+        span.kind is trace.SpanKind.PRODUCER and _service(span) == "emporium-payments" for span in order_trace
+    )
+
+    # Replies are named after their query, never after the asker's reply-to address.
+    assert [span.name for span in spans if "amq.rabbitmq.reply-to" in span.name] == []
+    replies = [
+        span
+        for span in spans
+        if str((span.attributes or {}).get("messaging.rabbitmq.destination.routing_key")).startswith(
+            "amq.rabbitmq.reply-to."
+        )
+    ]
+    queries = {type_ for type_, contract in envelope.REGISTRY.items() if contract.KIND is envelope.Kind.QUERY}
+    assert {span.name.rsplit(".reply ", 1)[0] for span in replies} <= queries
+    order_replies = [span for span in replies if span.name == "orders.get_order.reply publish"]
+    assert order_replies, sorted({span.name for span in replies})
+    assert {_service(span) for span in order_replies} == {"emporium-orders"}
+
+
+def _placing(span: ReadableSpan) -> bool:
+    """The edge's span of POST /orders."""
+    attributes = span.attributes or {}
+    return (
+        span.kind is trace.SpanKind.SERVER
+        and attributes.get("http.route") == "/orders"
+        and attributes.get("http.request.method", attributes.get("http.method")) == "POST"
+    )
+
+
+def _service(span: ReadableSpan) -> object:
+    return span.resource.attributes.get(SERVICE_NAME)
 
 
 def _handled(actor: str, type_: str):

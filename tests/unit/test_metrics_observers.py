@@ -45,7 +45,7 @@ from brokers.contracts.orders import (
 )
 from brokers.contracts.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
 from brokers.envelope import Envelope
-from brokers.factory import _BoundedDestinations
+from brokers.factory import _BoundedDestinations, _NamedReplies
 from brokers.logs import add_trace_ids
 from brokers.tracing import continued, current_carrier
 from edge.observe import OTHER_METHOD, ObserveRequests
@@ -327,6 +327,25 @@ def test_every_reply_address_is_one_destination_in_faststream_metrics():
     assert destination("amq.rabbitmq.reply-to.g1h2AA==") == destination("amq.rabbitmq.reply-to.x9==")
     assert destination("amq.rabbitmq.reply-to.g1h2AA==") == "default.amq.rabbitmq.reply-to"
     assert destination("order.placed", "emporium.events") == "emporium.events.order.placed"
+
+
+def test_a_reply_span_is_named_after_its_query_not_its_reply_address():
+    def destination(routing_key: str, exchange: str = "", message_type: str | None = None) -> str:
+        command = RabbitPublishCommand(
+            b"{}",
+            _publish_type=PublishType.PUBLISH,
+            routing_key=routing_key,
+            exchange=RabbitExchange(exchange),
+            message_type=message_type,
+        )
+        return _NamedReplies().get_publish_destination_name(command)
+
+    # The runtime types each reply after its query (QueryConsumer).
+    assert destination("amq.rabbitmq.reply-to.g1h2AA==", message_type="orders.get_order.reply") == (
+        "orders.get_order.reply"
+    )
+    assert destination("amq.rabbitmq.reply-to.g1h2AA==") == "reply"
+    assert destination("order.placed", "emporium.events", "order.placed") == "emporium.events.order.placed"
 
 
 def test_every_outcome_of_an_actors_messages_and_queries_starts_at_zero():
