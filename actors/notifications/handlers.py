@@ -22,11 +22,11 @@ from brokers.envelope import InvalidMessage
 NAME = "notifications"
 # With SMTP configured, a handler sends its email inside the transaction: then one message per
 # transaction keeps a slow server (10 s timeout) inside the transaction lifetime (15 s), and 4 lanes
-# keep other customers' mail going meanwhile. Without SMTP nothing waits: full batches.
+# keep other customers' mail going meanwhile. Without SMTP nothing waits: full batches in one lane.
 notifications = Actor(
     NAME,
     NotificationsStore,
-    lanes=4,
+    lanes=lambda settings: 4 if settings.emporium_smtp_url else 1,
     batch_size=lambda settings: 1 if settings.emporium_smtp_url else settings.emporium_batch_size,
 )
 OrderEvent = OrderConfirmed | OrderCancelled | OrderShipped | OrderDelivered

@@ -1,6 +1,8 @@
 """Notifications' data: every notification sent (keyed by its id), and the customers' email addresses.
 
-In a batch (``preload``), the addresses of every customer its messages name are read in one round trip.
+In a batch (``preload``), the addresses of every customer its messages name and which of its
+notifications were stored before are read in one round trip each, and its new notifications are
+written in one at the end (``flush``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from actors.notifications.domain import Notification, Sent
+from actors.notifications.domain import Notification, Sent, compose
 from actors.runtime.store import Store, ids_named
 
 NOTIFICATIONS, EMAILS = "notifications", "emails"
@@ -36,10 +38,20 @@ class NotificationsStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
         self._emails_read: dict[str, str | None] = {}
+        # In a batch: the ids of its notifications stored already (read or held), and those held.
+        self._stored: set[str] = set()
+        self._held: list[dict[str, Any]] = []
 
     async def preload(self, messages: Sequence[object]) -> None:
         if customer_ids := ids_named(messages, "customer_id"):
             await self._read_emails(customer_ids)
+        ids = [compose(message).notification_id for message in messages]  # type: ignore[arg-type]
+        self._stored |= set(await self.read_ids(NOTIFICATIONS, ids, lambda doc: True))
+
+    async def flush(self) -> None:
+        if self._held:
+            await self.db[NOTIFICATIONS].insert_many(self._held, session=self.session)
+            self._held = []
 
     async def _read_emails(self, customer_ids: Sequence[str]) -> dict[str, str | None]:
         read = dict.fromkeys(customer_ids) | await self.read_ids(
@@ -56,24 +68,28 @@ class NotificationsStore(Store):
         await db[NOTIFICATIONS].create_index([("order_id", ASCENDING), *ORDER])
 
     async def save_new(self, sent: Sent) -> bool:
-        """Record the notification unless it was recorded before (one round trip); whether it is new."""
+        """Record the notification unless it was recorded before; whether it is new. In a batch it
+        is held for ``flush`` (another replica storing it meanwhile fails the batch's insert on the
+        unique id, and the batch is applied again); alone, one upsert."""
         n = sent.notification
+        document = {
+            "customer_id": n.customer_id,
+            "order_id": n.order_id,
+            "template": n.template,
+            "subject": n.subject,
+            "body": n.body,
+            "channel": sent.channel,
+            "address": sent.address,
+            "sent_at": sent.sent_at,
+        }
+        if self.batched:
+            if n.notification_id in self._stored:
+                return False
+            self._stored.add(n.notification_id)
+            self._held.append({"_id": n.notification_id, **document})
+            return True
         result = await self.db[NOTIFICATIONS].update_one(
-            {"_id": n.notification_id},
-            {
-                "$setOnInsert": {
-                    "customer_id": n.customer_id,
-                    "order_id": n.order_id,
-                    "template": n.template,
-                    "subject": n.subject,
-                    "body": n.body,
-                    "channel": sent.channel,
-                    "address": sent.address,
-                    "sent_at": sent.sent_at,
-                }
-            },
-            upsert=True,
-            session=self.session,
+            {"_id": n.notification_id}, {"$setOnInsert": document}, upsert=True, session=self.session
         )
         return result.upserted_id is not None
 

@@ -119,13 +119,19 @@ class Actor(Generic[S]):
     # The timers the actor schedules commands to itself with.
     timers: tuple[Timer, ...] = ()
     # Group commit (actors.runtime.batches): batches applied side by side in one process (a
-    # conversation always in the same lane), and this actor's batch size (default EMPORIUM_BATCH_SIZE).
-    lanes: int = 1
+    # conversation always in the same lane), and this actor's batch size (default EMPORIUM_BATCH_SIZE);
+    # either may depend on the settings.
+    lanes: int | Callable[[Settings], int] = 1
     batch_size: Callable[[Settings], int] | None = None
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
     asks: dict[str, Ask] = field(default_factory=dict)
     answers: dict[str, tuple[type[Query], Answer]] = field(default_factory=dict)
     observers: dict[str, list[Observer]] = field(default_factory=dict)
+
+    def batching(self, settings: Settings) -> tuple[int, int]:
+        """How many lanes the actor's batches run in, and how many messages a batch takes at most."""
+        lanes = self.lanes(settings) if callable(self.lanes) else self.lanes
+        return lanes, self.batch_size(settings) if self.batch_size else settings.emporium_batch_size
 
     def handles(
         self, message: type[M], *, asks: Callable[[M, Asking[S]], Awaitable[Any]] | None = None

@@ -112,9 +112,9 @@ class GroupCommit:
         self.actor, self.topology, self.client, self.db = actor, topology, client, db
         self.relay, self.settings = relay, settings
         # One queue and one worker per lane; a conversation (correlation id) always takes the same lane.
-        self._lanes: list[asyncio.Queue[Delivery]] = [asyncio.Queue() for _ in range(actor.lanes)]
+        lanes, self._batch_size = actor.batching(settings)
+        self._lanes: list[asyncio.Queue[Delivery]] = [asyncio.Queue() for _ in range(lanes)]
         self._workers: dict[int, asyncio.Task[None]] = {}
-        self._batch_size = actor.batch_size(settings) if actor.batch_size else settings.emporium_batch_size
 
     async def apply(self, delivery: Delivery) -> Work[Any] | None:
         """Apply a delivery with whatever else is waiting in its lane; its work once committed and

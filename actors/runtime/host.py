@@ -91,6 +91,11 @@ class ActorHost:
         await self.broker.stop()
         for consumer in self.consumers:
             await consumer.commits.stop()
+        for relay in self.relays.values():
+            try:
+                await relay.settle()
+            except Exception as exc:  # left unsent in the outbox: the next start republishes them
+                log.warning("outbox.settle_failed", actor=relay.actor, error=repr(exc))
         await self.client.close()
         log.info("actors.stopped", actors=[a.name for a in self.actors])
 

@@ -1,7 +1,9 @@
 """The outbox: events written in the handler's transaction, published after commit.
 
-The fast path publishes right after commit. A sweeper republishes whatever is left unsent (a crash
-between commit and publish, the broker away for a while): everything at start, then entries older
+The fast path publishes right after commit. What it published is marked sent a moment later, with
+whatever else went out meanwhile (one round trip for many batches, not one each; the sweeper leaves
+those entries alone). A sweeper republishes whatever is left unsent (a crash between commit and
+publish or before the mark, the broker away for a while): everything at start, then entries older
 than one sweep interval. Publishing twice is harmless; consumers skip message ids they have applied.
 Each entry keeps the trace context of the handler that wrote it, so whenever it is published, its
 message continues that handler's trace.
@@ -29,6 +31,8 @@ _SENT_RETENTION = timedelta(hours=24)
 _SWEEP_BATCH = 500
 # How long a sweeper's claim on entries keeps other sweepers off them (at least four sweeps).
 _CLAIM_LEASE = timedelta(seconds=30)
+# How long the fast path's published entries wait to be marked sent with the ones after them.
+_MARK_AFTER_S = 0.2
 
 
 def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | None = None) -> dict[str, Any]:
@@ -51,41 +55,89 @@ class OutboxNotPublished(Exception):
 
 
 class OutboxRelay:
-    def __init__(self, actor: str, broker: RabbitBroker, db: AsyncDatabase, *, sweep_s: float) -> None:
+    def __init__(
+        self,
+        actor: str,
+        broker: RabbitBroker,
+        db: AsyncDatabase,
+        *,
+        sweep_s: float,
+        mark_after_s: float = _MARK_AFTER_S,
+    ) -> None:
         self.actor = actor
         self._broker = broker
         self._outbox = db["outbox"]
         self._sweep_s = sweep_s
+        self._mark_after_s = mark_after_s
         self._task: asyncio.Task[None] | None = None
-        # Entries this process is publishing right now: the sweeper leaves them to the fast path.
+        # Entries this process is publishing right now, or has published and not yet marked sent:
+        # the sweeper leaves them to the fast path.
         self._in_flight: set[str] = set()
+        self._unmarked: set[str] = set()
+        self._marker: asyncio.Task[None] | None = None
 
     @staticmethod
     async def prepare(db: AsyncDatabase) -> None:
         await db["outbox"].create_index([("sent_at", ASCENDING), ("created_at", ASCENDING)])
 
     async def publish(self, entries: list[dict[str, Any]]) -> None:
-        """Publish entries, each confirmed, and mark those sent; raise if any could not be.
+        """Publish entries just committed, each confirmed; raise if any could not be. Those that went
+        out are marked sent shortly, together with what is published meanwhile."""
+        try:
+            await self._send(entries, self._unmarked)
+        finally:
+            if self._unmarked and (self._marker is None or self._marker.done()):
+                self._marker = asyncio.create_task(self._mark_soon(), name=f"{self.actor}-outbox-marks")
+
+    async def settle(self) -> None:
+        """Mark sent what was published and not marked yet: when the process stops publishing."""
+        if self._marker is not None:
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+            self._marker = None
+        await self._mark(self._unmarked)
+
+    async def _send(self, entries: list[dict[str, Any]], sent: set[str]) -> None:
+        """Publish entries, adding the ids of those that went out to ``sent``; raise if any could not.
 
         One entry that cannot be published (its exchange gone, say) must not hold back the others.
         """
-        sent: list[str] = []
+        published: list[str] = []
         failures: list[str] = []
         ids = {entry["_id"] for entry in entries}
         self._in_flight |= ids
         try:
             # Published from the group commit's workers and the sweeper, outside any handler: as the actor.
             with serving(actor_service(self.actor)):
-                await self._publish_each(entries, sent, failures)
+                await self._publish_each(entries, published, failures)
         finally:
+            sent.update(published)
             self._in_flight -= ids
-        if sent:
-            await self._outbox.update_many({"_id": {"$in": sent}}, {"$set": {"sent_at": datetime.now(UTC)}})
-            metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(sent))
+        metrics.OUTBOX_PUBLISHED.labels(self.actor).inc(len(published))
         if failures:
             raise OutboxNotPublished(
                 f"{len(failures)} of {len(entries)} not published: " + "; ".join(failures[:3])
             )
+
+    async def _mark_soon(self) -> None:
+        """Mark what the fast path published, until nothing is left unmarked."""
+        while self._unmarked:
+            await asyncio.sleep(
+                self._mark_after_s
+            )  # a linger: the batches published meanwhile share the mark
+            try:
+                await self._mark(self._unmarked)
+            except Exception as exc:  # kept: the next round marks them (or, if this process dies, a sweep)
+                log.warning(
+                    "outbox.mark_failed", actor=self.actor, count=len(self._unmarked), error=repr(exc)
+                )
+
+    async def _mark(self, sent: set[str]) -> None:
+        """Mark ``sent`` sent in one round trip; they leave the set once that has succeeded."""
+        ids = sorted(sent)
+        if ids:
+            await self._outbox.update_many({"_id": {"$in": ids}}, {"$set": {"sent_at": datetime.now(UTC)}})
+            sent.difference_update(ids)
 
     async def _publish_each(
         self, entries: list[dict[str, Any]], sent: list[str], failures: list[str]
@@ -103,7 +155,7 @@ class OutboxRelay:
                         routing_key=entry["routing_key"],
                         envelope=Envelope.model_validate(entry["envelope"]),
                     )
-            except Exception as exc:  # collected and raised by publish, after marking what did go out
+            except Exception as exc:  # collected and raised by _send, after noting what did go out
                 failures.append(f"{entry['routing_key']} {entry['_id']}: {exc!r}")
             else:
                 sent.append(entry["_id"])
@@ -124,7 +176,7 @@ class OutboxRelay:
                 **unsent,
                 "created_at": {"$lte": now - older_than},
                 "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}],
-                "_id": {"$nin": sorted(self._in_flight)},
+                "_id": {"$nin": sorted(self._in_flight | self._unmarked)},
             },
             {
                 "$set": {
@@ -139,7 +191,11 @@ class OutboxRelay:
                 while pending := await self._outbox.find(
                     {**unsent, "claim": claim}, sort=[("created_at", ASCENDING)]
                 ).to_list(_SWEEP_BATCH):
-                    await self.publish(pending)
+                    sent: set[str] = set()
+                    try:
+                        await self._send(pending, sent)
+                    finally:
+                        await self._mark(sent)
                     republished += len(pending)
             finally:
                 # What could not be published is free again for the next sweep, here or elsewhere.

@@ -17,6 +17,7 @@ import aio_pika
 import httpx
 import typer
 from faststream.rabbit import RabbitBroker
+from prometheus_client import Histogram
 from pymongo import monitoring
 from rich.progress import Progress
 
@@ -56,9 +57,11 @@ from ops.bench.saga_figures import (
     ENDED,
     PRICE_CENTS,
     STATS_INTERVAL_S,
+    Batching,
     Counts,
     Quiet,
     SagaFigures,
+    batching_table,
     breakdowns,
     cost_table,
     saga_notes,
@@ -105,6 +108,37 @@ def taken_by_actors() -> dict[tuple[str, str, str], int]:
     }
 
 
+def _count_and_sum_by_actor(histogram: Histogram) -> dict[str, tuple[float, float]]:
+    """A runtime histogram's count and sum for each actor, its other labels added up."""
+    found: dict[str, tuple[float, float]] = {}
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            part = sample.name.removeprefix(metric.name)
+            if part in ("_count", "_sum"):
+                count, total = found.get(sample.labels["actor"], (0.0, 0.0))
+                found[sample.labels["actor"]] = (
+                    (count + sample.value, total) if part == "_count" else (count, total + sample.value)
+                )
+    return found
+
+
+def batching_by_actors() -> dict[str, Batching]:
+    """The group commit of this process's actors so far, from the runtime's histograms."""
+    sizes = _count_and_sum_by_actor(metrics.BATCH_MESSAGES)
+    transactions = _count_and_sum_by_actor(metrics.TRANSACTION_SECONDS)
+    handled = _count_and_sum_by_actor(metrics.HANDLER_SECONDS)
+    return {
+        actor: Batching(
+            int(transactions.get(actor, (0, 0))[0]),
+            sizes.get(actor, (0, 0))[1],
+            transactions.get(actor, (0, 0))[1],
+            int(handled.get(actor, (0, 0))[0]),
+            handled.get(actor, (0, 0))[1],
+        )
+        for actor in sizes.keys() | transactions.keys() | handled.keys()
+    }
+
+
 async def _management_get(management: httpx.AsyncClient, path: str) -> Any:
     response = await management.get(path)
     response.raise_for_status()
@@ -130,6 +164,7 @@ async def _read_counts(management: httpx.AsyncClient, settings: Settings, comman
         published_to,
         taken_by_actors(),
         mongo_commands,
+        batching_by_actors(),
     )
 
 
@@ -416,6 +451,7 @@ def saga_command(
         return
     console.print(saga_table(figures, concurrency=concurrency, carrier_step_ms=carrier_step_ms))
     console.print(cost_table(figures))
+    console.print(batching_table(figures))
     for table in breakdowns(figures):
         console.print(table)
     console.print(saga_notes(figures))

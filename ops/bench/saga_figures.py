@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -58,6 +59,10 @@ def stock_needed(orders: Iterable[PlaceOrder]) -> dict[str, int]:
     return dict(needed)
 
 
+# An order's statuses on the happy path, in order: the saga's legs lie between them.
+HAPPY_PATH: tuple[OrderStatus, ...] = ("placed", "reserved", "confirmed", "shipped", "delivered")
+
+
 def step_seconds(view: OrderView, start: OrderStatus, end: OrderStatus) -> float | None:
     """Seconds from the order's first ``start`` step to its first ``end`` step; None if it lacks one."""
     reached: dict[str, datetime] = {}
@@ -92,6 +97,8 @@ class Counts:
     taken: Mapping[tuple[str, str, str], int]  # the runtime: (actor, type, outcome) -> messages
     # MongoDB commands started, by where they went (an actor, or "admin" for a transaction's end) and name
     mongo_commands: Mapping[tuple[str, str], int]
+    # The runtime's group commit, by actor: its histograms' counts and sums (see Batching)
+    batching: Mapping[str, Batching] = field(default_factory=dict)
 
     def since(self, earlier: Counts) -> Counts:
         return Counts(
@@ -101,6 +108,31 @@ class Counts:
             _grown(self.published_to, earlier.published_to),
             _grown(self.taken, earlier.taken),
             _grown(self.mongo_commands, earlier.mongo_commands),
+            {
+                actor: now.since(earlier.batching.get(actor, Batching()))
+                for actor, now in self.batching.items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class Batching:
+    """One actor's group commit as its metrics count it: transactions committed, the messages they
+    applied and the seconds they took; messages applied and their seconds from delivery to published."""
+
+    transactions: int = 0
+    messages: float = 0.0
+    transaction_s: float = 0.0
+    handled: int = 0
+    handled_s: float = 0.0
+
+    def since(self, earlier: Batching) -> Batching:
+        return Batching(
+            self.transactions - earlier.transactions,
+            self.messages - earlier.messages,
+            self.transaction_s - earlier.transaction_s,
+            self.handled - earlier.handled,
+            self.handled_s - earlier.handled_s,
         )
 
 
@@ -130,13 +162,15 @@ class SagaFigures:
     cost: Counts  # from just before the first order until everything was quiet again
     to_confirmed_s: tuple[float, ...]
     to_delivered_s: tuple[float, ...]
+    # Where the time goes: each leg of the happy path ("placed → reserved", ...), its spans.
+    legs_s: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, views: Sequence[OrderView], seconds: float, cost: Counts) -> SagaFigures:
         statuses = Counter(view.status for view in views)
 
-        def spans(end: OrderStatus) -> tuple[float, ...]:
-            found = (step_seconds(view, "placed", end) for view in views)
+        def spans(start: OrderStatus, end: OrderStatus) -> tuple[float, ...]:
+            found = (step_seconds(view, start, end) for view in views)
             return tuple(span for span in found if span is not None)
 
         return cls(
@@ -145,8 +179,9 @@ class SagaFigures:
             statuses["cancelled"],
             seconds,
             cost,
-            spans("confirmed"),
-            spans("delivered"),
+            spans("placed", "confirmed"),
+            spans("placed", "delivered"),
+            {f"{start} → {end}": spans(start, end) for start, end in itertools.pairwise(HAPPY_PATH)},
         )
 
     def per_order(self, count: int) -> float:
@@ -182,6 +217,7 @@ class SagaFigures:
             "delivered_orders_per_s": self.delivered / self.seconds,
             "placed_to_confirmed": latency(self.to_confirmed_s),
             "placed_to_delivered": latency(self.to_delivered_s),
+            "legs": {leg: latency(spans) for leg, spans in self.legs_s.items()},
             "totals": totals,
             "per_delivered_order": {name: self.per_order(total) for name, total in totals.items()},
             "mongodb_round_trips_by_actor": dict(_by(cost.mongo_commands, 0)),
@@ -208,6 +244,8 @@ def saga_table(figures: SagaFigures, *, concurrency: int, carrier_step_ms: int) 
     )
     table.add_row("placed → confirmed", _ms(figures.to_confirmed_s))
     table.add_row("placed → delivered", _ms(figures.to_delivered_s))
+    for leg, spans in figures.legs_s.items():
+        table.add_row(f"  {leg}", _ms(spans))
     return table
 
 
@@ -243,6 +281,26 @@ def breakdown_table(
     table.add_column("per order", justify="right")
     for cells, count in sorted(rows, key=lambda row: (-row[1], row[0])):
         table.add_row(*cells, f"{count:,}", f"{figures.per_order(count):.2f}")
+    return table
+
+
+def batching_table(figures: SagaFigures) -> Table:
+    """Where each actor's time goes: how full its batches are, how long their transactions take, and
+    how long a message waits from delivery until its batch is committed and published."""
+    table = Table(title="group commit, by actor")
+    for header in ("actor", "transactions", "messages per transaction", "ms per transaction"):
+        table.add_column(header, justify="left" if header == "actor" else "right", no_wrap=True)
+    table.add_column("ms delivery → published", justify="right")
+    for actor, b in sorted(figures.cost.batching.items()):
+        if not b.transactions:
+            continue
+        table.add_row(
+            actor,
+            f"{b.transactions:,}",
+            f"{b.messages / b.transactions:.1f}",
+            f"{b.transaction_s / b.transactions * 1000:.0f}",
+            f"{b.handled_s / b.handled * 1000:.0f}" if b.handled else "-",
+        )
     return table
 
 

@@ -249,7 +249,7 @@ async def test_a_batch_of_shipments_reads_them_once_and_writes_them_once(counted
     assert len(dispatched) == len(order_ids)
 
 
-async def test_a_batch_of_notifications_reads_the_customers_addresses_once(counted, settings):
+async def test_a_batch_of_notifications_reads_once_and_writes_its_new_notifications_once(counted, settings):
     batches = await batches_of(notifications, counted, settings)
     customers = {"c-ann": "ann@example.com", "c-bob": "bob@example.com"}
     registered = [UserRegistered(user_id=c, email=e, name=c) for c, e in customers.items()]
@@ -260,11 +260,35 @@ async def test_a_batch_of_notifications_reads_the_customers_addresses_once(count
 
     assert all_applied(outcomes), outcomes
     assert batches.seen["find", "emails"] == 1, batches.seen
+    assert batches.seen["find", "notifications"] == 1, batches.seen
+    assert batches.seen["insert", "notifications"] == 1, batches.seen
+    assert batches.seen["update", "notifications"] == 0, batches.seen
     about_orders = {"order_id": {"$ne": None}}  # not the welcomes
     sent = await batches.db["notifications"].find(about_orders, {"order_id": 1, "address": 1}).to_list()
     assert sorted((n["order_id"], n["address"]) for n in sent) == sorted(
         (o, customers[c]) for o, c in orders_of
     )
+
+
+async def test_a_notification_told_before_or_twice_in_one_batch_is_stored_and_announced_once(
+    counted, settings
+):
+    batches = await batches_of(notifications, counted, settings)
+    assert all_applied(await batches.apply(UserRegistered(user_id="c-cy", email="cy@example.com", name="Cy")))
+    assert all_applied(await batches.apply(confirmed("o-told-1", customer_id="c-cy")))
+
+    # The same facts published again under other message ids: one told before, one twice at once.
+    outcomes = await batches.apply(
+        confirmed("o-told-1", customer_id="c-cy"),
+        confirmed("o-told-2", customer_id="c-cy"),
+        confirmed("o-told-2", customer_id="c-cy"),
+    )
+
+    assert all_applied(outcomes), outcomes
+    announced = [len(work.outbox) for work in outcomes if isinstance(work, Work)]
+    assert announced == [0, 1, 0]
+    stored = await batches.db["notifications"].find({"customer_id": "c-cy"}, {"order_id": 1}).to_list()
+    assert sorted(n.get("order_id") for n in stored if n.get("order_id")) == ["o-told-1", "o-told-2"]
 
 
 async def test_a_batch_of_payments_reads_the_accounts_once_and_writes_them_once(counted, settings):

@@ -4,6 +4,7 @@ figures, pacing, counting."""
 import asyncio
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -19,9 +20,11 @@ from ops.bench.hop import as_json as hop_json
 from ops.bench.report import Report, markdown, plot
 from ops.bench.saga import CommandCounter, EndWatch
 from ops.bench.saga_figures import (
+    Batching,
     Counts,
     Quiet,
     SagaFigures,
+    batching_table,
     breakdowns,
     cost_table,
     outcomes_line,
@@ -297,6 +300,30 @@ def test_the_cost_table_gives_totals_and_shares_per_delivered_order():
     assert rows["messages taken by actors"] == ["4", "2.0"]
     assert rows["MongoDB commands (round trips)"] == ["54", "27.0"]
     assert rows["MongoDB transactions"] == ["4", "2.0"]
+
+
+def test_the_saga_is_timed_leg_by_leg_along_the_happy_path():
+    late = ("placed", 0), ("reserved", 100), ("confirmed", 400), ("shipped", 700), ("delivered", 1500)
+    figures = SagaFigures.of([_view("o1", *DELIVERED), _view("o2", *late)], 1.0, _counts())
+
+    legs = {leg: [round(span * 1000) for span in spans] for leg, spans in figures.legs_s.items()}
+    assert legs == {
+        "placed → reserved": [40, 100],
+        "reserved → confirmed": [60, 300],
+        "confirmed → shipped": [200, 300],
+        "shipped → delivered": [200, 800],
+    }
+    assert figures.as_dict()["legs"]["placed → reserved"]["p50_ms"] == pytest.approx(70)
+
+
+def test_group_commit_by_actor_is_what_grew_over_the_run_per_transaction_and_per_message():
+    before = replace(_counts(), batching={"orders": Batching(10, 50, 1.0, 50, 5.0)})
+    after = replace(_counts(), batching={"orders": Batching(30, 450, 3.0, 450, 45.0), "idle": Batching()})
+    figures = SagaFigures.of([_view("o1", *DELIVERED)], 1.0, after.since(before))
+
+    table = batching_table(figures)
+    [row] = _rows(table)  # an actor that committed nothing is left out
+    assert row == ["orders", "20", "20.0", "100", "100"]
 
 
 def test_mongodb_commands_by_actor_are_also_given_per_message_the_actor_took():
