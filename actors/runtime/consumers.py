@@ -13,6 +13,8 @@ Queries: read through the store, answered on the reply-to address; a problem is 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -38,6 +40,22 @@ from brokers.topology import ActorTopology, dlq_name
 
 log = structlog.get_logger()
 _ANY = TypeAdapter(Any)
+
+
+@contextmanager
+def _handling(message: AbstractIncomingMessage, actor: str, service: str) -> Iterator[None]:
+    """While an actor handles a message: its log lines carry the actor and the message's ids, and
+    what it traces is the actor's service."""
+    with (
+        structlog.contextvars.bound_contextvars(
+            actor=actor,
+            type=message.type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+        ),
+        tracing.serving(service),
+    ):
+        yield
 
 
 def read_envelope(message: AbstractIncomingMessage) -> Envelope:
@@ -68,14 +86,8 @@ class WorkConsumer:
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         type_ = self._type_label(message)
         with (
-            structlog.contextvars.bound_contextvars(
-                actor=self.actor.name,
-                type=message.type,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-            ),
             # What handling it traces (this span, the retries and dead letters it publishes) is the actor's.
-            tracing.serving(self._service),
+            _handling(message, self.actor.name, self._service),
             # One span per message handled, in the trace the message carried in (when tracing is on).
             tracing.TRACER.start_as_current_span(
                 f"{self.actor.name} handle {type_}",
@@ -196,15 +208,7 @@ class QueryConsumer:
         self._service = tracing.actor_service(actor.name)
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
-        with (
-            structlog.contextvars.bound_contextvars(
-                actor=self.actor.name,
-                type=message.type,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-            ),
-            tracing.serving(self._service),  # the reply's span is the actor's
-        ):
+        with _handling(message, self.actor.name, self._service):  # the reply's span is the actor's
             await self._answer(message)
 
     async def _answer(self, message: AbstractIncomingMessage) -> None:

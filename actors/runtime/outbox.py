@@ -91,10 +91,8 @@ class OutboxRelay:
 
     async def settle(self) -> None:
         """Mark sent what was published and not marked yet: when the process stops publishing."""
-        if self._marker is not None:
-            self._marker.cancel()
-            await asyncio.gather(self._marker, return_exceptions=True)
-            self._marker = None
+        await _cancelled(self._marker)
+        self._marker = None
         await self._mark(self._unmarked)
 
     async def _send(self, entries: list[dict[str, Any]], sent: set[str]) -> None:
@@ -214,10 +212,8 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._sweep_forever(), name=f"{self.actor}-outbox-sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await _cancelled(self._task)
+        self._task = None
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -226,3 +222,10 @@ class OutboxRelay:
                 await self.sweep(older_than=timedelta(seconds=self._sweep_s))
             except Exception as exc:  # the sweeper must outlive a broker or database outage
                 log.warning("outbox.sweep_failed", actor=self.actor, error=repr(exc))
+
+
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task, if there is one, and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

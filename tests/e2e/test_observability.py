@@ -161,25 +161,8 @@ async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
     admin: User,
     ann: User,
 ):
-    sku = await stocked_sku(shop, admin, quantity=3)
-    response = await place(shop, ann, [{"sku": sku, "quantity": 1}])
-    assert response.status_code == 202, response.text
-    order_id = response.json()["order_id"]
-    await wait_for_order(
-        shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"}
-    )
-
-    wanted = {
-        "edge": _placing,
-        "orders": _handled("orders", "orders.place_order"),
-        "inventory": _handled("inventory", "order.placed"),
-        "payments": _handled("payments", "stock.reserved"),
-        "orders confirm": _handled("orders", "payment.captured"),
-    }
-    found = await eventually(
-        lambda: _async(_find(recorded_spans.get_finished_spans(), wanted, order_id)),
-        until=lambda spans: len(spans) == len(wanted),
-        what="the spans of the order at the edge, orders, inventory and payments",
+    order_id, found = await _confirmed_order_spans(
+        shop, admin, ann, recorded_spans, {"orders confirm": _handled("orders", "payment.captured")}
     )
 
     trace_ids = {name: span.context.trace_id for name, span in found.items()}
@@ -197,25 +180,8 @@ async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
 async def test_each_actor_and_the_edge_trace_as_services_of_their_own_and_replies_by_their_query(
     shop: httpx.AsyncClient, recorded_spans: InMemorySpanExporter, admin: User, ann: User
 ):
-    sku = await stocked_sku(shop, admin, quantity=3)
-    response = await place(shop, ann, [{"sku": sku, "quantity": 1}])
-    assert response.status_code == 202, response.text
-    order_id = response.json()["order_id"]
     # Following the order asks the orders actor for it (orders.get_order) until it is confirmed.
-    await wait_for_order(
-        shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"}
-    )
-    wanted = {
-        "edge": _placing,
-        "orders": _handled("orders", "orders.place_order"),
-        "inventory": _handled("inventory", "order.placed"),
-        "payments": _handled("payments", "stock.reserved"),
-    }
-    found = await eventually(
-        lambda: _async(_find(recorded_spans.get_finished_spans(), wanted, order_id)),
-        until=lambda spans: len(spans) == len(wanted),
-        what="the spans of the order at the edge, orders, inventory and payments",
-    )
+    order_id, found = await _confirmed_order_spans(shop, admin, ann, recorded_spans)
     spans = recorded_spans.get_finished_spans()
     order_trace = [span for span in spans if span.context.trace_id == found["edge"].context.trace_id]
     by_id = {span.context.span_id: span for span in order_trace}
@@ -303,3 +269,34 @@ def _find(spans: Sequence[ReadableSpan], wanted: dict[str, Any], order_id: str) 
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def _confirmed_order_spans(
+    shop: httpx.AsyncClient,
+    admin: User,
+    ann: User,
+    recorded_spans: InMemorySpanExporter,
+    more: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, ReadableSpan]]:
+    """Place an order and follow it until it is confirmed: its id, and its spans at the edge, orders,
+    inventory and payments (and the ``more`` asked for), by name."""
+    sku = await stocked_sku(shop, admin, quantity=3)
+    response = await place(shop, ann, [{"sku": sku, "quantity": 1}])
+    assert response.status_code == 202, response.text
+    order_id = response.json()["order_id"]
+    await wait_for_order(
+        shop, ann, order_id, until=lambda o: o["status"] in {"confirmed", "shipped", "delivered"}
+    )
+    wanted = {
+        "edge": _placing,
+        "orders": _handled("orders", "orders.place_order"),
+        "inventory": _handled("inventory", "order.placed"),
+        "payments": _handled("payments", "stock.reserved"),
+        **(more or {}),
+    }
+    found = await eventually(
+        lambda: _async(_find(recorded_spans.get_finished_spans(), wanted, order_id)),
+        until=lambda spans: len(spans) == len(wanted),
+        what="the spans of the order at the edge, orders, inventory and payments",
+    )
+    return order_id, found
