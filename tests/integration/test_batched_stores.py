@@ -7,6 +7,7 @@ that fails is narrowed down to its message, the others committing once.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -289,6 +290,24 @@ async def test_a_notification_told_before_or_twice_in_one_batch_is_stored_and_an
     assert announced == [0, 1, 0]
     stored = await batches.db["notifications"].find({"customer_id": "c-cy"}, {"order_id": 1}).to_list()
     assert sorted(n.get("order_id") for n in stored if n.get("order_id")) == ["o-told-1", "o-told-2"]
+
+
+async def test_two_replicas_telling_one_fact_at_once_store_and_announce_it_once(counted, settings):
+    # Each batch reads that the notification is not stored yet, then holds its insert for the flush:
+    # the one that commits second fails on the unique id, is applied again and finds it stored.
+    replicas = [await batches_of(notifications, counted, settings) for _ in range(2)]
+    assert all_applied(await replicas[0].apply(UserRegistered(user_id="c-di", email="di@x.org", name="Di")))
+
+    outcomes = await asyncio.gather(
+        *(replica.apply(confirmed("o-rival", customer_id="c-di")) for replica in replicas)
+    )
+
+    works = [work for batch in outcomes for work in batch]
+    assert all(isinstance(work, Work) for work in works), works
+    assert sorted(len(work.outbox) for work in works if isinstance(work, Work)) == [0, 1]
+    db = replicas[0].db
+    assert await db["notifications"].count_documents({"order_id": "o-rival"}) == 1
+    assert await db["outbox"].count_documents({"routing_key": "notification.sent"}) == 2  # welcome too
 
 
 async def test_a_batch_of_payments_reads_the_accounts_once_and_writes_them_once(counted, settings):
