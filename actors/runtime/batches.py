@@ -2,8 +2,8 @@
 
 The embedded MongoDB's cost is per transaction and per round trip, not per document: a transaction
 that applies 32 messages (their handlers in delivery order, sharing one store that reads for them
-all at once and writes once at the end, one insert_many for all their outbox entries, one for all
-their inbox records) commits in little more time than one that applies one.
+all at once and writes once at the end, one outbox record holding every message they sent, one
+insert_many for all their inbox records) commits in little more time than one that applies one.
 So a work consumer hands its deliveries to a ``GroupCommit``, which takes what is waiting (up to
 ``EMPORIUM_BATCH_SIZE``, lingering ``EMPORIUM_BATCH_WAIT_MS`` for more), applies it in one
 transaction, publishes what it emitted (pipelined: every confirm awaited together) and only then
@@ -52,7 +52,7 @@ from pymongo.errors import OperationFailure
 
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, Asking, Handler, Work
-from actors.runtime.outbox import OutboxRelay
+from actors.runtime.outbox import OutboxRelay, outbox_record
 from brokers.envelope import Envelope
 from brokers.settings import Settings
 from brokers.topology import ActorTopology
@@ -145,9 +145,10 @@ class GroupCommit:
         held: list[Delivery] = []  # taken from the lane, left for a later batch (see _next_batch)
         while True:
             batch = await self._next_batch(waiting, held)
+            records: list[dict[str, Any]] = []
             try:
-                outcomes = await self.commit(batch)
-                await self._publish([o for o in outcomes if isinstance(o, Work)])
+                outcomes = await self.commit(batch, records)
+                await self._publish(records)
             except Exception as exc:  # nothing committed that is not recorded: each message is retried
                 log.warning("batch.failed", size=len(batch), error=repr(exc))
                 outcomes = [exc] * len(batch)
@@ -194,18 +195,20 @@ class GroupCommit:
         held[:] = later
         return batch
 
-    async def _publish(self, works: list[Work[Any]]) -> None:
-        entries = [entry for work in works for entry in work.outbox]
-        if not entries or self.relay is None:
+    async def _publish(self, records: list[dict[str, Any]]) -> None:
+        if not records or self.relay is None:
             return
         try:
-            await self.relay.publish(entries)
+            await self.relay.publish(records)
         except Exception as exc:  # committed and recorded: the sweeper publishes them later
-            log.warning("outbox.publish_deferred", count=len(entries), error=repr(exc))
+            log.warning("outbox.publish_deferred", records=len(records), error=repr(exc))
 
-    async def commit(self, deliveries: list[Delivery]) -> list[Outcome]:
+    async def commit(
+        self, deliveries: list[Delivery], records: list[dict[str, Any]] | None = None
+    ) -> list[Outcome]:
         """Apply the deliveries in one transaction, taking out those that cannot be applied (each
-        with its outcome) and applying the rest again, until what is left has committed.
+        with its outcome) and applying the rest again, until what is left has committed. The
+        outbox records committed are added to ``records``, to be published.
 
         When a handler raises, the messages before it had been applied in that attempt: they are
         applied again as a batch of their own, and the messages after it as another, in that order.
@@ -231,13 +234,15 @@ class GroupCommit:
             failed: list[int] = []
             started = time.perf_counter()
             try:
-                works = await self._transact([deliveries[i] for i in batch], failed, answers)
+                works, record = await self._transact([deliveries[i] for i in batch], failed, answers)
             except Exception as exc:
                 again = await self._sort_out(deliveries, batch, failed, exc, outcomes)
                 if again:
                     metrics.BATCHES_REDONE.labels(self.actor.name).inc()
                 batches[:0] = again
                 continue
+            if record is not None and records is not None:
+                records.append(record)
             metrics.TRANSACTION_SECONDS.labels(self.actor.name).observe(time.perf_counter() - started)
             metrics.BATCH_MESSAGES.labels(self.actor.name).observe(len(works))
             outcomes.update(zip(batch, works, strict=True))
@@ -310,9 +315,10 @@ class GroupCommit:
 
     async def _transact(
         self, deliveries: list[Delivery], failed: list[int], answers: dict[str, Any]
-    ) -> list[Work[Any]]:
-        """One transaction: every handler in delivery order, then the outbox entries, then the inbox
-        records. ``failed`` gets the position of a handler that raised (FLUSH: the store's flush).
+    ) -> tuple[list[Work[Any]], dict[str, Any] | None]:
+        """One transaction: every handler in delivery order, then the outbox record of what they
+        sent (None if nothing), then the inbox records. ``failed`` gets the position of a handler
+        that raised (FLUSH: the store's flush).
 
         The inbox records are written last, and handlers write after they read and ask: a process
         killed inside a transaction leaves it open on the server until the server reaps it, and
@@ -321,7 +327,7 @@ class GroupCommit:
         before are not looked for first (a round trip for a rare case): their transaction fails,
         on the inbox's unique id at the latest, and the inbox is read only then."""
 
-        async def apply(session: AsyncClientSession) -> list[Work[Any]]:
+        async def apply(session: AsyncClientSession) -> tuple[list[Work[Any]], dict[str, Any] | None]:
             failed.clear()
             works = []
             # One store for the batch: it reads for all of them at once and writes once at the end.
@@ -349,14 +355,16 @@ class GroupCommit:
             except Exception:
                 failed.append(FLUSH)
                 raise
-            if outbox := [entry for work in works for entry in work.outbox]:
-                await self.db["outbox"].insert_many(outbox, session=session)
+            record = None
+            if entries := [entry for work in works for entry in work.outbox]:
+                record = outbox_record(entries)
+                await self.db["outbox"].insert_one(record, session=session)
             now = datetime.now(UTC)
             await self.db["inbox"].insert_many(
                 [{"_id": d.envelope.message_id, "type": d.envelope.type, "at": now} for d in deliveries],
                 session=session,
             )
-            return works
+            return works, record
 
         async with self.client.start_session() as session:
             # with_transaction runs the whole callback again on transient transaction errors

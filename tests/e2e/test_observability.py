@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, Sam
 from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
+from actors.runtime.outbox import outbox_entries
 from brokers import envelope, tracing
 from brokers.settings import Settings
 from ops.payment_provider import served
@@ -170,8 +171,11 @@ async def test_one_order_is_one_trace_from_the_edge_through_the_actors(
     # Each actor's span descends from the edge's request, not from a trace of its own.
     assert found["orders"].parent is not None and found["edge"].parent is None
     # The outbox keeps the trace with each entry, for a republish after a crash to continue it.
-    outbox = mongo[settings.database_name("orders")]["outbox"]
-    entry = await outbox.find_one({"routing_key": "order.placed", "envelope.correlation_id": order_id})
+    [entry] = await outbox_entries(
+        mongo[settings.database_name("orders")],
+        routing_key="order.placed",
+        **{"envelope.correlation_id": order_id},
+    )
     assert entry["trace"]["traceparent"].split("-")[1] == trace.format_trace_id(
         found["edge"].context.trace_id
     )

@@ -24,7 +24,7 @@ from actors.registry import ACTORS
 from actors.runtime.actor import Work
 from actors.runtime.consumers import WorkConsumer
 from actors.runtime.host import topology_of
-from actors.runtime.outbox import OutboxRelay
+from actors.runtime.outbox import OutboxRelay, outbox_entries
 from brokers.envelope import Envelope, Message
 from brokers.settings import Settings
 
@@ -174,4 +174,4 @@ class Rivals:
         return list(await asyncio.gather(*(run(m) for m in messages)))
 
     async def outbox(self, type_: str) -> list[dict[str, Any]]:
-        return await self.db["outbox"].find({"routing_key": type_}).to_list()
+        return await outbox_entries(self.db, routing_key=type_)

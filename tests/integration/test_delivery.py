@@ -140,14 +140,14 @@ class SimulatedCrash(ConnectionError):
     """Stands for the process dying after its transaction committed, before the relay published."""
 
 
-async def outbox_entry_caused_by(mongo, settings, envelope: Envelope) -> dict[str, Any] | None:
-    """The catalog's outbox entry of the event emitted while handling this command (runtime data)."""
+async def outbox_record_caused_by(mongo, settings, envelope: Envelope) -> dict[str, Any] | None:
+    """The catalog's outbox record holding the event emitted while handling this command (runtime data)."""
     outbox = mongo[settings.database_name("catalog")]["outbox"]
-    return await outbox.find_one({"envelope.causation_id": envelope.message_id})
+    return await outbox.find_one({"entries.envelope.causation_id": envelope.message_id})
 
 
-def _sent(entry: dict[str, Any] | None) -> bool:
-    return entry is not None and entry["sent_at"] is not None
+def _sent(record: dict[str, Any] | None) -> bool:
+    return record is not None and record["sent_at"] is not None
 
 
 async def test_an_event_committed_but_never_published_is_published_by_the_next_host(
@@ -155,7 +155,7 @@ async def test_an_event_committed_but_never_published_is_published_by_the_next_h
 ):
     tried_to_publish = asyncio.Event()
 
-    async def crash(entries: list[dict]) -> None:
+    async def crash(records: list[dict]) -> None:
         tried_to_publish.set()
         raise SimulatedCrash("the process died between commit and publish")
 
@@ -164,22 +164,23 @@ async def test_an_event_committed_but_never_published_is_published_by_the_next_h
             monkeypatch.setattr(doomed.relays["catalog"], "publish", crash)
             envelope = await send(broker, lamp("p-crash", "SKU-CRASH"))
             await asyncio.wait_for(tried_to_publish.wait(), timeout=20)
-            entry = await outbox_entry_caused_by(mongo, settings, envelope)
+            record = await outbox_record_caused_by(mongo, settings, envelope)
 
-            assert entry is not None and entry["sent_at"] is None
+            assert record is not None and record["sent_at"] is None
             assert watcher.of_type("product.created") == []
 
         await start_host("catalog")
         [published] = await watcher.wait_for("product.created")
         sent = await eventually(
-            lambda: outbox_entry_caused_by(mongo, settings, envelope),
+            lambda: outbox_record_caused_by(mongo, settings, envelope),
             until=_sent,
-            what="the entry marked sent",
+            what="the record marked sent",
         )
         # Marked sent, so no sweep publishes it again.
         assert len(watcher.of_type("product.created")) == 1
 
-    assert published.message_id == entry["_id"] == sent["_id"]
+    assert sent["_id"] == record["_id"]
+    assert published.message_id == record["entries"][0]["message_id"]
     assert published.correlation_id == envelope.correlation_id
 
 
@@ -191,25 +192,25 @@ async def test_the_sweeper_publishes_what_the_fast_path_failed_to_without_a_rest
     publish_for_real = relay.publish
     failed: list[list[dict]] = []
 
-    async def fail_the_first_batch(entries: list[dict]) -> None:
-        if entries and not failed:
-            failed.append(entries)
+    async def fail_the_first_batch(records: list[dict]) -> None:
+        if records and not failed:
+            failed.append(records)
             raise SimulatedCrash("RabbitMQ was away for a moment")
-        await publish_for_real(entries)
+        await publish_for_real(records)
 
     monkeypatch.setattr(relay, "publish", fail_the_first_batch)
     async with Tap(settings.rabbitmq_url) as watcher, running(host):
         envelope = await send(broker, lamp("p-sweep", "SKU-SWEEP"))
         [published] = await watcher.wait_for("product.created")
-        entry = await eventually(
-            lambda: outbox_entry_caused_by(mongo, settings, envelope),
+        record = await eventually(
+            lambda: outbox_record_caused_by(mongo, settings, envelope),
             until=_sent,
-            what="the entry marked sent",
+            what="the record marked sent",
         )
         assert len(watcher.of_type("product.created")) == 1
 
-    assert [[e["_id"] for e in batch] for batch in failed] == [[entry["_id"]]]
-    assert published.message_id == entry["_id"]
+    assert [[r["_id"] for r in batch] for batch in failed] == [[record["_id"]]]
+    assert published.message_id == record["entries"][0]["message_id"]
 
 
 # --- 3. a transient failure: retried with growing delays, then dead-lettered ---------------------

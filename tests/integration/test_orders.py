@@ -20,6 +20,7 @@ from pymongo import AsyncMongoClient
 from actors.orders.events import Placed, Recorded
 from actors.orders.store import OrdersStore
 from actors.runtime.errors import ConcurrentUpdate
+from actors.runtime.outbox import outbox_entries
 from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
 from brokers.contracts.common import Line
 from brokers.contracts.inventory import GetStock, StockReleased, StockReserved, StockView
@@ -134,7 +135,7 @@ class Shop:
         (an event type, or the delay queue of a timer): exact as soon as the handler committed,
         unlike what reaches the broker a moment later (and maybe twice)."""
         where = {"routing_key": routing_key, "envelope.correlation_id": order_id}
-        return await self.db("orders")["outbox"].count_documents(where)
+        return len(await outbox_entries(self.db("orders"), **where))
 
     async def told(self, type_: str, order_id: str) -> list[AbstractIncomingMessage]:
         """Wait until this was announced about this order; what ``announced`` then says."""
