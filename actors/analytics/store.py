@@ -1,10 +1,12 @@
 """Analytics' data: the facts of each order, and the counters every figure is read from.
 
 The counters are spread over ``SHARDS`` documents (``{"_id": 17, "status": {"placed": 3, ...},
-"units": {"LAMP-1": 4, ...}, ..., "as_of": <latest event reflected>}``), each order always counted in
-the same one, and changed with ``$inc`` in the same transaction as the order's facts. One document
-for all would make every two concurrent handlers conflict (measured: ~15 transaction attempts per
-event with 32 in flight); spread out, orders rarely meet, and GetStats sums a few dozen documents.
+"units": {"LAMP-1": 4, ...}, ..., "as_of": <latest event reflected>}``), changed with ``$inc`` in the
+same transaction as the order's facts; GetStats sums them all, so any change may go to any shard.
+Each store (a batch's, or one message's) adds all it counts to one shard picked at random: one
+document written per batch, and two replicas' batches meet on one only once in ``SHARDS``. One
+document for all would make every two concurrent transactions conflict (measured: ~15 transaction
+attempts per event with 32 in flight).
 
 In a batch (``preload``), the facts of every order its events name are read in one round trip, and
 at the end the new facts are written in one and the counters changed in one (``flush``).
@@ -12,9 +14,9 @@ at the end the new facts are written in one and the counters changed in one (``f
 
 from __future__ import annotations
 
-import zlib
+import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -32,10 +34,6 @@ from brokers.contracts.analytics import Stats
 ORDERS, COUNTERS = "orders", "counters"
 
 SHARDS = 64
-
-
-def _shard(order_id: str) -> int:
-    return zlib.crc32(order_id.encode()) % SHARDS
 
 
 def _facts(doc: dict[str, Any]) -> OrderFacts:
@@ -56,8 +54,10 @@ class AnalyticsStore(Store):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession | None = None) -> None:
         super().__init__(db, session)
         self._facts: Held[OrderFacts] = Held()
-        self._counts: dict[int, Counter[str]] = defaultdict(Counter)
-        self._as_of: dict[int, datetime] = {}
+        # What the batch counts, all of it added to one shard at flush, and its latest event.
+        self._shard = random.randrange(SHARDS)
+        self._counts: Counter[str] = Counter()
+        self._as_of: datetime | None = None
 
     @classmethod
     async def prepare(cls, db) -> None:
@@ -83,13 +83,10 @@ class AnalyticsStore(Store):
         if changed := self._facts.changed():
             await self._write(changed)
             self._facts.written()
-        if self._as_of:
-            shards, self._as_of = sorted(self._as_of.items()), {}
-            counts, self._counts = self._counts, defaultdict(Counter)
-            await self.db[COUNTERS].bulk_write(
-                [UpdateOne({"_id": n}, self._counter_update(counts[n], at)) for n, at in shards],
-                session=self.session,
-            )
+        if self._as_of is not None:
+            update = self._counter_update(self._counts, self._as_of)
+            await self.db[COUNTERS].update_one({"_id": self._shard}, update, session=self.session)
+            self._counts, self._as_of = Counter(), None
 
     async def facts(self, order_id: str) -> OrderFacts:
         if order_id in self._facts:
@@ -106,17 +103,16 @@ class AnalyticsStore(Store):
             if self._facts[after.order_id] != before:
                 raise ConcurrentUpdate(f"analytics of order {after.order_id} changed while being decided on")
             self._facts[after.order_id] = replace(after, version=before.version + 1)
-            shard = _shard(after.order_id)
-            self._counts[shard].update(changes)
-            self._as_of[shard] = max(self._as_of.get(shard, at), at)
+            self._counts.update(changes)
+            self._as_of = at if self._as_of is None else max(self._as_of, at)
             return
         await self._write([(before, replace(after, version=before.version + 1))])
         await self.db[COUNTERS].update_one(
-            {"_id": _shard(after.order_id)}, self._counter_update(changes, at), session=self.session
+            {"_id": self._shard}, self._counter_update(changes, at), session=self.session
         )
 
     @staticmethod
-    def _counter_update(changes: dict[str, int], at: datetime) -> dict[str, Any]:
+    def _counter_update(changes: Mapping[str, int], at: datetime) -> dict[str, Any]:
         update: dict[str, Any] = {"$max": {"as_of": at}}
         if changes := {key: change for key, change in changes.items() if change}:
             update["$inc"] = changes
