@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -59,6 +60,7 @@ from ops.bench.saga_figures import (
     STATS_INTERVAL_S,
     Batching,
     Counts,
+    Cpu,
     Quiet,
     SagaFigures,
     batching_table,
@@ -79,15 +81,39 @@ class CommandCounter(monitoring.CommandListener):
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        # Documents written: (database, collection, command) -> statements of inserts, updates, deletes.
+        self.documents: Counter[tuple[str, str, str]] = Counter()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.counts[event.database_name, event.command_name] += 1
+        name = event.command_name
+        self.counts[event.database_name, name] += 1
+        if statements := _STATEMENTS.get(name):
+            written = event.command.get(statements)
+            if written is not None:
+                self.documents[event.database_name, str(event.command[name]), name] += len(written)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         """Counted when started."""
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         """Counted when started."""
+
+
+_STATEMENTS = {"insert": "documents", "update": "updates", "delete": "deletes"}
+
+
+def cpu_now() -> Cpu:
+    """CPU seconds used so far by this process and by the whole machine (Linux's /proc/stat)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:9]]
+        machine: float | None = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf(
+            "SC_CLK_TCK"
+        )  # less idle, iowait
+    except (OSError, ValueError, IndexError):
+        machine = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return Cpu(time.process_time(), machine, cores)
 
 
 @cache
@@ -157,6 +183,10 @@ async def _read_counts(management: httpx.AsyncClient, settings: Settings, comman
     mongo_commands = {
         (actor_of.get(database, database), name): count for (database, name), count in commands.counts.items()
     }
+    mongo_documents = {
+        (actor_of.get(database, database), collection, name): count
+        for (database, collection, name), count in commands.documents.items()
+    }
     return Counts(
         totals.get("publish", 0),
         totals.get("deliver_get", 0),
@@ -165,6 +195,8 @@ async def _read_counts(management: httpx.AsyncClient, settings: Settings, comman
         taken_by_actors(),
         mongo_commands,
         batching_by_actors(),
+        mongo_documents,
+        cpu_now(),
     )
 
 

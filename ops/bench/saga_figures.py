@@ -87,6 +87,27 @@ def _by(counts: Mapping[Key, int], position: int) -> Counter[str]:
 
 
 @dataclass(frozen=True)
+class Cpu:
+    """CPU seconds used so far by this process (every actor of the run, and the simulated payment
+    provider) and by the whole machine (None where /proc/stat cannot be read), which has ``cores``."""
+
+    process_s: float = 0.0
+    machine_s: float | None = None
+    cores: int = 1
+
+    def since(self, earlier: Cpu) -> Cpu:
+        machine = None
+        if self.machine_s is not None and earlier.machine_s is not None:
+            machine = self.machine_s - earlier.machine_s
+        return Cpu(self.process_s - earlier.process_s, machine, self.cores)
+
+    @property
+    def rest_s(self) -> float | None:
+        """The machine's CPU seconds not used by this process (MongoDB's, RabbitMQ's, ...)."""
+        return None if self.machine_s is None else max(self.machine_s - self.process_s, 0.0)
+
+
+@dataclass(frozen=True)
 class Counts:
     """What the run's counters say at one moment; ``since`` makes two readings the cost in between."""
 
@@ -99,6 +120,10 @@ class Counts:
     mongo_commands: Mapping[tuple[str, str], int]
     # The runtime's group commit, by actor: its histograms' counts and sums (see Batching)
     batching: Mapping[str, Batching] = field(default_factory=dict)
+    # MongoDB documents written (insert, update and delete statements): (actor, collection, command)
+    mongo_documents: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    # Left out of comparisons: it grows while everything else stays quiet (see Quiet).
+    cpu: Cpu = field(default_factory=Cpu, compare=False)
 
     def since(self, earlier: Counts) -> Counts:
         return Counts(
@@ -112,6 +137,8 @@ class Counts:
                 actor: now.since(earlier.batching.get(actor, Batching()))
                 for actor, now in self.batching.items()
             },
+            _grown(self.mongo_documents, earlier.mongo_documents),
+            self.cpu.since(earlier.cpu),
         )
 
 
@@ -184,8 +211,8 @@ class SagaFigures:
             {f"{start} → {end}": spans(start, end) for start, end in itertools.pairwise(HAPPY_PATH)},
         )
 
-    def per_order(self, count: int) -> float:
-        """A count shared out over the delivered orders."""
+    def per_order(self, count: float) -> float:
+        """A count (or seconds) shared out over the delivered orders."""
         if not self.delivered:
             raise ValueError("no order was delivered")
         return count / self.delivered
@@ -193,6 +220,15 @@ class SagaFigures:
     @property
     def transactions(self) -> int:
         return _by(self.cost.mongo_commands, 1)["commitTransaction"]
+
+    @property
+    def cpu_ceiling(self) -> float | None:
+        """Delivered orders/s the machine's cores would allow at this run's CPU per order, if the
+        work spread over them perfectly (None where the machine's CPU is not known)."""
+        machine = self.cost.cpu.machine_s
+        if not machine or not self.delivered:
+            return None
+        return self.cost.cpu.cores / self.per_order(machine)
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as JSON for scripts (``bench saga --json``): counts in all and per delivered order."""
@@ -210,7 +246,9 @@ class SagaFigures:
             "messages_taken": sum(cost.taken.values()),
             "mongodb_round_trips": sum(cost.mongo_commands.values()),
             "mongodb_transactions": self.transactions,
+            "mongodb_documents_written": sum(cost.mongo_documents.values()),
         }
+        cpu = cost.cpu
         return {
             "orders": {"placed": self.placed, "delivered": self.delivered, "cancelled": self.cancelled},
             "seconds": self.seconds,
@@ -222,6 +260,15 @@ class SagaFigures:
             "per_delivered_order": {name: self.per_order(total) for name, total in totals.items()},
             "mongodb_round_trips_by_actor": dict(_by(cost.mongo_commands, 0)),
             "mongodb_round_trips_by_command": dict(_by(cost.mongo_commands, 1)),
+            "mongodb_documents_written_by_actor": dict(_by(cost.mongo_documents, 0)),
+            "cpu": {
+                "cores": cpu.cores,
+                "this_process_ms_per_order": self.per_order(cpu.process_s) * 1000,
+                "rest_of_machine_ms_per_order": None
+                if cpu.rest_s is None
+                else self.per_order(cpu.rest_s) * 1000,
+                "ceiling_delivered_orders_per_s": self.cpu_ceiling,
+            },
         }
 
 
@@ -246,6 +293,12 @@ def saga_table(figures: SagaFigures, *, concurrency: int, carrier_step_ms: int) 
     table.add_row("placed → delivered", _ms(figures.to_delivered_s))
     for leg, spans in figures.legs_s.items():
         table.add_row(f"  {leg}", _ms(spans))
+    if (ceiling := figures.cpu_ceiling) is not None and figures.cost.cpu.machine_s is not None:
+        per_order_ms = figures.per_order(figures.cost.cpu.machine_s) * 1000
+        table.add_row(
+            "CPU ceiling (whole machine)",
+            f"{figures.cost.cpu.cores} cores / {per_order_ms:,.0f} ms per order = {ceiling:.0f} orders/s",
+        )
     return table
 
 
@@ -267,6 +320,22 @@ def cost_table(figures: SagaFigures) -> Table:
     )
     for measure, total, source in rows:
         table.add_row(measure, f"{total:,}", f"{figures.per_order(total):.1f}", source)
+    written = sum(cost.mongo_documents.values())
+    table.add_row(
+        "MongoDB documents written",
+        f"{written:,}",
+        f"{figures.per_order(written):.1f}",
+        "insert/update/delete statements",
+    )
+    cpu = cost.cpu
+    for measure, seconds, source in (
+        ("CPU ms, this process (actors, provider)", cpu.process_s, "time.process_time"),
+        ("CPU ms, rest of the machine", cpu.rest_s, "/proc/stat, less this process"),
+    ):
+        if seconds is not None:
+            table.add_row(
+                measure, f"{seconds * 1000:,.0f}", f"{figures.per_order(seconds) * 1000:.1f}", source
+            )
     return table
 
 
@@ -304,8 +373,9 @@ def batching_table(figures: SagaFigures) -> Table:
     return table
 
 
-def breakdowns(figures: SagaFigures, *, top_commands: int = 8) -> list[Table]:
-    """Messages published by exchange and taken by type; MongoDB commands by actor and by name."""
+def breakdowns(figures: SagaFigures, *, top_commands: int = 8, top_documents: int = 12) -> list[Table]:
+    """Messages published by exchange and taken by type; MongoDB commands by actor and by name, and
+    the documents they wrote by actor and collection."""
     cost = figures.cost
     takers: dict[str, set[str]] = {}
     for actor, type_, _ in cost.taken:
@@ -348,6 +418,12 @@ def breakdowns(figures: SagaFigures, *, top_commands: int = 8) -> list[Table]:
             ["command"],
             (((name,), count) for name, count in commands.most_common(top_commands)),
         ),
+        breakdown_table(
+            figures,
+            f"MongoDB documents written, top {top_documents}",
+            ["actor", "collection", "by"],
+            sorted(cost.mongo_documents.items(), key=lambda item: -item[1])[:top_documents],
+        ),
     ]
 
 
@@ -374,9 +450,12 @@ def saga_notes(figures: SagaFigures) -> str:
         "system the edge takes every event that names an order for its customers' live saga stream.\n"
         "MongoDB: every command the actors' client started (one round trip each; a transaction's commit or "
         "abort is one, sent to the admin database), from just before the first order until the system was "
-        "quiet again (notifications and analytics included). An abort is a handler that failed (retried "
+        "quiet again (notifications and analytics included); documents written: the statements of inserts, "
+        "updates and deletes (the embedded MongoDB's cost grows with them, not only with commands). An abort is a handler that failed (retried "
         "later) or lost a write conflict to a concurrent one (run again at once).\n"
         "not in these figures: each order's deadline timer coming back (the deadline is set past the run) "
         "and the outbox sweeper's periodic reads (also set past the run: they depend on time, not orders).\n"
-        "latency: from each order's history in the orders read model (its steps' times)."
+        "latency: from each order's history in the orders read model (its steps' times).\n"
+        "CPU: over the same span; the ceiling is the machine's cores shared out at the run's CPU per order, "
+        "as if the work spread over them perfectly."
     )

@@ -22,6 +22,7 @@ from ops.bench.saga import CommandCounter, EndWatch
 from ops.bench.saga_figures import (
     Batching,
     Counts,
+    Cpu,
     Quiet,
     SagaFigures,
     batching_table,
@@ -153,8 +154,24 @@ def _view(order_id: str, *steps: tuple[str, int]) -> OrderView:
 DELIVERED = ("placed", 0), ("reserved", 40), ("confirmed", 100), ("shipped", 300), ("delivered", 500)
 
 
-def _counts(published=0, delivered=0, parked=0, published_to=None, taken=None, mongo_commands=None) -> Counts:
-    return Counts(published, delivered, parked, published_to or {}, taken or {}, mongo_commands or {})
+def _counts(
+    published=0,
+    delivered=0,
+    parked=0,
+    published_to=None,
+    taken=None,
+    mongo_commands=None,
+    mongo_documents=None,
+) -> Counts:
+    return Counts(
+        published,
+        delivered,
+        parked,
+        published_to or {},
+        taken or {},
+        mongo_commands or {},
+        mongo_documents=mongo_documents or {},
+    )
 
 
 def test_saga_orders_have_two_neighbouring_skus_and_distinct_ids():
@@ -413,6 +430,42 @@ def test_the_command_counter_counts_commands_started_by_database_and_name():
     counter.succeeded(SimpleNamespace(database_name="x_orders", command_name="find"))
 
     assert counter.counts == {("x_orders", "find"): 2, ("admin", "commitTransaction"): 1}
+
+
+def test_the_command_counter_counts_the_documents_each_write_command_carries():
+    counter = CommandCounter()
+    for name, command in [
+        ("insert", {"insert": "inbox", "documents": [{}, {}, {}]}),
+        ("update", {"update": "orders", "updates": [{}, {}]}),
+        ("update", {"update": "orders", "updates": [{}]}),
+        ("delete", {"delete": "outbox", "deletes": [{}]}),
+        ("find", {"find": "orders", "filter": {}}),
+    ]:
+        counter.started(SimpleNamespace(database_name="x_orders", command_name=name, command=command))
+
+    assert counter.documents == {
+        ("x_orders", "inbox", "insert"): 3,
+        ("x_orders", "orders", "update"): 3,
+        ("x_orders", "outbox", "delete"): 1,
+    }
+
+
+def test_cpu_per_order_and_the_ceiling_it_sets_on_the_machine():
+    cost = replace(
+        _counts(mongo_documents={("orders", "inbox", "insert"): 40}),
+        cpu=Cpu(process_s=0.6, machine_s=1.0, cores=2),
+    )
+    figures = SagaFigures.of([_view("o1", *DELIVERED), _view("o2", *DELIVERED)], 1.0, cost)
+
+    rows = {measure: [total, per_order] for measure, total, per_order, _ in _rows(cost_table(figures))}
+    assert rows["MongoDB documents written"] == ["40", "20.0"]
+    assert rows["CPU ms, this process (actors, provider)"] == ["600", "300.0"]
+    assert rows["CPU ms, rest of the machine"] == ["400", "200.0"]
+    assert figures.cpu_ceiling == pytest.approx(4.0)  # 2 cores / 0.5 s per order
+    assert figures.as_dict()["cpu"]["ceiling_delivered_orders_per_s"] == pytest.approx(4.0)
+    assert Cpu(1.0, None).since(Cpu(0.5, 3.0)).machine_s is None  # the machine's CPU unknown: no ceiling
+    # CPU keeps growing while the system is quiet: readings differing only in it are the same.
+    assert replace(cost, cpu=Cpu(5.0, 9.0, 2)) == cost
 
 
 # --- emporium bench report ------------------------------------------------------------------------
