@@ -2,8 +2,8 @@
 
 The embedded MongoDB's cost is per transaction and per round trip, not per document: a transaction
 that applies 32 messages (their handlers in delivery order, sharing one store that reads for them
-all at once and writes once at the end, one outbox record holding every message they sent, one
-insert_many for all their inbox records) commits in little more time than one that applies one.
+all at once and writes once at the end, and one outbox record holding every message they applied
+and sent) commits in little more time than one that applies one.
 So a work consumer hands its deliveries to a ``GroupCommit``, which takes what is waiting (up to
 ``EMPORIUM_BATCH_SIZE``, lingering ``EMPORIUM_BATCH_WAIT_MS`` for more), applies it in one
 transaction, publishes what it emitted (pipelined: every confirm awaited together) and only then
@@ -39,7 +39,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -48,18 +47,16 @@ from opentelemetry import context as otel_context
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
-from pymongo.errors import OperationFailure
 
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, Asking, Handler, Work
-from actors.runtime.outbox import OutboxRelay, outbox_record
+from actors.runtime.outbox import OutboxRelay, applied_among, outbox_record
 from brokers.envelope import Envelope
 from brokers.settings import Settings
 from brokers.topology import ActorTopology
 
 log = structlog.get_logger()
 T = TypeVar("T")
-INBOX_EXPIRY = "expire_after_dedupe_window"
 # Where a batch failed when it was the store's flush, not one handler.
 FLUSH = -1
 # What applying one delivery came to: its work once committed, None for a copy applied before, or
@@ -79,24 +76,6 @@ class Delivery:
     # The trace the message belongs to: what its handler emits continues it.
     trace: otel_context.Context = field(default_factory=otel_context.get_current)
     done: asyncio.Future[Outcome] | None = None
-
-
-async def prepare_inbox(db: AsyncDatabase, settings: Settings) -> None:
-    """The inbox forgets a message id once no copy of it can come any more (the dedupe window:
-    EMPORIUM_INBOX_RETENTION_S), so it does not grow for ever; the server's TTL monitor deletes the
-    records, about once a minute."""
-    inbox, window = db["inbox"], settings.emporium_inbox_retention_s
-    try:
-        await inbox.create_index("at", name=INBOX_EXPIRY, expireAfterSeconds=window)
-    except OperationFailure as exc:
-        if exc.code not in _INDEX_CONFLICTS:
-            raise
-        # The window was changed: the index is made again (collMod would need more than readWrite).
-        await inbox.drop_index(INBOX_EXPIRY)
-        await inbox.create_index("at", name=INBOX_EXPIRY, expireAfterSeconds=window)
-
-
-_INDEX_CONFLICTS = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 
 
 class GroupCommit:
@@ -287,10 +266,7 @@ class GroupCommit:
     ) -> list[list[int]]:
         """After an aborted transaction: the deliveries that leave the batch get their outcome, and
         what is left is returned as the batches to apply next, in delivery order."""
-        ids = [deliveries[i].envelope.message_id for i in batch]
-        applied = {
-            row["_id"] for row in await self.db["inbox"].find({"_id": {"$in": ids}}, {"_id": 1}).to_list()
-        }
+        applied = await applied_among(self.db, [deliveries[i].envelope.message_id for i in batch])
         # A copy applied before fails on its inbox record at the latest, or its handler refuses a
         # fact already applied: it is a duplicate, and says nothing about the others.
         if duplicates := [i for i in batch if deliveries[i].envelope.message_id in applied]:
@@ -317,15 +293,15 @@ class GroupCommit:
         self, deliveries: list[Delivery], failed: list[int], answers: dict[str, Any]
     ) -> tuple[list[Work[Any]], dict[str, Any] | None]:
         """One transaction: every handler in delivery order, then the outbox record of what they
-        sent (None if nothing), then the inbox records. ``failed`` gets the position of a handler
-        that raised (FLUSH: the store's flush).
+        applied and sent (returned if they sent anything, to be published). ``failed`` gets the
+        position of a handler that raised (FLUSH: the store's flush).
 
-        The inbox records are written last, and handlers write after they read and ask: a process
-        killed inside a transaction leaves it open on the server until the server reaps it, and
-        every document it wrote stays locked till then, the redelivered messages' inbox records
-        included. Writing late keeps that window to the last few round trips. Copies applied
-        before are not looked for first (a round trip for a rare case): their transaction fails,
-        on the inbox's unique id at the latest, and the inbox is read only then."""
+        The record is written last, and handlers write after they read and ask: a process killed
+        inside a transaction leaves it open on the server until the server reaps it, and every
+        document it wrote stays locked till then, the redelivered messages' ids included. Writing
+        late keeps that window to the last few round trips. Copies applied before are not looked
+        for first (a round trip for a rare case): their transaction fails, on the inbox's unique
+        ids at the latest, and the inbox is read only then."""
 
         async def apply(session: AsyncClientSession) -> tuple[list[Work[Any]], dict[str, Any] | None]:
             failed.clear()
@@ -355,16 +331,11 @@ class GroupCommit:
             except Exception:
                 failed.append(FLUSH)
                 raise
-            record = None
-            if entries := [entry for work in works for entry in work.outbox]:
-                record = outbox_record(entries)
-                await self.db["outbox"].insert_one(record, session=session)
-            now = datetime.now(UTC)
-            await self.db["inbox"].insert_many(
-                [{"_id": d.envelope.message_id, "type": d.envelope.type, "at": now} for d in deliveries],
-                session=session,
-            )
-            return works, record
+            entries = [entry for work in works for entry in work.outbox]
+            applied = [(delivery.envelope.message_id, delivery.envelope.type) for delivery in deliveries]
+            record = outbox_record(entries, applied)
+            await self.db["outbox"].insert_one(record, session=session)
+            return works, record if entries else None
 
         async with self.client.start_session() as session:
             # with_transaction runs the whole callback again on transient transaction errors

@@ -9,7 +9,6 @@ from faststream.rabbit import RabbitRouter
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 
 from actors.runtime.actor import Actor
-from actors.runtime.batches import prepare_inbox
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
 from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
@@ -71,8 +70,7 @@ class ActorHost:
     async def start(self) -> None:
         for actor in self.actors:
             db = self.client[self.settings.database_name(actor.name)]
-            await OutboxRelay.prepare(db)
-            await prepare_inbox(db, self.settings)
+            await OutboxRelay.prepare(db, self.settings)
             await actor.store.prepare(db)
         await self.broker.connect()
         for topology in self.topologies.values():

@@ -1,8 +1,12 @@
 """The outbox: events written in the handler's transaction, published after commit.
 
-A transaction adds one outbox record holding all of its entries (the messages its handlers sent):
-the embedded MongoDB's cost is per document as well as per command, and one record is written
-once and marked sent once, where an entry each would be 2 x 20 document writes for one batch.
+A transaction adds one outbox record: the messages it applied (the inbox: a unique index on their
+ids makes a copy's transaction fail, see actors.runtime.batches) and all of its entries, the
+messages its handlers sent. The embedded MongoDB's cost is per command and per document: one
+record is one insert and one mark, where an inbox record per message applied and an entry per
+message sent would be some 40 document writes for one batch, in two inserts. A record is kept for
+the dedupe window after it was sent (a TTL index on ``sent_at``), so the ids it applied are
+remembered as long as a copy may come.
 
 The fast path publishes right after commit. What it published is marked sent a moment later, with
 whatever else went out meanwhile (one round trip for many batches, not one each; the sweeper leaves
@@ -16,6 +20,7 @@ of the handler that wrote it, so whenever it is published, its message continues
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,21 +28,28 @@ import structlog
 from faststream.rabbit import RabbitBroker
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from actors.runtime import metrics
 from brokers.envelope import Envelope, Message, new_id
 from brokers.factory import publish_body
+from brokers.settings import Settings
 from brokers.topology import MOVES, exchange_for
 from brokers.tracing import actor_service, continued, current_carrier, serving
 
 log = structlog.get_logger()
-_SENT_RETENTION = timedelta(hours=24)
 # Records a sweeper publishes at once (each holds up to a batch of entries).
 _SWEEP_BATCH = 20
 # How long a sweeper's claim on records keeps other sweepers off them (at least four sweeps).
 _CLAIM_LEASE = timedelta(seconds=30)
 # How long the fast path's published records wait to be marked sent with the ones after them.
 _MARK_AFTER_S = 0.2
+# The indexes that make the records the inbox too.
+APPLIED_ONCE = "applied_once"
+INBOX_EXPIRY = "expire_after_dedupe_window"
+_INDEX_CONFLICTS = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+# Message ids of an old inbox moved into one record.
+_MOVED_AT_ONCE = 1_000
 
 
 def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | None = None) -> dict[str, Any]:
@@ -53,22 +65,94 @@ def outbox_entry(message: Message, envelope: Envelope, *, routing_key: str | Non
     }
 
 
-def outbox_record(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """What one transaction adds to the outbox: its entries, in the order they were sent."""
-    return {"_id": new_id(), "entries": entries, "created_at": datetime.now(UTC), "sent_at": None}
+def outbox_record(
+    entries: list[dict[str, Any]], applied: Sequence[tuple[str, str]] = (), *, at: datetime | None = None
+) -> dict[str, Any]:
+    """What one transaction adds to the outbox: the messages it applied (message id, type) and its
+    entries, in the order they were sent (a record with nothing to send is sent already)."""
+    at = at or datetime.now(UTC)
+    return {
+        "_id": new_id(),
+        "applied": [{"message_id": message_id, "type": type_} for message_id, type_ in applied],
+        "entries": entries,
+        "created_at": at,
+        "sent_at": None if entries else at,
+    }
+
+
+async def applied_among(db: AsyncDatabase, message_ids: Sequence[str]) -> set[str]:
+    """Those of these message ids the actor has applied (within the dedupe window), in one round trip."""
+    found = db["outbox"].find({"applied.message_id": {"$in": list(message_ids)}}, {"applied": 1})
+    return {message["message_id"] for record in await found.to_list() for message in record["applied"]} & set(
+        message_ids
+    )
+
+
+async def applied_messages(db: AsyncDatabase, **where: Any) -> list[dict[str, Any]]:
+    """The messages an actor has applied within the dedupe window (``message_id``, ``type``) that
+    match ``where``; for tests and operators, not the hot path."""
+    return await _unwound(db, "applied", where)
 
 
 async def outbox_entries(db: AsyncDatabase, **where: Any) -> list[dict[str, Any]]:
     """The entries in an actor's outbox, oldest record first, that match ``where`` (entry fields:
     ``routing_key="order.placed"``, say); for tests and operators, not the hot path."""
+    return await _unwound(db, "entries", where)
+
+
+async def _unwound(db: AsyncDatabase, part: str, where: Mapping[str, Any]) -> list[dict[str, Any]]:
     pipeline: list[dict[str, Any]] = [
         {"$sort": {"created_at": ASCENDING}},
-        {"$unwind": "$entries"},
-        {"$replaceRoot": {"newRoot": "$entries"}},
+        {"$unwind": f"${part}"},
+        {"$replaceRoot": {"newRoot": f"${part}"}},
     ]
     if where:
-        pipeline.append({"$match": where})
+        pipeline.append({"$match": dict(where)})
     return await (await db["outbox"].aggregate(pipeline)).to_list()
+
+
+async def _prepare_inbox(db: AsyncDatabase, settings: Settings) -> None:
+    """The inbox is the outbox records' lists of messages applied: a message id is in one record
+    at most (a unique index), and is forgotten once no copy of it can come any more (the dedupe
+    window, EMPORIUM_INBOX_RETENTION_S, counted from when the record was sent), so the outbox does
+    not grow for ever; the server's TTL monitor deletes the records, about once a minute."""
+    outbox, window = db["outbox"], settings.emporium_inbox_retention_s
+    await outbox.create_index(
+        "applied.message_id",
+        name=APPLIED_ONCE,
+        unique=True,
+        # Records from before they listed what they applied have no ids to index.
+        partialFilterExpression={"applied.message_id": {"$exists": True}},
+    )
+    try:
+        await outbox.create_index("sent_at", name=INBOX_EXPIRY, expireAfterSeconds=window)
+    except OperationFailure as exc:
+        if exc.code not in _INDEX_CONFLICTS:
+            raise
+        # The window was changed: the index is made again (collMod would need more than readWrite).
+        await outbox.drop_index(INBOX_EXPIRY)
+        await outbox.create_index("sent_at", name=INBOX_EXPIRY, expireAfterSeconds=window)
+    await _move_old_inbox(db)
+
+
+async def _move_old_inbox(db: AsyncDatabase) -> None:
+    """An inbox from before the outbox records held it (a document per message id) moves into
+    records, so that a copy of a message applied before the upgrade is still known. Replicas doing
+    it at once, or one crashing halfway, each move only what is not in a record yet."""
+    old, outbox = db["inbox"], db["outbox"]
+    while rows := await old.find({}, sort=[("_id", 1)]).to_list(_MOVED_AT_ONCE):
+        ids = [row["_id"] for row in rows]
+        moved = await applied_among(db, ids)
+        if left := [row for row in rows if row["_id"] not in moved]:
+            applied = [(row["_id"], row.get("type", "")) for row in left]
+            # Kept as long as the newest of them needs.
+            newest = max(row.get("at") or datetime.now(UTC) for row in left)
+            try:
+                await outbox.insert_one(outbox_record([], applied, at=newest))
+            except DuplicateKeyError:
+                continue  # another replica moved some of them meanwhile: look again
+        await old.delete_many({"_id": {"$in": ids}})
+    await db.drop_collection("inbox")
 
 
 class OutboxNotPublished(Exception):
@@ -98,7 +182,9 @@ class OutboxRelay:
         self._marker: asyncio.Task[None] | None = None
 
     @staticmethod
-    async def prepare(db: AsyncDatabase) -> None:
+    async def prepare(db: AsyncDatabase, settings: Settings) -> None:
+        """The outbox's indexes (its records are the inbox too: without them a copy of a message
+        would be applied again), and an outbox or inbox of an older shape brought up to date."""
         outbox = db["outbox"]
         await outbox.create_index([("sent_at", ASCENDING), ("created_at", ASCENDING)])
         # An outbox from before records (a document per entry): each unsent entry becomes a record
@@ -109,6 +195,7 @@ class OutboxRelay:
             await outbox.insert_one({**record, "created_at": old["created_at"]})
             await outbox.delete_one({"_id": old["_id"]})
         await outbox.delete_many({"entries": {"$exists": False}})
+        await _prepare_inbox(db, settings)
 
     async def publish(self, records: list[dict[str, Any]]) -> None:
         """Publish records just committed, each entry confirmed; raise if any could not be. Those
@@ -233,7 +320,6 @@ class OutboxRelay:
             finally:
                 # What could not be published is free again for the next sweep, here or elsewhere.
                 await self._outbox.update_many({**unsent, "claim": claim}, {"$set": {"claimed_until": None}})
-        await self._outbox.delete_many({"sent_at": {"$lt": now - _SENT_RETENTION}})
         oldest = await self._outbox.find_one(unsent, {"created_at": 1}, sort=[("created_at", ASCENDING)])
         metrics.OUTBOX_UNSENT.labels(self.actor).set(await self._unsent_entries())
         age = (now - oldest["created_at"].replace(tzinfo=UTC)).total_seconds() if oldest else 0.0

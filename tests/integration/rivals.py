@@ -127,9 +127,8 @@ class Rivals:
 
     async def prepare(self) -> None:
         # As a host does at start: creating a collection inside a transaction would hold up the rival.
-        await OutboxRelay.prepare(self.db)
+        await OutboxRelay.prepare(self.db, self.settings)
         await ACTORS[self.actor_name].store.prepare(self.db)
-        await self.db["inbox"].insert_one({"_id": "rivals-prepare"})
 
     async def settle(self, rivalries: list[Rivalry], correlation_id: str) -> None:
         """Apply again what failed its race, as the runtime's retry would."""

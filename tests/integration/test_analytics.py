@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from actors.runtime.outbox import applied_messages
 from brokers.contracts.analytics import GetStats, Percentiles, Stats, TopProduct
 from brokers.contracts.orders import (
     OrderCancelled,
@@ -105,9 +106,11 @@ async def test_every_figure_follows_the_events_once(start_host, broker, mongo, s
         await tell(broker, event, when)
     await publish(broker, O5_REFUNDED, await tell(broker, O5_REFUNDED, at(20)))  # the same message twice
     distinct = len(SCRIPT) + len(REPUBLISHED) + 1
-    inbox = mongo[settings.database_name("analytics")]["inbox"]
+    db = mongo[settings.database_name("analytics")]
     await eventually(
-        lambda: inbox.count_documents({}), until=lambda n: n == distinct, what="every distinct message"
+        lambda: applied_messages(db),
+        until=lambda applied: len(applied) == distinct,
+        what="every distinct message",
     )
 
     async with requester(settings) as asker:

@@ -18,10 +18,10 @@ import pytest
 from actors.inventory import inventory
 from actors.runtime import metrics
 from actors.runtime.actor import Actor, Work
-from actors.runtime.batches import INBOX_EXPIRY, Delivery, GroupCommit, prepare_inbox
+from actors.runtime.batches import Delivery, GroupCommit
 from actors.runtime.errors import RuleViolation
 from actors.runtime.host import ActorHost, topology_of
-from actors.runtime.outbox import OutboxRelay
+from actors.runtime.outbox import INBOX_EXPIRY, OutboxRelay, applied_among, applied_messages
 from actors.runtime.store import Store
 from brokers.contracts.common import EntityId
 from brokers.contracts.inventory import GetStock, Restock, StockReserved, StockView
@@ -54,7 +54,7 @@ class Inventory:
         self.runs: dict[str, int] = {}
 
     async def prepare(self) -> None:
-        await OutboxRelay.prepare(self.db)
+        await OutboxRelay.prepare(self.db, self.commits.settings)
         await inventory.store.prepare(self.db)
 
     def delivery(
@@ -101,7 +101,7 @@ async def test_a_poison_message_leaves_its_batch_and_the_others_commit_once(stoc
     assert stocked.runs[first.envelope.message_id] == 2 and stocked.runs[third.envelope.message_id] == 1
     assert await stocked.level("SKU-G") == {"on_hand": 10 + 1 + 2 + 4, "reserved": 0}
     assert await stocked.db["stock"].find_one({"_id": "SKU-POISON"}) is None
-    inbox = {row["_id"] for row in await stocked.db["inbox"].find().to_list()}
+    inbox = {message["message_id"] for message in await applied_messages(stocked.db)}
     assert {d.envelope.message_id for d in (first, second, third)} <= inbox
     assert bad.envelope.message_id not in inbox
     assert metrics.BATCHES_REDONE.labels("inventory")._value.get() == redone_before + 1
@@ -207,21 +207,26 @@ async def test_a_rule_breaker_in_a_waiting_batch_is_dead_lettered_and_the_rest_a
     assert dead.message_id == breaker.message_id
     assert dead_letter_headers(dead) == {ORIGIN: "inventory", REASON: "rule-violation", ATTEMPTS: 1}
     assert level.received == 15
-    inbox = mongo[settings.database_name("inventory")]["inbox"]
-    assert await inbox.count_documents({"_id": {"$in": [e.message_id for e in restocks]}}) == 5
+    restocked = await applied_among(
+        mongo[settings.database_name("inventory")], [e.message_id for e in restocks]
+    )
+    assert len(restocked) == 5
     assert metrics.BATCHES_REDONE.labels("inventory")._value.get() >= redone_before + 1
 
 
 async def test_the_inbox_forgets_message_ids_after_the_dedupe_window(stocked, settings):
-    """The server's TTL monitor deletes the records (seen on the embedded MongoDB within a minute of
-    expiry); here: the index it works from follows the setting, and every record has its date."""
-    await prepare_inbox(stocked.db, settings.model_copy(update={"emporium_inbox_retention_s": 3_600}))
-    await prepare_inbox(stocked.db, settings.model_copy(update={"emporium_inbox_retention_s": 7_200}))
+    """The server's TTL monitor deletes the records once sent for the window (seen on the embedded
+    MongoDB within a minute of expiry; it leaves alone a record not yet sent, whose date is None);
+    here: the index it works from follows the setting, and every record of the two applied restocks
+    has been sent, or had nothing to send."""
+    await OutboxRelay.prepare(stocked.db, settings.model_copy(update={"emporium_inbox_retention_s": 3_600}))
+    await OutboxRelay.prepare(stocked.db, settings.model_copy(update={"emporium_inbox_retention_s": 7_200}))
 
-    index = (await stocked.db["inbox"].index_information())[INBOX_EXPIRY]
-    assert (index["key"], index["expireAfterSeconds"]) == ([("at", 1)], 7_200)
-    records = await stocked.db["inbox"].find().to_list()
-    assert len(records) == 2 and all(isinstance(record["at"], datetime) for record in records)
+    index = (await stocked.db["outbox"].index_information())[INBOX_EXPIRY]
+    assert (index["key"], index["expireAfterSeconds"]) == ([("sent_at", 1)], 7_200)
+    records = await stocked.db["outbox"].find({"applied": {"$ne": []}}).to_list()
+    assert sum(len(record["applied"]) for record in records) == 2
+    assert all(isinstance(record["sent_at"], datetime) for record in records if not record["entries"])
 
 
 async def test_many_failures_in_a_batch_do_not_run_the_others_again_and_again(stocked):
@@ -282,7 +287,7 @@ async def test_lanes_let_other_conversations_go_on_while_one_waits(mongo, settin
             other_went_on.set()
 
     db = mongo[settings.database_name("lanes")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     commits = GroupCommit(actor, topology_of(actor, settings), mongo, db, None, settings)
     slow, quick = Wait(key="slow"), Wait(key="quick")
     try:
@@ -328,7 +333,7 @@ async def test_steps_outside_the_transaction_run_once_each_and_one_that_raises_t
         )
 
     db = mongo[settings.database_name("asking")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     commits = GroupCommit(actor, topology_of(actor, settings), mongo, db, None, settings)
     commands = [Ask(key=key) for key in ("a", "unreachable", "breaks", "b")]
 
@@ -369,7 +374,7 @@ async def test_an_actor_with_outside_steps_takes_one_message_per_conversation_in
         )
 
     db = mongo[settings.database_name("one-each")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     commits = GroupCommit(actor, topology_of(actor, settings), mongo, db, None, settings)
     steps = [Step(key=k, seq=s) for k, s in (("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1))]
     try:

@@ -20,6 +20,7 @@ from aiormq.exceptions import ChannelAccessRefused
 
 from actors.registry import ACTORS
 from actors.runtime.host import ActorHost, topology_of
+from actors.runtime.outbox import outbox_entries
 from brokers.contracts.catalog import CreateProduct, GetProduct, ProductView, UpdateProduct
 from brokers.deadletters import replay as replay_message
 from brokers.dlq import peek, purge
@@ -96,7 +97,7 @@ async def test_the_catalog_and_the_edge_do_their_jobs_with_their_own_users(
         # product.created was published under the catalog's topic permission: nothing is left unsent.
         outbox = mongo[settings.database_name("catalog")]["outbox"]
         await eventually(lambda: outbox.count_documents({"sent_at": None}), until=lambda unsent: unsent == 0)
-        assert await outbox.count_documents({}) == 1
+        assert len(await outbox_entries(outbox.database)) == 1
 
         # Moves into the catalog's own queues: a rule violation straight to catalog.dlq; an update of
         # a product that does not exist through every delay queue first, then catalog.dlq.

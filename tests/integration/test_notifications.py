@@ -13,6 +13,7 @@ from email.message import Message as EmailMessage
 
 import pytest
 
+from actors.runtime.outbox import applied_messages
 from brokers.contracts.identity import UserRegistered
 from brokers.contracts.notifications import ListNotifications, NotificationPage
 from brokers.contracts.orders import OrderCancelled, OrderConfirmed, OrderDelivered, OrderLine, OrderShipped
@@ -45,7 +46,7 @@ def shipped(order_id: str, customer_id: str) -> OrderShipped:
 
 def inbox_count(mongo, settings):
     async def count() -> int:
-        return await mongo[settings.database_name("notifications")]["inbox"].count_documents({})
+        return len(await applied_messages(mongo[settings.database_name("notifications")]))
 
     return count
 

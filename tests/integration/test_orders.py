@@ -20,7 +20,7 @@ from pymongo import AsyncMongoClient
 from actors.orders.events import Placed, Recorded
 from actors.orders.store import OrdersStore
 from actors.runtime.errors import ConcurrentUpdate
-from actors.runtime.outbox import outbox_entries
+from actors.runtime.outbox import applied_among, outbox_entries
 from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
 from brokers.contracts.common import Line
 from brokers.contracts.inventory import GetStock, StockReleased, StockReserved, StockView
@@ -114,8 +114,8 @@ class Shop:
         """Wait until the actor has handled these messages (its inbox has their ids)."""
         ids = list(message_ids)
         await eventually(
-            lambda: self.db(actor)["inbox"].count_documents({"_id": {"$in": ids}}),
-            until=lambda count: count == len(ids),
+            lambda: applied_among(self.db(actor), ids),
+            until=lambda applied: len(applied) == len(ids),
             what=f"{actor} to apply {len(ids)} message(s)",
         )
 

@@ -9,8 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
+from pymongo.errors import DuplicateKeyError
 
-from actors.runtime.outbox import OutboxNotPublished, OutboxRelay, outbox_entries, outbox_entry, outbox_record
+from actors.runtime.outbox import (
+    OutboxNotPublished,
+    OutboxRelay,
+    applied_among,
+    outbox_entries,
+    outbox_entry,
+    outbox_record,
+)
 from brokers.contracts.catalog import ProductCreated
 from brokers.envelope import Envelope
 from tests.helpers import Tap, eventually
@@ -37,7 +45,7 @@ async def unsent(db) -> int:
 
 async def test_two_replicas_sweeping_at_once_publish_each_entry_once(broker, mongo, settings):
     db = mongo[settings.database_name("catalog")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     records = left_unsent(20, entries=3)
     await db["outbox"].insert_many(records)
     replicas = [OutboxRelay("catalog", broker, db, sweep_s=5.0) for _ in range(2)]
@@ -59,7 +67,7 @@ async def test_entries_a_sweep_could_not_publish_are_free_for_the_next_one(
     broker, mongo, settings, monkeypatch
 ):
     db = mongo[settings.database_name("catalog")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     await db["outbox"].insert_many(left_unsent(3))
     failing, healthy = (OutboxRelay("catalog", broker, db, sweep_s=5.0) for _ in range(2))
 
@@ -79,7 +87,7 @@ async def test_entries_a_sweep_could_not_publish_are_free_for_the_next_one(
 
 async def test_a_record_is_marked_sent_only_once_every_entry_in_it_went_out(broker, mongo, settings):
     db = mongo[settings.database_name("catalog")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     [record] = left_unsent(1, entries=2)
     record["entries"][1]["exchange"] = "emporium.test-late"  # declared only after the first sweep
     await db["outbox"].insert_one(record)
@@ -101,7 +109,7 @@ async def test_what_the_fast_path_published_is_marked_sent_in_one_round_and_neve
     broker, mongo, settings
 ):
     db = mongo[settings.database_name("catalog")]
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     records = left_unsent(6, entries=2)
     await db["outbox"].insert_many(records)
     # A long linger, so that the three publishes surely fall within it on a busy machine.
@@ -145,7 +153,7 @@ async def test_an_outbox_of_one_document_per_entry_is_published_after_an_upgrade
         )
     await db["outbox"].insert_many(old_shape)
 
-    await OutboxRelay.prepare(db)
+    await OutboxRelay.prepare(db, settings)
     async with Tap(settings.rabbitmq_url) as watcher:
         assert await OutboxRelay("catalog", broker, db, sweep_s=5.0).sweep(older_than=timedelta(0)) == 2
         await watcher.wait_for(ProductCreated.TYPE, count=2)
@@ -154,3 +162,20 @@ async def test_an_outbox_of_one_document_per_entry_is_published_after_an_upgrade
     assert published == sorted(doc["_id"] for doc in old_shape[1:])  # the sent one is not sent again
     assert await db["outbox"].count_documents({"entries": {"$exists": False}}) == 0
     assert len(await outbox_entries(db)) == 2
+
+
+async def test_an_inbox_of_one_document_per_message_id_still_knows_them_after_an_upgrade(mongo, settings):
+    db = mongo[settings.database_name("catalog")]
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await db["inbox"].insert_many(
+        [{"_id": f"m-{n}", "type": "catalog.create_product", "at": an_hour_ago} for n in range(3)]
+    )
+
+    await OutboxRelay.prepare(db, settings)
+    await OutboxRelay.prepare(db, settings)  # a second replica starting: nothing moves twice
+
+    assert await applied_among(db, ["m-0", "m-1", "m-2", "m-new"]) == {"m-0", "m-1", "m-2"}
+    assert "inbox" not in await db.list_collection_names()
+    # A copy of one of them now fails its transaction's record, as a copy does.
+    with pytest.raises(DuplicateKeyError):
+        await db["outbox"].insert_one(outbox_record([], [("m-new", "x"), ("m-1", "x")]))

@@ -10,6 +10,7 @@ from itertools import pairwise
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from actors.runtime.outbox import applied_messages
 from brokers.contracts.orders import OrderCancellationRequested, OrderConfirmed, OrderLine
 from brokers.contracts.shipping import AdvanceShipment, GetShipment, ShipmentView
 from brokers.envelope import Message
@@ -40,7 +41,7 @@ def handled(mongo, settings, type_: str):
     """How many distinct messages of a type shipping has applied (its inbox, committed with each one)."""
 
     async def count() -> int:
-        return await mongo[settings.database_name("shipping")]["inbox"].count_documents({"type": type_})
+        return len(await applied_messages(mongo[settings.database_name("shipping")], type=type_))
 
     return count
 
