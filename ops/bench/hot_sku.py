@@ -1,4 +1,6 @@
-"""`emporium bench hot-sku`."""
+"""`emporium bench hot-sku`: a burst of reservations for one SKU, drained by one inventory process
+with one message in flight, then many, then by two processes (replicas) at once, with how many of
+their transactions aborted (a write conflict on the SKU's stock, run again)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import math
 import time
 from collections import Counter
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -37,7 +40,7 @@ from ops.bench.common import (
     scratch_database,
     scratch_vhost,
 )
-from ops.bench.saga import poll, publish_and_see_applied, taken_by_actors
+from ops.bench.saga import mongo_command_counter, poll, publish_and_see_applied, taken_by_actors
 from ops.bench.saga_figures import PRICE_CENTS
 
 HOT_SKU = "BENCH-HOT"
@@ -50,10 +53,24 @@ class DrainFigures:
     seconds: float
     reserved: int
     retried: int
+    replicas: int = 1
+    commits: int = 0  # transactions committed, and aborted (each run again or retried later)
+    aborts: int = 0
 
     @property
     def per_second(self) -> float:
         return self.orders / self.seconds if self.seconds else math.inf
+
+    @property
+    def aborted_share(self) -> float:
+        attempts = self.commits + self.aborts
+        return self.aborts / attempts if attempts else 0.0
+
+
+def _transaction_ends() -> Counter[str]:
+    """The transactions this process's MongoDB clients ended so far, by how (commit or abort)."""
+    counts = mongo_command_counter().counts
+    return Counter({name: counts["admin", name] for name in ("commitTransaction", "abortTransaction")})
 
 
 def _hot_orders(count: int) -> list[OrderPlaced]:
@@ -80,17 +97,19 @@ def _inventory_outcomes() -> Counter[str]:
 
 
 async def drain_hot_sku(
-    settings: Settings, *, orders: int, units: int, prefetch: int, progress: Progress
+    settings: Settings, *, orders: int, units: int, prefetch: int, progress: Progress, replicas: int = 1
 ) -> DrainFigures:
-    """A burst of ``orders`` reservations of one SKU holding ``units``, drained by one inventory
-    process taking ``prefetch`` messages at once: how fast it got through them."""
+    """A burst of ``orders`` reservations of one SKU holding ``units``, drained by ``replicas``
+    inventory processes (hosts of their own, here in one process) each taking ``prefetch`` messages
+    at once: how fast they got through them, and how many transactions aborted."""
     inventory = ACTORS["inventory"]
+    mongo_command_counter()  # registered before the hosts' clients are made
     async with scratch_vhost(settings) as on_vhost, scratch_database(on_vhost, [inventory.name]) as scratch:
         run_settings = scratch.model_copy(update={"emporium_prefetch": prefetch})
-        async with (
-            running(ActorHost([inventory], run_settings, app_name="emporium-bench-hot-sku")),
-            publisher(run_settings) as broker,
-        ):
+        async with AsyncExitStack() as hosts, publisher(run_settings) as broker:
+            for n in range(replicas):
+                host = ActorHost([inventory], run_settings, app_name=f"emporium-bench-hot-sku-{n + 1}")
+                await hosts.enter_async_context(running(host))
             product = ProductCreated(
                 product_id="product-hot",
                 sku=HOT_SKU,
@@ -101,8 +120,8 @@ async def drain_hot_sku(
             )
             await publish_and_see_applied(broker, [inventory], [product])
             await publish_and_see_applied(broker, [inventory], [Restock(sku=HOT_SKU, quantity=units)])
-            before = _inventory_outcomes()
-            task = progress.add_task(f"prefetch {prefetch}: reservations applied", total=orders)
+            before, ends_before = _inventory_outcomes(), _transaction_ends()
+            task = progress.add_task(f"{replicas} x prefetch {prefetch}: reservations applied", total=orders)
             started = time.perf_counter()
             await asyncio.gather(
                 *(publish(broker, o, Envelope.first(o, o.order_id)) for o in _hot_orders(orders))
@@ -121,6 +140,7 @@ async def drain_hot_sku(
                 every_s=0.05,
             )
             seconds = time.perf_counter() - started
+            ends = _transaction_ends() - ends_before
             client: AsyncMongoClient = AsyncMongoClient(run_settings.mongodb_url)
             try:
                 stock = await client[run_settings.database_name(inventory.name)]["stock"].find_one(
@@ -128,22 +148,45 @@ async def drain_hot_sku(
                 )
             finally:
                 await client.close()
-    return DrainFigures(prefetch, orders, seconds, stock["reserved"] if stock else 0, seen["retried"])
+    reserved = stock["reserved"] if stock else 0
+    return DrainFigures(
+        prefetch,
+        orders,
+        seconds,
+        reserved,
+        seen["retried"],
+        replicas,
+        ends["commitTransaction"],
+        ends["abortTransaction"],
+    )
 
 
-def hot_sku_table(single: DrainFigures, many: DrainFigures, ceiling: float, units: int) -> Table:
+def hot_sku_table(runs: list[DrainFigures], ceiling: float, units: int) -> Table:
+    """One row per run; ratios against the first (one process, one message in flight)."""
     table = Table(title=f"a burst of reservations for one SKU ({units} units on hand)")
-    for column in ("messages in flight", "orders", "drained/s", "vs 1 in flight", "reserved", "retried"):
+    columns = (
+        "inventory processes",
+        "messages in flight, each",
+        "orders",
+        "drained/s",
+        "vs the first",
+        "reserved",
+        "retried",
+        "transactions aborted",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
-    for figures in (single, many):
-        ratio = figures.per_second / single.per_second
+    first = runs[0]
+    for figures in runs:
         table.add_row(
+            str(figures.replicas),
             str(figures.prefetch),
             str(figures.orders),
             f"{figures.per_second:.1f}",
-            f"{ratio:.2f}x",
+            f"{figures.per_second / first.per_second:.2f}x",
             str(figures.reserved),
             str(figures.retried),
+            f"{figures.aborts} of {figures.commits + figures.aborts} ({figures.aborted_share:.1%})",
         )
     table.caption = f"the database's own ceiling: {ceiling:.0f} small transactions/s one at a time"
     return table
@@ -160,22 +203,25 @@ def hot_sku_command(
         typer.Option(min=2, help="Messages in flight for the second run; default: EMPORIUM_PREFETCH."),
     ] = None,
 ) -> None:
-    """A burst of orders for one SKU drained by inventory with one message in flight, then many."""
+    """A burst of orders for one SKU drained by inventory with one message in flight, then many,
+    then by two inventory replicas at once."""
     settings = get_settings()
     configure_logging("ERROR")
     many = prefetch or settings.emporium_prefetch
 
-    async def run(progress: Progress) -> tuple[DrainFigures, DrainFigures, float]:
-        single = await drain_hot_sku(settings, orders=orders, units=units, prefetch=1, progress=progress)
-        concurrent = await drain_hot_sku(
-            settings, orders=orders, units=units, prefetch=many, progress=progress
-        )
-        return single, concurrent, (await database_ceiling(settings, batch=1)).single_per_s
+    async def run(progress: Progress) -> tuple[list[DrainFigures], float]:
+        runs = [
+            await drain_hot_sku(
+                settings, orders=orders, units=units, prefetch=each, progress=progress, replicas=replicas
+            )
+            for each, replicas in ((1, 1), (many, 1), (many, 2))
+        ]
+        return runs, (await database_ceiling(settings, batch=1)).single_per_s
 
     with Progress(console=console) as progress:
         try:
-            single, concurrent, ceiling = asyncio.run(run(progress))
+            runs, ceiling = asyncio.run(run(progress))
         except BenchmarkError as exc:
             errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
-    console.print(hot_sku_table(single, concurrent, ceiling, units))
+    console.print(hot_sku_table(runs, ceiling, units))

@@ -86,3 +86,14 @@ async def test_a_burst_for_one_sku_is_drained_with_every_unit_reserved_once(sett
     with Progress(disable=True) as progress:
         figures = await drain_hot_sku(settings, orders=80, units=30, prefetch=32, progress=progress)
     assert (figures.orders, figures.reserved, figures.retried) == (80, 30, 0)
+
+
+async def test_two_inventory_replicas_draining_one_sku_reserve_every_unit_once(settings):
+    """Both replicas take from the one queue and write the one stock document: a conflict aborts a
+    transaction and runs it again, and no unit is reserved twice or lost."""
+    with Progress(disable=True) as progress:
+        figures = await drain_hot_sku(
+            settings, orders=80, units=30, prefetch=32, progress=progress, replicas=2
+        )
+    assert (figures.orders, figures.reserved, figures.replicas) == (80, 30, 2)
+    assert figures.commits >= 1 and 0 <= figures.aborted_share < 1
