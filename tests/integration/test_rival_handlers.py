@@ -6,12 +6,15 @@ both write) and checks the invariant the saga relies on.
 
 from __future__ import annotations
 
+from actors.analytics.handlers import get_stats
+from actors.analytics.store import AnalyticsStore
 from actors.identity.domain import LAST_ADMIN
 from actors.identity.store import IdentityStore
 from actors.orders.store import OrdersStore
 from actors.payments.domain import Status
 from actors.payments.store import PaymentsStore
 from actors.shipping.store import ShippingStore
+from brokers.contracts.analytics import GetStats
 from brokers.contracts.common import Line
 from brokers.contracts.identity import CreateAdmin, DeactivateUser, UserDeactivated
 from brokers.contracts.inventory import Restock, StockReleased, StockReserved
@@ -193,3 +196,28 @@ async def test_two_administrators_deactivating_each_other_at_once_leave_one_acti
     refusals = [d["refusal"] for d in await rivals.db["deactivations"].find({}).to_list()]
     assert sorted(refusals, key=str) == [None, LAST_ADMIN], refusals
     assert len(await rivals.outbox(UserDeactivated.TYPE)) == 1
+
+
+async def test_a_capture_and_a_confirmation_at_once_are_each_counted_once(settings, mongo):
+    """Both read the order's facts, then each writes the facts and adds to a counter shard (picked
+    at random: maybe the same one, maybe not). The facts are written over the version read, so one
+    of them decides again on the other's result and the figures count each fact once."""
+    rivals = Rivals("analytics", settings, mongo)
+    await rivals.prepare()
+    for n in range(5):
+        order_id = f"o-stats-rival-{n}"
+        placed = order_placed(order_id, ("SKU-A", 2))
+        await rivals.apply(placed, order_id)
+        paid = {"payment_id": f"pay-{order_id}", "order_id": order_id, "customer_id": placed.customer_id}
+        capture = PaymentCaptured(
+            **paid, amount_cents=placed.total_cents, currency="EUR", provider_reference=f"ref-{order_id}"
+        )
+        rivalries = await rivals.at_once(
+            capture, confirmed(order_id), correlation_id=order_id, writes={"record"}
+        )
+        await rivals.settle(rivalries, order_id)
+        assert any(r.lost for r in rivalries), "both wrote without conflicting"
+
+    stats = await get_stats(GetStats(), AnalyticsStore(rivals.db))
+    assert {status: n for status, n in stats.orders_by_status.items() if n} == {"confirmed": 5}
+    assert stats.revenue_cents == 5 * placed.total_cents
