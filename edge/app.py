@@ -26,6 +26,7 @@ from edge.link import RabbitLink
 from edge.observe import REQUEST_ID_HEADER, ObserveRequests, trace_requests
 from edge.pages import install_pages
 from edge.pending import PendingOrders
+from edge.prices import price_book_of_link
 from edge.problems import install_problem_handlers, problem_responses
 from edge.routes import admin, auth, catalog, deadletters, dev, inventory, orders
 from edge.routes.shared import RouterOptions
@@ -100,13 +101,16 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     link = RabbitLink(settings)
     pending_orders = PendingOrders(keep_s=settings.emporium_order_deadline_ms / 1000)
     link.saga_events.observe(pending_orders.applied)
+    price_book = price_book_of_link(link)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await link.open()
+        price_book.start()
         try:
             yield
         finally:
+            await price_book.stop()
             await link.close()
 
     app = FastAPI(
@@ -122,6 +126,7 @@ def create_app(settings: Settings | None = None, *, extra_checks: dict[str, Chec
     app.state.settings = settings
     app.state.link = link
     app.state.pending_orders = pending_orders
+    app.state.price_book = price_book
     app.state.keys = keyset_of_link(link)
     app.state.subjects = subjects_of_link(link)
     install_problem_handlers(app)

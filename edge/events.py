@@ -10,8 +10,9 @@ may have been missed meanwhile).
 A dropped follower reconnects and starts again from the order's current status.
 
 The same queue carries the few other events the edge keeps a view of (``VIEW_EVENT_TYPES``: a
-deactivation, which ends its user's tokens, see edge.subjects), handed to the handler named for
-their type; whoever keeps such a view hears of every gap in the subscription (``on_gap``).
+deactivation, which ends its user's tokens, see edge.subjects; a product's price, see edge.prices),
+handed to the handler named for their type; whoever keeps such a view hears of every gap in the
+subscription (``on_gap``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi.sse import ServerSentEvent
 
 import brokers.contracts  # noqa: F401  (registers every contract: the saga's events are read from them)
+from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
 from brokers.contracts.identity import UserDeactivated
 from brokers.contracts.orders import OrderCancelled, OrderDelivered
 from brokers.envelope import REGISTRY, Kind
@@ -48,7 +50,7 @@ SAGA_EVENT_TYPES: tuple[str, ...] = tuple(
     )
 )
 # Not the saga's: events the edge keeps a view of, each handed to its handler (see ``on_event``).
-VIEW_EVENT_TYPES: tuple[str, ...] = (UserDeactivated.TYPE,)
+VIEW_EVENT_TYPES: tuple[str, ...] = (UserDeactivated.TYPE, ProductCreated.TYPE, ProductPriceChanged.TYPE)
 # Every routing key the edge's queue is bound with (what its RabbitMQ user may read: ops.production).
 BOUND_EVENT_TYPES: tuple[str, ...] = (*SAGA_EVENT_TYPES, *VIEW_EVENT_TYPES)
 LISTENER_BACKLOG = 256
@@ -131,11 +133,11 @@ class SagaEvents:
         self._subscribed = False
         self._listeners: dict[str, set[Listener]] = {}
         self._observers: list[Callable[[str], None]] = []
-        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._handlers: dict[str, Callable[[AbstractIncomingMessage], None]] = {}
         self._gap_callbacks: list[Callable[[], None]] = []
 
-    def on_event(self, event_type: str, handler: Callable[[bytes], None]) -> None:
-        """Hand the body of every event of a ``VIEW_EVENT_TYPES`` type to ``handler``."""
+    def on_event(self, event_type: str, handler: Callable[[AbstractIncomingMessage], None]) -> None:
+        """Hand every event of a ``VIEW_EVENT_TYPES`` type to ``handler``."""
         if event_type not in VIEW_EVENT_TYPES:
             raise ValueError(f"the edge's queue is not bound to {event_type}")
         self._handlers[event_type] = handler
@@ -205,7 +207,7 @@ class SagaEvents:
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
         handler = self._handlers.get(message.type or "")
         if handler is not None:
-            handler(message.body)
+            handler(message)
             return
         order_id = message.correlation_id or ""
         for observer in self._observers:

@@ -8,6 +8,10 @@ orders answers for it, or an event of its saga comes by (every one follows order
 orders commits together with its read model). A PlaceOrder that orders refuses never becomes an
 order: its acceptance is kept until the order's deadline has passed, then forgotten.
 
+Once applied, the order is still remembered as placed (whose it is, and the fingerprint of the
+request that placed it: ``PLACED_REMEMBERED`` of the latest), so that a retry of POST /orders is
+answered here, the same order again or a 409 for other lines, without asking orders.
+
 The acceptances live in this edge process only (see the README about several edge replicas).
 """
 
@@ -18,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -42,12 +47,33 @@ class PendingOrder(BaseModel):
     accepted_at: datetime = Field(description="When the edge accepted the order (UTC).")
 
 
+# Orders remembered as placed once applied: about 200 bytes each.
+PLACED_REMEMBERED = 100_000
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    """An order this edge accepted and the orders actor has applied: whose, and the request's digest."""
+
+    customer_id: str
+    request_digest: str
+
+
 class PendingOrders:
-    def __init__(self, *, keep_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        keep_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        placed_remembered: int = PLACED_REMEMBERED,
+    ) -> None:
         self._keep_s = keep_s
         self._clock = clock
         # In acceptance order, so also in expiry order: each with the clock's time it expires at.
         self._pending: OrderedDict[str, tuple[PendingOrder, float]] = OrderedDict()
+        # Applied, oldest first; the oldest is forgotten beyond ``placed_remembered``.
+        self._placed: OrderedDict[str, PlacedOrder] = OrderedDict()
+        self._placed_remembered = placed_remembered
         # Per order id being placed: its lock and how many requests hold or wait for it.
         self._placing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
@@ -80,7 +106,20 @@ class PendingOrders:
 
     def applied(self, order_id: str) -> None:
         """Orders has the order now: its read model answers for it from here on."""
-        self._pending.pop(order_id, None)
+        entry = self._pending.pop(order_id, None)
+        if entry is not None:
+            order = entry[0]
+            self._placed[order_id] = PlacedOrder(order.customer_id, order.request_digest)
+            while len(self._placed) > self._placed_remembered:
+                self._placed.popitem(last=False)
+
+    def placed_by(self, order_id: str, customer_id: str) -> PendingOrder | PlacedOrder | None:
+        """What this edge knows of the customer's order with that id: pending, placed, or nothing."""
+        pending = self.of(order_id, customer_id)
+        if pending is not None:
+            return pending
+        placed = self._placed.get(order_id)
+        return placed if placed is not None and placed.customer_id == customer_id else None
 
     def _forget_expired(self) -> None:
         now = self._clock()

@@ -147,6 +147,6 @@ def subjects_of_link(link: Any) -> Subjects:
             raise
 
     subjects = Subjects(ask, subscribed=lambda: link.saga_events.connected)
-    link.saga_events.on_event(UserDeactivated.TYPE, subjects.deactivated)
+    link.saga_events.on_event(UserDeactivated.TYPE, lambda message: subjects.deactivated(message.body))
     link.saga_events.on_gap(subjects.forget_all)
     return subjects

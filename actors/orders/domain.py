@@ -43,7 +43,8 @@ from actors.orders.events import (
     Shipped,
 )
 from actors.runtime.errors import CorruptData, RuleViolation, Transient
-from brokers.contracts.common import MAX_CENTS, Line
+from brokers import pricing
+from brokers.contracts.common import Line
 from brokers.contracts.orders import (
     CancelReason,
     OrderCancellationRequested,
@@ -62,10 +63,9 @@ from brokers.contracts.orders import (
 from brokers.contracts.payments import FailureReason, PaymentCaptured
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
 from brokers.envelope import Event
+from brokers.pricing import Price
 
 STAGES: tuple[OrderStatus, ...] = ("placed", "reserved", "confirmed", "cancelling", "shipped", "delivered")
-# The largest amount the contracts carry.
-MAX_TOTAL_CENTS = MAX_CENTS
 PAYMENT_FAILURES: dict[FailureReason, CancelReason] = {
     "declined": "payment_declined",
     "unavailable": "payment_unavailable",
@@ -82,22 +82,6 @@ class NotYet(Transient):
 
 class CorruptStream(CorruptData):
     """A stream that no sequence of decisions can produce (a bug or a hand edit): not folded."""
-
-
-# --- the catalog replica -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Price:
-    sku: str
-    cents: int
-    currency: str
-    # When the catalog decided this price: a late, older price event must not undo a newer one.
-    as_of: datetime
-
-
-def newer(offered: Price, current: Price | None) -> bool:
-    return current is None or offered.as_of > current.as_of
 
 
 # --- the aggregate -------------------------------------------------------------------------------
@@ -212,25 +196,13 @@ def place(existing: Order | None, command: PlaceOrder, prices: Mapping[str, Pric
 def priced(lines: Sequence[Line], prices: Mapping[str, Price]) -> OrderQuote:
     """The lines at today's prices, or RuleViolation saying why they cannot make an order.
 
-    The edge asks for this quote before it accepts an order, so a customer hears these refusals
-    as a 422 rather than the order ending in a dead letter.
+    The edge checks the same rule (brokers.pricing) before it accepts an order, so a customer hears
+    these refusals as a 422 rather than the order ending in a dead letter.
     """
-    unknown = sorted({line.sku for line in lines} - prices.keys())
-    if unknown:
-        raise RuleViolation(f"unknown SKU(s) {', '.join(unknown)}: no product.created seen for them")
-    currencies = sorted({prices[line.sku].currency for line in lines})
-    if len(currencies) > 1:
-        raise RuleViolation(f"lines are priced in {', '.join(currencies)}: an order is paid in one currency")
-    order_lines = [
-        OrderLine(sku=line.sku, quantity=line.quantity, unit_price_cents=prices[line.sku].cents)
-        for line in lines
-    ]
-    total = sum(line.quantity * line.unit_price_cents for line in order_lines)
-    if total > MAX_TOTAL_CENTS:
-        raise RuleViolation(
-            f"order total {total} cents is above the largest payable amount {MAX_TOTAL_CENTS}"
-        )
-    return OrderQuote(lines=order_lines, total_cents=total, currency=currencies[0])
+    try:
+        return pricing.priced(lines, prices)
+    except pricing.NotPriceable as exc:
+        raise RuleViolation(str(exc)) from exc
 
 
 def reserve(order: Order) -> Decision:

@@ -15,6 +15,7 @@ from actors.orders import domain
 from actors.orders.store import OrdersStore
 from actors.runtime.actor import Actor, Timer, Work
 from actors.runtime.errors import NotFound
+from brokers import pricing
 from brokers.contracts.catalog import ProductCreated, ProductPriceChanged
 from brokers.contracts.inventory import StockRejected, StockReserved
 from brokers.contracts.orders import (
@@ -101,9 +102,9 @@ async def learn_new_price(event: ProductPriceChanged, work: Work[OrdersStore]) -
 
 
 async def _keep_price(work: Work[OrdersStore], event: ProductCreated | ProductPriceChanged) -> None:
-    offered = domain.Price(event.sku, event.price_cents, event.currency, as_of=work.envelope.occurred_at)
+    offered = pricing.Price(event.sku, event.price_cents, event.currency, as_of=work.envelope.occurred_at)
     current = (await work.store.prices([event.sku])).get(event.sku)
-    if domain.newer(offered, current):
+    if pricing.newer(offered, current):
         await work.store.save_price(offered)
 
 

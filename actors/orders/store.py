@@ -24,11 +24,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from actors.orders import domain
-from actors.orders.domain import Order, Price
+from actors.orders.domain import Order
 from actors.orders.events import Recorded, event_of
 from actors.runtime.errors import ConcurrentUpdate, NotFound
 from actors.runtime.store import Store, ids_named
 from brokers.contracts.orders import OrderView, PlaceOrder
+from brokers.pricing import Price
 
 EVENTS, VIEWS, PRICES = "order_events", "orders", "prices"
 _NEWEST_FIRST = [("placed_at", DESCENDING), ("_id", DESCENDING)]

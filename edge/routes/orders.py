@@ -2,8 +2,12 @@
 
 Customers see only their own orders: another customer's order is answered 404 exactly like one that
 does not exist. Placing an order needs an ``Idempotency-Key``; the order id is made of the customer
-and the key, so every retry names the same order, and the orders actor is asked whether it already
-has it before anything is sent. Every message of an order's saga carries the order id as its
+and the key, so every retry names the same order. Placing asks no actor anything when it can help
+it: a retry is recognised from the edge's own record of the orders it placed (edge/pending.py), and
+the lines are priced with the edge's replica of the catalog's prices (edge/prices.py). A retry this
+edge does not know (it restarted, or another replica placed the order) is sent again: the same
+lines are the same message, applied once; other lines are dropped by the orders actor, the first
+order standing, where this edge would have answered 409. Every message of an order's saga carries the order id as its
 correlation id, from the PlaceOrder the edge sends on. An order accepted but not yet applied by the
 orders actor is answered from the edge's own record of it (edge/pending.py).
 """
@@ -25,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from brokers import pricing
 from brokers.contracts.common import MAX_QUANTITY, EntityId, Line
 from brokers.contracts.inventory import GetStock, StockView
 from brokers.contracts.orders import (
@@ -47,6 +52,7 @@ from edge.guard import IdempotencyKey, WriteIdentity, idempotent_id, settings_of
 from edge.limits import shed_orders_load
 from edge.link import RabbitLink
 from edge.pending import PendingOrder, PendingOrders
+from edge.prices import PriceBook
 from edge.problems import (
     IDEMPOTENCY_KEY_REUSED,
     ORDER_NOT_CANCELLABLE,
@@ -77,7 +83,12 @@ def pending_orders_of(request: Request) -> PendingOrders:
     return request.app.state.pending_orders
 
 
+def price_book_of(request: Request) -> PriceBook:
+    return request.app.state.price_book
+
+
 Pending = Annotated[PendingOrders, Depends(pending_orders_of)]
+Prices = Annotated[PriceBook, Depends(price_book_of)]
 # What GET /orders/{order_id} answers: the order as orders has it, or as the edge accepted it.
 SomeOrder = Annotated[OrderView | PendingOrder, Field(discriminator="status")]
 
@@ -200,6 +211,7 @@ async def place_order(
     settings: CurrentSettings,
     response: Response,
     pending: Pending,
+    book: Prices,
 ) -> OrderAccepted:
     # While the orders actor is far behind: 503 with Retry-After rather than more backlog (a retry
     # with the same key is safe once it is over).
@@ -207,7 +219,7 @@ async def place_order(
     placement = Placement(order_id_for(customer, key), customer, key, body.lines, body.digest())
     async with pending.placing(placement.order_id):
         return await _place_once(
-            placement, link, pending, request_id, wait_s=_short_wait_s(settings), response=response
+            placement, link, pending, book, request_id, wait_s=_short_wait_s(settings), response=response
         )
 
 
@@ -231,14 +243,14 @@ async def _place_once(
     placement: Placement,
     link: RabbitLink,
     pending: PendingOrders,
+    book: PriceBook,
     request_id: str,
     *,
     wait_s: float,
     response: Response,
 ) -> OrderAccepted:
     order_id, customer, digest = placement.order_id, placement.customer_id, placement.digest
-    # Known to orders, or accepted a moment ago and still on its way there.
-    known = await _order_or_pending(link, pending, order_id, customer, request_id)
+    known = pending.placed_by(order_id, customer)
     if known is not None and known.request_digest != digest:
         raise Refused(
             409,
@@ -253,14 +265,7 @@ async def _place_once(
         return OrderAccepted(
             message_id=placement.message_id, correlation_id=order_id, order_id=order_id, links=links
         )
-    # Both asked at once; an unknown SKU is the refusal that names its line.
-    for refusal in await asyncio.gather(
-        _check_skus_known(link, placement.lines, request_id, wait_s=wait_s),
-        _check_payable(link, placement.lines, request_id, wait_s=wait_s),
-        return_exceptions=True,
-    ):
-        if isinstance(refusal, BaseException):
-            raise refusal
+    await _check_lines(link, book, placement.lines, request_id, wait_s=wait_s)
     command = PlaceOrder(
         order_id=order_id, customer_id=customer, lines=placement.lines, request_digest=digest
     )
@@ -276,6 +281,34 @@ async def _place_once(
         )
     )
     return accepted
+
+
+async def _check_lines(
+    link: RabbitLink, book: PriceBook, lines: list[Line], request_id: str, *, wait_s: float
+) -> None:
+    """Refuse (422) lines the orders actor could not make an order of: it could only dead-letter them.
+
+    Priced with the edge's price book when it knows every SKU; else inventory and orders are asked,
+    both at once (an unknown SKU is the refusal that names its line).
+    """
+    prices = book.prices_of(line.sku for line in lines)
+    if len(prices) == len(lines):  # one line per SKU (NewOrder adds them up)
+        try:
+            pricing.priced(lines, prices)
+        except pricing.NotPriceable as exc:
+            raise _not_payable(str(exc)) from exc
+        return
+    for refusal in await asyncio.gather(
+        _check_skus_known(link, lines, request_id, wait_s=wait_s),
+        _check_payable(link, lines, request_id, wait_s=wait_s),
+        return_exceptions=True,
+    ):
+        if isinstance(refusal, BaseException):
+            raise refusal
+
+
+def _not_payable(detail: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "not_payable", "loc": ("body", "lines"), "msg": detail}])
 
 
 async def _check_skus_known(link: RabbitLink, lines: list[Line], request_id: str, *, wait_s: float) -> None:
@@ -318,9 +351,7 @@ async def _check_payable(link: RabbitLink, lines: list[Line], request_id: str, *
         link.ask(QuoteOrder(lines=lines), OrderQuote, correlation_id=request_id, timeout_s=wait_s)
     )
     if isinstance(answer.failure, QueryFailed) and answer.failure.problem.status == 409:
-        raise RequestValidationError(
-            [{"type": "not_payable", "loc": ("body", "lines"), "msg": answer.failure.problem.detail}]
-        )
+        raise _not_payable(answer.failure.problem.detail)
     if answer.failure is not None:
         log.warning("edge.order_unpriced", why=str(answer.failure))
 

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from actors.orders import domain
-from actors.orders.domain import NOTHING, CorruptStream, NotYet, Order, Price
+from actors.orders.domain import NOTHING, CorruptStream, NotYet, Order
 from actors.orders.events import (
     CancellationRequested,
     Cancelled,
@@ -29,6 +29,7 @@ from brokers.contracts.orders import (
 )
 from brokers.contracts.payments import PaymentCaptured
 from brokers.contracts.shipping import ShipmentDelivered, ShipmentDispatched
+from brokers.pricing import Price, newer
 from tests.orders_examples import order_confirmed, order_placed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -157,9 +158,9 @@ def test_a_place_order_has_one_line_per_sku():
 
 def test_a_newer_price_replaces_an_older_one_and_a_late_older_one_does_not():
     current = Price("A", 250, "EUR", T0)
-    assert domain.newer(Price("A", 300, "EUR", T0 + timedelta(seconds=1)), current)
-    assert not domain.newer(Price("A", 200, "EUR", T0 - timedelta(seconds=1)), current)
-    assert domain.newer(current, None)
+    assert newer(Price("A", 300, "EUR", T0 + timedelta(seconds=1)), current)
+    assert not newer(Price("A", 200, "EUR", T0 - timedelta(seconds=1)), current)
+    assert newer(current, None)
 
 
 # --- the fold ------------------------------------------------------------------------------------
