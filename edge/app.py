@@ -87,7 +87,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _asyncapi_document() -> dict[str, Any]:
+async def _asyncapi_document() -> dict[str, Any]:
     """The committed AsyncAPI document (``emporium asyncapi write``), shipped with the edge."""
     return _ASYNCAPI
 

@@ -18,7 +18,7 @@ IDEMPOTENCY_KEY_CHARS = r"^[A-Za-z0-9._~:+/=-]+$"
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0d7c64-3f0e-4f4e-9a51-6a1f7d0c2e19")
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -54,7 +54,7 @@ def _idempotency_key_header(description: str) -> Any:
     )
 
 
-def write_identity(
+async def write_identity(
     request: Request,
     idempotency_key: Annotated[
         str | None,
@@ -75,7 +75,7 @@ def write_identity(
 Write = Annotated[WriteIdentity, Depends(write_identity)]
 
 
-def required_idempotency_key(
+async def required_idempotency_key(
     key: Annotated[
         str,
         _idempotency_key_header(

@@ -61,6 +61,11 @@ def request_id_of(request: Request) -> str:
     return request.scope.setdefault("state", {}).setdefault(_REQUEST_ID_STATE, new_id())
 
 
+async def request_id(request: Request) -> str:
+    """``request_id_of`` as a dependency (async: FastAPI runs a plain function in its thread pool)."""
+    return request_id_of(request)
+
+
 def trace_requests(app: FastAPI) -> None:
     """A server span per request, named by route template, when this process records traces."""
     if not tracing.enabled():

@@ -86,6 +86,8 @@ class Member:
     arguments: list[str]
     port: int
     process: asyncio.subprocess.Process | None = None
+    # Where it runs (``python -m ops`` imports the code there first): another checkout, to compare.
+    cwd: Path | None = None
     restarts: int = 0
 
     @property
@@ -103,10 +105,10 @@ class Fleet:
     _supervising: asyncio.Task[None] | None = None
     _stopping: bool = False
 
-    def add(self, name: str, role: str, *arguments: str) -> Member:
+    def add(self, name: str, role: str, *arguments: str, cwd: Path | None = None) -> Member:
         port = free_port()
         command = [sys.executable, "-m", "ops", role, *arguments, "--host", "127.0.0.1", "--port", str(port)]
-        member = Member(name, role, command, port)
+        member = Member(name, role, command, port, cwd=cwd)
         self.members.append(member)
         return member
 
@@ -117,6 +119,7 @@ class Fleet:
             env={**os.environ, **self.environment},
             stdout=log_file,
             stderr=log_file,
+            cwd=member.cwd,
             start_new_session=True,
         )
         log_file.close()  # the child holds its own copy

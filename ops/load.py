@@ -518,7 +518,7 @@ def _email_taken(response: httpx.Response) -> bool:
     )
 
 
-async def _sign_up_customers(edge: Edge, run_id: str, count: int, deadline: float) -> list[Customer]:
+async def sign_up_customers(edge: Edge, run_id: str, count: int, deadline: float) -> list[Customer]:
     at_once = asyncio.Semaphore(SIGN_UPS_AT_ONCE)
 
     async def one(i: int) -> Customer:
@@ -528,14 +528,14 @@ async def _sign_up_customers(edge: Edge, run_id: str, count: int, deadline: floa
     return await _all(*(one(i) for i in range(count)))
 
 
-async def _sign_in_admin(edge: Edge, settings: Settings, run_id: str, deadline: float) -> dict[str, str]:
+async def sign_in_admin(edge: Edge, settings: Settings, run_id: str, deadline: float) -> dict[str, str]:
     account = Account.new(f"load-{run_id.lower()}-admin")
     await make_admin(settings, account, name="Load administrator")
     headers, _ = await _log_in(edge, account, deadline)
     return headers
 
 
-async def _open_product(
+async def open_product(
     edge: Edge, admin: dict[str, str], sku: str, kind: SkuKind, units: int, deadline: float
 ) -> None:
     """Create the product, and once inventory knows its SKU, restock ``units`` of it."""
@@ -794,10 +794,10 @@ async def _open_shop(
 ) -> _Shop:
     skus = config.mix.skus(run_id)
     stock = config.mix.stock(skus, [order.lines for order in plan])
-    admin = await _sign_in_admin(edge, settings, run_id, deadline)
+    admin = await sign_in_admin(edge, settings, run_id, deadline)
     customers, *_ = await _all(
-        _sign_up_customers(edge, run_id, config.customers, deadline),
-        *(_open_product(edge, admin, sku, kind, stock[sku], deadline) for sku, kind in skus.items()),
+        sign_up_customers(edge, run_id, config.customers, deadline),
+        *(open_product(edge, admin, sku, kind, stock[sku], deadline) for sku, kind in skus.items()),
     )
     return _Shop(admin, customers, skus, stock)
 

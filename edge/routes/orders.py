@@ -79,11 +79,11 @@ CANCELLABLE: frozenset[OrderStatus] = frozenset({"placed", "reserved", "confirme
 CurrentSettings = Annotated[Settings, Depends(settings_of)]
 
 
-def pending_orders_of(request: Request) -> PendingOrders:
+async def pending_orders_of(request: Request) -> PendingOrders:
     return request.app.state.pending_orders
 
 
-def price_book_of(request: Request) -> PriceBook:
+async def price_book_of(request: Request) -> PriceBook:
     return request.app.state.price_book
 
 

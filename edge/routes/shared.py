@@ -12,7 +12,7 @@ from brokers.envelope import Command, Envelope
 from edge.auth import admin
 from edge.guard import WriteIdentity
 from edge.link import RabbitLink
-from edge.observe import request_id_of
+from edge.observe import request_id
 from edge.problems import problem_responses
 
 
@@ -70,12 +70,12 @@ class Accepted(BaseModel):
         return cls(message_id=envelope.message_id, correlation_id=envelope.correlation_id, **fields)
 
 
-def link_of(request: Request) -> RabbitLink:
+async def link_of(request: Request) -> RabbitLink:
     return request.app.state.link
 
 
 Link = Annotated[RabbitLink, Depends(link_of)]
-RequestId = Annotated[str, Depends(request_id_of)]
+RequestId = Annotated[str, Depends(request_id)]
 
 
 async def dispatch(

@@ -25,10 +25,12 @@ placed (as the edge would) and followed to their end, a fixed number in flight. 
 delivered order costs: the messages RabbitMQ took in and handed out, the MongoDB commands (round trips)
 the actors made, and how long orders took from placed to confirmed and to delivered.
 
+`emporium bench edge`: POST /orders at the edge next to a bare FastAPI app on the same uvicorn.
+
 Each run has a vhost and databases of its own, created for it and deleted afterwards.
 """
 
-from ops.bench import hop, hot_sku, report, saga  # noqa: E402,F401  (their commands register on app)
+from ops.bench import edge, hop, hot_sku, report, saga  # noqa: E402,F401  (their commands register on app)
 from ops.bench.common import app  # noqa: E402
 
 __all__ = ["app"]

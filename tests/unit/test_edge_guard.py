@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 
+from brokers.settings import Settings
+from edge.app import create_app
 from edge.guard import WriteIdentity, idempotent_id, write_identity
 from tests.unit.edge_tokens import Mint, offline_edge
 
@@ -34,9 +40,9 @@ def _request(method: str, path: str) -> Request:
     return Request({"type": "http", "method": method, "path": path, "headers": [], "query_string": b""})
 
 
-def test_an_idempotency_key_gives_the_same_message_id_for_the_same_method_and_path() -> None:
-    first = write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
-    again = write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
+async def test_an_idempotency_key_gives_the_same_message_id_for_the_same_method_and_path() -> None:
+    first = await write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
+    again = await write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
 
     assert first.message_id == again.message_id
     assert first.idempotent
@@ -51,25 +57,27 @@ def test_an_idempotency_key_gives_the_same_message_id_for_the_same_method_and_pa
         ("POST", "/inventory/MUG-1/restock", "key-00000002"),  # another key
     ],
 )
-def test_any_other_method_path_or_key_gives_another_message_id(method: str, path: str, key: str) -> None:
-    reference = write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
+async def test_any_other_method_path_or_key_gives_another_message_id(
+    method: str, path: str, key: str
+) -> None:
+    reference = await write_identity(_request("POST", "/inventory/MUG-1/restock"), "key-00000001")
 
-    assert write_identity(_request(method, path), key).message_id != reference.message_id
+    assert (await write_identity(_request(method, path), key)).message_id != reference.message_id
 
 
-def test_without_a_key_every_write_gets_a_fresh_message_id() -> None:
-    first = write_identity(_request("POST", "/products"), None)
-    second = write_identity(_request("POST", "/products"), None)
+async def test_without_a_key_every_write_gets_a_fresh_message_id() -> None:
+    first = await write_identity(_request("POST", "/products"), None)
+    second = await write_identity(_request("POST", "/products"), None)
 
     assert first.message_id != second.message_id
     assert not first.idempotent
 
 
-def test_the_correlation_id_is_the_request_id() -> None:
+async def test_the_correlation_id_is_the_request_id() -> None:
     request = _request("POST", "/products")
     request.scope["state"] = {"request_id": "req-1"}
 
-    assert write_identity(request, "key-00000001").correlation_id == "req-1"
+    assert (await write_identity(request, "key-00000001")).correlation_id == "req-1"
 
 
 def test_what_an_idempotent_write_creates_keeps_its_id_across_retries() -> None:
@@ -137,3 +145,32 @@ async def test_a_malformed_idempotency_key_is_an_invalid_request(
     [error] = response.json()["errors"]
     assert error["location"] == "header.Idempotency-Key"
     assert complaint in error["message"]
+
+
+def test_every_dependency_and_endpoint_of_the_edge_runs_on_the_event_loop() -> None:
+    # FastAPI runs a plain function in its thread pool: a hop to a thread and back on every request.
+    app = create_app(Settings())
+    in_thread_pool: set[str] = set()
+
+    def visit(dependant: Dependant) -> None:
+        for dependency in dependant.dependencies:
+            call = dependency.call
+            if call is not None and not _on_the_loop(call):
+                in_thread_pool.add(getattr(call, "__qualname__", repr(call)))
+            visit(dependency)
+
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            if not _on_the_loop(route.endpoint):
+                in_thread_pool.add(route.endpoint.__qualname__)
+            visit(route.dependant)
+
+    assert in_thread_pool == set()
+
+
+def _on_the_loop(call: Any) -> bool:
+    """A coroutine or async generator function (or an object whose __call__ is one)."""
+    for candidate in (call, getattr(call, "__call__", None)):  # noqa: B004
+        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+            return True
+    return False

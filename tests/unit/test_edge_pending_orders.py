@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from brokers.contracts.common import Line
-from edge.pending import PendingOrder, PendingOrders
+from edge.pending import PendingOrder, PendingOrders, PlacedOrder
 
 KEEP_S = 120.0
 
@@ -70,3 +70,19 @@ def test_an_acceptance_is_forgotten_once_the_order_deadline_passed() -> None:
 
     assert at_the_deadline is not None and past_it is None
     assert pending.of("new", "ann") is not None
+
+
+def test_an_applied_order_is_remembered_as_placed_for_its_customer_only_and_the_oldest_forgotten() -> None:
+    pending = PendingOrders(keep_s=KEEP_S, placed_remembered=2)
+    orders = [accepted(order_id) for order_id in ("o-1", "o-2", "o-3")]
+    for order in orders:
+        pending.accept(order)
+
+    assert pending.placed_by("o-1", "ann") == orders[0]  # still pending
+    for order_id in ("o-1", "o-2", "o-3"):
+        pending.applied(order_id)
+
+    assert pending.placed_by("o-1", "ann") is None  # beyond the two remembered
+    assert pending.placed_by("o-3", "ann") == PlacedOrder("ann", "d-1")
+    assert pending.placed_by("o-3", "bob") is None
+    assert pending.of("o-3", "ann") is None  # no longer pending: orders answers for it

@@ -18,10 +18,8 @@ from brokers.contracts.catalog import (
     ProductPriceChanged,
     ProductView,
 )
-from brokers.contracts.common import Line
 from brokers.envelope import Envelope
 from brokers.rpc import QueryTimeout
-from edge.pending import PendingOrder, PendingOrders, PlacedOrder
 from edge.prices import PriceBook
 from tests.helpers import eventually
 
@@ -185,29 +183,3 @@ def _asked(catalog: Catalog, count: int) -> Any:
         return len(catalog.asked) >= count
 
     return probe
-
-
-def _pending(order_id: str, customer_id: str = "ann", digest: str = "d1") -> PendingOrder:
-    return PendingOrder(
-        order_id=order_id,
-        customer_id=customer_id,
-        status="accepted",
-        lines=[Line(sku="A", quantity=1)],
-        request_digest=digest,
-        accepted_at=T0,
-    )
-
-
-def test_an_applied_order_is_remembered_as_placed_for_its_customer_only_and_the_oldest_forgotten() -> None:
-    orders = PendingOrders(keep_s=60, placed_remembered=2)
-    for order_id in ("o1", "o2", "o3"):
-        orders.accept(_pending(order_id))
-
-    assert isinstance(orders.placed_by("o1", "ann"), PendingOrder)
-    for order_id in ("o1", "o2", "o3"):
-        orders.applied(order_id)
-
-    assert orders.placed_by("o1", "ann") is None  # beyond the two remembered
-    assert orders.placed_by("o3", "ann") == PlacedOrder("ann", "d1")
-    assert orders.placed_by("o3", "bob") is None
-    assert orders.of("o3", "ann") is None  # no longer pending: orders answers for it
