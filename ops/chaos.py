@@ -163,6 +163,14 @@ class Fleet:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(member.process.pid, signal.SIGKILL)
 
+    async def retire(self, member: Member) -> None:
+        """Stop one process for good (SIGTERM, then wait): the supervisor no longer restarts it."""
+        self.members.remove(member)
+        if member.process is not None and member.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(member.process.pid, signal.SIGTERM)
+            await member.process.wait()
+
     def actors(self) -> list[Member]:
         return [m for m in self.members if m.role == "actor"]
 

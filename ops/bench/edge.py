@@ -14,6 +14,11 @@ turn for ``rounds`` rounds: accepted/s, latency, the ratio to the bare app (medi
 and the questions the edge asked actors per POST (its queries, counted by a queue bound to the
 queries exchange). ``--compare DIR`` adds an edge run from another checkout of emporium (say, one
 before a change), against the same actors, in the same rounds.
+
+A second table has the same rounds with inventory and orders stopped (identity and catalog still
+run): what the edge itself costs beside the bare app, the saga's CPU aside. The PlaceOrders then wait
+in the orders queue, which is deleted with the run. An edge that asks actors before it places an
+order (``--compare``) cannot take part.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from ops.chaos import ChaosError, Fleet, Member, parked, queue_depths
 from ops.load import Customer, Edge, open_product, sign_in_admin, sign_up_customers
 
 ACTORS_NEEDED = ("identity", "catalog", "inventory", "orders")
+# Stopped for the second table: the actors that take the orders (identity still checks tokens).
+SAGA_ACTORS = ("inventory", "orders")
 # The questions POST /orders asked before the edge kept a price book: is the order known, are its
 # SKUs, what does it cost.
 QUESTIONS = (GetOrder.TYPE, GetStock.TYPE, QuoteOrder.TYPE)
@@ -212,9 +219,15 @@ async def started(fleet: Fleet) -> AsyncIterator[Fleet]:
         await fleet.stop()
 
 
+@dataclass(frozen=True)
+class EdgeFigures:
+    with_saga: list[Round]
+    edge_alone: list[Round]
+
+
 async def bench_edge(
     settings: Settings, *, requests: int, in_flight: int, rounds: int, compare: Path | None, logs: Path
-) -> list[Round]:
+) -> EdgeFigures:
     async with (
         scratch_vhost(settings) as on_vhost,
         scratch_database(on_vhost, ACTORS_NEEDED) as scratch,
@@ -227,8 +240,7 @@ async def bench_edge(
             **EDGE_ENVIRONMENT,
         }
         fleet = Fleet(environment, logs)
-        for name in ACTORS_NEEDED:
-            fleet.add(name, "actor", name)
+        actors = {name: fleet.add(name, "actor", name) for name in ACTORS_NEEDED}
         targets = [Target("bare", fleet.add("bare", "bench", "bare-edge"), is_edge=False)]
         targets.append(Target("edge", fleet.add("edge", "edge"), is_edge=True))
         if compare is not None:
@@ -236,34 +248,43 @@ async def bench_edge(
                 Target(f"edge of {compare.name}", fleet.add("compared", "edge", cwd=compare), True)
             )
         async with started(fleet):
-            units = requests * rounds * sum(t.is_edge for t in targets)
+            units = requests * rounds * (sum(t.is_edge for t in targets) + 1)
             customers = await set_up_shop(targets[1].member.base_url, scratch, units)
             limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
             async with (
                 QuestionCounter().counting(scratch.rabbitmq_url) as questions,
                 httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as http,
             ):
-                runs: list[Round] = []
-                with Progress(console=console, transient=True) as progress:
-                    for _ in range(rounds):
-                        for target in targets:
-                            await idle(scratch)
-                            runs.append(
-                                await one_round(
-                                    http,
-                                    target,
-                                    customers,
-                                    requests=requests,
-                                    in_flight=in_flight,
-                                    questions=questions,
-                                    progress=progress,
+
+                async def take_turns(apps: Sequence[Target], *, wait_idle: bool) -> list[Round]:
+                    runs: list[Round] = []
+                    with Progress(console=console, transient=True) as progress:
+                        for _ in range(rounds):
+                            for target in apps:
+                                if wait_idle:
+                                    await idle(scratch)
+                                runs.append(
+                                    await one_round(
+                                        http,
+                                        target,
+                                        customers,
+                                        requests=requests,
+                                        in_flight=in_flight,
+                                        questions=questions,
+                                        progress=progress,
+                                    )
                                 )
-                            )
-                return runs
+                    return runs
+
+                with_saga = await take_turns(targets, wait_idle=True)
+                await idle(scratch)
+                for name in SAGA_ACTORS:
+                    await fleet.retire(actors[name])
+                return EdgeFigures(with_saga, await take_turns(targets[:2], wait_idle=False))
 
 
-def edge_table(runs: Sequence[Round], *, in_flight: int) -> Table:
-    table = Table(title=f"POST /orders, {in_flight} in flight (medians of {_rounds(runs)} rounds)")
+def edge_table(runs: Sequence[Round], *, title: str) -> Table:
+    table = Table(title=f"{title} (medians of {_rounds(runs)} rounds)")
     for column in ("app", "accepted/s", "vs bare", "p50 ms", "p99 ms", "questions/POST", "not 202"):
         table.add_column(column, justify="right", no_wrap=True)
     by_app: dict[str, list[Round]] = {}
@@ -309,7 +330,7 @@ def edge_command(
     configure_logging("ERROR")
     logs.mkdir(parents=True, exist_ok=True)
     try:
-        runs = asyncio.run(
+        figures = asyncio.run(
             bench_edge(
                 settings,
                 requests=requests,
@@ -322,4 +343,14 @@ def edge_command(
     except (BenchmarkError, ChaosError) as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    console.print(edge_table(runs, in_flight=in_flight))
+    console.print(
+        edge_table(
+            figures.with_saga,
+            title=f"POST /orders, {in_flight} in flight, the saga's actors taking the orders",
+        )
+    )
+    console.print(
+        edge_table(
+            figures.edge_alone, title=f"POST /orders, {in_flight} in flight, inventory and orders stopped"
+        )
+    )

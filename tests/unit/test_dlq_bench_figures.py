@@ -1,13 +1,15 @@
-"""The pure parts of `emporium bench hop` and `bench saga` (this file shares the ops CLI's test prefix):
+"""The pure parts of `emporium bench hop`, `bench saga` and `bench edge` (this file shares the ops CLI's test prefix):
 figures, pacing, counting."""
 
 import asyncio
 import io
 import json
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -15,6 +17,8 @@ from brokers.contracts.orders import OrderLine, OrderStep, OrderView
 from brokers.envelope import REGISTRY, Kind
 from brokers.topology import exchange_for
 from ops.bench.common import DatabaseCeiling, percentile, send_paced
+from ops.bench.edge import Round as EdgeRound
+from ops.bench.edge import bare_app, edge_table
 from ops.bench.hop import BenchPing, HopFigures, Meter, bench_actor, run_round, summary
 from ops.bench.hop import as_json as hop_json
 from ops.bench.report import Report, markdown, plot
@@ -491,3 +495,32 @@ def test_the_report_puts_hops_the_database_alone_and_the_saga_in_one_table_with_
     assert "| saga ceiling: MongoDB alone at batch 32 ÷ 20 messages per order |" in markdown(report)
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _round(app: str, seconds: float, answers: dict[int, int], questions: int = 0) -> EdgeRound:
+    count = sum(answers.values())
+    return EdgeRound(app, seconds, [0.01] * count, Counter(answers), questions)
+
+
+def test_bench_edge_reports_medians_ratios_to_the_bare_app_questions_per_post_and_refusals():
+    runs = [
+        _round("bare", 1.0, {202: 500}),
+        _round("edge", 2.0, {202: 500}),
+        _round("bare", 1.0, {202: 400}),
+        _round("edge", 2.0, {202: 300, 503: 200}, questions=1500),
+    ]
+    output = io.StringIO()
+    Console(file=output, width=200).print(edge_table(runs, title="POST /orders"))
+    rows = {line.split()[1]: line.split()[2:] for line in output.getvalue().splitlines() if "│" in line}
+
+    assert rows["bare"][:4] == ["│", "450", "│", "1.00x"]
+    # Medians of 250 and 150 accepted/s: 200, 0.44x the bare app's 450.
+    assert rows["edge"][:4] == ["│", "200", "│", "0.44x"]
+    assert rows["edge"][-4:] == ["1.50", "│", "200", "│"]
+    assert "medians of 2 rounds" in output.getvalue()
+
+
+async def test_the_bare_app_answers_202_to_an_order_body():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(bare_app()), base_url="http://b") as http:
+        answer = await http.post("/orders", json={"lines": [{"sku": "S", "quantity": 1}]})
+    assert answer.status_code == 202 and answer.json()["status"] == "accepted"
