@@ -47,7 +47,7 @@ class PendingOrder(BaseModel):
     accepted_at: datetime = Field(description="When the edge accepted the order (UTC).")
 
 
-# Orders remembered as placed once applied: about 200 bytes each.
+# Orders remembered as placed once applied (a few hundred bytes each: tens of MB at most).
 PLACED_REMEMBERED = 100_000
 
 

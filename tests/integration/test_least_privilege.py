@@ -205,7 +205,7 @@ REFUSED: dict[tuple[str, str], Attempt] = {
     ("edge", "publish an event"): _publish(EVENTS.name, "order.placed"),
     ("edge", "move a message into a delay queue"): _publish(MOVES.name, "catalog.delay.200ms"),
     ("edge", "publish straight into a queue (default exchange)"): _publish("", "catalog"),
-    ("edge", "bind its queue to an event outside the saga"): _bind_own_queue("product.created"),
+    ("edge", "bind its queue to an event it has no use for"): _bind_own_queue("user.registered"),
     ("edge", "declare a named queue"): lambda channel: channel.declare_queue("edge.sneaky"),
     ("edge", "delete an actor's queue"): _delete_queue("catalog.dlq"),
 }
