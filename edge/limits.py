@@ -1,11 +1,13 @@
 """What one caller may ask of the edge, and how much work the edge lets pile up behind it.
 
-Rate limits count requests in a sliding window (the `limits` library's sliding window counter: the
-window's count plus the previous window's, weighted by how much of it the sliding window still
-covers): every request spends one unit of its caller's budget, and a login or registration one unit
-of its client address's login budget. A spent budget is answered 429 with ``Retry-After``. (Not the
-library's moving window: its in-memory storage hands every stored key to a thread on each request
-to expire old entries, which cost the edge a fifth of its CPU under load.)
+Rate limits count requests in windows (the `limits` library): every request spends one unit of its
+caller's budget, and a login or registration one unit of its client address's login budget. A
+spent budget is answered 429 with ``Retry-After``. The login budgets count in a moving window (every
+attempt remembered until it is older than the window, so Retry-After is exact). The per-request
+budget, spent by every request, counts in a sliding window counter (this window's count plus the
+previous window's, weighted by how much of it the sliding window still covers), in a storage of its
+own: the moving window's in-memory storage hands each of its keys to a thread to expire on every
+hit, which cost the edge about a sixth of its CPU under load when every caller's budget was one.
 
 Failed logins are counted per (email, client address) and per email. The first budget stops one
 address guessing one account's password (429 for that pair only, so nobody can lock an owner out
@@ -33,7 +35,7 @@ from typing import Annotated, Literal, NoReturn, get_args
 
 from fastapi import Depends, FastAPI, Request
 from limits import RateLimitItem, parse
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 from prometheus_client import Counter
 
@@ -86,8 +88,9 @@ class RateLimits:
     def __init__(self, settings: Settings) -> None:
         uri = settings.emporium_rate_limit_storage
         # The async flavour of a storage is named "async+<scheme>" in the limits library.
-        storage = storage_from_string(uri if uri.startswith("async+") else f"async+{uri}")
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        scheme = uri if uri.startswith("async+") else f"async+{uri}"
+        self._requests = SlidingWindowCounterRateLimiter(storage_from_string(scheme))
+        self._logins = MovingWindowRateLimiter(storage_from_string(scheme))
         self._per_caller = parse(settings.emporium_rate_limit)
         self._per_login = parse(settings.emporium_login_rate_limit)
         self._failures_per_pair = parse(settings.emporium_login_failure_limit)
@@ -110,37 +113,40 @@ class RateLimits:
         address = _address_key(request)
         await self._spend(self._per_login, "login", address, "too many attempts from this address")
         pair = (_email_key(email), address)
-        if not await self._limiter.test(self._failures_per_pair, "login-failures", *pair):
+        if not await self._logins.test(self._failures_per_pair, "login-failures", *pair):
             await self._refuse(
                 self._failures_per_pair,
                 "login-failures",
                 pair,
                 "too many failed logins for this account from here",
             )
-        if not await self._limiter.test(self._failures_per_account, "account-failures", _email_key(email)):
+        if not await self._logins.test(self._failures_per_account, "account-failures", _email_key(email)):
             SLOWED_LOGINS_TOTAL.inc()
             await asyncio.sleep(self._slowdown_s)
 
     async def login_failed(self, request: Request, email: str) -> None:
-        await self._limiter.hit(
+        await self._logins.hit(
             self._failures_per_pair, "login-failures", _email_key(email), _address_key(request)
         )
-        await self._limiter.hit(self._failures_per_account, "account-failures", _email_key(email))
+        await self._logins.hit(self._failures_per_account, "account-failures", _email_key(email))
 
     async def login_succeeded(self, request: Request, email: str) -> None:
-        await self._limiter.clear(
+        await self._logins.clear(
             self._failures_per_pair, "login-failures", _email_key(email), _address_key(request)
         )
 
+    def _limiter(self, budget: Budget) -> RateLimiter:
+        return self._requests if budget == "caller" else self._logins
+
     async def _spend(self, item: RateLimitItem, budget: Budget, key: str, what: str) -> None:
-        if not await self._limiter.hit(item, budget, key):
+        if not await self._limiter(budget).hit(item, budget, key):
             await self._refuse(item, budget, (key,), what)
 
     async def _refuse(
         self, item: RateLimitItem, budget: Budget, keys: tuple[str, ...], what: str
     ) -> NoReturn:
         RATE_LIMITED_TOTAL.labels(budget).inc()
-        stats = await self._limiter.get_window_stats(item, budget, *keys)
+        stats = await self._limiter(budget).get_window_stats(item, budget, *keys)
         retry_after_s = max(1, math.ceil(stats.reset_time - time.time()))
         raise Refused(
             429,
