@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Counter
 
 from brokers.contracts.catalog import ListProducts, ProductCreated, ProductPage, ProductPriceChanged
 from brokers.envelope import Envelope, InvalidMessage
@@ -33,6 +34,14 @@ log = structlog.get_logger()
 PAGE = 100  # products per ListProducts page (the query's largest)
 RELOAD_PAUSE_S = 1.0  # after a load that failed (the catalog not answering, RabbitMQ away)
 PRICE_EVENTS = (ProductCreated, ProductPriceChanged)
+# New orders' lines checked by the book, or by asking the actors (a SKU the book had not heard of).
+ORDER_CHECKS = Counter(
+    "emporium_edge_order_checks_total",
+    "New orders whose lines the edge checked, by who priced them (price_book or actors)",
+    ["by"],
+)
+for _by in ("price_book", "actors"):
+    ORDER_CHECKS.labels(_by)  # a series at 0 from the start, so a rate over it is 0, not no data
 
 LoadPage = Callable[[ListProducts], Awaitable[ProductPage]]
 

@@ -52,7 +52,7 @@ from edge.guard import IdempotencyKey, WriteIdentity, idempotent_id, settings_of
 from edge.limits import shed_orders_load
 from edge.link import RabbitLink
 from edge.pending import PendingOrder, PendingOrders
-from edge.prices import PriceBook
+from edge.prices import ORDER_CHECKS, PriceBook
 from edge.problems import (
     IDEMPOTENCY_KEY_REUSED,
     ORDER_NOT_CANCELLABLE,
@@ -293,11 +293,13 @@ async def _check_lines(
     """
     prices = book.prices_of(line.sku for line in lines)
     if len(prices) == len(lines):  # one line per SKU (NewOrder adds them up)
+        ORDER_CHECKS.labels("price_book").inc()
         try:
             pricing.priced(lines, prices)
         except pricing.NotPriceable as exc:
             raise _not_payable(str(exc)) from exc
         return
+    ORDER_CHECKS.labels("actors").inc()
     for refusal in await asyncio.gather(
         _check_skus_known(link, lines, request_id, wait_s=wait_s),
         _check_payable(link, lines, request_id, wait_s=wait_s),

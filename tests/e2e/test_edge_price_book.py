@@ -5,8 +5,10 @@ is answered from the orders the edge placed."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import httpx
+from prometheus_client import REGISTRY
 
 from brokers.contracts.catalog import ListProducts
 from brokers.contracts.inventory import GetStock
@@ -22,6 +24,14 @@ from tests.helpers import Tap, eventually
 SHOP = ("catalog", "inventory", "orders")
 # What placing an order asked before the price book: is it known, are its SKUs, what does it cost.
 QUESTIONS = (GetOrder.TYPE, GetStock.TYPE, QuoteOrder.TYPE)
+BY = ("price_book", "actors")
+
+
+def _checks() -> Counter[str]:
+    """The edge's new-order checks so far, by who priced the lines (this process's edges)."""
+    return Counter(
+        {by: REGISTRY.get_sample_value("emporium_edge_order_checks_total", {"by": by}) or 0 for by in BY}
+    )
 
 
 async def _questions_until_marker(edge: httpx.AsyncClient, tap: Tap, since: int) -> tuple[list[str], int]:
@@ -63,8 +73,10 @@ async def test_an_edge_started_after_a_product_prices_it_and_places_its_orders_w
 
         await eventually(known, what="the new edge's price book to know the SKU")
         key = new_key()
+        checks_before = _checks()
 
         first = await place(later, ann, [{"sku": sku, "quantity": 2}], key)
+        checks_after_first = _checks()
         asked_to_place, seen = await _questions_until_marker(later, tap, 0)
         order = await wait_for_order(later, ann, first.json()["order_id"])
         _, seen = await _questions_until_marker(later, tap, seen)
@@ -74,6 +86,8 @@ async def test_an_edge_started_after_a_product_prices_it_and_places_its_orders_w
 
     assert first.status_code == 202, first.text
     assert asked_to_place == [], "placing an order of a known SKU asked an actor"
+    # What operators see of it (emporium_edge_order_checks_total): priced by the book, asked of nobody.
+    assert checks_after_first - checks_before == Counter(price_book=1)
     assert (order["total_cents"], order["currency"]) == (2500, "EUR")
     assert again.status_code == 202 and again.json() == first.json()
     assert assert_problem(other_lines, 409)["type"] == "urn:emporium:problem:idempotency-key-reused"
