@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import statistics
 import time
 import uuid
@@ -258,7 +259,7 @@ async def bench_edge(
 
                 async def take_turns(apps: Sequence[Target], *, wait_idle: bool) -> list[Round]:
                     runs: list[Round] = []
-                    with Progress(console=console, transient=True) as progress:
+                    with Progress(console=errors, transient=True) as progress:
                         for _ in range(rounds):
                             for target in apps:
                                 if wait_idle:
@@ -283,27 +284,44 @@ async def bench_edge(
                 return EdgeFigures(with_saga, await take_turns(targets[:2], wait_idle=False))
 
 
-def edge_table(runs: Sequence[Round], *, title: str) -> Table:
-    table = Table(title=f"{title} (medians of {_rounds(runs)} rounds)")
-    for column in ("app", "accepted/s", "vs bare", "p50 ms", "p99 ms", "questions/POST", "not 202"):
-        table.add_column(column, justify="right", no_wrap=True)
+def summary(runs: Sequence[Round]) -> list[dict[str, Any]]:
+    """One row per app, in the order they ran: medians of its rounds, its ratio to the first (bare)."""
     by_app: dict[str, list[Round]] = {}
     for run in runs:
         by_app.setdefault(run.app, []).append(run)
     bare = statistics.median(r.accepted_per_s for r in next(iter(by_app.values())))
+    rows = []
     for name, rounds in by_app.items():
         rate = statistics.median(r.accepted_per_s for r in rounds)
         latencies = [s for r in rounds for s in r.latencies_s]
-        posts = sum(len(r.latencies_s) for r in rounds)
-        refused = sum(count for r in rounds for status, count in r.answers.items() if status != 202)
+        rows.append(
+            {
+                "app": name,
+                "rounds": len(rounds),
+                "accepted_per_s": rate,
+                "vs_bare": rate / bare if bare else None,
+                "p50_ms": percentile(latencies, 0.5) * 1000,
+                "p99_ms": percentile(latencies, 0.99) * 1000,
+                "questions_per_post": sum(r.questions for r in rounds) / len(latencies),
+                "not_202": sum(n for r in rounds for status, n in r.answers.items() if status != 202),
+            }
+        )
+    return rows
+
+
+def edge_table(runs: Sequence[Round], *, title: str) -> Table:
+    table = Table(title=f"{title} (medians of {_rounds(runs)} rounds)")
+    for column in ("app", "accepted/s", "vs bare", "p50 ms", "p99 ms", "questions/POST", "not 202"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in summary(runs):
         table.add_row(
-            name,
-            f"{rate:.0f}",
-            f"{rate / bare:.2f}x" if bare else "-",
-            f"{percentile(latencies, 0.5) * 1000:.1f}",
-            f"{percentile(latencies, 0.99) * 1000:.1f}",
-            f"{sum(r.questions for r in rounds) / posts:.2f}",
-            str(refused),
+            row["app"],
+            f"{row['accepted_per_s']:.0f}",
+            "-" if row["vs_bare"] is None else f"{row['vs_bare']:.2f}x",
+            f"{row['p50_ms']:.1f}",
+            f"{row['p99_ms']:.1f}",
+            f"{row['questions_per_post']:.2f}",
+            str(row["not_202"]),
         )
     return table
 
@@ -324,6 +342,9 @@ def edge_command(
     logs: Annotated[Path, typer.Option(help="Where the run's processes write their logs.")] = Path(
         "bench-edge-logs"
     ),
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON (progress and errors on stderr).")
+    ] = False,
 ) -> None:
     """POST /orders at the edge against a bare FastAPI app on the same uvicorn, side by side."""
     settings = get_settings()
@@ -343,6 +364,10 @@ def edge_command(
     except (BenchmarkError, ChaosError) as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
+    if json_output:
+        tables = {"with_saga": summary(figures.with_saga), "edge_alone": summary(figures.edge_alone)}
+        typer.echo(json.dumps({"in_flight": in_flight, "requests_per_round": requests, **tables}, indent=2))
+        return
     console.print(
         edge_table(
             figures.with_saga,

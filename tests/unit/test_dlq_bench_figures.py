@@ -19,6 +19,7 @@ from brokers.topology import exchange_for
 from ops.bench.common import DatabaseCeiling, percentile, send_paced
 from ops.bench.edge import Round as EdgeRound
 from ops.bench.edge import bare_app, edge_table
+from ops.bench.edge import summary as edge_summary
 from ops.bench.hop import BenchPing, HopFigures, Meter, bench_actor, run_round, summary
 from ops.bench.hop import as_json as hop_json
 from ops.bench.report import Report, markdown, plot
@@ -518,6 +519,9 @@ def test_bench_edge_reports_medians_ratios_to_the_bare_app_questions_per_post_an
     assert rows["edge"][:4] == ["│", "200", "│", "0.44x"]
     assert rows["edge"][-4:] == ["1.50", "│", "200", "│"]
     assert "medians of 2 rounds" in output.getvalue()
+    edge = edge_summary(runs)[1]  # what --json prints
+    assert (edge["app"], edge["accepted_per_s"], edge["not_202"]) == ("edge", 200, 200)
+    assert edge["vs_bare"] == pytest.approx(200 / 450) and edge["questions_per_post"] == 1.5
 
 
 async def test_the_bare_app_answers_202_to_an_order_body():
