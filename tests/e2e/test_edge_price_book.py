@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 from prometheus_client import REGISTRY
@@ -25,6 +27,21 @@ SHOP = ("catalog", "inventory", "orders")
 # What placing an order asked before the price book: is it known, are its SKUs, what does it cost.
 QUESTIONS = (GetOrder.TYPE, GetStock.TYPE, QuoteOrder.TYPE)
 BY = ("price_book", "actors")
+
+
+@asynccontextmanager
+async def edge_that_knows(settings: Settings, *skus: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an edge started now, once its price book knows ``skus``: their product.created
+    went by before it subscribed, so it read them from the catalog."""
+    app = create_app(edge_settings(settings))
+    async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=10.0) as later:
+
+        async def known() -> bool:
+            await asyncio.sleep(0)
+            return len(app.state.price_book.prices_of(skus)) == len(skus)
+
+        await eventually(known, what=f"the new edge's price book to know {', '.join(skus)}")
+        yield later
 
 
 def _checks() -> Counter[str]:
@@ -59,19 +76,10 @@ async def test_an_edge_started_after_a_product_prices_it_and_places_its_orders_w
 ) -> None:
     await start_host(*SHOP)
     sku = await priced_sku(edge, admin, price_cents=1250)
-    # A second edge, started after product.created went by: it reads the price from the catalog.
-    app = create_app(edge_settings(settings))
     async with (
-        serving(app) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=10.0) as later,
+        edge_that_knows(settings, sku) as later,
         Tap(settings.rabbitmq_url, QUERIES, (*QUESTIONS, ListProducts.TYPE)) as tap,
     ):
-
-        async def known() -> bool:
-            await asyncio.sleep(0)
-            return bool(app.state.price_book.prices_of([sku]))
-
-        await eventually(known, what="the new edge's price book to know the SKU")
         key = new_key()
         checks_before = _checks()
 
@@ -103,18 +111,10 @@ async def test_lines_in_two_currencies_are_refused_422_by_the_price_book_without
     await start_host(*SHOP)
     euros = (await create_product(edge, admin, price_cents=1250))["sku"]
     dollars = (await create_product(edge, admin, price_cents=900, currency="USD"))["sku"]
-    app = create_app(edge_settings(settings))
     async with (
-        serving(app) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=10.0) as later,
+        edge_that_knows(settings, euros, dollars) as later,
         Tap(settings.rabbitmq_url, QUERIES, (*QUESTIONS, ListProducts.TYPE)) as tap,
     ):
-
-        async def known() -> bool:
-            await asyncio.sleep(0)
-            return len(app.state.price_book.prices_of([euros, dollars])) == 2
-
-        await eventually(known, what="the new edge's price book to know both SKUs")
         mixed = await place(later, ann, [{"sku": euros, "quantity": 1}, {"sku": dollars, "quantity": 1}])
         marker = await place(later, ann, [{"sku": dollars, "quantity": 1}])
         asked, _ = await _questions_until_marker(later, tap, 0)
