@@ -272,6 +272,10 @@ class GroupCommit:
         if duplicates := [i for i in batch if deliveries[i].envelope.message_id in applied]:
             outcomes.update(dict.fromkeys(duplicates))
             rest = [i for i in batch if i not in duplicates]
+            # Not lost: applied again without the copies, what else failed fails again on its own.
+            log.info(
+                "batch.duplicates_taken_out", duplicates=len(duplicates), rest=len(rest), error=repr(exc)
+            )
             return [rest] if rest else []
         if failed == [FLUSH]:
             # The store's held-back writes failed, for one of the messages it cannot name: halves
@@ -279,6 +283,7 @@ class GroupCommit:
             if len(batch) == 1:
                 outcomes[batch[0]] = exc
                 return []
+            log.info("batch.flush_failed_split", size=len(batch), error=repr(exc))
             half = len(batch) // 2
             return [batch[:half], batch[half:]]
         if failed:
