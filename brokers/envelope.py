@@ -16,6 +16,9 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# The header a partitioned actor's consistent-hash exchange hashes (brokers.topology).
+PARTITION_KEY_HEADER = "partition_key"
+
 
 class Kind(StrEnum):
     COMMAND = "command"
@@ -45,6 +48,12 @@ class Message(BaseModel):
                 raise TypeError(f"message type {type!r} is declared twice")
             cls.TYPE, cls.VERSION = type, version
             REGISTRY[type] = cls
+
+    def partition_key(self) -> str | None:
+        """What a partitioned actor serialises this message by (brokers.topology.PARTITIONS); None
+        for the conversation (correlation id). A contract about a thing other than its conversation
+        (a SKU's stock) names that thing."""
+        return None
 
     def body(self) -> bytes:
         return self.model_dump_json().encode()
@@ -109,6 +118,8 @@ class Envelope(BaseModel):
     type: str = Field(min_length=1, max_length=128)
     schema_version: int = Field(1, ge=1)
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # What the message's partition is chosen by, when not its conversation (Message.partition_key).
+    partition_key: str | None = Field(None, max_length=128)
 
     @classmethod
     def first(cls, message: Message, correlation_id: str | None = None) -> Envelope:
@@ -119,6 +130,7 @@ class Envelope(BaseModel):
             correlation_id=correlation_id or message_id,
             type=message.TYPE,
             schema_version=message.VERSION,
+            partition_key=message.partition_key(),
         )
 
     def caused(self, message: Message) -> Envelope:
@@ -128,11 +140,17 @@ class Envelope(BaseModel):
             causation_id=self.message_id,
             type=message.TYPE,
             schema_version=message.VERSION,
+            partition_key=message.partition_key(),
         )
 
     def amqp(self) -> dict[str, Any]:
         """Keyword arguments for FastStream's publish."""
-        headers = {"schema_version": self.schema_version, "occurred_at": self.occurred_at.isoformat()}
+        headers = {
+            "schema_version": self.schema_version,
+            "occurred_at": self.occurred_at.isoformat(),
+            # Hashed by a partitioned actor's exchange; every message carries one (brokers.topology).
+            PARTITION_KEY_HEADER: self.partition_key or self.correlation_id,
+        }
         if self.causation_id:
             headers["causation_id"] = self.causation_id
         return {
@@ -146,6 +164,7 @@ class Envelope(BaseModel):
     def from_amqp(
         cls, *, message_id: str | None, correlation_id: str | None, type: str | None, headers: dict
     ) -> Envelope:
+        key = headers.get(PARTITION_KEY_HEADER)
         try:
             return cls(
                 message_id=message_id,
@@ -154,6 +173,8 @@ class Envelope(BaseModel):
                 type=type,
                 schema_version=headers.get("schema_version"),
                 occurred_at=headers.get("occurred_at"),
+                # Sent as the correlation id when the contract names no key of its own (see amqp()).
+                partition_key=None if key == correlation_id else key,
             )
         except ValidationError as exc:
             raise InvalidMessage(f"envelope is invalid: {_summary(exc)}") from exc

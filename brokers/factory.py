@@ -18,6 +18,7 @@ from faststream.rabbit.message import RabbitMessage
 from faststream.rabbit.opentelemetry.provider import RabbitTelemetrySettingsProvider
 from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
+from faststream.rabbit.subscriber import RabbitSubscriber
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from brokers import tracing
@@ -125,10 +126,12 @@ async def _as_received(message: RabbitMessage) -> IncomingMessage:
 
 def subscribe_raw(
     broker: RabbitBroker | RabbitRouter, queue: Any, handle: Callable[[IncomingMessage], Awaitable[None]]
-) -> None:
+) -> RabbitSubscriber:
     """Have ``handle`` take each message of ``queue`` as received; it acks, rejects or requeues it
     itself (FastStream neither replies nor acks)."""
-    broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_as_received)(handle)
+    subscriber = broker.subscriber(queue, ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_as_received)
+    subscriber(handle)
+    return subscriber
 
 
 async def publish_body(

@@ -28,11 +28,14 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import structlog
 from aio_pika.exceptions import ChannelNotFoundEntity
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
-from brokers.envelope import Kind, Message
+from brokers.envelope import PARTITION_KEY_HEADER, Kind, Message
+
+log = structlog.get_logger()
 
 COMMANDS = RabbitExchange("emporium.commands", type=ExchangeType.DIRECT, durable=True)
 # An event nobody subscribes to (yet) is legitimate, so events are never unroutable: what no queue
@@ -96,27 +99,90 @@ def reads_queue_name(actor: str) -> str:
     return f"{actor}.reads"
 
 
+# Actors whose work is split into partitions by key (Message.partition_key, in the header
+# PARTITION_KEY_HEADER): the messages about one key (an inventory SKU) queue in one partition queue,
+# which one consumer at a time takes (single active consumer) across every replica, so replicas
+# never fight over that key's documents. Part of the topology, not a setting: a different count
+# sends keys to other partitions (drain the actor's queues before changing it).
+PARTITIONS: dict[str, int] = {"inventory": 4}
+
+
+def partition_queue_name(actor: str, partition: int) -> str:
+    return f"{actor}.partition.{partition}"
+
+
+def partitions_exchange_name(actor: str) -> str:
+    return f"{actor}.partitions"
+
+
+def replicas_queue_name(actor: str) -> str:
+    return f"{actor}.replicas"
+
+
+def work_queue_names(actor: str) -> tuple[str, ...]:
+    """The queues an actor's commands and events wait in: its partitions, or its one work queue."""
+    count = PARTITIONS.get(actor, 0)
+    return tuple(partition_queue_name(actor, n) for n in range(count)) if count else (actor,)
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """An exchange an actor declares for itself, bound to other exchanges (exchange to exchange)."""
+
+    name: str
+    type: ExchangeType
+    arguments: dict[str, Any]
+    # (source exchange name, routing key) pairs
+    bindings: tuple[tuple[str, str], ...] = ()
+
+    def rabbit_exchange(self, *, declare: bool = True) -> RabbitExchange:
+        return RabbitExchange(
+            self.name, type=self.type, durable=True, arguments=self.arguments or None, declare=declare
+        )
+
+
 @dataclass(frozen=True)
 class ActorTopology:
     actor: str
-    work: QueueSpec
+    # Where the actor's work is addressed: its work queue, or the exchange spreading it over partitions.
+    work_address: str
+    work: tuple[QueueSpec, ...]
     delays: tuple[QueueSpec, ...]
     queries: QueueSpec
     dead_letters: tuple[QueueSpec, ...]
     retry_delays_ms: tuple[int, ...] = field(default=())
+    exchanges: tuple[ExchangeSpec, ...] = field(default=())
+    # Partitioned: the queue every replica consumes (and nothing is sent to), whose consumer count
+    # tells each replica how many there are (actors.runtime.partitions).
+    replicas: QueueSpec | None = None
 
     @property
     def queues(self) -> tuple[QueueSpec, ...]:
-        return (self.work, *self.delays, self.queries, *self.dead_letters)
+        replicas = (self.replicas,) if self.replicas else ()
+        return (*self.work, *self.delays, self.queries, *replicas, *self.dead_letters)
+
+    @property
+    def routed_to(self) -> tuple[QueueSpec | ExchangeSpec, ...]:
+        """Everything of the actor's that is bound to an exchange: its own exchanges, its queues."""
+        return (*self.exchanges, *self.queues)
+
+    @property
+    def entry(self) -> QueueSpec | ExchangeSpec:
+        """Where the commands and events it takes arrive first: its partitions exchange or work queue."""
+        return self.exchanges[0] if self.exchanges else self.work[0]
+
+    @property
+    def dlq(self) -> str:
+        return dlq_name(self.actor)
 
     def retry_queue(self, attempt: int) -> str | None:
         """The delay queue for the given failed attempt (1-based), or None when retries are spent."""
         if attempt > len(self.retry_delays_ms):
             return None
-        return delay_queue_name(self.work.name, self.retry_delays_ms[attempt - 1])
+        return delay_queue_name(self.work_address, self.retry_delays_ms[attempt - 1])
 
     def delay_queue(self, delay_ms: int) -> str:
-        name = delay_queue_name(self.work.name, delay_ms)
+        name = delay_queue_name(self.work_address, delay_ms)
         if name not in {spec.name for spec in self.delays}:
             raise ValueError(f"{self.actor} declares no {delay_ms} ms delay; add it to the actor's timers")
         return name
@@ -131,13 +197,18 @@ def actor_topology(
     delivery_limit: int,
     timer_delays_ms: Iterable[int] = (),
 ) -> ActorTopology:
-    work_name = actor
+    """An actor's queues. Unpartitioned, its work queue is named after it. Partitioned (PARTITIONS),
+    its commands and events go to ``<actor>.partitions``, a consistent-hash exchange that sends each
+    to one of ``<actor>.partition.<n>`` by its partition key; its delay queues (named after that
+    exchange) put what waited back through it, so a retry or timer returns to its key's partition."""
+    partitions = PARTITIONS.get(actor, 0)
+    address = partitions_exchange_name(actor) if partitions else actor
 
-    def dead_lettering_into_dlq(queue: str) -> dict[str, Any]:
+    def dead_lettering_into_dlq() -> dict[str, Any]:
         return _quorum(
             **{
                 "x-dead-letter-exchange": DEAD_LETTERS.name,
-                "x-dead-letter-routing-key": queue,
+                "x-dead-letter-routing-key": actor,
                 "x-delivery-limit": delivery_limit,
             }
         )
@@ -145,22 +216,44 @@ def actor_topology(
     def movable(name: str) -> tuple[str, str]:
         return (MOVES.name, name)
 
-    work = QueueSpec(
-        work_name,
-        dead_lettering_into_dlq(work_name),
-        tuple(sorted({*((exchange_for(m).name, m.TYPE) for m in consumes), movable(work_name)})),
-    )
+    # What the actor takes: its types from the commands and events exchanges, and moves back to it.
+    takes = tuple(sorted({*((exchange_for(m).name, m.TYPE) for m in consumes), movable(address)}))
+    exchanges: tuple[ExchangeSpec, ...] = ()
+    replicas = None
+    if partitions:
+        # Bound to nothing: only a stray publish on the default exchange reaches it, and is dropped.
+        replicas = QueueSpec(
+            replicas_queue_name(actor),
+            {"x-queue-type": "quorum", "x-max-length": 0, "x-overflow": "drop-head"},
+        )
+        exchanges = (
+            ExchangeSpec(
+                address, ExchangeType.X_CONSISTENT_HASH, {"hash-header": PARTITION_KEY_HEADER}, takes
+            ),
+        )
+        work = tuple(
+            QueueSpec(
+                partition_queue_name(actor, n),
+                {**dead_lettering_into_dlq(), "x-single-active-consumer": True},
+                # The binding's key is the partition's weight: every partition takes an equal share.
+                ((address, "1"), movable(partition_queue_name(actor, n))),
+            )
+            for n in range(partitions)
+        )
+    else:
+        work = (QueueSpec(actor, dead_lettering_into_dlq(), takes),)
     delays = tuple(
         QueueSpec(
-            delay_queue_name(work_name, delay),
+            delay_queue_name(address, delay),
             _quorum(
                 **{
                     "x-message-ttl": delay,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": work_name,
+                    # Partitioned: back through the exchange (a queue, "" routes by its name).
+                    "x-dead-letter-exchange": address if partitions else "",
+                    "x-dead-letter-routing-key": address,
                 }
             ),
-            (movable(delay_queue_name(work_name, delay)),),
+            (movable(delay_queue_name(address, delay)),),
         )
         for delay in sorted({*retry_delays_ms, *timer_delays_ms})
     )
@@ -173,12 +266,14 @@ def actor_topology(
     )
     dead_letters = (
         QueueSpec(
-            dlq_name(work_name),
+            dlq_name(actor),
             {"x-queue-type": "quorum"},
-            ((DEAD_LETTERS.name, work_name), movable(dlq_name(work_name))),
+            ((DEAD_LETTERS.name, actor), movable(dlq_name(actor))),
         ),
     )
-    return ActorTopology(actor, work, delays, queries, dead_letters, tuple(retry_delays_ms))
+    return ActorTopology(
+        actor, address, work, delays, queries, dead_letters, tuple(retry_delays_ms), exchanges, replicas
+    )
 
 
 UNROUTED_EVENTS = QueueSpec(
@@ -233,16 +328,26 @@ async def declare_exchanges(broker: RabbitBroker, *, create: bool = True) -> Non
 
 
 async def declare(broker: RabbitBroker, topology: ActorTopology, *, create: bool = True) -> None:
-    """Declare an actor's queues and bindings; idempotent, safe to run at every start.
+    """Declare an actor's exchanges, queues and bindings; idempotent, safe to run at every start.
 
     ``create=False`` only checks that the exchanges and queues exist (see ``declare_exchanges``).
     Where it may declare, it also removes the queues earlier versions declared (``obsolete_queues``).
     """
     await declare_exchanges(broker, create=create)
+    for exchange in topology.exchanges:
+        if not create:
+            await _check(
+                broker.declare_exchange(exchange.rabbit_exchange(declare=False)),
+                f"exchange {exchange.name!r}",
+            )
+            continue
+        declared = await broker.declare_exchange(exchange.rabbit_exchange())
+        for source, routing_key in exchange.bindings:
+            await declared.bind(source, routing_key=routing_key)
     for spec in topology.queues:
         await _declare_queue(broker, spec, create=create)
     if create:
-        await _remove_obsolete(broker, topology.actor)
+        await _remove_obsolete(broker, topology)
 
 
 def obsolete_queues(actor: str) -> tuple[str, ...]:
@@ -252,8 +357,37 @@ def obsolete_queues(actor: str) -> tuple[str, ...]:
     return (f"{actor}.queries", dlq_name(f"{actor}.queries"))
 
 
-async def _remove_obsolete(broker: RabbitBroker, actor: str) -> None:
+def unpartitioned_queues(topology: ActorTopology) -> tuple[str, ...]:
+    """A partitioned actor's queues from before it was partitioned: its delay queues, then its one
+    work queue (what waits in the first is dead-lettered into the second)."""
+    if not topology.exchanges:
+        return ()
+    delays = (delay_queue_name(topology.actor, spec.arguments["x-message-ttl"]) for spec in topology.delays)
+    return (*delays, topology.actor)
+
+
+async def _remove_obsolete(broker: RabbitBroker, topology: ActorTopology) -> None:
     connection = await broker.connect()  # the broker's open connection
     async with connection.channel(publisher_confirms=False) as channel:
-        for name in obsolete_queues(actor):
+        for name in obsolete_queues(topology.actor):
             await channel.queue_delete(name)  # deleting a queue that is not there is not an error
+    kept = False
+    for name in unpartitioned_queues(topology):
+        # Not taking new work any more; removed once empty. One still holding messages is kept
+        # and named in the log (nothing takes it: move them with a shovel), and so is the work
+        # queue while a delay queue still puts messages back into it.
+        async with connection.channel(publisher_confirms=False) as channel:
+            try:
+                queue = await channel.get_queue(name, ensure=True)
+            except ChannelNotFoundEntity:
+                continue
+            if name == topology.actor:
+                for exchange, routing_key in topology.exchanges[0].bindings:
+                    await queue.unbind(exchange, routing_key=routing_key)
+                await queue.unbind(MOVES.name, routing_key=name)
+            depth = queue.declaration_result.message_count
+            if depth or (kept and name == topology.actor):
+                log.warning("topology.unpartitioned_queue_kept", queue=name, messages=depth)
+                kept = True
+                continue
+            await channel.queue_delete(name, if_empty=True)

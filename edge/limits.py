@@ -40,6 +40,7 @@ from limits.storage import storage_from_string
 from prometheus_client import Counter
 
 from brokers.settings import Settings
+from brokers.topology import work_queue_names
 from edge.auth import Principal, optional_principal
 from edge.link import QueueMissing, RabbitLink
 from edge.problems import RETRY_AFTER_S, Refused
@@ -47,9 +48,11 @@ from edge.problems import RETRY_AFTER_S, Refused
 RATE_LIMITED = "urn:emporium:problem:rate-limited"
 OVERLOADED = "urn:emporium:problem:overloaded"
 
-# brokers.topology names an actor's work queue after the actor; tests check this against it. These
-# are the queues an order goes through before its confirmation, which the deadline waits for.
-SAGA_WORK_QUEUES = ("orders", "inventory", "payments")
+# The work queues an order goes through before its confirmation, which the deadline waits for: an
+# actor's one queue, or each of its partitions (an order waits behind the others in its partition).
+SAGA_WORK_QUEUES = tuple(
+    queue for actor in ("orders", "inventory", "payments") for queue in work_queue_names(actor)
+)
 ORDERS_WORK_QUEUE = SAGA_WORK_QUEUES[0]
 # How long one reading of a queue's depth answers for: a burst of requests shares one declaration.
 DEPTH_MAX_AGE_S = 1.0

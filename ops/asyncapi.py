@@ -41,7 +41,7 @@ from pydantic import TypeAdapter
 from actors.registry import ACTORS
 from brokers.contracts import events_of
 from brokers.deadletters import ATTEMPTS, ERROR, ORIGIN, REASON
-from brokers.envelope import REGISTRY, Kind, Message
+from brokers.envelope import PARTITION_KEY_HEADER, REGISTRY, Kind, Message
 from brokers.settings import Settings
 from brokers.topology import (
     DEAD_LETTERS,
@@ -50,6 +50,7 @@ from brokers.topology import (
     UNROUTED,
     UNROUTED_EVENTS,
     ActorTopology,
+    ExchangeSpec,
     QueueSpec,
     exchange_for,
 )
@@ -95,11 +96,18 @@ def _contracts() -> dict[str, type[Message]]:
     return {t: c for t, c in sorted(REGISTRY.items()) if c.__module__.startswith("brokers.contracts.")}
 
 
-def _queues(by_actor: dict[str, ActorTopology]) -> tuple[QueueSpec, ...]:
-    return (*(spec for topology in by_actor.values() for spec in topology.queues), UNROUTED_EVENTS)
+def _queues(by_actor: dict[str, ActorTopology]) -> tuple[QueueSpec | ExchangeSpec, ...]:
+    """Where messages are routed to: every queue, and the exchanges actors declare for themselves
+    (a partitioned actor's consistent-hash exchange, bound to the exchanges of its types)."""
+    return (
+        *(spec for topology in by_actor.values() for spec in topology.routed_to),
+        UNROUTED_EVENTS,
+    )
 
 
-def _bound(queues: Iterable[QueueSpec], exchange: str, routing_key: str | None = None) -> list[str]:
+def _bound(
+    queues: Iterable[QueueSpec | ExchangeSpec], exchange: str, routing_key: str | None = None
+) -> list[str]:
     """The queues bound to an exchange (with that routing key, when one is given)."""
     return [
         spec.name
@@ -108,7 +116,7 @@ def _bound(queues: Iterable[QueueSpec], exchange: str, routing_key: str | None =
     ]
 
 
-def _contracts_in(spec: QueueSpec, contracts: Iterable[type[Message]]) -> list[type[Message]]:
+def _contracts_in(spec: QueueSpec | ExchangeSpec, contracts: Iterable[type[Message]]) -> list[type[Message]]:
     """The contracts a queue's bindings route into it."""
     return [c for c in contracts if (exchange_for(c).name, c.TYPE) in spec.bindings]
 
@@ -121,10 +129,14 @@ def _queue_contracts(
         UNROUTED_EVENTS.name: [c for c in contracts.values() if c.KIND is Kind.EVENT]
     }
     for topology in by_actor.values():
-        work = _contracts_in(topology.work, contracts.values())
+        # A partitioned actor's queues hold what its exchange takes; another's, what its queue does.
+        work = _contracts_in(topology.entry, contracts.values())
         held[topology.queries.name] = _contracts_in(topology.queries, contracts.values())
-        for spec in (topology.work, *topology.delays, *topology.dead_letters):
-            held[spec.name] = work
+        for spec in topology.routed_to:
+            if spec not in (topology.queries, topology.replicas):
+                held[spec.name] = work
+        if topology.replicas is not None:
+            held[topology.replicas.name] = []
     return held
 
 
@@ -159,7 +171,7 @@ def _generated_summary(contract: type[Message], publisher: str | None, receivers
     return f"The {contract.KIND.value} {contract.TYPE}, {verb} by {_names(receivers, code=False)}."
 
 
-def _routing(exchange: RabbitExchange, routing_key: str, queues: tuple[QueueSpec, ...]) -> str:
+def _routing(exchange: RabbitExchange, routing_key: str, queues: tuple[QueueSpec | ExchangeSpec, ...]) -> str:
     """Where a publish with this routing key on this exchange ends up."""
     bound = _bound(queues, exchange.name, routing_key)
     where = f"Routing key `{routing_key}` on the {exchange.type.value} exchange `{exchange.name}`"
@@ -175,18 +187,29 @@ def _routing(exchange: RabbitExchange, routing_key: str, queues: tuple[QueueSpec
 
 
 def _queue_description(spec: QueueSpec, topology: ActorTopology, settings: Settings) -> str:
-    actor, work = topology.actor, topology.work.name
-    if spec == topology.work:
+    actor, work = topology.actor, topology.work_address
+    settled = (
+        "acked once their transaction committed. Rejected messages and those past the delivery "
+        f"limit are dead-lettered into `{topology.dlq}`."
+    )
+    if spec in topology.work and topology.exchanges:
         return (
-            f"The work queue of {actor}: the commands and events it handles, acked once their "
-            f"transaction committed. Rejected messages and those past the delivery limit are "
-            f"dead-lettered into `{topology.dead_letters[0].name}`."
+            f"A partition of {actor}'s work: the commands and events `{work}` sends here by their "
+            f"partition key (header `{PARTITION_KEY_HEADER}`), taken by one consumer at a time "
+            f"across replicas (single active consumer), {settled}"
         )
+    if spec in topology.work:
+        return f"The work queue of {actor}: the commands and events it handles, {settled}"
     if spec == topology.queries:
         return (
             f"The queries {actor} answers, apart from its work so that reads never wait behind it; "
             "each answer goes to the asker's reply-to address. Never dead-lettered: a query that "
             "expired has had its timeout answer already, and queries may carry secrets."
+        )
+    if spec == topology.replicas:
+        return (
+            f"Consumed by every {actor} replica and sent nothing (it holds no message): its consumer "
+            f"count is how many replicas share {actor}'s partitions, each taking its share."
         )
     if spec in topology.dead_letters:
         return (
@@ -316,7 +339,7 @@ def _exchange_binding(exchange: RabbitExchange) -> dict[str, Any]:
     }
 
 
-def _type_channel(contract: type[Message], queues: tuple[QueueSpec, ...]) -> dict[str, Any]:
+def _type_channel(contract: type[Message], queues: tuple[QueueSpec | ExchangeSpec, ...]) -> dict[str, Any]:
     exchange = exchange_for(contract)
     return {
         "address": contract.TYPE,
@@ -327,8 +350,37 @@ def _type_channel(contract: type[Message], queues: tuple[QueueSpec, ...]) -> dic
     }
 
 
+def _partitions_channel(
+    spec: ExchangeSpec, topology: ActorTopology, held: list[type[Message]]
+) -> dict[str, Any]:
+    return {
+        "address": spec.name,
+        "title": f"exchange {spec.name}",
+        "description": (
+            f"{topology.actor}'s work, spread over its partition queues "
+            f"{_names(q.name for q in topology.work)} by a consistent hash of each message's header "
+            f"`{PARTITION_KEY_HEADER}`: the messages about one key always reach the same partition."
+        ),
+        "messages": _channel_messages(held),
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                # The binding's schema knows no plugin exchange types: "headers" (it routes on a
+                # header), with the real type beside it.
+                "exchange": {"name": spec.name, "type": "headers", "durable": True, "autoDelete": False},
+                "x-exchange-type": spec.type.value,
+                "x-arguments": spec.arguments,
+                "x-bindings": [{"exchange": ex, "routingKey": key} for ex, key in spec.bindings],
+                "bindingVersion": _AMQP,
+            }
+        },
+    }
+
+
 def _exchange_channel(
-    exchange: RabbitExchange, queues: tuple[QueueSpec, ...], held: dict[str, list[type[Message]]]
+    exchange: RabbitExchange,
+    queues: tuple[QueueSpec | ExchangeSpec, ...],
+    held: dict[str, list[type[Message]]],
 ) -> dict[str, Any]:
     bound = _bound(queues, exchange.name)
     messages = _channel_messages({c for name in bound for c in held[name]})
@@ -377,6 +429,11 @@ def _queue_channel(spec: QueueSpec, description: str, held: list[type[Message]])
     }
 
 
+def receive_operation_id(topology: ActorTopology, type_: str, queue: str) -> str:
+    """One receive per type and work queue; a partitioned actor's are named by partition too."""
+    return f"{topology.actor}.receives.{type_}" + (f".{queue}" if topology.exchanges else "")
+
+
 def exchange_channel_id(exchange: RabbitExchange) -> str:
     return f"exchange.{exchange.name}"
 
@@ -413,14 +470,18 @@ def _operations_of(
     held: dict[str, list[type[Message]]],
 ) -> dict[str, Any]:
     actor = ACTORS[name]
-    work, reads = queue_channel_id(topology.work.name), queue_channel_id(topology.queries.name)
+    reads = queue_channel_id(topology.queries.name)
     operations = {
         f"{name}.sends.{t}": _operation("send", t, [contracts[t]], name, f"{name} publishes {t}")
         for t in events_of(name)
     }
     for type_, (contract, _) in sorted(actor.handlers.items()):
-        summary = f"{name} handles {type_} from its work queue {topology.work.name}"
-        operations[f"{name}.receives.{type_}"] = _operation("receive", work, [contract], name, summary)
+        for work in topology.work:
+            summary = f"{name} handles {type_} from its work queue {work.name}"
+            operation = receive_operation_id(topology, type_, work.name)
+            operations[operation] = _operation(
+                "receive", queue_channel_id(work.name), [contract], name, summary
+            )
     for type_, (contract, _) in sorted(actor.answers.items()):
         operations[f"{name}.answers.{type_}"] = _operation(
             "receive",
@@ -439,7 +500,7 @@ def _operations_of(
     operations[f"{name}.moves"] = _operation(
         "send",
         exchange_channel_id(MOVES),
-        held[topology.work.name],
+        held[topology.work_address],
         name,
         f"{name} moves a message of its work queue into one of its delay or dead-letter queues "
         "(a retry, a timer, a dead letter), routed by the queue's name",
@@ -474,6 +535,10 @@ def document() -> dict[str, Any]:
         if exchange.name not in of_a_kind:
             channels[exchange_channel_id(exchange)] = _exchange_channel(exchange, queues, held)
     for topology in by_actor.values():
+        for exchange_spec in topology.exchanges:
+            channels[exchange_channel_id(exchange_spec.rabbit_exchange())] = _partitions_channel(
+                exchange_spec, topology, held[exchange_spec.name]
+            )
         for spec in topology.queues:
             description = _queue_description(spec, topology, settings)
             channels[queue_channel_id(spec.name)] = _queue_channel(spec, description, held[spec.name])

@@ -45,6 +45,7 @@ from brokers.topology import (
     QUERIES,
     UNROUTED_EVENTS,
     ActorTopology,
+    ExchangeSpec,
     QueueSpec,
 )
 from edge.events import BOUND_EVENT_TYPES, SSE_QUEUE_PREFIX
@@ -111,7 +112,9 @@ def actor_grant(actor: Actor[Any], topology: ActorTopology, user: str) -> Grant:
         user,
         configure=NOTHING,
         write=only(*names(writes)),
-        read=only(*names([topology.work.name, topology.queries.name])),
+        read=only(
+            *names(spec.name for spec in (*topology.work, topology.queries, topology.replicas) if spec)
+        ),
         topics={
             EVENTS.name: Topic(write=only(*names(events))),
             MOVES.name: Topic(write=only(*names(own_moves))),
@@ -131,8 +134,13 @@ def edge_grant(topologies: Iterable[ActorTopology], user: str) -> Grant:
         topics={
             # RabbitMQ checks a binding's routing key against the topic read permission.
             EVENTS.name: Topic(read=only(*names(BOUND_EVENT_TYPES))),
-            # Replays go back to the work queue a dead letter came from, and nowhere else.
-            MOVES.name: Topic(write=only(*names(t.work.name for t in topologies))),
+            # Replays go back to the work a dead letter came from (its queue, or its partition
+            # queue or exchange), and nowhere else.
+            MOVES.name: Topic(
+                write=only(
+                    *names(key for t in topologies for key in (t.work_address, *(w.name for w in t.work)))
+                )
+            ),
         },
     )
 
@@ -161,13 +169,13 @@ def _queue(spec: QueueSpec, vhost: str) -> dict[str, Any]:
     }
 
 
-def _bindings(spec: QueueSpec, vhost: str) -> list[dict[str, Any]]:
+def _bindings(spec: QueueSpec | ExchangeSpec, vhost: str) -> list[dict[str, Any]]:
     return [
         {
             "source": exchange,
             "vhost": vhost,
             "destination": spec.name,
-            "destination_type": "queue",
+            "destination_type": "exchange" if isinstance(spec, ExchangeSpec) else "queue",
             "routing_key": routing_key,
             "arguments": {},
         }
@@ -181,6 +189,9 @@ def definitions(settings: Settings, *, vhost: str = VHOST, user_prefix: str = ""
         [UNROUTED_EVENTS, *(spec for t in topologies(settings).values() for spec in t.queues)],
         key=lambda spec: spec.name,
     )
+    # The exchanges actors declare for themselves (a partitioned actor's), after the shared ones.
+    own = sorted((e for t in topologies(settings).values() for e in t.exchanges), key=lambda e: e.name)
+    bound: list[QueueSpec | ExchangeSpec] = [*own, *specs]
     principals = grants(settings, user_prefix)
     return {
         "vhosts": [{"name": vhost}],
@@ -205,10 +216,10 @@ def definitions(settings: Settings, *, vhost: str = VHOST, user_prefix: str = ""
                 "internal": False,
                 "arguments": exchange.arguments or {},
             }
-            for exchange in sorted(EXCHANGES, key=lambda e: e.name)
+            for exchange in [*sorted(EXCHANGES, key=lambda e: e.name), *(e.rabbit_exchange() for e in own)]
         ],
         "queues": [_queue(spec, vhost) for spec in specs],
-        "bindings": [binding for spec in specs for binding in _bindings(spec, vhost)],
+        "bindings": [binding for spec in bound for binding in _bindings(spec, vhost)],
     }
 
 

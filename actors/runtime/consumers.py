@@ -36,7 +36,7 @@ from brokers.deadletters import Reason, attempts_so_far, dead_letter, retry_late
 from brokers.envelope import Envelope, Event, InvalidMessage
 from brokers.rpc import Problem, Reply
 from brokers.settings import Settings
-from brokers.topology import ActorTopology, dlq_name
+from brokers.topology import ActorTopology
 
 log = structlog.get_logger()
 _ANY = TypeAdapter(Any)
@@ -172,14 +172,14 @@ class WorkConsumer:
     ) -> None:
         attempts = attempts if attempts is not None else attempts_so_far(message) + 1
         log.warning("message.dead_lettered", reason=str(reason), attempts=attempts, error=str(exc))
-        origin = self.topology.work.name
+        origin = self.topology.work_address
         await self._settle(
             message,
             dead_letter(
                 self.broker,
                 message,
                 origin_queue=origin,
-                dlq=dlq_name(origin),
+                dlq=self.topology.dlq,
                 reason=reason,
                 attempts=attempts,
                 error=f"{type(exc).__name__}: {exc}",

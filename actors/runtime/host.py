@@ -12,6 +12,7 @@ from actors.runtime.actor import Actor
 from actors.runtime.consumers import QueryConsumer, WorkConsumer
 from actors.runtime.metrics import load_actor_metrics, start_at_zero
 from actors.runtime.outbox import OutboxRelay
+from actors.runtime.partitions import Partitions
 from brokers import tracing
 from brokers.factory import make_broker, subscribe_raw
 from brokers.settings import Settings
@@ -47,6 +48,7 @@ class ActorHost:
         self.topologies = {actor.name: topology_of(actor, settings) for actor in actors}
         self.relays: dict[str, OutboxRelay] = {}
         self.consumers: list[WorkConsumer] = []
+        self.partitions: list[Partitions] = []
         # Without permission to declare (production), the subscribers only check their queues exist.
         declares = settings.emporium_declare_topology
         for actor in actors:
@@ -62,7 +64,11 @@ class ActorHost:
             router = RabbitRouter(
                 middlewares=tracing.subscriber_middlewares(tracing.actor_service(actor.name))
             )
-            subscribe_raw(router, topology.work.rabbit_queue(declare=declares), consumer.__call__)
+            if topology.replicas is not None:  # partitioned: shared out among the replicas
+                self.partitions.append(Partitions(topology, router, consumer.__call__, declare=declares))
+            else:
+                [work] = topology.work
+                subscribe_raw(router, work.rabbit_queue(declare=declares), consumer.__call__)
             queries = topology.queries.rabbit_queue(declare=declares)
             subscribe_raw(router, queries, QueryConsumer(actor, self.broker, db).__call__)
             self.broker.include_router(router)
@@ -78,12 +84,18 @@ class ActorHost:
         # Republish what a previous run committed but did not publish before taking new work.
         for relay in self.relays.values():
             await relay.start()
+        for partitions in self.partitions:
+            await partitions.before_start(self.broker)
         await self.broker.start()
+        for partitions in self.partitions:
+            partitions.start()
         log.info("actors.started", actors=[a.name for a in self.actors])
 
     async def stop(self) -> None:
         for relay in self.relays.values():
             await relay.stop()
+        for partitions in self.partitions:
+            await partitions.stop()
         # Stopping the broker waits for in-flight handlers (their batches committed and published),
         # so nothing is half done.
         await self.broker.stop()

@@ -41,6 +41,9 @@ class ProductCreated(Event, type="product.created"):
     price_cents: Cents
     currency: Currency
 
+    def partition_key(self) -> str:
+        return self.sku  # inventory opens the SKU's stock in the partition of its reservations
+
 
 class ProductPriceChanged(Event, type="product.price_changed"):
     product_id: EntityId

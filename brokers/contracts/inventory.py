@@ -10,6 +10,9 @@ class Restock(Command, type="inventory.restock"):
     sku: Sku
     quantity: Quantity
 
+    def partition_key(self) -> str:
+        return self.sku
+
 
 class StockReserved(Event, type="stock.reserved"):
     order_id: EntityId

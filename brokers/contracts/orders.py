@@ -63,6 +63,11 @@ class OrderPlaced(Event, type="order.placed"):
     total_cents: Cents
     currency: Currency
 
+    def partition_key(self) -> str:
+        # Inventory reserves it against its SKUs' stock: one SKU's reservations queue in one
+        # partition (an order of several SKUs goes with its first, by name).
+        return min(line.sku for line in self.lines)
+
 
 class OrderConfirmed(Event, type="order.confirmed"):
     order_id: EntityId

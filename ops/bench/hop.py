@@ -227,7 +227,7 @@ Hop = Callable[[Settings, Meter], AbstractAsyncContextManager[Publish]]
 
 def _baseline_queue(settings: Settings, name: str) -> QueueSpec:
     """A queue like the bench actor's work queue (same arguments), bound to a routing key of its own."""
-    work = topology_of(bench_actor, settings).work
+    [work] = topology_of(bench_actor, settings).work
     return QueueSpec(name, work.arguments, ((COMMANDS.name, name),))
 
 

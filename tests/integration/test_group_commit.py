@@ -205,7 +205,12 @@ async def test_a_rule_breaker_in_a_waiting_batch_is_dead_lettered_and_the_rest_a
         )
 
     assert dead.message_id == breaker.message_id
-    assert dead_letter_headers(dead) == {ORIGIN: "inventory", REASON: "rule-violation", ATTEMPTS: 1}
+    # Replayed, it goes back through inventory's partitions exchange, to its SKU's partition.
+    assert dead_letter_headers(dead) == {
+        ORIGIN: "inventory.partitions",
+        REASON: "rule-violation",
+        ATTEMPTS: 1,
+    }
     assert level.received == 15
     restocked = await applied_among(
         mongo[settings.database_name("inventory")], [e.message_id for e in restocks]

@@ -193,7 +193,9 @@ def _delete_queue(name: str) -> Attempt:
 REFUSED: dict[tuple[str, str], Attempt] = {
     ("catalog", "consume inventory's work queue"): _consume("inventory"),
     ("catalog", "consume its own dead-letter queue (the edge's job)"): _consume("catalog.dlq"),
-    ("catalog", "move a message into inventory's delay queue"): _publish(MOVES.name, "inventory.delay.200ms"),
+    ("catalog", "move a message into inventory's delay queue"): _publish(
+        MOVES.name, "inventory.partitions.delay.200ms"
+    ),
     ("catalog", "move a message into its own work queue (a replay)"): _publish(MOVES.name, "catalog"),
     ("catalog", "publish inventory's event"): _publish(EVENTS.name, "stock.reserved"),
     ("catalog", "send a command"): _publish(COMMANDS.name, "catalog.create_product"),
@@ -219,7 +221,8 @@ ALLOWED: dict[tuple[str, str], Attempt] = {
     # The residual of replying over direct reply-to: write on the default exchange reaches any queue.
     ("catalog", "publish straight into another actor's queue"): _publish("", "inventory"),
     ("edge", "consume a dead-letter queue"): _consume("inventory.dlq"),
-    ("edge", "replay into a work queue"): _publish(MOVES.name, "inventory"),
+    ("edge", "replay into a work queue"): _publish(MOVES.name, "catalog"),
+    ("edge", "replay into a partitioned actor's work"): _publish(MOVES.name, "inventory.partitions"),
     ("edge", "send a command"): _publish(COMMANDS.name, "catalog.create_product"),
     ("edge", "bind its queue to a saga event"): _bind_own_queue("order.placed"),
 }

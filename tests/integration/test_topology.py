@@ -18,7 +18,7 @@ from actors.registry import ACTORS
 from actors.runtime.host import ActorHost, topology_of
 from brokers.management import vhost_of
 from brokers.settings import Settings
-from brokers.topology import UNROUTED_EVENTS, QueueSpec
+from brokers.topology import UNROUTED_EVENTS, ExchangeSpec, QueueSpec
 from tests.integration.support import running
 
 REQUIRED_EXCHANGES = {
@@ -28,7 +28,10 @@ REQUIRED_EXCHANGES = {
     "emporium.queries": "direct",
     "emporium.dead-letters": "direct",
     "emporium.moves": "topic",
+    # Inventory's work is partitioned by SKU.
+    "inventory.partitions": "x-consistent-hash",
 }
+PARTITIONED = {"inventory": 4}
 
 
 def live_topology(management: httpx.Client, settings: Settings) -> dict[str, Any]:
@@ -51,15 +54,15 @@ def live_topology(management: httpx.Client, settings: Settings) -> dict[str, Any
     }
 
 
-def declared_specs(settings: Settings) -> list[QueueSpec]:
+def declared_specs(settings: Settings) -> list[QueueSpec | ExchangeSpec]:
     return [
         UNROUTED_EVENTS,
-        *(spec for actor in ACTORS.values() for spec in topology_of(actor, settings).queues),
+        *(spec for actor in ACTORS.values() for spec in topology_of(actor, settings).routed_to),
     ]
 
 
 def declared_queues(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {spec.name: spec.arguments for spec in declared_specs(settings)}
+    return {spec.name: spec.arguments for spec in declared_specs(settings) if isinstance(spec, QueueSpec)}
 
 
 def declared_bindings(settings: Settings) -> set[tuple[str, str, str]]:
@@ -78,34 +81,48 @@ def required_arguments(queue: str, settings: Settings) -> dict[str, Any]:
         return {**quorum, "x-message-ttl": 86_400_000, "x-max-length": 100_000}
     if queue.endswith(".dlq"):
         return quorum
+    if queue.endswith(".replicas"):
+        # Counts a partitioned actor's replicas (its consumers); holds nothing.
+        return {**quorum, "x-max-length": 0, "x-overflow": "drop-head"}
     if queue.endswith(".reads"):
         # Never dead-lettered: queries carry secrets, and an expired one has been answered 504.
         return {**quorum, "x-delivery-limit": settings.emporium_delivery_limit}
     # At-least-once dead-lettering: a message leaves only once its dead-letter copy is confirmed.
     safe = {**quorum, "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-    work_queue, _, tier = queue.partition(".delay.")
+    work, _, tier = queue.partition(".delay.")
     if tier:
-        # Waits out its TTL, then goes back to the work queue through the default exchange.
+        # Waits out its TTL, then goes back to the work queue through the default exchange (or,
+        # partitioned, through the partitions exchange, to its key's partition).
         return {
             **safe,
             "x-message-ttl": int(tier.removesuffix("ms")),
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": work_queue,
+            "x-dead-letter-exchange": work if work.endswith(".partitions") else "",
+            "x-dead-letter-routing-key": work,
         }
+    actor, _, partition = queue.partition(".partition.")
     return {
         **safe,
         "x-dead-letter-exchange": "emporium.dead-letters",
-        "x-dead-letter-routing-key": queue,
+        "x-dead-letter-routing-key": actor,
         "x-delivery-limit": settings.emporium_delivery_limit,
+        # A partition is taken by one consumer at a time across replicas.
+        **({"x-single-active-consumer": True} if partition else {}),
     }
 
 
 def required_queue_names(settings: Settings) -> set[str]:
     names = {"unrouted-events"}
     for name, actor in ACTORS.items():
-        names |= {name, f"{name}.dlq", f"{name}.reads"}
+        names |= {f"{name}.dlq", f"{name}.reads"}
+        partitions = PARTITIONED.get(name, 0)
+        names |= (
+            {f"{name}.partition.{n}" for n in range(partitions)} | {f"{name}.replicas"}
+            if partitions
+            else {name}
+        )
         delays = {*settings.emporium_retry_delays_ms, *(timer.delay_ms(settings) for timer in actor.timers)}
-        names |= {f"{name}.delay.{delay}ms" for delay in delays}
+        work = f"{name}.partitions" if partitions else name
+        names |= {f"{work}.delay.{delay}ms" for delay in delays}
     return names
 
 
@@ -124,12 +141,19 @@ async def test_the_broker_holds_exactly_the_declared_topology(start_host, manage
     for actor in ACTORS:
         assert ("emporium.dead-letters", actor, f"{actor}.dlq") in live["bindings"]
         # The runtime moves messages into an actor's own queues by name, never via the default exchange.
+        work = f"{actor}.partitions" if actor in PARTITIONED else actor
         for queue in (
-            actor,
+            work,
             f"{actor}.dlq",
-            *(f"{actor}.delay.{d}ms" for d in settings.emporium_retry_delays_ms),
+            *(f"{work}.delay.{d}ms" for d in settings.emporium_retry_delays_ms),
         ):
             assert ("emporium.moves", queue, queue) in live["bindings"]
+    # A partitioned actor's types reach its partitions exchange, which feeds each partition equally.
+    assert ("emporium.events", "order.placed", "inventory.partitions") in live["bindings"]
+    assert ("emporium.commands", "inventory.restock", "inventory.partitions") in live["bindings"]
+    for n in range(PARTITIONED["inventory"]):
+        assert ("inventory.partitions", "1", f"inventory.partition.{n}") in live["bindings"]
+    assert live["exchanges"]["inventory.partitions"]["arguments"] == {"hash-header": "partition_key"}
 
     assert {name: e["type"] for name, e in live["exchanges"].items()} == REQUIRED_EXCHANGES
     assert live["exchanges"]["emporium.events"]["arguments"] == {"alternate-exchange": "emporium.unrouted"}

@@ -16,7 +16,7 @@ from brokers.envelope import REGISTRY, Command, Event, Message, Query
 from brokers.settings import Settings
 from brokers.topology import EXCHANGES, UNROUTED_EVENTS
 from edge.app import create_app
-from ops.asyncapi import COMMITTED, document, queue_channel_id, rendered
+from ops.asyncapi import COMMITTED, document, queue_channel_id, receive_operation_id, rendered
 from ops.production import default_settings, topologies
 
 DOC = document()
@@ -48,7 +48,9 @@ def test_every_contract_has_a_channel_and_a_message_with_its_schema():
 def test_every_exchange_and_every_queue_has_a_channel():
     bindings = [channel["bindings"]["amqp"] for channel in DOC["channels"].values()]
     exchanges = {b["exchange"]["name"] for b in bindings if b["is"] == "routingKey"}
-    assert exchanges == {exchange.name for exchange in EXCHANGES}
+    own = {exchange.name for topology in TOPOLOGIES.values() for exchange in topology.exchanges}
+    assert own == {"inventory.partitions"}
+    assert exchanges == {exchange.name for exchange in EXCHANGES} | own
     queues = {b["queue"]["name"]: b for b in bindings if b["is"] == "queue"}
     assert set(queues) == {spec.name for spec in QUEUES}
     for spec in QUEUES:
@@ -79,9 +81,10 @@ def test_every_handler_answer_and_emitted_event_is_an_operation():
     for name, actor in ACTORS.items():
         topology = TOPOLOGIES[name]
         for type_ in actor.handlers:
-            receive = operations[f"{name}.receives.{type_}"]
-            assert receive["action"] == "receive"
-            assert receive["channel"] == {"$ref": f"#/channels/{queue_channel_id(topology.work.name)}"}
+            for work in topology.work:
+                receive = operations[receive_operation_id(topology, type_, work.name)]
+                assert receive["action"] == "receive"
+                assert receive["channel"] == {"$ref": f"#/channels/{queue_channel_id(work.name)}"}
         for type_ in actor.answers:
             answer = operations[f"{name}.answers.{type_}"]
             assert answer["channel"] == {"$ref": f"#/channels/{queue_channel_id(topology.queries.name)}"}

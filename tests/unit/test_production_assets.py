@@ -19,7 +19,7 @@ import brokers.contracts  # noqa: F401  (registers every contract)
 from actors.registry import ACTORS
 from brokers.contracts import events_of
 from brokers.envelope import REGISTRY, Event, Kind
-from brokers.topology import COMMANDS, EVENTS, MOVES, QUERIES, UNROUTED_EVENTS
+from brokers.topology import COMMANDS, EVENTS, MOVES, QUERIES, UNROUTED_EVENTS, work_queue_names
 from edge.events import sse_queue_name
 from ops import production
 from ops.production import (
@@ -57,7 +57,9 @@ def matching(regex: str, candidates: set[str]) -> set[str]:
 
 
 def own_queues(actor: str) -> set[str]:
-    return {actor, f"{actor}.reads"}
+    # A partitioned actor's replicas also consume the queue that counts them.
+    replicas = {f"{actor}.replicas"} if len(work_queue_names(actor)) > 1 else set()
+    return {*work_queue_names(actor), f"{actor}.reads", *replicas}
 
 
 def test_the_committed_assets_are_what_the_code_generates() -> None:
@@ -91,6 +93,7 @@ def test_the_definitions_hold_every_declared_queue_exchange_and_binding() -> Non
         topology = production.topology_of(actor, SETTINGS)
         for spec in topology.queues:
             assert queues[spec.name] == spec.arguments
+        for spec in topology.routed_to:
             for exchange, key in spec.bindings:
                 assert {"source": exchange, "destination": spec.name, "routing_key": key} in [
                     {k: b[k] for k in ("source", "destination", "routing_key")} for b in DEFS["bindings"]
@@ -103,6 +106,7 @@ def test_the_definitions_hold_every_declared_queue_exchange_and_binding() -> Non
         "emporium.queries",
         "emporium.dead-letters",
         "emporium.moves",
+        "inventory.partitions",
     }
 
 
@@ -163,7 +167,10 @@ def test_the_edge_sends_commands_and_queries_reads_dead_letters_and_replays_into
     assert matching(edge["write"], names) == sse_queue
     assert matching(edge["read"], exchanges) == {EVENTS.name}
     assert matching(edge["read"], names) == sse_queue | {f"{actor}.dlq" for actor in ACTORS}
-    assert matching(TOPICS[EDGE, MOVES.name]["write"], names) == set(ACTORS)
+    work_queues = {queue for actor in ACTORS for queue in work_queue_names(actor)}
+    assert matching(TOPICS[EDGE, MOVES.name]["write"], names) == work_queues
+    # A partitioned actor's dead letters go back through its partitions exchange (rehashed).
+    assert matching(TOPICS[EDGE, MOVES.name]["write"], exchanges) == {"inventory.partitions"}
     assert matching(TOPICS[EDGE, EVENTS.name]["write"], EVENT_TYPES) == set()
     assert matching(TOPICS[EDGE, EVENTS.name]["read"], EVENT_TYPES) == {*SAGA_EVENT_TYPES, *VIEW_EVENT_TYPES}
 
