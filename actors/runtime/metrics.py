@@ -64,6 +64,17 @@ OUTBOX_OLDEST_SECONDS = Gauge(
     ["actor"],
 )
 
+PARTITIONS_HELD = Gauge(
+    "emporium_partitions_held",
+    "Partition queues this replica knows it is the active consumer of (partitioned actors)",
+    ["actor"],
+)
+PARTITION_HANDOVERS = Counter(
+    "emporium_partition_handovers_total",
+    "Partitions this replica gave up to another, holding more than its share",
+    ["actor"],
+)
+
 
 def load_actor_metrics(actor_name: str) -> None:
     """Import ``actors/<actor_name>/metrics.py`` when there is one: its observers register on the actor."""

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker, RabbitRouter
 from faststream.rabbit.subscriber import RabbitSubscriber
 
+from actors.runtime import metrics
 from brokers.factory import subscribe_raw
 from brokers.topology import ActorTopology
 
@@ -50,6 +51,7 @@ class Partitions:
         subscribe_raw(router, topology.replicas.rabbit_queue(declare=declare), self._stray)
         self._channel: AbstractChannel | None = None
         self._balancing: asyncio.Task[None] | None = None
+        metrics.PARTITION_HANDOVERS.labels(self.actor)  # at 0 until the first hand-over
 
     @property
     def held(self) -> frozenset[str]:
@@ -61,6 +63,7 @@ class Partitions:
         self._channel = await (await broker.connect()).channel(publisher_confirms=False)
         for name in self._held:
             self._held[name] = await self._consumers(name) == 0
+        self._count_held()
 
     def start(self) -> None:
         self._balancing = asyncio.create_task(self._balance_forever(), name=f"{self.actor}-partitions")
@@ -80,8 +83,10 @@ class Partitions:
         for name in surplus:
             subscriber = self._subscribers[name]
             self._held[name] = False
+            self._count_held()
             await subscriber.stop()
             await subscriber.start()
+            metrics.PARTITION_HANDOVERS.labels(self.actor).inc()
             log.info("partitions.handed_over", partition=name, replicas=replicas, share=share)
         return surplus
 
@@ -102,10 +107,15 @@ class Partitions:
 
     def _taker(self, name: str, take: Take) -> Take:
         async def take_from_partition(message: AbstractIncomingMessage) -> None:
-            self._held[name] = True  # handed a message: this replica is the partition's consumer
+            if not self._held[name]:  # handed a message: this replica is the partition's consumer
+                self._held[name] = True
+                self._count_held()
             await take(message)
 
         return take_from_partition
+
+    def _count_held(self) -> None:
+        metrics.PARTITIONS_HELD.labels(self.actor).set(len(self.held))
 
     async def _stray(self, message: AbstractIncomingMessage) -> None:
         # Nothing is sent to the replicas queue (it holds none: x-max-length 0); drop what is.

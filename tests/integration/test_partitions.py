@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from actors.runtime.batches import Delivery
 from actors.runtime.host import ActorHost
 from actors.runtime.partitions import Partitions
@@ -95,13 +97,12 @@ async def test_one_skus_messages_are_applied_in_order_and_by_one_replica_at_a_ti
         for sku in SKUS:
             await eventually(lambda sku=sku: _received(asker, sku), until=lambda n: n == RECEIVED, what=sku)
         assert await rabbit.depth(dlq_name("inventory")) == 0  # no restock came before its SKU
-        # The SKUs were spread over more than one partition.
-        holding = [queue for queue in work_queue_names("inventory") if await rabbit.consumers(queue)]
-        assert len(holding) == len(work_queue_names("inventory"))
 
     for sku in SKUS:
         assert [quantity for _, quantity in watch.restocks[sku]] == list(range(1, RESTOCKS + 1)), sku
         assert watch.most_replicas_at_once[sku] == 1, sku
+    # The replicas shared the work: each took the SKUs of its partitions.
+    assert {name for taken in watch.restocks.values() for name, _ in taken} == {"a", "b"}
 
 
 async def test_a_replica_that_stops_hands_its_partitions_to_the_other_and_nothing_is_lost_or_applied_twice(
@@ -148,7 +149,12 @@ async def test_a_second_replica_is_given_its_share_of_the_partitions(start_host,
     await eventually(restock_round, until=lambda names: names == {"first", "second"}, timeout=30)
     [theirs] = second.partitions
     half = len(work_queue_names("inventory")) // 2
-    await eventually(
-        lambda: _settled(partitions, theirs), until=lambda held: held == (half, half), what="half each"
-    )
+
+    async def held_after_a_round() -> tuple[int, ...]:
+        await restock_round()  # a replica learns it holds a partition from a message of it
+        return await _settled(partitions, theirs)
+
+    await eventually(held_after_a_round, until=lambda held: held == (half, half), what="half each")
     assert not partitions.held & theirs.held
+    handovers = REGISTRY.get_sample_value("emporium_partition_handovers_total", {"actor": "inventory"})
+    assert handovers is not None and handovers >= half
