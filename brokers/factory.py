@@ -134,6 +134,28 @@ def subscribe_raw(
     return subscriber
 
 
+async def consume_again(subscriber: RabbitSubscriber) -> None:
+    """Cancel a started raw subscriber's consumer and consume again: behind the consumers waiting
+    on a single-active-consumer queue, so the one waiting longest becomes active.
+
+    Not ``stop()`` and ``start()``: FastStream's stop first marks the subscriber stopped and then
+    cancels, so a message RabbitMQ delivers in between is dropped unsettled and stays unacked on the
+    channel for as long as it is open. A cancel alone leaves the subscriber running: what is
+    delivered before RabbitMQ's cancel-ok is handled as usual, and nothing after it comes. If the
+    consume fails (RabbitMQ away), calling this again consumes without cancelling twice."""
+    queue = subscriber._queue_obj  # FastStream <0.8 keeps the queue and consumer tag here
+    assert queue is not None, "the subscriber is not started"
+    if subscriber._consumer_tag is not None:
+        await queue.cancel(subscriber._consumer_tag)
+        subscriber._consumer_tag = None
+    # subscribe_raw's subscribers settle every message themselves: no_ack=False.
+    subscriber._consumer_tag = await queue.consume(
+        subscriber.consume,  # type: ignore[arg-type]
+        no_ack=False,
+        arguments=subscriber.consume_args,
+    )
+
+
 async def publish_body(
     broker: RabbitBroker, body: bytes, *, exchange: str, routing_key: str, envelope: Envelope
 ) -> None:

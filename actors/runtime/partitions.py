@@ -27,7 +27,7 @@ from faststream.rabbit import RabbitBroker, RabbitRouter
 from faststream.rabbit.subscriber import RabbitSubscriber
 
 from actors.runtime import metrics
-from brokers.factory import subscribe_raw
+from brokers.factory import consume_again, subscribe_raw
 from brokers.topology import ActorTopology
 
 log = structlog.get_logger()
@@ -44,6 +44,7 @@ class Partitions:
         self._replicas = topology.replicas.name
         self._held: dict[str, bool] = {spec.name: False for spec in topology.work}
         self._subscribers: dict[str, RabbitSubscriber] = {}
+        self._unconsumed: set[str] = set()  # partitions whose hand-over has not consumed again yet
         for spec in topology.work:
             self._subscribers[spec.name] = subscribe_raw(
                 router, spec.rabbit_queue(declare=declare), self._taker(spec.name, take)
@@ -77,18 +78,24 @@ class Partitions:
 
     async def balance(self) -> list[str]:
         """Give up the partitions beyond this replica's share; the ones given up."""
+        for name in sorted(self._unconsumed):  # a hand-over RabbitMQ broke off between cancel and consume
+            await self.hand_over(name)
         replicas = max(1, await self._consumers(self._replicas))
         share = math.ceil(len(self._held) / replicas)
         surplus = sorted(self.held)[share:]
         for name in surplus:
-            subscriber = self._subscribers[name]
-            self._held[name] = False
-            self._count_held()
-            await subscriber.stop()
-            await subscriber.start()
-            metrics.PARTITION_HANDOVERS.labels(self.actor).inc()
+            await self.hand_over(name)
             log.info("partitions.handed_over", partition=name, replicas=replicas, share=share)
         return surplus
+
+    async def hand_over(self, name: str) -> None:
+        """Stop consuming a partition and consume it again, behind the replicas waiting for it."""
+        self._held[name] = False
+        self._count_held()
+        self._unconsumed.add(name)
+        await consume_again(self._subscribers[name])
+        self._unconsumed.discard(name)
+        metrics.PARTITION_HANDOVERS.labels(self.actor).inc()
 
     async def _balance_forever(self) -> None:
         while True:

@@ -7,6 +7,7 @@ two replicas at once, and a partition whose consumer goes away is taken over by 
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,3 +159,36 @@ async def test_a_second_replica_is_given_its_share_of_the_partitions(start_host,
     assert not partitions.held & theirs.held
     handovers = REGISTRY.get_sample_value("emporium_partition_handovers_total", {"actor": "inventory"})
     assert handovers is not None and handovers >= half
+
+
+async def test_a_partition_handed_over_while_its_messages_stream_in_loses_none_of_them(
+    start_host, broker, settings
+):
+    # The hand-over cancels the consumer while RabbitMQ is still pushing the partition's messages
+    # to it: every one delivered before the cancel took effect is still applied (and acked), none
+    # is left in hand and forgotten.
+    host = await start_host("inventory")
+    [partitions] = host.partitions
+    for sku in SKUS:
+        await send(broker, product_created(sku))
+    rounds = 40
+
+    async def stream() -> None:
+        for _ in range(rounds):
+            await asyncio.gather(*(send(broker, Restock(sku=sku, quantity=1)) for sku in SKUS))
+
+    async def hand_over_while(sending: asyncio.Task[None]) -> int:
+        handovers = 0
+        while not sending.done():
+            for name in work_queue_names("inventory"):
+                await partitions.hand_over(name)
+                handovers += 1
+        return handovers
+
+    sending = asyncio.create_task(stream())
+    handovers = await hand_over_while(sending)
+    await sending
+    assert handovers >= len(work_queue_names("inventory"))
+    async with requester(settings) as asker:
+        for sku in SKUS:
+            await eventually(lambda sku=sku: _received(asker, sku), until=lambda n: n == rounds, what=sku)
