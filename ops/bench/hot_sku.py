@@ -2,6 +2,10 @@
 with one message in flight, then many, then by two processes (replicas) at once, with how many of
 their transactions aborted (a write conflict on the SKU's stock, run again).
 
+One replica and two are run in turns, ``--repeats`` times each, and compared by their medians: a
+single run of each, always in the same order, mostly measures what the server went through before
+(its storage grows with every run).
+
 Inventory is partitioned by SKU: the hot SKU's reservations all wait in one partition, which one
 replica at a time takes, so two replicas should drain it as fast as one, without conflicts."""
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -182,31 +187,46 @@ async def _shared_out(first: ActorHost, replicas: int) -> None:
 
 
 def hot_sku_table(runs: list[DrainFigures], ceiling: float, units: int) -> Table:
-    """One row per run; ratios against the first (one process, one message in flight)."""
+    """One row per setup (replicas, messages in flight), the median of its runs with their range;
+    ratios against the first setup's median and, for two replicas, against one with as many in
+    flight."""
     table = Table(title=f"a burst of reservations for one SKU ({units} units on hand)")
     columns = (
         "inventory processes",
         "messages in flight, each",
+        "runs",
         "orders",
-        "drained/s",
+        "drained/s (median)",
+        "range",
         "vs the first",
+        "vs one process",
         "reserved",
         "retried",
         "transactions aborted",
     )
     for column in columns:
         table.add_column(column, justify="right")
-    first = runs[0]
+    setups: dict[tuple[int, int], list[DrainFigures]] = {}
     for figures in runs:
+        setups.setdefault((figures.replicas, figures.prefetch), []).append(figures)
+    medians = {setup: statistics.median(f.per_second for f in taken) for setup, taken in setups.items()}
+    first = medians[runs[0].replicas, runs[0].prefetch]
+    for (replicas, prefetch), taken in setups.items():
+        median = medians[replicas, prefetch]
+        alone = medians.get((1, prefetch))
+        commits, aborts = sum(f.commits for f in taken), sum(f.aborts for f in taken)
         table.add_row(
-            str(figures.replicas),
-            str(figures.prefetch),
-            str(figures.orders),
-            f"{figures.per_second:.1f}",
-            f"{figures.per_second / first.per_second:.2f}x",
-            str(figures.reserved),
-            str(figures.retried),
-            f"{figures.aborts} of {figures.commits + figures.aborts} ({figures.aborted_share:.1%})",
+            str(replicas),
+            str(prefetch),
+            str(len(taken)),
+            str(taken[0].orders),
+            f"{median:.1f}",
+            f"{min(f.per_second for f in taken):.0f}-{max(f.per_second for f in taken):.0f}",
+            f"{median / first:.2f}x",
+            f"{median / alone:.2f}x" if alone and replicas > 1 else "-",
+            "/".join(sorted({str(f.reserved) for f in taken})),
+            str(sum(f.retried for f in taken)),
+            f"{aborts} of {commits + aborts} ({aborts / (commits + aborts) if commits + aborts else 0:.1%})",
         )
     table.caption = f"the database's own ceiling: {ceiling:.0f} small transactions/s one at a time"
     return table
@@ -222,6 +242,9 @@ def hot_sku_command(
         int | None,
         typer.Option(min=2, help="Messages in flight for the second run; default: EMPORIUM_PREFETCH."),
     ] = None,
+    repeats: Annotated[
+        int, typer.Option(min=1, max=20, help="Runs of one replica and of two, taken in turns.")
+    ] = 3,
 ) -> None:
     """A burst of orders for one SKU drained by inventory with one message in flight, then many,
     then by two inventory replicas at once."""
@@ -230,11 +253,12 @@ def hot_sku_command(
     many = prefetch or settings.emporium_prefetch
 
     async def run(progress: Progress) -> tuple[list[DrainFigures], float]:
+        setups = [(1, 1)] + [(many, replicas) for _ in range(repeats) for replicas in (1, 2)]
         runs = [
             await drain_hot_sku(
                 settings, orders=orders, units=units, prefetch=each, progress=progress, replicas=replicas
             )
-            for each, replicas in ((1, 1), (many, 1), (many, 2))
+            for each, replicas in setups
         ]
         return runs, (await database_ceiling(settings, batch=1)).single_per_s
 
