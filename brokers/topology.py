@@ -100,11 +100,11 @@ def reads_queue_name(actor: str) -> str:
 
 
 # Actors whose work is split into partitions by key (Message.partition_key, in the header
-# PARTITION_KEY_HEADER): the messages about one key (an inventory SKU) queue in one partition queue,
+# PARTITION_KEY_HEADER): the messages about one key (an inventory SKU, an order) queue in one partition queue,
 # which one consumer at a time takes (single active consumer) across every replica, so replicas
 # never fight over that key's documents. Part of the topology, not a setting: a different count
 # sends keys to other partitions (drain the actor's queues before changing it).
-PARTITIONS: dict[str, int] = {"inventory": 4}
+PARTITIONS: dict[str, int] = {"inventory": 4, "orders": 4}
 
 
 def partition_queue_name(actor: str, partition: int) -> str:
