@@ -119,6 +119,12 @@ def replicas_queue_name(actor: str) -> str:
     return f"{actor}.replicas"
 
 
+def work_address(actor: str) -> str:
+    """Where an actor's commands and events are addressed (its delay queues are named after it):
+    its partitions exchange, or its one work queue."""
+    return partitions_exchange_name(actor) if actor in PARTITIONS else actor
+
+
 def work_queue_names(actor: str) -> tuple[str, ...]:
     """The queues an actor's commands and events wait in: its partitions, or its one work queue."""
     count = PARTITIONS.get(actor, 0)
@@ -202,7 +208,7 @@ def actor_topology(
     to one of ``<actor>.partition.<n>`` by its partition key; its delay queues (named after that
     exchange) put what waited back through it, so a retry or timer returns to its key's partition."""
     partitions = PARTITIONS.get(actor, 0)
-    address = partitions_exchange_name(actor) if partitions else actor
+    address = work_address(actor)
 
     def dead_lettering_into_dlq() -> dict[str, Any]:
         return _quorum(
