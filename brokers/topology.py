@@ -100,11 +100,11 @@ def reads_queue_name(actor: str) -> str:
 
 
 # Actors whose work is split into partitions by key (Message.partition_key, in the header
-# PARTITION_KEY_HEADER): the messages about one key (an inventory SKU, an order) queue in one partition queue,
+# PARTITION_KEY_HEADER): the messages about one key (an inventory SKU) queue in one partition queue,
 # which one consumer at a time takes (single active consumer) across every replica, so replicas
 # never fight over that key's documents. Part of the topology, not a setting: a different count
 # sends keys to other partitions (drain the actor's queues before changing it).
-PARTITIONS: dict[str, int] = {"inventory": 4, "orders": 4}
+PARTITIONS: dict[str, int] = {"inventory": 4}
 
 
 def partition_queue_name(actor: str, partition: int) -> str:
@@ -117,12 +117,6 @@ def partitions_exchange_name(actor: str) -> str:
 
 def replicas_queue_name(actor: str) -> str:
     return f"{actor}.replicas"
-
-
-def work_address(actor: str) -> str:
-    """Where an actor's commands and events are addressed (its delay queues are named after it):
-    its partitions exchange, or its one work queue."""
-    return partitions_exchange_name(actor) if actor in PARTITIONS else actor
 
 
 def work_queue_names(actor: str) -> tuple[str, ...]:
@@ -208,7 +202,7 @@ def actor_topology(
     to one of ``<actor>.partition.<n>`` by its partition key; its delay queues (named after that
     exchange) put what waited back through it, so a retry or timer returns to its key's partition."""
     partitions = PARTITIONS.get(actor, 0)
-    address = work_address(actor)
+    address = partitions_exchange_name(actor) if partitions else actor
 
     def dead_lettering_into_dlq() -> dict[str, Any]:
         return _quorum(

@@ -53,7 +53,7 @@ OVERLOADED = "urn:emporium:problem:overloaded"
 SAGA_WORK_QUEUES = tuple(
     queue for actor in ("orders", "inventory", "payments") for queue in work_queue_names(actor)
 )
-ORDERS_WORK_QUEUES = work_queue_names("orders")
+ORDERS_WORK_QUEUE = SAGA_WORK_QUEUES[0]
 # How long one reading of a queue's depth answers for: a burst of requests shares one declaration.
 DEPTH_MAX_AGE_S = 1.0
 
@@ -196,7 +196,7 @@ def install_limits(app: FastAPI, settings: Settings) -> None:
     """Put the budgets and the saga queues' depths on ``app.state``."""
     app.state.rate_limits = RateLimits(settings)
     app.state.saga_depths = tuple(
-        RecentDepth(queue, missing_is_empty=queue not in ORDERS_WORK_QUEUES) for queue in SAGA_WORK_QUEUES
+        RecentDepth(queue, missing_is_empty=queue != ORDERS_WORK_QUEUE) for queue in SAGA_WORK_QUEUES
     )
 
 

@@ -45,7 +45,7 @@ from brokers.factory import named_url
 from brokers.management import management_client, with_vhost
 from brokers.rpc import QueryFailed, requesting
 from brokers.settings import Settings
-from brokers.topology import COMMANDS, EVENTS, MOVES, UNROUTED_EVENTS, delay_queue_name, work_address
+from brokers.topology import COMMANDS, EVENTS, MOVES, UNROUTED_EVENTS, delay_queue_name
 from ops.invariants import (
     CAPTURED_TWICE,
     EVERY_ORDER_SETTLES,
@@ -698,7 +698,7 @@ async def run_scenario(
         await faulting
     # Killed or not, every member must be back before the books are read and the next fault comes.
     await asyncio.gather(*(fleet.ready(member) for member in fleet.members))
-    timers = {delay_queue_name(work_address(ORDERS), timings.deadline_ms)}
+    timers = {delay_queue_name(ORDERS, timings.deadline_ms)}
     depths, views = await drain(
         system.settings, system.vhost, accepted, timers=timers, timeout_s=timings.drain_timeout_s
     )

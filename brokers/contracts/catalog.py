@@ -52,9 +52,6 @@ class ProductPriceChanged(Event, type="product.price_changed"):
     price_cents: Cents
     currency: Currency
 
-    def partition_key(self) -> str:
-        return self.sku  # orders keeps one price per SKU: its changes are applied in order
-
 
 class ProductView(Value):
     product_id: EntityId

@@ -253,13 +253,13 @@ async def test_each_caller_has_its_own_request_budget(
 async def test_orders_are_shed_while_the_orders_queue_is_over_its_bound(
     ann: User, serve_edge, broker, settings
 ):
-    # No orders actor is running: its queues only fill (one partition, the commands' conversation's).
+    # No orders actor is running: its queue only fills.
     await declare(broker, topology_of(ACTORS["orders"], settings))
     for n in range(3):
         order = PlaceOrder(
             order_id=f"o-{n}", customer_id="c", lines=[Line(sku="LAMP", quantity=1)], request_digest="d"
         )
-        await send(broker, order, correlation_id="o-shed")
+        await send(broker, order)
     edge = await serve_edge(emporium_saga_backlog_bound=2)
 
     response = await eventually(

@@ -18,7 +18,7 @@ from brokers.envelope import Envelope
 from brokers.rpc import BrokerUnavailable
 from brokers.settings import Settings
 from brokers.topology import declare, work_queue_names
-from edge.limits import ORDERS_WORK_QUEUES, OVERLOADED, SAGA_WORK_QUEUES, install_limits, shed_orders_load
+from edge.limits import ORDERS_WORK_QUEUE, OVERLOADED, SAGA_WORK_QUEUES, install_limits, shed_orders_load
 from edge.link import RabbitLink
 from edge.observe import ObserveRequests
 from edge.problems import PROBLEM_JSON, install_problem_handlers
@@ -51,23 +51,17 @@ async def saga_queues(settings: Settings, broker) -> None:
 
 
 @pytest.fixture
-async def waiting_orders(settings: Settings, broker, link: RabbitLink, saga_queues) -> str:
-    """An orders partition holding WAITING commands (of one conversation, so in one partition): its name."""
+async def waiting_orders(settings: Settings, broker, link: RabbitLink, saga_queues) -> int:
+    """The orders work queue holding WAITING commands."""
     for n in range(WAITING):
-        await send(broker, _place_order_command(f"o-{n}"), correlation_id="o-waiting")
-
-    async def depths() -> dict[str, int]:
-        return {queue: await link.queue_depth(queue) for queue in ORDERS_WORK_QUEUES}
-
+        await send(broker, _place_order_command(f"o-{n}"))
     # Published with confirms; the queue's count may still lag behind them for a moment.
-    waiting = await eventually(
-        depths,
-        until=lambda depth: WAITING in depth.values(),
+    return await eventually(
+        lambda: link.queue_depth(ORDERS_WORK_QUEUE),
+        until=lambda depth: depth == WAITING,
         timeout=10,
-        what=f"{WAITING} commands in an orders partition",
+        what=f"{WAITING} commands in the orders queue",
     )
-    [partition] = [queue for queue, depth in waiting.items() if depth == WAITING]
-    return partition
 
 
 def _edge(settings: Settings, link: RabbitLink, bound: int) -> FastAPI:
@@ -92,6 +86,7 @@ async def _place_order(app: FastAPI) -> httpx.Response:
 
 
 async def test_orders_are_refused_once_the_queue_is_over_the_bound(settings, link, waiting_orders):
+    assert waiting_orders == WAITING
     response = await _place_order(_edge(settings, link, bound=WAITING - 1))
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM_JSON
@@ -99,8 +94,7 @@ async def test_orders_are_refused_once_the_queue_is_over_the_bound(settings, lin
     problem = response.json()
     assert problem["type"] == OVERLOADED
     assert problem["detail"] == (
-        f"the {waiting_orders} queue holds {WAITING} messages, above the saga's backlog bound {WAITING - 1}; "
-        "retry later"
+        f"the orders queue holds {WAITING} messages, above the saga's backlog bound {WAITING - 1}; retry later"
     )
 
 
@@ -125,6 +119,7 @@ async def test_orders_are_refused_while_inventory_lags_behind(settings, broker, 
 
 
 async def test_orders_pass_while_the_queue_is_within_the_bound(settings, link, waiting_orders):
+    assert waiting_orders == WAITING
     response = await _place_order(_edge(settings, link, bound=WAITING))
     assert response.status_code == 202
 
@@ -137,8 +132,5 @@ async def test_a_missing_queue_is_reported_and_leaves_the_link_working(settings,
     await declare(broker, topology)
     command = _place_order_command("o-x")
     await link.send(command, Envelope.first(command, "req-1"))
-
-    async def waiting() -> int:
-        return sum([await link.queue_depth(queue) for queue in ORDERS_WORK_QUEUES])
-
-    assert await eventually(waiting, until=lambda d: d == 1, timeout=10) == 1
+    depth = await eventually(lambda: link.queue_depth(ORDERS_WORK_QUEUE), until=lambda d: d == 1, timeout=10)
+    assert depth == 1

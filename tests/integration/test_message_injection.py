@@ -44,7 +44,7 @@ from brokers.envelope import Envelope, Message
 from brokers.factory import publish_body
 from brokers.rpc import REPLY_TO, Reply
 from brokers.settings import Settings
-from brokers.topology import PARTITIONS, QUERIES, dlq_name, exchange_for
+from brokers.topology import QUERIES, dlq_name, exchange_for
 from tests.helpers import eventually, send
 from tests.integration.support import (
     amqp,
@@ -233,8 +233,8 @@ async def test_operators_in_message_bodies_are_dead_lettered_as_invalid_and_chan
             assert await rabbit.depth(dlq_name(actor)) == 0, actor
             for letter in dead:
                 where_from = (header(letter, ORIGIN), header(letter, REASON), header(letter, ATTEMPTS))
-                # The origin is where the actor's work is addressed: a partitions exchange, or its queue.
-                origin = f"{actor}.partitions" if actor in PARTITIONS else actor
+                # The origin is where the actor's work is addressed: inventory's partitions exchange.
+                origin = "inventory.partitions" if actor == "inventory" else actor
                 assert where_from == (origin, "invalid-message", 1), letter.type
                 assert header(letter, ERROR).startswith("InvalidMessage: body is not a valid"), letter.type
     # Every hostile message is parked: nothing is left that could still change a document.

@@ -46,13 +46,13 @@ from brokers.envelope import Envelope, Message
 from brokers.factory import publish
 from brokers.rpc import QueryFailed, Requester
 from brokers.settings import Settings
-from brokers.topology import dlq_name, replicas_queue_name
+from brokers.topology import dlq_name
 from ops.orders_readmodel import rebuild_read_model
 from tests.helpers import Tap, eventually, send
 from tests.integration.support import Amqp, amqp, header, requester, stock
 
 CUSTOMER = "customer-1"
-DEFAULT_DEADLINE_QUEUE = "orders.partitions.delay.120000ms"  # back through the partitions exchange
+DEFAULT_DEADLINE_QUEUE = "orders.delay.120000ms"
 
 
 @dataclass
@@ -426,7 +426,7 @@ async def test_a_capture_and_a_competing_cancel_on_two_hosts_never_fork_a_stream
     competing hosts: each stream stays one line of versions 1..n, and nothing follows a cancel."""
     await start_host("orders")
     await start_host("orders")
-    assert await shop.rabbit.consumers(replicas_queue_name("orders")) == 2
+    assert await shop.rabbit.consumers("orders") == 2
     await shop.knows("SKU-RACE")
     order_ids = [f"o-race-{n}" for n in range(12)]
     await asyncio.gather(*(shop.place(order_id, ("SKU-RACE", 1)) for order_id in order_ids))

@@ -49,7 +49,7 @@ def test_every_exchange_and_every_queue_has_a_channel():
     bindings = [channel["bindings"]["amqp"] for channel in DOC["channels"].values()]
     exchanges = {b["exchange"]["name"] for b in bindings if b["is"] == "routingKey"}
     own = {exchange.name for topology in TOPOLOGIES.values() for exchange in topology.exchanges}
-    assert own == {"inventory.partitions", "orders.partitions"}
+    assert own == {"inventory.partitions"}
     assert exchanges == {exchange.name for exchange in EXCHANGES} | own
     queues = {b["queue"]["name"]: b for b in bindings if b["is"] == "queue"}
     assert set(queues) == {spec.name for spec in QUEUES}

@@ -27,7 +27,6 @@ from actors.payments.provider import PaymentSettings
 from actors.registry import ACTORS
 from brokers.health import probe_router
 from brokers.settings import SECRETS_DIR_VARIABLE, Settings
-from brokers.topology import work_queue_names
 from edge.app import create_app
 from ops.cli import app as emporium_app
 from ops.payment_provider import create_app as create_payment_provider
@@ -498,8 +497,6 @@ def test_the_edge_and_orders_scale_on_cpu():
         # The autoscaler owns the count: a replicas field would reset it on every apply.
         assert "replicas" not in deployments[name]["spec"]
         assert "cpu" in _container(deployments[name])["resources"]["requests"]
-    # Orders' replicas share its partitions: one more than there are would have no work to take.
-    assert autoscalers["orders"]["spec"]["maxReplicas"] <= len(work_queue_names("orders"))
 
 
 def test_the_keda_overlay_scales_orders_on_its_queue_instead_of_cpu():
@@ -518,16 +515,11 @@ def test_the_keda_overlay_scales_orders_on_its_queue_instead_of_cpu():
     objects = {d["kind"]: d for d in _documents(folder / "scaledobject.yaml")}
     scaled = objects["ScaledObject"]["spec"]
     assert scaled["scaleTargetRef"]["name"] in _deployments()
-    actor = scaled["scaleTargetRef"]["name"]
-    assert actor in ACTORS
-    # One trigger per work queue (the deepest decides), and no more replicas than partitions.
-    triggers = scaled["triggers"]
-    assert [t["metadata"]["queueName"] for t in triggers] == list(work_queue_names(actor))
-    assert scaled["maxReplicaCount"] <= len(work_queue_names(actor))
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"]["queueName"] == scaled["scaleTargetRef"]["name"] in ACTORS
     authentication = objects["TriggerAuthentication"]
-    for trigger in triggers:
-        assert trigger["type"] == "rabbitmq"
-        assert trigger["authenticationRef"]["name"] == authentication["metadata"]["name"]
+    assert trigger["authenticationRef"]["name"] == authentication["metadata"]["name"]
     (reference,) = authentication["spec"]["secretTargetRef"]
     (generator,) = kustomization["secretGenerator"]
     # The custom resource names the Secret literally: kustomize must not add a hash to it.

@@ -13,7 +13,6 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel, ValidationError
 
 from brokers.settings import Settings
-from brokers.topology import work_queue_names
 from edge.auth import Principal, optional_principal
 from edge.limits import (
     OVERLOADED,
@@ -48,12 +47,11 @@ async def _test_principal(x_test_user: Annotated[str | None, Header()] = None) -
 
 
 MISSING = -1
-ORDERS_PARTITION = "orders.partition.1"
 
 
 class FakeLink:
-    """Stands in for the RabbitLink: queue depths to report (an orders partition's unless named),
-    and how often it was asked."""
+    """Stands in for the RabbitLink: queue depths to report (the orders queue's unless named), and
+    how often it was asked."""
 
     def __init__(self, depth: int, **depths: int) -> None:
         self.depth, self.depths = depth, depths
@@ -64,7 +62,7 @@ class FakeLink:
         await asyncio.sleep(0)  # let concurrent requests pile up behind this read
         if self.depths.get(queue) == MISSING:
             raise QueueMissing(f"RabbitMQ has no queue {queue}")
-        return self.depths.get(queue, self.depth if queue == ORDERS_PARTITION else 0)
+        return self.depths.get(queue, self.depth if queue == "orders" else 0)
 
 
 def _app(depth: int = 0, bound: int = 10, login_budget: int = LOGIN_BUDGET, **depths: int) -> FastAPI:
@@ -280,7 +278,7 @@ async def test_orders_are_shed_while_the_queue_is_over_its_bound():
         problem, retry_after = _refused(await client.post("/orders"), 503, OVERLOADED)
     assert (
         problem["detail"]
-        == f"the {ORDERS_PARTITION} queue holds 11 messages, above the saga's backlog bound 10; retry later"
+        == "the orders queue holds 11 messages, above the saga's backlog bound 10; retry later"
     )
     assert retry_after >= 1
 
@@ -296,9 +294,8 @@ async def test_orders_are_shed_while_any_queue_before_the_confirmation_is_over_t
 async def test_an_actor_not_deployed_has_no_backlog_but_a_missing_orders_queue_is_an_outage():
     async with _client(_app(depth=0, bound=10, payments=MISSING)) as client:
         assert (await client.post("/orders")).status_code == 202
-    for partition in work_queue_names("orders"):
-        async with _client(_app(depth=0, bound=10, **{partition: MISSING})) as client:
-            assert (await client.post("/orders")).status_code == 503, partition
+    async with _client(_app(depth=0, bound=10, orders=MISSING)) as client:
+        assert (await client.post("/orders")).status_code == 503
 
 
 async def test_orders_pass_at_the_bound():
@@ -316,7 +313,7 @@ async def test_a_burst_of_orders_reads_the_depth_once():
 
 async def test_a_stale_depth_is_read_again():
     link = FakeLink(depth=5)
-    depth = RecentDepth(ORDERS_PARTITION, max_age_s=0)
+    depth = RecentDepth("orders", max_age_s=0)
     assert await depth.read(link) == 5
     link.depth = 50
     assert await depth.read(link) == 50

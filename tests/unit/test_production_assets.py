@@ -107,7 +107,6 @@ def test_the_definitions_hold_every_declared_queue_exchange_and_binding() -> Non
         "emporium.dead-letters",
         "emporium.moves",
         "inventory.partitions",
-        "orders.partitions",
     }
 
 
@@ -171,10 +170,7 @@ def test_the_edge_sends_commands_and_queries_reads_dead_letters_and_replays_into
     work_queues = {queue for actor in ACTORS for queue in work_queue_names(actor)}
     assert matching(TOPICS[EDGE, MOVES.name]["write"], names) == work_queues
     # A partitioned actor's dead letters go back through its partitions exchange (rehashed).
-    assert matching(TOPICS[EDGE, MOVES.name]["write"], exchanges) == {
-        "inventory.partitions",
-        "orders.partitions",
-    }
+    assert matching(TOPICS[EDGE, MOVES.name]["write"], exchanges) == {"inventory.partitions"}
     assert matching(TOPICS[EDGE, EVENTS.name]["write"], EVENT_TYPES) == set()
     assert matching(TOPICS[EDGE, EVENTS.name]["read"], EVENT_TYPES) == {*SAGA_EVENT_TYPES, *VIEW_EVENT_TYPES}
 
